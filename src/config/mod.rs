@@ -1,0 +1,295 @@
+//! Configuration: a TOML file with DataKit's key names, embedded defaults, and the
+//! `ENV_DATAWAY*` environment overrides DataKit users already set in their deployments.
+//!
+//! In: a TOML string (or none: the embedded defaults) and an environment lookup.
+//! Out: a validated [`Config`], or a [`ConfigError`] that names the key and says why.
+//! Every key that is accepted does something: unknown keys are errors (DataKit silently
+//! accepted keys that had no effect, `lessons.md` #8).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::endpoint::EndpointUrl;
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where points go and how they are sent.
+    pub dataway: DatawayConfig,
+    /// The local HTTP server that accepts points.
+    pub ingest: IngestConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[dataway]`: the endpoints and the sender's behaviour (DataKit's names).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatawayConfig {
+    /// Endpoint URLs. `https://host[:port]?token=tkn_…` sends to a Dataway server (the URL's
+    /// path is ignored, its query is appended to every API URL); `file://DIR` appends the line
+    /// protocol it would have sent to `DIR/<category>.lp`. Every point goes to every URL.
+    pub urls: Vec<String>,
+    /// Timeout of one HTTP attempt (connect + send + response).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Proxy for every HTTP endpoint, with its scheme (`http://proxy:3128`).
+    pub http_proxy: Option<String>,
+    /// Idle connections kept per host in the pool.
+    pub max_idle_conns_per_host: usize,
+    /// How long an idle pooled connection is kept.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Retries after the first attempt for a retryable failure (transport error, 429, 5xx
+    /// except 501). 3 means up to 4 attempts, as DataKit 1.7+.
+    pub max_retry_count: u32,
+    /// First backoff delay; it doubles on each retry, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Upper bound of one backoff delay, including a server's `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub max_retry_delay: Duration,
+    /// Gzip request bodies (`Content-Encoding: gzip`).
+    pub gzip: bool,
+    /// A body is cut before its uncompressed line protocol would exceed this many bytes.
+    pub max_raw_body_size: usize,
+    /// Bodies in flight at once per endpoint.
+    pub workers: usize,
+    /// Batches waiting per endpoint before writers are told to back off.
+    pub queue_size: usize,
+    /// Memory budget (bytes of points) for everything accepted but not yet delivered, across
+    /// all endpoints. When it is full, ingest answers 503 with `Retry-After`.
+    pub max_pending_bytes: usize,
+    /// On SIGINT/SIGTERM, how long queued data may take to be delivered before exit.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for DatawayConfig {
+    fn default() -> Self {
+        DatawayConfig {
+            urls: vec!["file://dataway-out".to_string()],
+            timeout: Duration::from_secs(30),
+            http_proxy: None,
+            max_idle_conns_per_host: 64,
+            idle_timeout: Duration::from_secs(90),
+            max_retry_count: 3,
+            retry_delay: Duration::from_secs(1),
+            max_retry_delay: Duration::from_secs(30),
+            gzip: true,
+            max_raw_body_size: 1024 * 1024,
+            workers: 4,
+            queue_size: 256,
+            max_pending_bytes: 256 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[ingest]`: the local write API (DataKit's `/v1/write/<category>` on port 9529).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Address to listen on. Keep it on loopback unless `token` is set.
+    pub listen: SocketAddr,
+    /// If set, writers must send `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Largest request body accepted, compressed and decompressed alike (413 past it).
+    pub max_body: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9529)),
+            token: None,
+            max_body: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Default level filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing
+    /// directive such as `dataway=debug`). `RUST_LOG`, when set, takes precedence.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// A configuration problem, naming where it is and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {origin}: {source}")]
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names it in errors (a file path, or `<embedded>`).
+    /// Does not apply the environment or validate: see [`Config::load`].
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Loads a config file (or the embedded defaults when `path` is `None`), applies the
+    /// `ENV_DATAWAY*` overrides read through `env`, and validates the result.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::from_toml(&text, &p.display().to_string())?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies DataKit's environment overrides: `ENV_DATAWAY` (comma-separated URLs),
+    /// `ENV_DATAWAY_TIMEOUT` (e.g. `30s`), `ENV_DATAWAY_HTTP_PROXY`.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = env("ENV_DATAWAY").filter(|v| !v.trim().is_empty()) {
+            self.dataway.urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = env("ENV_DATAWAY_TIMEOUT").filter(|v| !v.trim().is_empty()) {
+            self.dataway.timeout = humantime::parse_duration(v.trim()).map_err(|e| {
+                invalid(
+                    "ENV_DATAWAY_TIMEOUT",
+                    format!("`{v}` is not a duration ({e}); write it like `30s` or `1m`"),
+                )
+            })?;
+        }
+        if let Some(v) = env("ENV_DATAWAY_HTTP_PROXY").filter(|v| !v.trim().is_empty()) {
+            self.dataway.http_proxy = Some(v.trim().to_string());
+        }
+        Ok(())
+    }
+
+    /// Checks every value that serde's types cannot: URLs, ranges, the proxy's scheme.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.dataway;
+        if d.urls.is_empty() {
+            return Err(invalid(
+                "dataway.urls",
+                "no endpoint: give at least one URL (https://host?token=… or file://DIR)",
+            ));
+        }
+        for (i, u) in d.urls.iter().enumerate() {
+            EndpointUrl::parse(u)
+                .map_err(|e| invalid(format!("dataway.urls[{i}]"), e.to_string()))?;
+        }
+        if let Some(p) = &d.http_proxy {
+            validate_proxy(p).map_err(|reason| invalid("dataway.http_proxy", reason))?;
+        }
+        if d.timeout.is_zero() {
+            return Err(invalid("dataway.timeout", "must be more than 0s"));
+        }
+        if d.retry_delay.is_zero() && d.max_retry_count > 0 {
+            return Err(invalid(
+                "dataway.retry_delay",
+                "must be more than 0s when retries are on",
+            ));
+        }
+        if d.max_retry_delay < d.retry_delay {
+            return Err(invalid(
+                "dataway.max_retry_delay",
+                format!("must be at least retry_delay ({:?})", d.retry_delay),
+            ));
+        }
+        if d.max_retry_count > 100 {
+            return Err(invalid("dataway.max_retry_count", "must be at most 100"));
+        }
+        if d.max_raw_body_size < 1024 {
+            return Err(invalid(
+                "dataway.max_raw_body_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        for (key, v) in [
+            ("dataway.workers", d.workers),
+            ("dataway.queue_size", d.queue_size),
+            (
+                "dataway.max_idle_conns_per_host",
+                d.max_idle_conns_per_host.max(1),
+            ),
+            ("dataway.max_pending_bytes", d.max_pending_bytes),
+            ("ingest.max_body", self.ingest.max_body),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if let Some(t) = &self.ingest.token
+            && t.is_empty()
+        {
+            return Err(invalid(
+                "ingest.token",
+                "is empty: remove the key to disable the token",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
+        Ok(())
+    }
+}
+
+/// A proxy must carry its scheme: DataKit silently ignored `proxy:3128` (`lessons.md` #8).
+fn validate_proxy(p: &str) -> Result<(), String> {
+    let u = url::Url::parse(p).map_err(|e| {
+        format!("`{p}` is not a URL ({e}); write it with its scheme, like http://proxy:3128")
+    })?;
+    match u.scheme() {
+        "http" | "https" if u.host().is_some() => Ok(()),
+        "http" | "https" => Err(format!("`{p}` has no host")),
+        s => Err(format!(
+            "`{p}` has scheme `{s}`; use http:// or https://, like http://proxy:3128"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

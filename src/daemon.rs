@@ -1,0 +1,64 @@
+//! The daemon: one configuration in, a running ingest server and dataway out, stopped by a
+//! cancellation token.
+//!
+//! Shutdown order matters: first the ingest server stops taking requests (and finishes the
+//! ones in progress, whose points are then queued), then the dataway drains its queues
+//! within `shutdown_timeout`; what is still undelivered then is reported and counted.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dataway::Dataway;
+use crate::endpoint::DrainReport;
+use crate::ingest::{self, IngestState};
+use crate::metrics::Metrics;
+
+/// A daemon whose parts are started and whose server is not yet serving.
+pub struct Daemon {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub dataway: Arc<Dataway>,
+}
+
+impl Daemon {
+    /// Starts the endpoints (their tasks run on the current runtime).
+    pub fn start(config: Config) -> anyhow::Result<Daemon> {
+        let metrics = Arc::new(Metrics::new());
+        let dataway = Arc::new(Dataway::start(&config.dataway, metrics.clone())?);
+        for ep in dataway.endpoints() {
+            tracing::info!(endpoint = %ep.url(), "endpoint started");
+        }
+        Ok(Daemon {
+            config,
+            metrics,
+            dataway,
+        })
+    }
+
+    /// Serves ingest on `listener` until `shutdown` is cancelled, then drains.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<DrainReport> {
+        let state = Arc::new(IngestState {
+            dataway: self.dataway.clone(),
+            metrics: self.metrics.clone(),
+            config: self.config.ingest.clone(),
+            started: Instant::now(),
+        });
+        tracing::info!(listen = %listener.local_addr()?, "ingest server listening");
+        ingest::serve(listener, state, shutdown).await?;
+        tracing::info!(grace = ?self.config.dataway.shutdown_timeout, "ingest stopped; draining queues");
+        let report = self
+            .dataway
+            .shutdown(self.config.dataway.shutdown_timeout)
+            .await;
+        tracing::info!(abandoned_points = report.abandoned_points, "stopped");
+        Ok(report)
+    }
+}

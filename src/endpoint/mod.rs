@@ -1,0 +1,553 @@
+//! An endpoint: one remote Dataway server (or a local directory), with its own bounded queue
+//! and its own send workers, so a slow or dead endpoint never delays another.
+//!
+//! In: [`Batch`]es of points of one category, through [`Endpoint::try_reserve`] /
+//! [`Endpoint::reserve`] (backpressure is explicit: a full queue refuses, it never grows).
+//! Out: HTTP requests (via `httpcli`, with retry) or appends to `DIR/<category>.lp`, and the
+//! seed's metrics for each body sent.
+//!
+//! Shutdown is two-step: [`Endpoint::close`] stops new batches while the queue drains;
+//! [`Endpoint::join`] waits for the drain up to a deadline and then abandons what is left,
+//! counting it (`dataway_dropped_points_total{reason="shutdown"}`).
+
+mod request_builder;
+mod url;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::category::Category;
+use crate::httpcli::{self, HttpCli, HttpOptions, Outcome, Request, Response};
+use crate::metrics::{Metrics, status_label};
+use crate::point::Point;
+
+pub use request_builder::{Body, build_bodies};
+pub use url::{BadUrl, EndpointUrl, redact};
+
+/// The `User-Agent` every request carries: `dataway/<version> (<os>; <arch>)`.
+pub fn user_agent() -> String {
+    format!(
+        "dataway/{} ({}; {})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+/// Points of one category, shared by every endpoint that sends them. Holding the memory
+/// budget permit here means the budget is returned exactly when the last endpoint is done
+/// with the batch.
+#[derive(Debug)]
+pub struct Batch {
+    pub category: Category,
+    pub points: Vec<Point>,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl Batch {
+    /// A batch outside any memory budget.
+    pub fn new(category: Category, points: Vec<Point>) -> Batch {
+        Batch {
+            category,
+            points,
+            _budget: None,
+        }
+    }
+
+    /// A batch that returns `permit` to its budget when dropped.
+    pub fn with_budget(
+        category: Category,
+        points: Vec<Point>,
+        permit: OwnedSemaphorePermit,
+    ) -> Batch {
+        Batch {
+            category,
+            points,
+            _budget: Some(permit),
+        }
+    }
+}
+
+/// How one endpoint sends. Built from `[dataway]`.
+#[derive(Debug, Clone)]
+pub struct EndpointOptions {
+    pub http: HttpOptions,
+    pub gzip: bool,
+    pub max_raw_body_size: usize,
+    pub workers: usize,
+    pub queue_size: usize,
+}
+
+impl EndpointOptions {
+    /// The options `[dataway]` describes.
+    pub fn from_config(d: &crate::config::DatawayConfig) -> EndpointOptions {
+        EndpointOptions {
+            http: HttpOptions::from_config(d),
+            gzip: d.gzip,
+            max_raw_body_size: d.max_raw_body_size,
+            workers: d.workers,
+            queue_size: d.queue_size,
+        }
+    }
+}
+
+/// Why an endpoint could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Client(#[from] httpcli::BuildError),
+}
+
+/// Why an "other API" request got no answer from the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("endpoint {0} is a directory (file://) and serves no API")]
+    NotHttp(EndpointUrl),
+    #[error("endpoint {endpoint}: {message}")]
+    Transport {
+        endpoint: EndpointUrl,
+        message: String,
+    },
+}
+
+/// What a drain left behind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Points abandoned because the deadline came first.
+    pub abandoned_points: usize,
+}
+
+enum Sender {
+    Http(HttpCli),
+    File(FileSink),
+}
+
+/// State the dispatcher and its send tasks share.
+struct Shared {
+    url: EndpointUrl,
+    label: String,
+    sender: Sender,
+    opts: EndpointOptions,
+    metrics: Arc<Metrics>,
+}
+
+/// A running endpoint. Dropping it without [`Endpoint::close`] + [`Endpoint::join`] leaves
+/// its tasks to finish on their own.
+pub struct Endpoint {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Arc<Batch>>,
+    closing: CancellationToken,
+    abort: CancellationToken,
+    task: Mutex<Option<JoinHandle<DrainReport>>>,
+}
+
+impl Endpoint {
+    /// Starts the endpoint's dispatcher on the current tokio runtime.
+    pub fn start(
+        url: EndpointUrl,
+        opts: EndpointOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Endpoint, StartError> {
+        let sender = match &url {
+            EndpointUrl::Http { .. } => {
+                Sender::Http(HttpCli::new(opts.http.clone(), &user_agent())?)
+            }
+            EndpointUrl::File { dir } => Sender::File(FileSink::new(dir.clone())),
+        };
+        let (tx, rx) = mpsc::channel(opts.queue_size);
+        let shared = Arc::new(Shared {
+            label: url.to_string(),
+            url,
+            sender,
+            opts,
+            metrics,
+        });
+        let closing = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let task = tokio::spawn(dispatch(shared.clone(), rx, closing.clone(), abort.clone()));
+        Ok(Endpoint {
+            shared,
+            tx,
+            closing,
+            abort,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// The endpoint's URL (its `Display` is redacted).
+    pub fn url(&self) -> &EndpointUrl {
+        &self.shared.url
+    }
+
+    /// Reserves a queue slot without waiting; `None` when the queue is full or closed.
+    /// Reserving first lets the router enqueue a batch on every endpoint or on none.
+    pub fn try_reserve(&self) -> Option<Slot<'_>> {
+        self.tx
+            .try_reserve()
+            .ok()
+            .map(|permit| Slot { permit, ep: self })
+    }
+
+    /// Reserves a queue slot, waiting for room; `None` once the endpoint is closed.
+    pub async fn reserve(&self) -> Option<Slot<'_>> {
+        tokio::select! {
+            p = self.tx.reserve() => p.ok().map(|permit| Slot { permit, ep: self }),
+            _ = self.closing.cancelled() => None,
+        }
+    }
+
+    /// Sends one "other API" request (`/v1/query/raw`, `/v1/election`, …) with this
+    /// endpoint's token query, through the same client and retry policy, and counts it.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, ApiError> {
+        let s = &self.shared;
+        let (Sender::Http(cli), Some(url)) = (&s.sender, s.url.api_url(path, query)) else {
+            return Err(ApiError::NotHttp(s.url.clone()));
+        };
+        let outcome = cli
+            .send(&Request {
+                method,
+                url,
+                headers,
+                body,
+            })
+            .await;
+        s.record_api(path, &outcome);
+        outcome.result.map_err(|e| ApiError::Transport {
+            endpoint: s.url.clone(),
+            message: httpcli::without_url(&e),
+        })
+    }
+
+    /// Stops accepting batches; those already queued are still delivered.
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Waits until the queue is drained or `deadline` passes; then abandons the rest.
+    pub async fn join(&self, deadline: Instant) -> DrainReport {
+        self.close();
+        let Some(mut task) = self.task.lock().expect("not poisoned").take() else {
+            return DrainReport::default();
+        };
+        let until = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(until, &mut task).await {
+            Ok(r) => r.unwrap_or_default(),
+            Err(_) => {
+                self.abort.cancel();
+                task.await.unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// A reserved place in an endpoint's queue.
+pub struct Slot<'a> {
+    permit: mpsc::Permit<'a, Arc<Batch>>,
+    ep: &'a Endpoint,
+}
+
+impl Slot<'_> {
+    /// Puts the batch in the reserved place (cannot fail).
+    pub fn send(self, batch: Arc<Batch>) {
+        self.ep
+            .shared
+            .metrics
+            .queue_batches
+            .with_label_values(&[&self.ep.shared.label])
+            .inc();
+        self.permit.send(batch);
+    }
+}
+
+/// Takes batches off the queue and runs up to `workers` deliveries at once.
+async fn dispatch(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Arc<Batch>>,
+    closing: CancellationToken,
+    abort: CancellationToken,
+) -> DrainReport {
+    let workers = Arc::new(Semaphore::new(shared.opts.workers));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    let queued = shared
+        .metrics
+        .queue_batches
+        .with_label_values(&[&shared.label]);
+    let mut closed = false;
+    loop {
+        while tasks.try_join_next().is_some() {}
+        let worker = tokio::select! {
+            w = workers.clone().acquire_owned() => w.expect("never closed"),
+            _ = abort.cancelled() => break,
+        };
+        let next = tokio::select! {
+            biased;
+            _ = abort.cancelled() => break,
+            _ = closing.cancelled(), if !closed => {
+                // Refuse new batches but keep draining the ones already queued.
+                rx.close();
+                closed = true;
+                continue;
+            }
+            b = rx.recv() => b,
+        };
+        let Some(batch) = next else { break };
+        queued.dec();
+        let shared = shared.clone();
+        let guard = InFlight::new(
+            &shared,
+            batch.category,
+            batch.points.len(),
+            in_flight.clone(),
+        );
+        tasks.spawn(async move {
+            deliver(&shared, batch, guard).await;
+            drop(worker);
+        });
+    }
+    if !abort.is_cancelled() {
+        tokio::select! {
+            _ = async { while tasks.join_next().await.is_some() {} } => {}
+            _ = abort.cancelled() => {}
+        }
+    }
+    // Past the deadline: abandon what is left and say how much.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    rx.close();
+    let mut abandoned = in_flight.load(Ordering::Relaxed);
+    while let Ok(b) = rx.try_recv() {
+        queued.dec();
+        abandoned += b.points.len();
+        shared
+            .metrics
+            .dropped_points_total
+            .with_label_values(&[b.category.name(), "shutdown"])
+            .inc_by(b.points.len() as u64);
+    }
+    if abandoned > 0 {
+        tracing::error!(endpoint = %shared.label, points = abandoned, "shutdown deadline passed: points not delivered");
+    }
+    DrainReport {
+        abandoned_points: abandoned,
+    }
+}
+
+/// Counts the points of a delivery that has not finished: if the task is aborted at the
+/// shutdown deadline, dropping the guard counts what was left as abandoned.
+struct InFlight {
+    metrics: Arc<Metrics>,
+    category: Category,
+    remaining: usize,
+    total: Arc<AtomicUsize>,
+}
+
+impl InFlight {
+    fn new(
+        shared: &Shared,
+        category: Category,
+        points: usize,
+        total: Arc<AtomicUsize>,
+    ) -> InFlight {
+        total.fetch_add(points, Ordering::Relaxed);
+        InFlight {
+            metrics: shared.metrics.clone(),
+            category,
+            remaining: points,
+            total,
+        }
+    }
+
+    fn done(&mut self, points: usize) {
+        let n = points.min(self.remaining);
+        self.remaining -= n;
+        self.total.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.remaining > 0 {
+            self.metrics
+                .dropped_points_total
+                .with_label_values(&[self.category.name(), "shutdown"])
+                .inc_by(self.remaining as u64);
+        }
+    }
+}
+
+/// Encodes one batch into bodies and sends them one after another.
+async fn deliver(shared: &Arc<Shared>, batch: Arc<Batch>, mut guard: InFlight) {
+    let gzip = shared.opts.gzip && matches!(shared.sender, Sender::Http(_));
+    let max_raw = shared.opts.max_raw_body_size;
+    // Encoding and gzip are CPU work: keep them off the async workers.
+    let b = batch.clone();
+    let bodies =
+        match tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip)).await {
+            Ok(bodies) => bodies,
+            Err(e) => {
+                tracing::error!(endpoint = %shared.label, error = %e, "encoding a batch failed");
+                return;
+            }
+        };
+    drop(batch);
+    let category = guard.category;
+    for body in bodies {
+        match &shared.sender {
+            Sender::Http(cli) => send_http(shared, cli, category, &body).await,
+            Sender::File(f) => f.append(shared, category, &body).await,
+        }
+        guard.done(body.points);
+    }
+}
+
+async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Body) {
+    let path = category.write_path();
+    let url = shared.url.api_url(path, None).expect("http endpoint");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/line-protocol"),
+    );
+    if body.gzipped {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    headers.insert(
+        HeaderName::from_static("x-points"),
+        HeaderValue::from(body.points),
+    );
+    let req = Request {
+        method: Method::POST,
+        url,
+        headers,
+        body: body.payload.clone(),
+    };
+    let outcome = cli.send(&req).await;
+    shared.record_api(path, &outcome);
+    shared.record_points(category, outcome.status(), body);
+    let status = outcome.status();
+    match &outcome.result {
+        Ok(r) if r.status.is_success() => {}
+        Ok(r) if !outcome.is_retryable_failure() => {
+            let msg = String::from_utf8_lossy(&r.body[..r.body.len().min(512)]).into_owned();
+            tracing::warn!(endpoint = %shared.label, %category, status = %r.status, points = body.points, server_message = %msg, "Dataway refused the data; dropped");
+            shared.drop_points(category, body.points, "rejected");
+        }
+        _ => {
+            // The fail-cache will take these bodies (next milestone); until then they are
+            // counted and logged as lost.
+            let error = match &outcome.result {
+                Err(e) => httpcli::without_url(e),
+                Ok(r) => r.status.to_string(),
+            };
+            tracing::error!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; dropped");
+            shared.drop_points(category, body.points, "retries_exhausted");
+            let _ = status;
+        }
+    }
+}
+
+impl Shared {
+    fn record_api(&self, path: &str, o: &Outcome) {
+        let status = status_label(o.status());
+        let m = &self.metrics;
+        m.api_request_total
+            .with_label_values(&[path, &status])
+            .inc();
+        m.api_latency
+            .observe(&[path, &status], o.elapsed.as_secs_f64() * 1000.0);
+    }
+
+    fn record_points(&self, category: Category, status: Option<StatusCode>, body: &Body) {
+        let status = status_label(status);
+        let labels = [category.name(), status.as_str()];
+        self.metrics
+            .point_total
+            .with_label_values(&labels)
+            .inc_by(body.points as u64);
+        self.metrics
+            .point_bytes_total
+            .with_label_values(&labels)
+            .inc_by(body.payload.len() as u64);
+    }
+
+    fn drop_points(&self, category: Category, points: usize, reason: &str) {
+        self.metrics
+            .dropped_points_total
+            .with_label_values(&[category.name(), reason])
+            .inc_by(points as u64);
+    }
+}
+
+/// The `file://DIR` endpoint: appends what would have been sent to `DIR/<category>.lp`.
+/// It makes the daemon useful with no account, and lets tests and users see the exact
+/// line protocol.
+struct FileSink {
+    dir: PathBuf,
+    // One writer at a time, so concurrent bodies never interleave inside a file.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl FileSink {
+    fn new(dir: PathBuf) -> FileSink {
+        FileSink {
+            dir,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn append(&self, shared: &Shared, category: Category, body: &Body) {
+        let start = Instant::now();
+        let _guard = self.lock.lock().await;
+        let path = self.dir.join(format!("{}.lp", category.name()));
+        let result = async {
+            tokio::fs::create_dir_all(&self.dir).await?;
+            let mut f = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .await?;
+            let mut data = Vec::with_capacity(body.payload.len() + 1);
+            data.extend_from_slice(&body.payload);
+            data.push(b'\n');
+            f.write_all(&data).await?;
+            f.flush().await
+        }
+        .await;
+        let status = match &result {
+            Ok(()) => Some(StatusCode::OK),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, points = body.points, "cannot append to the file endpoint; dropped");
+                shared.drop_points(category, body.points, "file_error");
+                None
+            }
+        };
+        let label = status_label(status);
+        let api = category.write_path();
+        let m = &shared.metrics;
+        m.api_request_total.with_label_values(&[api, &label]).inc();
+        m.api_latency
+            .observe(&[api, &label], start.elapsed().as_secs_f64() * 1000.0);
+        shared.record_points(category, status, body);
+    }
+}
+
+/// How long a caller may wait at most, used by tests and the daemon alike.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);

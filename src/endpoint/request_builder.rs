@@ -1,0 +1,156 @@
+//! Turns a batch of points into request bodies for one endpoint.
+//!
+//! In: points of one category. Out: [`Body`]s, each a run of whole lines whose uncompressed
+//! size stays within `max_raw_body_size`, gzipped when asked. Bodies are `Bytes` so a retry
+//! (and, later, the fail-cache) resends exactly what the first attempt sent.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+use crate::point::Point;
+
+/// One request body.
+#[derive(Debug, Clone)]
+pub struct Body {
+    /// What goes on the wire (gzipped if `gzipped`).
+    pub payload: Bytes,
+    /// Uncompressed line protocol size.
+    pub raw_len: usize,
+    /// Points in this body (the `X-Points` header).
+    pub points: usize,
+    /// Whether `payload` is gzip.
+    pub gzipped: bool,
+}
+
+/// Encodes `points` as line protocol, cut into bodies before `max_raw` bytes. A single
+/// point larger than `max_raw` still goes, alone in its body: dropping it silently would be
+/// worse, and the server is the one to judge it.
+pub fn build_bodies(points: &[Point], max_raw: usize, gzip: bool) -> Vec<Body> {
+    let mut bodies = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(max_raw.min(1 << 20));
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut n = 0;
+    for p in points {
+        line.clear();
+        p.encode_into(&mut line);
+        let extra = if buf.is_empty() {
+            line.len()
+        } else {
+            line.len() + 1
+        };
+        if !buf.is_empty() && buf.len() + extra > max_raw {
+            bodies.push(finish(&buf, n, gzip));
+            buf.clear();
+            n = 0;
+        }
+        if !buf.is_empty() {
+            buf.push(b'\n');
+        }
+        buf.extend_from_slice(&line);
+        n += 1;
+    }
+    if n > 0 {
+        bodies.push(finish(&buf, n, gzip));
+    }
+    bodies
+}
+
+fn finish(raw: &[u8], points: usize, gzip: bool) -> Body {
+    let payload = if gzip {
+        let mut enc = GzEncoder::new(
+            Vec::with_capacity(raw.len() / 4 + 64),
+            Compression::default(),
+        );
+        enc.write_all(raw).expect("writing to memory cannot fail");
+        Bytes::from(enc.finish().expect("writing to memory cannot fail"))
+    } else {
+        Bytes::copy_from_slice(raw)
+    };
+    Body {
+        payload,
+        raw_len: raw.len(),
+        points,
+        gzipped: gzip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::point::{FieldValue, ParseOptions, Precision, parse};
+    use std::io::Read;
+
+    const OPTS: ParseOptions = ParseOptions {
+        precision: Precision::Nanos,
+        default_time: 0,
+    };
+
+    fn points(n: usize) -> Vec<Point> {
+        (0..n)
+            .map(|i| Point {
+                measurement: "cpu".into(),
+                tags: vec![("host".into(), format!("h{i}"))],
+                fields: vec![("usage".into(), FieldValue::Float(i as f64 / 3.0))],
+                time: 1_700_000_000_000_000_000 + i as i64,
+            })
+            .collect()
+    }
+
+    fn gunzip(b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn gzip_body_decompresses_to_the_encoded_points() {
+        let pts = points(100);
+        let bodies = build_bodies(&pts, 1 << 20, true);
+        assert_eq!(bodies.len(), 1);
+        let raw = gunzip(&bodies[0].payload);
+        assert_eq!(raw.len(), bodies[0].raw_len);
+        let expected: Vec<String> = pts.iter().map(|p| p.to_line_protocol()).collect();
+        assert_eq!(String::from_utf8(raw.clone()).unwrap(), expected.join("\n"));
+        let back = parse(&raw, OPTS).unwrap();
+        assert_eq!(back, pts);
+    }
+
+    #[test]
+    fn bodies_are_cut_before_the_raw_limit_and_keep_every_point_in_order() {
+        let pts = points(1000);
+        let limit = 4096;
+        let bodies = build_bodies(&pts, limit, false);
+        assert!(bodies.len() > 1);
+        assert_eq!(bodies.iter().map(|b| b.points).sum::<usize>(), 1000);
+        let mut all = Vec::new();
+        for (i, b) in bodies.iter().enumerate() {
+            assert!(b.raw_len <= limit, "{} > {limit}", b.raw_len);
+            assert_eq!(b.payload.len(), b.raw_len);
+            // Cut as late as possible: the next body's first line would not have fit.
+            if let Some(next) = bodies.get(i + 1) {
+                let first = next.payload.split(|&c| c == b'\n').next().unwrap();
+                assert!(b.raw_len + 1 + first.len() > limit);
+            }
+            all.extend(parse(&b.payload, OPTS).unwrap());
+        }
+        assert_eq!(all, pts);
+    }
+
+    #[test]
+    fn an_oversized_point_travels_alone() {
+        let mut big = points(3);
+        big[1]
+            .fields
+            .push(("blob".into(), FieldValue::Str("x".repeat(5000))));
+        let bodies = build_bodies(&big, 1024, false);
+        assert_eq!(
+            bodies.iter().map(|b| b.points).collect::<Vec<_>>(),
+            vec![1, 1, 1]
+        );
+    }
+}

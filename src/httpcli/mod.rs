@@ -1,0 +1,267 @@
+//! The HTTP sender: one pooled client per endpoint, and the retry policy.
+//!
+//! In: a fully built [`Request`] (URL, headers, body bytes). Out: an [`Outcome`] telling the
+//! final status (or transport error), how many attempts it took and how long in total.
+//!
+//! Why it looks like this (`lessons.md`): the body is `Bytes`, so every attempt sends the
+//! identical body (DataKit once retried with an already-consumed, empty body); the pool is
+//! never flushed on errors (DataKit closed idle connections after each failure and the TCP
+//! connection count grew under 5xx storms); retries follow `protocol.md`: transport errors,
+//! 429 and 5xx except 501, with exponential backoff plus jitter and `Retry-After` honoured.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+
+/// How the client connects and retries. Built from `[dataway]` (see `config`).
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Timeout of one attempt.
+    pub timeout: Duration,
+    /// Proxy URL with scheme.
+    pub proxy: Option<String>,
+    /// Idle connections kept per host.
+    pub max_idle_conns_per_host: usize,
+    /// Idle connection lifetime.
+    pub idle_timeout: Duration,
+    /// Retries after the first attempt.
+    pub max_retry_count: u32,
+    /// First backoff delay.
+    pub retry_delay: Duration,
+    /// Cap of one delay, `Retry-After` included.
+    pub max_retry_delay: Duration,
+}
+
+impl HttpOptions {
+    /// The options `[dataway]` describes.
+    pub fn from_config(d: &crate::config::DatawayConfig) -> HttpOptions {
+        HttpOptions {
+            timeout: d.timeout,
+            proxy: d.http_proxy.clone(),
+            max_idle_conns_per_host: d.max_idle_conns_per_host,
+            idle_timeout: d.idle_timeout,
+            max_retry_count: d.max_retry_count,
+            retry_delay: d.retry_delay,
+            max_retry_delay: d.max_retry_delay,
+        }
+    }
+}
+
+/// One request, ready to send as many times as needed.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A response that arrived (any status).
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The end of a logical request: its last response or transport error, after retries.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The final response, or the final transport error.
+    pub result: Result<Response, reqwest::Error>,
+    /// Attempts made (1 = no retry).
+    pub attempts: u32,
+    /// Time from the first attempt to the end, backoff included.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// The final status, `None` for a transport error.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.result.as_ref().ok().map(|r| r.status)
+    }
+
+    /// Whether the data should be kept for a later resend (fail-cache): the server never
+    /// accepted nor refused it.
+    pub fn is_retryable_failure(&self) -> bool {
+        match &self.result {
+            Ok(r) => is_retryable_status(r.status),
+            Err(_) => true,
+        }
+    }
+}
+
+/// 429 and every 5xx except 501 Not Implemented are worth retrying; other 4xx mean the
+/// server refused the data and a resend would be refused again.
+pub fn is_retryable_status(s: StatusCode) -> bool {
+    s == StatusCode::TOO_MANY_REQUESTS || (s.is_server_error() && s != StatusCode::NOT_IMPLEMENTED)
+}
+
+/// A pooled HTTP client with the retry policy. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct HttpCli {
+    client: reqwest::Client,
+    opts: HttpOptions,
+}
+
+/// Why the client could not be built (a bad proxy, usually).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client: {0}")]
+pub struct BuildError(#[from] reqwest::Error);
+
+impl HttpCli {
+    /// Builds the client. `user_agent` is sent on every request.
+    pub fn new(opts: HttpOptions, user_agent: &str) -> Result<HttpCli, BuildError> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(user_agent)
+            .timeout(opts.timeout)
+            .connect_timeout(opts.timeout)
+            .pool_max_idle_per_host(opts.max_idle_conns_per_host)
+            .pool_idle_timeout(opts.idle_timeout)
+            .tcp_nodelay(true);
+        b = match &opts.proxy {
+            Some(p) => b.proxy(reqwest::Proxy::all(p)?),
+            // No configured proxy means none: a daemon's destination must not change with
+            // whatever HTTP_PROXY its service manager happens to export.
+            None => b.no_proxy(),
+        };
+        Ok(HttpCli {
+            client: b.build()?,
+            opts,
+        })
+    }
+
+    /// Sends `req`, retrying retryable failures. Never gives up early on its own: the caller
+    /// bounds the total time by dropping the future (shutdown) if it must.
+    pub async fn send(&self, req: &Request) -> Outcome {
+        let start = Instant::now();
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(self.opts.retry_delay)
+            .with_max_delay(self.opts.max_retry_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.opts.max_retry_count as usize)
+            .build();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let result = self.attempt(req).await;
+            let (retry, retry_after) = match &result {
+                Ok(r) => (is_retryable_status(r.status), retry_after(&r.headers)),
+                Err(_) => (true, None),
+            };
+            let next = if retry { backoff.next() } else { None };
+            let Some(delay) = next else {
+                return Outcome {
+                    result,
+                    attempts,
+                    elapsed: start.elapsed(),
+                };
+            };
+            let delay = retry_after.map_or(delay, |ra| ra.max(self.opts.retry_delay));
+            let delay = delay.min(self.opts.max_retry_delay);
+            match &result {
+                Ok(r) => {
+                    tracing::debug!(url = %crate::endpoint::redact(&req.url), status = %r.status, attempt = attempts, ?delay, "retrying")
+                }
+                Err(e) => {
+                    tracing::debug!(url = %crate::endpoint::redact(&req.url), error = %without_url(e), attempt = attempts, ?delay, "retrying")
+                }
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(&self, req: &Request) -> Result<Response, reqwest::Error> {
+        let resp = self
+            .client
+            .request(req.method.clone(), &req.url)
+            .headers(req.headers.clone())
+            .body(req.body.clone())
+            .send()
+            .await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await?;
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// A transport error's text without its URL: reqwest's own message carries the full URL
+/// (token included), and tokens must never reach a log. The kind plus the source chain
+/// (connection refused, reset, …) says what happened.
+pub fn without_url(e: &reqwest::Error) -> String {
+    let mut msg = String::from(if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect error"
+    } else if e.is_body() || e.is_decode() {
+        "response body error"
+    } else {
+        "request error"
+    });
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_follows_the_protocol() {
+        for code in [429, 500, 502, 503, 504, 599] {
+            assert!(
+                is_retryable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        for code in [200, 204, 400, 401, 403, 404, 413, 501] {
+            assert!(
+                !is_retryable_status(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        h.insert(RETRY_AFTER, httpdate::fmt_http_date(later).parse().unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,330 @@
+//! The ingest server: DataKit's local write API, and a pass-through to Dataway's other APIs.
+//!
+//! In: `POST /v1/write/<category>[?precision=n|u|ms|s|m|h]` with line protocol (plain or
+//! gzip). Out: points handed to the [`Dataway`] router. A request is all-or-nothing: if any
+//! line is malformed the answer is 400 naming the line(s) and no point of it is queued, so a
+//! client can fix and resend the whole body without creating duplicates.
+//!
+//! Answers: 200 once queued; 400 malformed body or query; 401 bad ingest token; 404 unknown
+//! category; 413 body (or its decompressed form) over `max_body`; 415 unknown
+//! `Content-Encoding`; 503 with `Retry-After` when the send queues or memory budget are full
+//! or the daemon is stopping.
+//!
+//! Also: `GET /metrics` (Prometheus), `GET /v1/ping` and `GET /health`, and the "other APIs"
+//! of `protocol.md`, forwarded to the first endpoint with its token.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, get, on, post};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::category::Category;
+use crate::config::IngestConfig;
+use crate::dataway::{Dataway, WriteError};
+use crate::endpoint::ApiError;
+use crate::metrics::Metrics;
+use crate::point::{ParseOptions, Precision};
+
+/// The "other APIs" (`protocol.md`) that are forwarded to the first endpoint.
+pub const OTHER_APIS: &[(&str, &str)] = &[
+    ("GET", "/v1/datakit/pull"),
+    ("POST", "/v1/election"),
+    ("POST", "/v1/election/heartbeat"),
+    ("POST", "/v1/query/raw"),
+    ("POST", "/v1/workspace"),
+    ("POST", "/v1/object/labels"),
+    ("DELETE", "/v1/object/labels"),
+    ("GET", "/v2/list/dataway"),
+    ("POST", "/v1/log"),
+    ("GET", "/v1/ntp"),
+    ("POST", "/v1/upload/profiling"),
+    ("POST", "/v1/write/rum/replay"),
+];
+
+/// Bodies larger than this are parsed on the blocking pool so they never stall the server.
+const INLINE_PARSE_LIMIT: usize = 64 * 1024;
+
+/// What the handlers share.
+pub struct IngestState {
+    pub dataway: Arc<Dataway>,
+    pub metrics: Arc<Metrics>,
+    pub config: IngestConfig,
+    pub started: Instant,
+}
+
+/// The HTTP routes.
+pub fn router(state: Arc<IngestState>) -> Router {
+    let mut r = Router::new()
+        .route("/v1/write/{category}", post(write))
+        .route("/metrics", get(metrics))
+        .route("/v1/ping", get(ping))
+        .route("/health", get(health));
+    for (method, path) in OTHER_APIS {
+        let filter = match *method {
+            "GET" => MethodFilter::GET,
+            "DELETE" => MethodFilter::DELETE,
+            _ => MethodFilter::POST,
+        };
+        // Two methods on one path merge. `/v1/write/rum/replay` is static, so axum prefers
+        // it over `/v1/write/{category}`.
+        r = r.route(path, on(filter, forward));
+    }
+    r.layer(DefaultBodyLimit::max(state.config.max_body))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then finishes the requests in progress.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<IngestState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+#[derive(Deserialize)]
+struct WriteQuery {
+    precision: Option<String>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unavailable(message: &str, retry_after_secs: u32) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    r
+}
+
+/// Checks `Authorization: Bearer <token>` when an ingest token is configured.
+fn authorized(cfg: &IngestConfig, headers: &HeaderMap) -> bool {
+    let Some(want) = &cfg.token else { return true };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compare in constant time so the token cannot be guessed byte by byte.
+    got.len() == want.len()
+        && got
+            .bytes()
+            .zip(want.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+async fn write(
+    State(st): State<Arc<IngestState>>,
+    Path(category): Path<String>,
+    query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let (label, response) = match category.parse::<Category>() {
+        Ok(c) => (c.name(), write_points(&st, c, query, &headers, body).await),
+        Err(e) => ("unknown", error(StatusCode::NOT_FOUND, e.to_string())),
+    };
+    st.metrics
+        .ingest_requests_total
+        .with_label_values(&[label, response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn write_points(
+    st: &IngestState,
+    category: Category,
+    query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    if !authorized(&st.config, headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong `Authorization: Bearer <token>`",
+        );
+    }
+    let precision = match query {
+        Ok(Query(q)) => match q.precision.as_deref().unwrap_or("n").parse::<Precision>() {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("query `precision`: {e}")),
+        },
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    let raw = match decode_body(headers, body, st.config.max_body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let opts = ParseOptions {
+        precision,
+        default_time: now_ns(),
+    };
+    let parsed = if raw.len() > INLINE_PARSE_LIMIT {
+        tokio::task::spawn_blocking(move || crate::point::parse(&raw, opts))
+            .await
+            .expect("parser does not panic")
+    } else {
+        crate::point::parse(&raw, opts)
+    };
+    let points = match parsed {
+        Ok(p) => p,
+        Err(errs) => {
+            let lines: Vec<_> = errs
+                .errors
+                .iter()
+                .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
+                .collect();
+            let body = json!({
+                "error": format!("malformed line protocol, nothing was accepted: {errs}"),
+                "bad_lines": errs.total,
+                "errors": lines,
+            });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
+    let n = points.len();
+    match st.dataway.try_write(category, points) {
+        Ok(()) => {
+            st.metrics
+                .ingest_points_total
+                .with_label_values(&[category.name()])
+                .inc_by(n as u64);
+            (StatusCode::OK, axum::Json(json!({ "points": n }))).into_response()
+        }
+        Err(WriteError::Full) => unavailable("send queues are full; retry later", 1),
+        Err(WriteError::Closed) => unavailable("shutting down", 5),
+    }
+}
+
+/// Undoes `Content-Encoding`, refusing anything that would decompress past `max`.
+#[allow(clippy::result_large_err)]
+fn decode_body(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, Response> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "" | "identity" => Ok(body),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::with_capacity((body.len() * 4).min(max));
+            let mut dec = flate2::read::MultiGzDecoder::new(&body[..]).take(max as u64 + 1);
+            if let Err(e) = dec.read_to_end(&mut out) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body is not valid gzip: {e}"),
+                ));
+            }
+            if out.len() > max {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("decompressed body is over ingest.max_body ({max} bytes)"),
+                ));
+            }
+            Ok(Bytes::from(out))
+        }
+        other => Err(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding `{other}` is not supported; send plain or gzip"),
+        )),
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+async fn metrics(State(st): State<Arc<IngestState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.encode_text(),
+    )
+        .into_response()
+}
+
+async fn ping(State(st): State<Arc<IngestState>>) -> Response {
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": st.started.elapsed().as_secs(),
+    }))
+    .into_response()
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// Request headers that describe this hop, not the request: never forwarded.
+const HOP_HEADERS: &[HeaderName] = &[
+    header::HOST,
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+async fn forward(
+    State(st): State<Arc<IngestState>>,
+    method: Method,
+    uri: axum::http::Uri,
+    RawQuery(query): RawQuery,
+    mut headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !authorized(&st.config, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong `Authorization: Bearer <token>`",
+        );
+    }
+    for h in HOP_HEADERS {
+        headers.remove(h);
+    }
+    match st
+        .dataway
+        .request(method, uri.path(), query.as_deref(), headers, body)
+        .await
+    {
+        Ok(resp) => {
+            let mut out = Response::new(axum::body::Body::from(resp.body));
+            *out.status_mut() = resp.status;
+            for (k, v) in resp.headers.iter() {
+                if !HOP_HEADERS.contains(k) {
+                    out.headers_mut().append(k.clone(), v.clone());
+                }
+            }
+            out
+        }
+        Err(e @ ApiError::NotHttp(_)) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
+        Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}

@@ -1,0 +1,132 @@
+//! The `dataway` command: `run` the daemon, `check` a configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use dataway::config::Config;
+use dataway::daemon::Daemon;
+use dataway::endpoint::EndpointUrl;
+
+/// Ships observability points (line protocol) to Dataway servers.
+#[derive(Parser)]
+#[command(name = "dataway", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon. Without -c it runs on the embedded defaults: ingest on
+    /// 127.0.0.1:9529, points written to ./dataway-out/<category>.lp.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration and print the resolved endpoints (tokens redacted).
+    Check {
+        /// Configuration file (TOML); the embedded defaults when omitted.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.map(PathBuf::as_path), |k| std::env::var(k).ok()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load(config.as_ref()) {
+            Ok(cfg) => {
+                print_check(&cfg);
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(&cfg.log.level);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn print_check(cfg: &Config) {
+    println!("config ok");
+    println!("ingest: http://{}/v1/write/<category>", cfg.ingest.listen);
+    for (i, u) in cfg.dataway.urls.iter().enumerate() {
+        let url = EndpointUrl::parse(u).expect("validated");
+        let role = if i == 0 {
+            " (also serves the other APIs)"
+        } else {
+            ""
+        };
+        println!("endpoint[{i}]: {url}{role}");
+    }
+}
+
+/// `RUST_LOG` wins over the config's level, so an operator can turn on debug without
+/// editing the file.
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.ingest.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (ingest.listen): {e}",
+                cfg.ingest.listen
+            )
+        })?;
+    let daemon = Daemon::start(cfg)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+    daemon.run(listener, shutdown).await?;
+    Ok(())
+}
+
+/// The first SIGINT/SIGTERM starts a graceful stop; a second one exits at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    for n in 0.. {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!("signal received: stopping (again to exit at once)");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Prometheus metrics: DataKit's dataway metrics with their exact names, types and labels
+//! (`metrics.md`), plus a few of our own under the `dataway_` prefix.
+//!
+//! One [`Metrics`] value is made at start-up and handed (in an `Arc`) to every part that
+//! counts; there is no global registry, so tests can run many daemons in one process.
+
+mod summary;
+
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use reqwest::StatusCode;
+
+pub use summary::SummaryVec;
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `datakit_io_dataway_api_request_total{api,status}`: logical requests, once however many
+    /// retries they took.
+    pub api_request_total: IntCounterVec,
+    /// `datakit_io_dataway_api_latency{api,status}`: milliseconds across all attempts.
+    pub api_latency: SummaryVec,
+    /// `datakit_io_dataway_point_total{category,status}`.
+    pub point_total: IntCounterVec,
+    /// `datakit_io_dataway_point_bytes_total{category,status}`: bytes on the wire.
+    pub point_bytes_total: IntCounterVec,
+    /// `datakit_io_dataway_sink_total{category}`: sink operations (batches offered to sinkers).
+    pub sink_total: IntCounterVec,
+    /// `datakit_io_dataway_sink_point_total{category,status}`.
+    pub sink_point_total: IntCounterVec,
+    /// `datakit_io_dataway_not_sink_point_total{category}`.
+    pub not_sink_point_total: IntCounterVec,
+    /// `datakit_io_flush_failcache_bytes{category}`: gzipped bytes resent from the fail-cache.
+    pub failcache_bytes: SummaryVec,
+    /// `dataway_ingest_requests_total{category,code}`: write requests by HTTP answer code.
+    pub ingest_requests_total: IntCounterVec,
+    /// `dataway_ingest_points_total{category}`: points accepted by the ingest server.
+    pub ingest_points_total: IntCounterVec,
+    /// `dataway_dropped_points_total{category,reason}`: points given up on, by why
+    /// (`rejected`: a 4xx answer; `retries_exhausted`; `shutdown`; `file_error`).
+    pub dropped_points_total: IntCounterVec,
+    /// `dataway_queue_batches{endpoint}`: batches waiting in an endpoint's queue.
+    pub queue_batches: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let summary = |name: &str, help: &str, labels: &[&str]| {
+            let s = SummaryVec::new(name, help, labels).expect("valid metric");
+            registry
+                .register(Box::new(s.clone()))
+                .expect("unique metric");
+            s
+        };
+        let m = Metrics {
+            api_request_total: counter(
+                "datakit_io_dataway_api_request_total",
+                "Dataway HTTP requests processed, partitioned by status code and HTTP API (url path)",
+                &["api", "status"],
+            ),
+            api_latency: summary(
+                "datakit_io_dataway_api_latency",
+                "Dataway HTTP request latency (ms) partitioned by HTTP API (url path) and HTTP status",
+                &["api", "status"],
+            ),
+            point_total: counter(
+                "datakit_io_dataway_point_total",
+                "Dataway uploaded points, partitioned by category and send status (HTTP status)",
+                &["category", "status"],
+            ),
+            point_bytes_total: counter(
+                "datakit_io_dataway_point_bytes_total",
+                "Dataway uploaded points bytes, partitioned by category and point send status (HTTP status)",
+                &["category", "status"],
+            ),
+            sink_total: counter(
+                "datakit_io_dataway_sink_total",
+                "Dataway sink count, partitioned by category.",
+                &["category"],
+            ),
+            sink_point_total: counter(
+                "datakit_io_dataway_sink_point_total",
+                "Dataway sink points, partitioned by category and point send status (HTTP status)",
+                &["category", "status"],
+            ),
+            not_sink_point_total: counter(
+                "datakit_io_dataway_not_sink_point_total",
+                "Dataway not-sinked points (condition or category not match)",
+                &["category"],
+            ),
+            failcache_bytes: summary(
+                "datakit_io_flush_failcache_bytes",
+                "IO flush fail-cache bytes (in gzip) summary",
+                &["category"],
+            ),
+            ingest_requests_total: counter(
+                "dataway_ingest_requests_total",
+                "Write requests received by the ingest server, by category and HTTP answer code",
+                &["category", "code"],
+            ),
+            ingest_points_total: counter(
+                "dataway_ingest_points_total",
+                "Points accepted by the ingest server, by category",
+                &["category"],
+            ),
+            dropped_points_total: counter(
+                "dataway_dropped_points_total",
+                "Points given up on, by category and reason",
+                &["category", "reason"],
+            ),
+            queue_batches: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "dataway_queue_batches",
+                        "Batches waiting in an endpoint's queue",
+                    ),
+                    &["endpoint"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            registry,
+        };
+        // The sink metrics exist from the start (at zero) so dashboards and alerts can rely
+        // on them before the first sinker is configured.
+        for c in crate::category::Category::ALL {
+            m.sink_total.with_label_values(&[c.name()]);
+            m.not_sink_point_total.with_label_values(&[c.name()]);
+        }
+        m
+    }
+
+    /// The registry, for callers that add their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The text exposition format served at `GET /metrics`.
+    pub fn encode_text(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding to memory cannot fail");
+        String::from_utf8(buf).expect("text exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// The `status` label: the HTTP reason phrase (`OK`, `Bad Request`, …), the numeric code for
+/// a code without one, or `unknown` when no response came (transport error), as DataKit.
+pub fn status_label(status: Option<StatusCode>) -> String {
+    match status {
+        Some(s) => s
+            .canonical_reason()
+            .map(String::from)
+            .unwrap_or_else(|| s.as_u16().to_string()),
+        None => "unknown".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_reason_phrases() {
+        assert_eq!(status_label(Some(StatusCode::OK)), "OK");
+        assert_eq!(
+            status_label(Some(StatusCode::INTERNAL_SERVER_ERROR)),
+            "Internal Server Error"
+        );
+        assert_eq!(
+            status_label(Some(StatusCode::from_u16(599).unwrap())),
+            "599"
+        );
+        assert_eq!(status_label(None), "unknown");
+    }
+
+    #[test]
+    fn sink_metrics_exist_at_zero_before_any_sinker() {
+        let text = Metrics::new().encode_text();
+        assert!(text.contains("# TYPE datakit_io_dataway_sink_total counter"));
+        assert!(text.contains("datakit_io_dataway_sink_total{category=\"metric\"} 0"));
+        assert!(text.contains("datakit_io_dataway_not_sink_point_total{category=\"logging\"} 0"));
+    }
+}

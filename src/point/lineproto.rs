@@ -1,0 +1,1479 @@
+//! InfluxDB line protocol: a hand-written byte parser and the matching encoder.
+//!
+//! ```text
+//! measurement[,tag_key=tag_value…] field_key=field_value[,field_key=field_value…] [timestamp]
+//! ```
+//!
+//! # Parsing rules
+//!
+//! * The body is split on `\n`; one trailing `\r` per line is dropped (CRLF bodies).
+//! * Lines that are empty or only spaces/tabs, and lines whose first non-blank byte is `#`,
+//!   are skipped. Spaces and tabs before the measurement are skipped.
+//! * Measurement: `\,` `\ ` and `\\` are escapes; it ends at the first unescaped `,` (tags
+//!   follow) or space. **At the first position only**, `\#` and `\<TAB>` are escapes too, so
+//!   that a measurement starting with `#` or a tab can be written without being read as a
+//!   comment or as leading blank space. Anywhere else `\#` stays literally `\#`.
+//! * Tag keys, tag values and field keys: `\,` `\=` `\ ` and `\\` are escapes.
+//! * In all names a backslash before any other byte is kept literally (`a\b` is `a\b`).
+//! * Field values: float (`1`, `-1.5`, `1.`, `.5`, `2e-3`; a bare number is a float), signed
+//!   integer `12i`, unsigned integer `12u`, boolean (`t T true True TRUE f F false False
+//!   FALSE`), or a `"`-quoted string whose escapes are `\"` and `\\` (any other backslash is
+//!   literal; spaces, commas and `=` need no escaping inside quotes). NaN and infinities are
+//!   rejected: line protocol cannot carry them.
+//! * Sections are separated by one or more spaces; spaces at the end of a line are ignored.
+//! * The timestamp is an optional signed integer in [`ParseOptions::precision`] units, scaled
+//!   to nanoseconds with overflow checks. A line without one gets
+//!   [`ParseOptions::default_time`] (already in nanoseconds, not scaled).
+//! * Empty names or tag values, duplicate tag keys and duplicate field keys are errors.
+//! * The body must be UTF-8; an invalid byte is reported on its line.
+//!
+//! Parsing is all-or-nothing: one bad line fails the whole body, and the error keeps the first
+//! [`MAX_KEPT_ERRORS`] bad lines plus the total count so a client can fix them all at once.
+//!
+//! # Encoding rules
+//!
+//! The encoder writes the inverse of the rules above, so `parse(encode(p)) == p` for every
+//! point the parser can produce (that is, with no `\n` anywhere and with finite floats): a
+//! backslash is doubled only where it would otherwise form an escape (before an escapable
+//! byte, another backslash, or at the end of a name), which keeps ordinary backslashes such as
+//! Windows paths readable and compatible with other line protocol readers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::{FieldValue, Point};
+
+/// How many bad lines a [`ParseErrors`] keeps (it still counts all of them).
+pub const MAX_KEPT_ERRORS: usize = 10;
+
+/// Unit of the timestamps in a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Nanos,
+    Micros,
+    Millis,
+    Seconds,
+    Minutes,
+    Hours,
+}
+
+impl Precision {
+    /// Nanoseconds per unit.
+    pub const fn nanos_per_unit(self) -> i64 {
+        match self {
+            Precision::Nanos => 1,
+            Precision::Micros => 1_000,
+            Precision::Millis => 1_000_000,
+            Precision::Seconds => 1_000_000_000,
+            Precision::Minutes => 60_000_000_000,
+            Precision::Hours => 3_600_000_000_000,
+        }
+    }
+
+    /// Converts a timestamp in this unit to nanoseconds; `None` if it overflows `i64`.
+    pub fn to_nanos(self, t: i64) -> Option<i64> {
+        t.checked_mul(self.nanos_per_unit())
+    }
+
+    /// The canonical short name: `ns`, `us`, `ms`, `s`, `m` or `h`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Precision::Nanos => "ns",
+            Precision::Micros => "us",
+            Precision::Millis => "ms",
+            Precision::Seconds => "s",
+            Precision::Minutes => "m",
+            Precision::Hours => "h",
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    /// Accepts `n`/`ns`, `u`/`us`/`µs`, `ms`, `s`, `m` and `h` (the values of InfluxDB's
+    /// `precision` query parameter).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "n" | "ns" => Ok(Precision::Nanos),
+            "u" | "us" | "µs" | "μs" => Ok(Precision::Micros),
+            "ms" => Ok(Precision::Millis),
+            "s" => Ok(Precision::Seconds),
+            "m" => Ok(Precision::Minutes),
+            "h" => Ok(Precision::Hours),
+            other => Err(format!(
+                "unknown precision `{}`: expected one of n, ns, u, us, µs, ms, s, m, h",
+                snippet(other)
+            )),
+        }
+    }
+}
+
+/// How to read a body.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseOptions {
+    /// Unit of the timestamps written in the body.
+    pub precision: Precision,
+    /// Time (ns since the epoch) for lines without a timestamp; not scaled by `precision`.
+    pub default_time: i64,
+}
+
+/// One bad line: 1-based line number (counting `\n` in the body), 1-based byte column where
+/// the problem is, and a message saying what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {message}")]
+pub struct LineError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// All-or-nothing parse failure: the first up-to-[`MAX_KEPT_ERRORS`] bad lines plus the total
+/// count of bad lines.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseErrors {
+    pub errors: Vec<LineError>,
+    pub total: usize,
+}
+
+impl fmt::Display for ParseErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plural = if self.total == 1 { "" } else { "s" };
+        write!(f, "{} bad line{plural}", self.total)?;
+        for e in &self.errors {
+            write!(f, "; {e}")?;
+        }
+        if self.total > self.errors.len() {
+            write!(f, "; and {} more", self.total - self.errors.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a whole body. Either every line is good and all points come back in body order, or
+/// nothing does and the error lists the bad lines.
+pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors> {
+    let mut points = Vec::with_capacity(body.len() / 128 + 1);
+    let mut errors = Vec::new();
+    let mut total = 0usize;
+
+    for (idx, raw) in body.split(|&b| b == b'\n').enumerate() {
+        let raw = match raw.split_last() {
+            Some((b'\r', rest)) => rest,
+            _ => raw,
+        };
+        let result = match std::str::from_utf8(raw) {
+            Ok(line) => parse_line(line, &opts),
+            Err(e) => Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
+        };
+        match result {
+            Ok(Some(p)) if total == 0 => points.push(p),
+            Ok(_) => {}
+            Err(bad) => {
+                total += 1;
+                if errors.len() < MAX_KEPT_ERRORS {
+                    errors.push(LineError {
+                        line: idx + 1,
+                        column: bad.at + 1,
+                        message: bad.message,
+                    });
+                }
+                // The points are never returned now; free them early.
+                if total == 1 {
+                    points = Vec::new();
+                }
+            }
+        }
+    }
+
+    if total == 0 {
+        Ok(points)
+    } else {
+        Err(ParseErrors { errors, total })
+    }
+}
+
+/// Joins points with `\n` into `out` (no newline after the last one).
+pub fn encode_points(points: &[Point], out: &mut Vec<u8>) {
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            out.push(b'\n');
+        }
+        p.encode_into(out);
+    }
+}
+
+impl Point {
+    /// Appends this point as one line protocol line (no trailing newline) to `out`.
+    ///
+    /// The timestamp is always written, in nanoseconds. Strings must not contain `\n` and
+    /// floats must be finite for the line to parse back to an equal point (the parser never
+    /// produces anything else).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        escape_measurement(&self.measurement, out);
+        for (k, v) in &self.tags {
+            out.push(b',');
+            escape_name(k, out);
+            out.push(b'=');
+            escape_name(v, out);
+        }
+        let mut sep = b' ';
+        for (k, v) in &self.fields {
+            out.push(sep);
+            sep = b',';
+            escape_name(k, out);
+            out.push(b'=');
+            encode_value(v, out);
+        }
+        out.push(b' ');
+        write_i64(self.time, out);
+    }
+
+    /// Convenience: the line as a `String`.
+    pub fn to_line_protocol(&self) -> String {
+        let mut out = Vec::with_capacity(64);
+        self.encode_into(&mut out);
+        // Everything written is either copied from `String`s or ASCII, split only at ASCII.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parser
+// ---------------------------------------------------------------------------------------------
+
+/// A problem at byte offset `at` of the line.
+struct Bad {
+    at: usize,
+    message: String,
+}
+
+impl Bad {
+    fn new(at: usize, message: String) -> Self {
+        Bad { at, message }
+    }
+}
+
+/// Bytes that `\` escapes in tag keys, tag values and field keys.
+#[inline(always)]
+fn is_name_escapable(c: u8) -> bool {
+    matches!(c, b',' | b'=' | b' ' | b'\\')
+}
+
+/// Bytes that `\` escapes in a measurement; `first` is true at its first byte.
+#[inline(always)]
+fn is_measurement_escapable(c: u8, first: bool) -> bool {
+    matches!(c, b',' | b' ' | b'\\') || (first && matches!(c, b'#' | b'\t'))
+}
+
+/// Bytes that `\` escapes inside a quoted string.
+#[inline(always)]
+fn is_string_escapable(c: u8) -> bool {
+    matches!(c, b'"' | b'\\')
+}
+
+/// Owned copy of `s`, dropping the backslash of every escape. `escapable(c, at_first_byte)`
+/// says whether `\c` is an escape.
+fn unescape(s: &str, escapable: impl Fn(u8, bool) -> bool) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut chunk = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() && escapable(b[i + 1], i == 0) {
+            out.push_str(&s[chunk..i]);
+            chunk = i + 1; // keep the escaped byte, drop the backslash
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&s[chunk..]);
+    out
+}
+
+/// Scans a measurement from `start`; returns its end (an unescaped `,` or space, or the end of
+/// the line) and whether it has a backslash.
+#[inline]
+fn scan_measurement(b: &[u8], start: usize) -> (usize, bool) {
+    let mut i = start;
+    let mut esc = false;
+    while i < b.len() {
+        match b[i] {
+            b',' | b' ' => break,
+            b'\\' => {
+                esc = true;
+                let skip = i + 1 < b.len() && is_measurement_escapable(b[i + 1], i == start);
+                i += if skip { 2 } else { 1 };
+            }
+            _ => i += 1,
+        }
+    }
+    (i, esc)
+}
+
+/// Scans a tag key or field key (`until_eq`: also stops at `=`) or a tag value; returns its
+/// end and whether it has a backslash.
+#[inline]
+fn scan_name(b: &[u8], start: usize, until_eq: bool) -> (usize, bool) {
+    let mut i = start;
+    let mut esc = false;
+    while i < b.len() {
+        match b[i] {
+            b',' | b' ' => break,
+            b'=' if until_eq => break,
+            b'\\' => {
+                esc = true;
+                let skip = i + 1 < b.len() && is_name_escapable(b[i + 1]);
+                i += if skip { 2 } else { 1 };
+            }
+            _ => i += 1,
+        }
+    }
+    (i, esc)
+}
+
+#[inline]
+fn owned_name(line: &str, start: usize, end: usize, esc: bool) -> String {
+    let s = &line[start..end];
+    if esc {
+        unescape(s, |c, _| is_name_escapable(c))
+    } else {
+        s.to_owned()
+    }
+}
+
+#[inline]
+fn skip_spaces(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i] == b' ' {
+        i += 1;
+    }
+    i
+}
+
+/// Parses one line (without its `\n` and trailing `\r`). `Ok(None)` for blank and comment
+/// lines.
+fn parse_line(line: &str, opts: &ParseOptions) -> Result<Option<Point>, Bad> {
+    let b = line.as_bytes();
+    let len = b.len();
+    let mut i = 0;
+    while i < len && matches!(b[i], b' ' | b'\t') {
+        i += 1;
+    }
+    if i == len || b[i] == b'#' {
+        return Ok(None);
+    }
+
+    // Measurement.
+    let m_start = i;
+    let (m_end, m_esc) = scan_measurement(b, m_start);
+    if m_end == m_start {
+        return Err(Bad::new(
+            m_start,
+            "missing measurement: a line must start with a measurement name".to_owned(),
+        ));
+    }
+    let m = &line[m_start..m_end];
+    let measurement = if m_esc {
+        unescape(m, is_measurement_escapable)
+    } else {
+        m.to_owned()
+    };
+    i = m_end;
+
+    // Tag set.
+    let mut tags: Vec<(String, String)> = Vec::new();
+    while i < len && b[i] == b',' {
+        i += 1;
+        let k_start = i;
+        let (k_end, k_esc) = scan_name(b, k_start, true);
+        if k_end == k_start {
+            return Err(Bad::new(
+                k_start,
+                "empty tag key: a `,` after the measurement or a tag must be followed by \
+                 `key=value`"
+                    .to_owned(),
+            ));
+        }
+        if k_end == len || b[k_end] != b'=' {
+            return Err(Bad::new(
+                k_end,
+                format!(
+                    "tag key `{}` is missing `=value`",
+                    snippet(&line[k_start..k_end])
+                ),
+            ));
+        }
+        let key = owned_name(line, k_start, k_end, k_esc);
+        let v_start = k_end + 1;
+        let (v_end, v_esc) = scan_name(b, v_start, false);
+        if v_end == v_start {
+            return Err(Bad::new(
+                v_start,
+                format!("tag `{}` has an empty value", snippet(&key)),
+            ));
+        }
+        if tags.iter().any(|(k, _)| *k == key) {
+            return Err(Bad::new(
+                k_start,
+                format!("duplicate tag key `{}`", snippet(&key)),
+            ));
+        }
+        let value = owned_name(line, v_start, v_end, v_esc);
+        tags.push((key, value));
+        i = v_end;
+    }
+
+    // Field set.
+    i = skip_spaces(b, i);
+    if i == len {
+        return Err(Bad::new(
+            i,
+            "missing field set: a line needs at least one field after the first unescaped space"
+                .to_owned(),
+        ));
+    }
+    let mut fields: Vec<(String, FieldValue)> = Vec::new();
+    loop {
+        let k_start = i;
+        let (k_end, k_esc) = scan_name(b, k_start, true);
+        if k_end == k_start {
+            let message = if k_start == len || b[k_start] == b' ' {
+                "empty field key: a `,` in the field set must be followed by `key=value`"
+            } else {
+                "empty field key: expected `key=value`"
+            };
+            return Err(Bad::new(k_start, message.to_owned()));
+        }
+        if k_end == len || b[k_end] != b'=' {
+            return Err(Bad::new(
+                k_end,
+                format!(
+                    "field key `{}` is missing `=value`",
+                    snippet(&line[k_start..k_end])
+                ),
+            ));
+        }
+        let key = owned_name(line, k_start, k_end, k_esc);
+        let (value, end) = parse_field_value(line, k_end + 1, &key)?;
+        if fields.iter().any(|(k, _)| *k == key) {
+            return Err(Bad::new(
+                k_start,
+                format!("duplicate field key `{}`", snippet(&key)),
+            ));
+        }
+        fields.push((key, value));
+        i = end;
+        if i < len && b[i] == b',' {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+
+    // Timestamp.
+    i = skip_spaces(b, i);
+    let time = if i == len {
+        opts.default_time
+    } else {
+        let t_start = i;
+        while i < len && b[i] != b' ' {
+            i += 1;
+        }
+        let t =
+            parse_timestamp(&line[t_start..i], opts.precision).map_err(|m| Bad::new(t_start, m))?;
+        i = skip_spaces(b, i);
+        if i < len {
+            return Err(Bad::new(
+                i,
+                format!(
+                    "unexpected `{}` after the timestamp: a line ends with its timestamp",
+                    snippet(&line[i..])
+                ),
+            ));
+        }
+        t
+    };
+
+    Ok(Some(Point {
+        measurement,
+        tags,
+        fields,
+        time,
+    }))
+}
+
+/// Parses the field value starting at byte `start`; returns it and the offset just past it.
+fn parse_field_value(line: &str, start: usize, key: &str) -> Result<(FieldValue, usize), Bad> {
+    let b = line.as_bytes();
+    let len = b.len();
+    if start == len || b[start] == b',' || b[start] == b' ' {
+        return Err(Bad::new(
+            start,
+            format!("field `{}` has no value after `=`", snippet(key)),
+        ));
+    }
+
+    if b[start] == b'"' {
+        let s_start = start + 1;
+        let mut j = s_start;
+        let mut esc = false;
+        loop {
+            if j >= len {
+                return Err(Bad::new(
+                    start,
+                    format!(
+                        "unterminated string in field `{}`: missing the closing `\"`",
+                        snippet(key)
+                    ),
+                ));
+            }
+            match b[j] {
+                b'"' => break,
+                b'\\' => {
+                    if j + 1 < len && is_string_escapable(b[j + 1]) {
+                        esc = true;
+                        j += 2;
+                    } else {
+                        j += 1;
+                    }
+                }
+                _ => j += 1,
+            }
+        }
+        let raw = &line[s_start..j];
+        let s = if esc {
+            unescape(raw, |c, _| is_string_escapable(c))
+        } else {
+            raw.to_owned()
+        };
+        let end = j + 1;
+        if end < len && b[end] != b',' && b[end] != b' ' {
+            let next = line[end..].chars().next().unwrap_or('?');
+            return Err(Bad::new(
+                end,
+                format!(
+                    "unexpected `{next}` after the closing quote of field `{}`: expected `,`, \
+                     a space or the end of the line",
+                    snippet(key)
+                ),
+            ));
+        }
+        return Ok((FieldValue::Str(s), end));
+    }
+
+    let mut end = start;
+    while end < len && b[end] != b',' && b[end] != b' ' {
+        end += 1;
+    }
+    let token = &line[start..end];
+    match parse_scalar(token) {
+        Ok(v) => Ok((v, end)),
+        Err(why) => Err(Bad::new(
+            start,
+            format!("field `{}` value `{}` {why}", snippet(key), snippet(token)),
+        )),
+    }
+}
+
+const NOT_A_VALUE: &str =
+    "is not a number, integer (`1i`), unsigned (`1u`), boolean or quoted string";
+
+/// Parses an unquoted field value; the error completes "field `k` value `v` …".
+fn parse_scalar(token: &str) -> Result<FieldValue, &'static str> {
+    let b = token.as_bytes();
+    match token {
+        "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Bool(true)),
+        "f" | "F" | "false" | "False" | "FALSE" => return Ok(FieldValue::Bool(false)),
+        _ => {}
+    }
+    let Some((&last, body)) = b.split_last() else {
+        return Err(NOT_A_VALUE);
+    };
+    match last {
+        b'i' => {
+            if !is_integer(body, true) {
+                return Err(NOT_A_VALUE);
+            }
+            // Only digits and a sign are left, so failing means out of range.
+            token[..body.len()]
+                .parse::<i64>()
+                .map(FieldValue::Int)
+                .map_err(|_| "is out of range for a signed 64-bit integer")
+        }
+        b'u' => {
+            if is_integer(body, false) {
+                token[..body.len()]
+                    .parse::<u64>()
+                    .map(FieldValue::Uint)
+                    .map_err(|_| "is out of range for an unsigned 64-bit integer")
+            } else if is_integer(body, true) {
+                Err("is negative, but unsigned integers (`u`) cannot be")
+            } else {
+                Err(NOT_A_VALUE)
+            }
+        }
+        _ => {
+            if is_float(b) {
+                match token.parse::<f64>() {
+                    Ok(v) if v.is_finite() => Ok(FieldValue::Float(v)),
+                    Ok(_) => Err("is not a finite number (it overflows a 64-bit float)"),
+                    Err(_) => Err(NOT_A_VALUE),
+                }
+            } else if is_nan_or_inf(token) {
+                Err("is not a finite number: line protocol cannot carry NaN or infinity")
+            } else {
+                Err(NOT_A_VALUE)
+            }
+        }
+    }
+}
+
+/// `-?[0-9]+` (the sign only if `signed`).
+fn is_integer(b: &[u8], signed: bool) -> bool {
+    let digits = match b {
+        [b'-', rest @ ..] if signed => rest,
+        _ => b,
+    };
+    !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
+}
+
+/// `-?(D+(.D*)?|.D+)([eE][+-]?D+)?`
+fn is_float(b: &[u8]) -> bool {
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let int_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let mut mantissa_digits = i - int_start;
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        let frac_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        mantissa_digits += i - frac_start;
+    }
+    if mantissa_digits == 0 {
+        return false;
+    }
+    if i < b.len() && matches!(b[i], b'e' | b'E') {
+        i += 1;
+        if i < b.len() && matches!(b[i], b'+' | b'-') {
+            i += 1;
+        }
+        let exp_start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == exp_start {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+fn is_nan_or_inf(token: &str) -> bool {
+    let t = token
+        .strip_prefix('-')
+        .or_else(|| token.strip_prefix('+'))
+        .unwrap_or(token);
+    ["nan", "inf", "infinity"]
+        .iter()
+        .any(|w| t.eq_ignore_ascii_case(w))
+}
+
+fn parse_timestamp(token: &str, precision: Precision) -> Result<i64, String> {
+    if !is_integer(token.as_bytes(), true) {
+        let hint = if token.contains('=') {
+            " (fields are separated by `,`, not spaces)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "timestamp `{}` is not an integer{hint}",
+            snippet(token)
+        ));
+    }
+    let t: i64 = token.parse().map_err(|_| {
+        format!(
+            "timestamp `{}` is out of range for a 64-bit integer",
+            snippet(token)
+        )
+    })?;
+    precision.to_nanos(t).ok_or_else(|| {
+        format!(
+            "timestamp `{}` with precision `{precision}` overflows a 64-bit nanosecond time",
+            snippet(token)
+        )
+    })
+}
+
+/// `s` for an error message, cut to a readable length at a char boundary.
+fn snippet(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut cut = MAX;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…", &s[..cut])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder
+// ---------------------------------------------------------------------------------------------
+
+fn escape_measurement(s: &str, out: &mut Vec<u8>) {
+    let b = s.as_bytes();
+    let plain = !matches!(b.first(), Some(b'#' | b'\t'))
+        && !b.iter().any(|&c| matches!(c, b',' | b' ' | b'\\'));
+    if plain {
+        out.extend_from_slice(b);
+        return;
+    }
+    for (i, &c) in b.iter().enumerate() {
+        let first = i == 0;
+        if c == b'\\' {
+            // Double it only where the parser would otherwise read an escape.
+            let doubled = match b.get(i + 1) {
+                None => true,
+                Some(&next) => is_measurement_escapable(next, first),
+            };
+            out.extend_from_slice(if doubled { b"\\\\" } else { b"\\" });
+        } else {
+            if is_measurement_escapable(c, first) {
+                out.push(b'\\');
+            }
+            out.push(c);
+        }
+    }
+}
+
+/// Tag keys, tag values and field keys.
+fn escape_name(s: &str, out: &mut Vec<u8>) {
+    let b = s.as_bytes();
+    if !b.iter().any(|&c| is_name_escapable(c)) {
+        out.extend_from_slice(b);
+        return;
+    }
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'\\' {
+            let doubled = match b.get(i + 1) {
+                None => true,
+                Some(&next) => is_name_escapable(next),
+            };
+            out.extend_from_slice(if doubled { b"\\\\" } else { b"\\" });
+        } else {
+            if is_name_escapable(c) {
+                out.push(b'\\');
+            }
+            out.push(c);
+        }
+    }
+}
+
+fn encode_value(v: &FieldValue, out: &mut Vec<u8>) {
+    match v {
+        FieldValue::Float(f) => write_f64(*f, out),
+        FieldValue::Int(n) => {
+            write_i64(*n, out);
+            out.push(b'i');
+        }
+        FieldValue::Uint(n) => {
+            write_u64(*n, out);
+            out.push(b'u');
+        }
+        FieldValue::Bool(true) => out.extend_from_slice(b"true"),
+        FieldValue::Bool(false) => out.extend_from_slice(b"false"),
+        FieldValue::Str(s) => {
+            out.push(b'"');
+            let b = s.as_bytes();
+            if b.iter().any(|&c| is_string_escapable(c)) {
+                for &c in b {
+                    if is_string_escapable(c) {
+                        out.push(b'\\');
+                    }
+                    out.push(c);
+                }
+            } else {
+                out.extend_from_slice(b);
+            }
+            out.push(b'"');
+        }
+    }
+}
+
+/// Shortest decimal that parses back to the same `f64`: plain notation (`1`, `0.25`) for
+/// ordinary magnitudes, exponent notation (`1e300`, `5e-324`) for very large or small ones.
+fn write_f64(f: f64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    let a = f.abs();
+    let r = if a == 0.0 || (1e-5..1e16).contains(&a) {
+        write!(out, "{f}")
+    } else {
+        write!(out, "{f:e}")
+    };
+    debug_assert!(r.is_ok(), "writing to a Vec cannot fail");
+}
+
+fn write_u64(mut n: u64, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn write_i64(n: i64, out: &mut Vec<u8>) {
+    if n < 0 {
+        out.push(b'-');
+    }
+    write_u64(n.unsigned_abs(), out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> ParseOptions {
+        ParseOptions {
+            precision: Precision::Nanos,
+            default_time: 42,
+        }
+    }
+
+    fn one(line: &str) -> Point {
+        let mut v = parse(line.as_bytes(), opts())
+            .unwrap_or_else(|e| panic!("`{line}` should parse, got: {e}"));
+        assert_eq!(v.len(), 1, "`{line}`");
+        v.pop().unwrap()
+    }
+
+    fn err(body: &str) -> ParseErrors {
+        match parse(body.as_bytes(), opts()) {
+            Ok(p) => panic!("`{body}` should fail, got {p:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn pt(m: &str, tags: &[(&str, &str)], fields: Vec<(&str, FieldValue)>, time: i64) -> Point {
+        Point {
+            measurement: m.to_owned(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            fields: fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            time,
+        }
+    }
+
+    use FieldValue::{Bool, Float, Int, Str, Uint};
+
+    #[test]
+    fn field_types() {
+        let cases: Vec<(&str, FieldValue)> = vec![
+            ("1", Float(1.0)),
+            ("1.5", Float(1.5)),
+            ("-1.5e3", Float(-1500.0)),
+            ("1.", Float(1.0)),
+            (".5", Float(0.5)),
+            ("-.5", Float(-0.5)),
+            ("2E-3", Float(0.002)),
+            ("1e+2", Float(100.0)),
+            ("-0", Float(-0.0)),
+            ("1.7976931348623157e308", Float(f64::MAX)),
+            ("12i", Int(12)),
+            ("-12i", Int(-12)),
+            ("9223372036854775807i", Int(i64::MAX)),
+            ("-9223372036854775808i", Int(i64::MIN)),
+            ("12u", Uint(12)),
+            ("0u", Uint(0)),
+            ("18446744073709551615u", Uint(u64::MAX)),
+            ("t", Bool(true)),
+            ("T", Bool(true)),
+            ("true", Bool(true)),
+            ("True", Bool(true)),
+            ("TRUE", Bool(true)),
+            ("f", Bool(false)),
+            ("F", Bool(false)),
+            ("false", Bool(false)),
+            ("False", Bool(false)),
+            ("FALSE", Bool(false)),
+            (r#""hello""#, Str("hello".into())),
+            (r#""""#, Str(String::new())),
+            (r#""a b,c=d""#, Str("a b,c=d".into())),
+            (r#""say \"hi\"""#, Str(r#"say "hi""#.into())),
+            (r#""c:\\dir""#, Str(r"c:\dir".into())),
+            (r#""c:\dir\n""#, Str(r"c:\dir\n".into())),
+            (r#""tail\\""#, Str(r"tail\".into())),
+            (r#""温度 🌡""#, Str("温度 🌡".into())),
+        ];
+        for (text, want) in cases {
+            let line = format!("m v={text} 7");
+            let p = one(&line);
+            assert_eq!(p.fields, vec![("v".to_owned(), want.clone())], "{line}");
+            assert_eq!(p.time, 7);
+        }
+    }
+
+    #[test]
+    fn full_line() {
+        let p = one(
+            "cpu,host=a,region=eu-west usage=0.5,count=3i,ok=t,msg=\"x y\" 1700000000000000000",
+        );
+        assert_eq!(
+            p,
+            pt(
+                "cpu",
+                &[("host", "a"), ("region", "eu-west")],
+                vec![
+                    ("usage", Float(0.5)),
+                    ("count", Int(3)),
+                    ("ok", Bool(true)),
+                    ("msg", Str("x y".into())),
+                ],
+                1_700_000_000_000_000_000
+            )
+        );
+    }
+
+    #[test]
+    fn escapes_in_every_position() {
+        let cases: Vec<(&str, Point)> = vec![
+            (
+                r"my\ meas\,ure,t\ k\,e\=y=v\ a\,l\=ue f\ k\,e\=y=1",
+                pt(
+                    "my meas,ure",
+                    &[("t k,e=y", "v a,l=ue")],
+                    vec![("f k,e=y", Float(1.0))],
+                    42,
+                ),
+            ),
+            // `=` needs no escape in a measurement, and `\=` stays literal there.
+            (
+                r"a=b\=c f=1",
+                pt(r"a=b\=c", &[], vec![("f", Float(1.0))], 42),
+            ),
+            // Backslashes before ordinary bytes are literal.
+            (
+                r"c:\path,k=d:\dir f\x=1",
+                pt(
+                    r"c:\path",
+                    &[("k", r"d:\dir")],
+                    vec![(r"f\x", Float(1.0))],
+                    42,
+                ),
+            ),
+            // `\\` is one backslash; a trailing one has to be doubled.
+            (
+                r"m\\,k\\=v\\ f\\=1",
+                pt(r"m\", &[(r"k\", r"v\")], vec![(r"f\", Float(1.0))], 42),
+            ),
+            // `\#` is an escape only at the start of the measurement.
+            (r"\#hash f=1", pt("#hash", &[], vec![("f", Float(1.0))], 42)),
+            (r"a\#b f=1", pt(r"a\#b", &[], vec![("f", Float(1.0))], 42)),
+            (r"\ lead f=1", pt(" lead", &[], vec![("f", Float(1.0))], 42)),
+            ("\\\ttab f=1", pt("\ttab", &[], vec![("f", Float(1.0))], 42)),
+            // `=` in tag values may be unescaped; `"` in names is literal.
+            (
+                r#"m,k=a=b "f"=1"#,
+                pt("m", &[("k", "a=b")], vec![(r#""f""#, Float(1.0))], 42),
+            ),
+            // A backslash at the very end of a tag value before the separator is literal.
+            (r"m,k=v\ f=1", pt("m", &[("k", "v f=1")], vec![], 0)),
+        ];
+        for (line, want) in cases {
+            if want.fields.is_empty() {
+                // `v\ f=1` swallowed the separator: no field set left.
+                let e = err(line);
+                assert!(e.errors[0].message.contains("missing field set"), "{e}");
+                continue;
+            }
+            assert_eq!(one(line), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn unicode() {
+        let p = one("温度,城市=北京,emoji=🔥🚀 值=21.5,备注=\"très 😀\" 1");
+        assert_eq!(
+            p,
+            pt(
+                "温度",
+                &[("城市", "北京"), ("emoji", "🔥🚀")],
+                vec![("值", Float(21.5)), ("备注", Str("très 😀".into()))],
+                1
+            )
+        );
+        // Escapes next to multi-byte characters.
+        let p = one(r"é\,ü,ß\ =\\ö f=1");
+        assert_eq!(p.measurement, "é,ü");
+        assert_eq!(p.tags, vec![("ß ".to_owned(), r"\ö".to_owned())]);
+    }
+
+    #[test]
+    fn crlf_comments_blank_lines_and_spacing() {
+        let body = "# a comment\r\n\r\n   \n\t\n  # indented comment\ncpu f=1 10\r\n  \tmem  f=2i   20  \ndisk f=3\r\n\n";
+        let points = parse(body.as_bytes(), opts()).unwrap();
+        assert_eq!(
+            points,
+            vec![
+                pt("cpu", &[], vec![("f", Float(1.0))], 10),
+                pt("mem", &[], vec![("f", Int(2))], 20),
+                pt("disk", &[], vec![("f", Float(3.0))], 42),
+            ]
+        );
+        assert_eq!(parse(b"", opts()).unwrap(), vec![]);
+        assert_eq!(parse(b"\n\n\r\n", opts()).unwrap(), vec![]);
+        // Trailing spaces after the field set with no timestamp.
+        assert_eq!(one("m f=1   ").time, 42);
+        assert_eq!(one("m,t=1    f=1    5").time, 5);
+    }
+
+    #[test]
+    fn precisions() {
+        let cases = [
+            ("n", Precision::Nanos, 5),
+            ("ns", Precision::Nanos, 5),
+            ("u", Precision::Micros, 5_000),
+            ("us", Precision::Micros, 5_000),
+            ("µs", Precision::Micros, 5_000),
+            ("ms", Precision::Millis, 5_000_000),
+            ("s", Precision::Seconds, 5_000_000_000),
+            ("m", Precision::Minutes, 300_000_000_000),
+            ("h", Precision::Hours, 18_000_000_000_000),
+        ];
+        for (name, precision, want) in cases {
+            assert_eq!(name.parse::<Precision>(), Ok(precision));
+            assert_eq!(precision.as_str().parse::<Precision>(), Ok(precision));
+            let o = ParseOptions {
+                precision,
+                default_time: 99,
+            };
+            let points = parse(b"m f=1 5\nm f=1 -5\nm f=1", o).unwrap();
+            assert_eq!(points[0].time, want, "{name}");
+            assert_eq!(points[1].time, -want, "{name}");
+            // No timestamp: default_time, not scaled.
+            assert_eq!(points[2].time, 99, "{name}");
+        }
+        let e = "sec".parse::<Precision>().unwrap_err();
+        assert!(
+            e.contains("`sec`") && e.contains("ns, u, us") && e.contains(", h"),
+            "{e}"
+        );
+        assert_eq!(Precision::default(), Precision::Nanos);
+        assert_eq!(Precision::Hours.to_nanos(i64::MAX), None);
+        assert_eq!(Precision::Seconds.to_nanos(-2), Some(-2_000_000_000));
+    }
+
+    /// (body, line, column, message fragment)
+    #[test]
+    fn error_kinds() {
+        let cases: &[(&str, usize, usize, &str)] = &[
+            (
+                "m f=12x",
+                1,
+                5,
+                "value `12x` is not a number, integer (`1i`), unsigned (`1u`), boolean or quoted string",
+            ),
+            (
+                "m",
+                1,
+                2,
+                "missing field set: a line needs at least one field after the first unescaped space",
+            ),
+            ("m,t=1   ", 1, 9, "missing field set"),
+            (
+                "ok f=1\nm f=1,msg=\"abc",
+                2,
+                11,
+                "unterminated string in field `msg`",
+            ),
+            ("m f=\"a\\\"", 1, 5, "unterminated string in field `f`"),
+            ("m f=1 abc", 1, 7, "timestamp `abc` is not an integer"),
+            (
+                "m f=1 g=2",
+                1,
+                7,
+                "not an integer (fields are separated by `,`, not spaces)",
+            ),
+            ("m f=1 1.5", 1, 7, "timestamp `1.5` is not an integer"),
+            (
+                "m f=1 99999999999999999999",
+                1,
+                7,
+                "out of range for a 64-bit integer",
+            ),
+            ("m f=1 1 2", 1, 9, "unexpected `2` after the timestamp"),
+            (",t=1 f=1", 1, 1, "missing measurement"),
+            ("m,=v f=1", 1, 3, "empty tag key"),
+            ("m, f=1", 1, 3, "empty tag key"),
+            ("m,t f=1", 1, 4, "tag key `t` is missing `=value`"),
+            ("m,t= f=1", 1, 5, "tag `t` has an empty value"),
+            ("m,t=1,u=2,t=3 f=1", 1, 11, "duplicate tag key `t`"),
+            ("m f=1,f=2", 1, 7, "duplicate field key `f`"),
+            ("m =1", 1, 3, "empty field key"),
+            (
+                "m f=1,",
+                1,
+                7,
+                "empty field key: a `,` in the field set must be followed",
+            ),
+            ("m f", 1, 4, "field key `f` is missing `=value`"),
+            ("m f=", 1, 5, "field `f` has no value"),
+            ("m f=,g=1", 1, 5, "field `f` has no value"),
+            (
+                "m f=\"a\"x",
+                1,
+                8,
+                "unexpected `x` after the closing quote of field `f`",
+            ),
+            ("m f=NaN", 1, 5, "is not a finite number"),
+            ("m f=-inf", 1, 5, "is not a finite number"),
+            ("m f=Infinity", 1, 5, "is not a finite number"),
+            ("m f=1e999", 1, 5, "is not a finite number"),
+            ("m f=+1", 1, 5, "is not a number"),
+            ("m f=1e", 1, 5, "is not a number"),
+            ("m f=.", 1, 5, "is not a number"),
+            ("m f=-", 1, 5, "is not a number"),
+            ("m f=i", 1, 5, "is not a number"),
+            ("m f=1.5i", 1, 5, "is not a number"),
+            ("m f=yes", 1, 5, "is not a number"),
+            (
+                "m f=9223372036854775808i",
+                1,
+                5,
+                "out of range for a signed 64-bit integer",
+            ),
+            (
+                "m f=18446744073709551616u",
+                1,
+                5,
+                "out of range for an unsigned 64-bit integer",
+            ),
+            ("m f=-1u", 1, 5, "is negative"),
+        ];
+        for &(body, line, column, fragment) in cases {
+            let e = err(body);
+            assert_eq!(e.total, 1, "{body}: {e}");
+            let got = &e.errors[0];
+            assert!(got.message.contains(fragment), "{body}: {got}");
+            assert_eq!((got.line, got.column), (line, column), "{body}: {got}");
+        }
+    }
+
+    #[test]
+    fn timestamp_overflow_by_precision() {
+        let o = ParseOptions {
+            precision: Precision::Seconds,
+            default_time: 0,
+        };
+        let e = parse(b"m f=1 9223372037", o).unwrap_err();
+        assert!(
+            e.errors[0].message.contains("with precision `s` overflows"),
+            "{e}"
+        );
+        assert_eq!(e.errors[0].column, 7);
+        // The largest that fits.
+        assert_eq!(
+            parse(b"m f=1 9223372036", o).unwrap()[0].time,
+            9_223_372_036_000_000_000
+        );
+        assert_eq!(one("m f=1 -9223372036854775808").time, i64::MIN);
+    }
+
+    #[test]
+    fn invalid_utf8_reports_its_line() {
+        let mut body = b"ok f=1\nok f=2\nm,t=a".to_vec();
+        body.extend_from_slice(&[0xff, 0xfe]);
+        body.extend_from_slice(b" f=1\nok f=3");
+        let e = parse(&body, opts()).unwrap_err();
+        assert_eq!(e.total, 1);
+        assert_eq!(
+            e.errors[0],
+            LineError {
+                line: 3,
+                column: 6,
+                message: "invalid UTF-8".into()
+            }
+        );
+        assert_eq!(e.to_string(), "1 bad line; line 3, column 6: invalid UTF-8");
+    }
+
+    #[test]
+    fn bad_third_line() {
+        let e = err("a f=1\nb f=2\nc f=oops\nd f=4");
+        assert_eq!(e.total, 1);
+        assert_eq!(e.errors[0].line, 3);
+        assert_eq!(e.errors[0].column, 5);
+        // CRLF and comment lines still count as lines.
+        let e = err("# c\r\n\r\nc,t f=1\r\n");
+        assert_eq!((e.errors[0].line, e.errors[0].column), (3, 4));
+    }
+
+    #[test]
+    fn keeps_ten_and_counts_all() {
+        let mut body = String::new();
+        for i in 0..15 {
+            if i % 5 == 2 {
+                body.push_str("good f=1\n");
+            } else {
+                body.push_str("bad\n");
+            }
+        }
+        let e = err(&body);
+        assert_eq!(e.total, 12);
+        assert_eq!(e.errors.len(), 10);
+        let lines: Vec<usize> = e.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![1, 2, 4, 5, 6, 7, 9, 10, 11, 12]);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("12 bad lines; line 1, column 4: missing field set"),
+            "{text}"
+        );
+        assert!(text.ends_with("; and 2 more"), "{text}");
+    }
+
+    #[test]
+    fn display_lists_kept_errors() {
+        let e = err("m f=1\nx\nm f=2\nm f=1 t");
+        assert_eq!(
+            e.to_string(),
+            "2 bad lines; line 2, column 2: missing field set: a line needs at least one field \
+             after the first unescaped space; line 4, column 7: timestamp `t` is not an integer"
+        );
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        let long = "x".repeat(500);
+        let e = err(&format!("m f={long}"));
+        let msg = &e.errors[0].message;
+        assert!(msg.len() < 200 && msg.contains('…'), "{msg}");
+    }
+
+    fn round_trip(p: &Point) {
+        let line = p.to_line_protocol();
+        let back = parse(line.as_bytes(), opts())
+            .unwrap_or_else(|e| panic!("{p:?} encoded as `{line}` does not parse: {e}"));
+        assert_eq!(back, vec![p.clone()], "encoded as `{line}`");
+        // The encoding is canonical.
+        assert_eq!(back[0].to_line_protocol(), line);
+    }
+
+    #[test]
+    fn round_trip_tricky_points() {
+        let tricky = [
+            "",
+            " ",
+            "a",
+            "a\\",
+            "\\",
+            "\\\\",
+            "a\\b",
+            "a\\,",
+            "\\ ",
+            ",",
+            "=",
+            " a ",
+            "a=b",
+            "#",
+            "#x",
+            "\\#",
+            "\t",
+            "\tx",
+            "x\t",
+            "\"",
+            "\"q\"",
+            "温度",
+            "🔥 🚀",
+            "c:\\dir\\",
+            "a\\=b",
+            "a\\\\\\",
+            "\r",
+            "x\ry",
+        ];
+        let mut points = Vec::new();
+        for s in tricky {
+            if s.is_empty() {
+                // Names can't be empty; only strings can.
+                points.push(pt("m", &[], vec![("s", Str(String::new()))], 0));
+                continue;
+            }
+            points.push(pt(
+                s,
+                &[(s, s), ("k", s)],
+                vec![(s, Str(s.to_owned())), ("f", Float(1.0))],
+                -1,
+            ));
+            points.push(pt(
+                &format!("{s}{s}"),
+                &[],
+                vec![("x", Str(format!("{s}\\")))],
+                1,
+            ));
+        }
+        points.push(pt(
+            "#m",
+            &[],
+            vec![
+                ("f", Float(0.1)),
+                ("g", Float(1.0)),
+                ("h", Float(-0.0)),
+                ("big", Float(f64::MAX)),
+                ("small", Float(f64::MIN_POSITIVE)),
+                ("tiny", Float(5e-324)),
+                ("e16", Float(1e16)),
+                ("e15", Float(123456789012345.6)),
+                ("i", Int(i64::MIN)),
+                ("j", Int(i64::MAX)),
+                ("u", Uint(u64::MAX)),
+                ("b", Bool(false)),
+                ("t", Bool(true)),
+            ],
+            i64::MAX,
+        ));
+        for p in &points {
+            round_trip(p);
+        }
+        // And all of them in one body.
+        let mut body = Vec::new();
+        encode_points(&points, &mut body);
+        assert_eq!(parse(&body, opts()).unwrap(), points);
+    }
+
+    #[test]
+    fn encoding_is_readable() {
+        let p = pt(
+            "cpu load",
+            &[("host", "a,b"), ("path", r"c:\dir")],
+            vec![
+                ("v", Float(1.0)),
+                ("n", Int(-3)),
+                ("u", Uint(3)),
+                ("ok", Bool(true)),
+                ("s", Str(r#"say "hi" \o/"#.into())),
+            ],
+            123,
+        );
+        assert_eq!(
+            p.to_line_protocol(),
+            r#"cpu\ load,host=a\,b,path=c:\dir v=1,n=-3i,u=3u,ok=true,s="say \"hi\" \\o/" 123"#
+        );
+        assert_eq!(
+            pt("#x", &[("k", r"v\")], vec![("f", Float(1e300))], 0).to_line_protocol(),
+            r"\#x,k=v\\ f=1e300 0"
+        );
+        let mut out = Vec::new();
+        encode_points(&[], &mut out);
+        assert!(out.is_empty());
+        encode_points(&[p.clone(), p], &mut out);
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_ne!(out.last(), Some(&b'\n'));
+    }
+
+    /// xorshift64*: deterministic and dependency-free.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const ALPHABET: &[&str] = &[
+        "a", "b", "Z", "0", "1", "-", ".", " ", ",", "=", "\\", "\"", "#", "\t", "\r", "i", "u",
+        "t", "e", "é", "温", "🔥", "'",
+    ];
+
+    fn random_text(rng: &mut Rng, min: usize) -> String {
+        let n = min + rng.below(6);
+        (0..n)
+            .map(|_| ALPHABET[rng.below(ALPHABET.len())])
+            .collect()
+    }
+
+    /// Random points survive encode → parse; random junk never panics the parser.
+    #[test]
+    fn random_round_trip_and_junk() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let mut p = Point {
+                measurement: random_text(&mut rng, 1),
+                tags: Vec::new(),
+                fields: Vec::new(),
+                time: rng.next() as i64,
+            };
+            for _ in 0..rng.below(4) {
+                let k = random_text(&mut rng, 1);
+                if p.tags.iter().all(|(x, _)| *x != k) {
+                    p.tags.push((k, random_text(&mut rng, 1)));
+                }
+            }
+            for _ in 0..1 + rng.below(4) {
+                let k = random_text(&mut rng, 1);
+                if p.fields.iter().any(|(x, _)| *x == k) {
+                    continue;
+                }
+                let v = match rng.below(6) {
+                    0 => {
+                        let f = f64::from_bits(rng.next());
+                        Float(if f.is_finite() { f } else { 0.5 })
+                    }
+                    1 => Float((rng.next() % 100_000) as f64 / 8.0),
+                    2 => Int(rng.next() as i64),
+                    3 => Uint(rng.next()),
+                    4 => Bool(rng.next() & 1 == 1),
+                    _ => Str(random_text(&mut rng, 0)),
+                };
+                p.fields.push((k, v));
+            }
+            round_trip(&p);
+
+            // Mutate the encoded line and make sure parsing never panics; anything accepted
+            // must round-trip as well.
+            let mut bytes = p.to_line_protocol().into_bytes();
+            for _ in 0..1 + rng.below(3) {
+                let at = rng.below(bytes.len() + 1);
+                match rng.below(3) {
+                    0 if at < bytes.len() => {
+                        bytes.remove(at);
+                    }
+                    1 => {
+                        let s = ALPHABET[rng.below(ALPHABET.len())];
+                        bytes.splice(at..at, s.bytes());
+                    }
+                    _ => bytes.insert(at, (rng.next() & 0xff) as u8),
+                }
+            }
+            if let Ok(points) = parse(&bytes, opts()) {
+                for q in &points {
+                    round_trip(q);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The point model and its wire form, InfluxDB line protocol.
+//!
+//! In: request bodies from the ingest server (`parse`). Out: line protocol bytes for the
+//! endpoints (`Point::encode_into`). A point is owned (no borrow of the request body) because
+//! it outlives the request: it waits in endpoint queues and, later, in sinker batches.
+
+mod lineproto;
+
+pub use lineproto::{LineError, ParseErrors, ParseOptions, Precision, parse};
+
+/// One observation: `measurement[,tag=v…] field=v[,field=v…] timestamp`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    /// Measurement name (never empty).
+    pub measurement: String,
+    /// Tags in the order they were written; values are always strings.
+    pub tags: Vec<(String, String)>,
+    /// Fields in the order they were written (at least one).
+    pub fields: Vec<(String, FieldValue)>,
+    /// Timestamp in nanoseconds since the Unix epoch.
+    pub time: i64,
+}
+
+/// A field's typed value, as line protocol spells it: `1.5`, `1i`, `1u`, `true`, `"s"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Float(f64),
+    Int(i64),
+    Uint(u64),
+    Bool(bool),
+    Str(String),
+}
+
+impl Point {
+    /// Looks a tag up by key.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Looks a field up by key.
+    pub fn field(&self, key: &str) -> Option<&FieldValue> {
+        self.fields.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
