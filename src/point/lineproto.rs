@@ -160,43 +160,68 @@ impl fmt::Display for ParseErrors {
 /// Parses a whole body. Either every line is good and all points come back in body order, or
 /// nothing does and the error lists the bad lines.
 pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors> {
-    let mut points = Vec::with_capacity(body.len() / 128 + 1);
-    let mut errors = Vec::new();
-    let mut total = 0usize;
+    let mut out = Collector {
+        points: Vec::with_capacity(body.len() / 128 + 1),
+        errors: Vec::new(),
+        total: 0,
+    };
+    match std::str::from_utf8(body) {
+        // Fast path: one validation pass, and `str::split` finds newlines with memchr.
+        Ok(text) => {
+            for (idx, raw) in text.split('\n').enumerate() {
+                let line = raw.strip_suffix('\r').unwrap_or(raw);
+                out.add(idx, parse_line(line, &opts));
+            }
+        }
+        // Some line is not UTF-8: validate line by line to say which.
+        Err(_) => {
+            for (idx, raw) in body.split(|&b| b == b'\n').enumerate() {
+                let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                let result = match std::str::from_utf8(raw) {
+                    Ok(line) => parse_line(line, &opts),
+                    Err(e) => Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
+                };
+                out.add(idx, result);
+            }
+        }
+    }
+    if out.total == 0 {
+        Ok(out.points)
+    } else {
+        Err(ParseErrors {
+            errors: out.errors,
+            total: out.total,
+        })
+    }
+}
 
-    for (idx, raw) in body.split(|&b| b == b'\n').enumerate() {
-        let raw = match raw.split_last() {
-            Some((b'\r', rest)) => rest,
-            _ => raw,
-        };
-        let result = match std::str::from_utf8(raw) {
-            Ok(line) => parse_line(line, &opts),
-            Err(e) => Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
-        };
+struct Collector {
+    points: Vec<Point>,
+    errors: Vec<LineError>,
+    total: usize,
+}
+
+impl Collector {
+    #[inline]
+    fn add(&mut self, idx: usize, result: Result<Option<Point>, Bad>) {
         match result {
-            Ok(Some(p)) if total == 0 => points.push(p),
+            Ok(Some(p)) if self.total == 0 => self.points.push(p),
             Ok(_) => {}
             Err(bad) => {
-                total += 1;
-                if errors.len() < MAX_KEPT_ERRORS {
-                    errors.push(LineError {
+                self.total += 1;
+                if self.errors.len() < MAX_KEPT_ERRORS {
+                    self.errors.push(LineError {
                         line: idx + 1,
                         column: bad.at + 1,
                         message: bad.message,
                     });
                 }
-                // The points are never returned now; free them early.
-                if total == 1 {
-                    points = Vec::new();
+                // The points will not be returned now; free them early.
+                if self.total == 1 {
+                    self.points = Vec::new();
                 }
             }
         }
-    }
-
-    if total == 0 {
-        Ok(points)
-    } else {
-        Err(ParseErrors { errors, total })
     }
 }
 
@@ -300,45 +325,75 @@ fn unescape(s: &str, escapable: impl Fn(u8, bool) -> bool) -> String {
     out
 }
 
+const fn byte_table(special: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < special.len() {
+        t[special[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+/// Bytes that end or interrupt a measurement scan.
+static MEASUREMENT_SPECIAL: [bool; 256] = byte_table(b", \\");
+/// Bytes that end or interrupt a tag key or field key scan.
+static KEY_SPECIAL: [bool; 256] = byte_table(b", =\\");
+/// Bytes that end or interrupt a tag value scan (`=` is allowed unescaped in values).
+static TAG_VALUE_SPECIAL: [bool; 256] = byte_table(b", \\");
+/// Bytes that end or interrupt a quoted string scan.
+static STRING_SPECIAL: [bool; 256] = byte_table(b"\"\\");
+/// Bytes that end an unquoted field value or a timestamp.
+static TOKEN_END: [bool; 256] = byte_table(b", ");
+
+/// First index at or after `i` whose byte is in `table`, or `b.len()`.
+#[inline(always)]
+fn find(b: &[u8], i: usize, table: &[bool; 256]) -> usize {
+    match b[i..].iter().position(|&c| table[usize::from(c)]) {
+        Some(n) => i + n,
+        None => b.len(),
+    }
+}
+
 /// Scans a measurement from `start`; returns its end (an unescaped `,` or space, or the end of
 /// the line) and whether it has a backslash.
 #[inline]
 fn scan_measurement(b: &[u8], start: usize) -> (usize, bool) {
     let mut i = start;
     let mut esc = false;
-    while i < b.len() {
-        match b[i] {
-            b',' | b' ' => break,
-            b'\\' => {
-                esc = true;
-                let skip = i + 1 < b.len() && is_measurement_escapable(b[i + 1], i == start);
-                i += if skip { 2 } else { 1 };
-            }
-            _ => i += 1,
+    loop {
+        i = find(b, i, &MEASUREMENT_SPECIAL);
+        if i < b.len() && b[i] == b'\\' {
+            esc = true;
+            let skip = i + 1 < b.len() && is_measurement_escapable(b[i + 1], i == start);
+            i += if skip { 2 } else { 1 };
+        } else {
+            return (i, esc);
         }
     }
-    (i, esc)
 }
 
-/// Scans a tag key or field key (`until_eq`: also stops at `=`) or a tag value; returns its
-/// end and whether it has a backslash.
+/// Scans a tag key or field key (`key`: also stops at `=`) or a tag value; returns its end
+/// and whether it has a backslash.
 #[inline]
-fn scan_name(b: &[u8], start: usize, until_eq: bool) -> (usize, bool) {
+fn scan_name(b: &[u8], start: usize, key: bool) -> (usize, bool) {
+    let table = if key {
+        &KEY_SPECIAL
+    } else {
+        &TAG_VALUE_SPECIAL
+    };
     let mut i = start;
     let mut esc = false;
-    while i < b.len() {
-        match b[i] {
-            b',' | b' ' => break,
-            b'=' if until_eq => break,
-            b'\\' => {
-                esc = true;
-                let skip = i + 1 < b.len() && is_name_escapable(b[i + 1]);
-                i += if skip { 2 } else { 1 };
-            }
-            _ => i += 1,
+    loop {
+        i = find(b, i, table);
+        if i < b.len() && b[i] == b'\\' {
+            esc = true;
+            let skip = i + 1 < b.len() && is_name_escapable(b[i + 1]);
+            i += if skip { 2 } else { 1 };
+        } else {
+            return (i, esc);
         }
     }
-    (i, esc)
 }
 
 #[inline]
@@ -527,6 +582,7 @@ fn parse_field_value(line: &str, start: usize, key: &str) -> Result<(FieldValue,
         let mut j = s_start;
         let mut esc = false;
         loop {
+            j = find(b, j, &STRING_SPECIAL);
             if j >= len {
                 return Err(Bad::new(
                     start,
@@ -570,10 +626,7 @@ fn parse_field_value(line: &str, start: usize, key: &str) -> Result<(FieldValue,
         return Ok((FieldValue::Str(s), end));
     }
 
-    let mut end = start;
-    while end < len && b[end] != b',' && b[end] != b' ' {
-        end += 1;
-    }
+    let end = find(b, start, &TOKEN_END);
     let token = &line[start..end];
     match parse_scalar(token) {
         Ok(v) => Ok((v, end)),

@@ -1,0 +1,342 @@
+//! Delivery to Dataway servers over real loopback HTTP: URLs, headers, bodies, retries.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{MockDataway, Reply, TestDaemon, config_for, lines, sample, wait_metric};
+
+const TOKEN: &str = "tkn_0123456789abcdef0123456789abcdef";
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn each_category_goes_to_its_write_path_with_the_token_and_protocol_headers() {
+    let dw = MockDataway::start().await;
+    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "", "")).await;
+    for (i, c) in ["metric", "L", "object", "CO", "tracing"]
+        .iter()
+        .enumerate()
+    {
+        let r = d.post(c, lines("m", 3, i * 3)).await;
+        assert_eq!(r.status(), 200, "{c}");
+    }
+    assert!(dw.wait_points(15, WAIT).await);
+    let mut paths: Vec<_> = dw.requests().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/v1/write/custom_object",
+            "/v1/write/logging",
+            "/v1/write/metric",
+            "/v1/write/object",
+            "/v1/write/tracing"
+        ]
+    );
+    for r in dw.requests() {
+        assert_eq!(r.query.as_deref(), Some(format!("token={TOKEN}").as_str()));
+        assert_eq!(r.header("content-type"), Some("application/line-protocol"));
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert_eq!(r.x_points(), 3);
+        let ua = r.header("user-agent").unwrap();
+        assert!(
+            ua.starts_with(&format!("dataway/{} (", env!("CARGO_PKG_VERSION"))),
+            "{ua}"
+        );
+        assert!(ua.contains(std::env::consts::OS) && ua.contains(std::env::consts::ARCH));
+    }
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn gzip_body_decompresses_to_the_posted_lines_and_plain_when_gzip_is_off() {
+    for gzip in [true, false] {
+        let dw = MockDataway::start().await;
+        let extra = format!("gzip = {gzip}");
+        let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], &extra, "")).await;
+        let body = "cpu,host=a\\ b,region=東京 usage=1.5,n=3i,u=7u,ok=true,msg=\"say \\\"hi\\\"\" 1700000000000000000\n\
+                    mem free=2i 1700000000000000001";
+        assert_eq!(d.post("metric", body).await.status(), 200);
+        assert!(dw.wait_points(2, WAIT).await);
+        let r = &dw.requests()[0];
+        assert_eq!(r.header("content-encoding").is_some(), gzip);
+        if !gzip {
+            assert_eq!(r.body, r.text.as_bytes());
+        }
+        assert_eq!(r.text, body);
+        d.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn large_batches_are_split_below_max_raw_body_size() {
+    let dw = MockDataway::start().await;
+    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "max_raw_body_size = 2048", "")).await;
+    let body = lines("cpu", 500, 0);
+    assert_eq!(d.post("metric", body.clone()).await.status(), 200);
+    assert!(dw.wait_points(500, WAIT).await);
+    let reqs = dw.requests();
+    assert!(reqs.len() > 10, "{} bodies", reqs.len());
+    for r in &reqs {
+        assert!(r.text.len() <= 2048, "{}", r.text.len());
+        assert_eq!(r.text.lines().count(), r.x_points());
+    }
+    // Every line once, in order.
+    assert_eq!(dw.lines_accepted().join("\n"), body);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_503_is_retried_with_the_identical_body_and_counted_as_one_request() {
+    let dw = MockDataway::start().await;
+    dw.script([Reply::Status(503), Reply::Status(502)]);
+    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "", "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 10, 0)).await.status(), 200);
+    assert!(dw.wait_points(10, WAIT).await);
+    let ok = "{api=\"/v1/write/metric\",status=\"OK\"}";
+    assert!(
+        wait_metric(
+            &d.metrics,
+            &format!("datakit_io_dataway_api_request_total{ok}"),
+            1.0
+        )
+        .await
+    );
+    let reqs = dw.requests();
+    assert_eq!(
+        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 502, 200]
+    );
+    assert!(!reqs[0].body.is_empty());
+    assert!(
+        reqs.iter().all(|r| r.body == reqs[0].body),
+        "every attempt sends the same bytes"
+    );
+    let text = d.metrics.encode_text();
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_dataway_api_request_total{api=\"/v1/write/metric\",status=\"Service Unavailable\"}"
+        ),
+        None,
+        "intermediate attempts are not separate requests"
+    );
+    assert_eq!(
+        sample(&text, &format!("datakit_io_dataway_api_latency_count{ok}")),
+        Some(1.0)
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_501_and_a_400_are_not_retried_and_are_dropped_and_counted() {
+    for (code, reason) in [(501, "Not Implemented"), (400, "Bad Request")] {
+        let dw = MockDataway::start().await;
+        dw.script([Reply::Status(code)]);
+        // One worker: the first body sent is the first posted, the one the script refuses.
+        let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "workers = 1", "")).await;
+        assert_eq!(d.post("logging", lines("nginx", 4, 0)).await.status(), 200);
+        // A second write proves the endpoint goes on after a refusal.
+        assert_eq!(d.post("logging", lines("nginx", 2, 4)).await.status(), 200);
+        assert!(dw.wait_points(2, WAIT).await);
+        let dropped = "dataway_dropped_points_total{category=\"logging\",reason=\"rejected\"}";
+        assert!(wait_metric(&d.metrics, dropped, 4.0).await);
+        let statuses: Vec<_> = dw.requests().iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses.iter().filter(|&&s| s == code).count(),
+            1,
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.len(), 2, "{statuses:?}");
+        let text = d.metrics.encode_text();
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "datakit_io_dataway_point_total{{category=\"logging\",status=\"{reason}\"}}"
+                )
+            ),
+            Some(4.0)
+        );
+        d.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_429_waits_for_retry_after() {
+    let dw = MockDataway::start().await;
+    dw.script([Reply::RetryAfter(429, 1)]);
+    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "", "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 1, 0)).await.status(), 200);
+    assert!(dw.wait_points(1, WAIT).await);
+    let reqs = dw.requests();
+    assert_eq!(
+        reqs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [429, 200]
+    );
+    let gap = reqs[1].at - reqs[0].at;
+    // retry_delay is 20ms in tests: only Retry-After explains a wait of a second.
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn retries_give_up_after_max_retry_count() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(500)));
+    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "max_retry_count = 2", "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    assert!(dw.wait_for(WAIT, |m| m.requests().len() >= 3).await);
+    let exhausted =
+        "dataway_dropped_points_total{category=\"metric\",reason=\"retries_exhausted\"}";
+    assert!(wait_metric(&d.metrics, exhausted, 5.0).await);
+    let m = d.metrics.clone();
+    assert_eq!(dw.requests().len(), 3, "1 attempt + 2 retries");
+    let text = m.encode_text();
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_dataway_api_request_total{api=\"/v1/write/metric\",status=\"Internal Server Error\"}"
+        ),
+        Some(1.0)
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn a_hanging_server_times_out_and_the_retry_succeeds() {
+    let dw = MockDataway::start().await;
+    dw.script([Reply::Slow(Duration::from_secs(3))]);
+    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "timeout = \"300ms\"", "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 2, 0)).await.status(), 200);
+    // The slow reply is recorded after its sleep; the retry lands well before.
+    let ok = "datakit_io_dataway_api_request_total{api=\"/v1/write/metric\",status=\"OK\"}";
+    assert!(wait_metric(&d.metrics, ok, 1.0).await);
+    // Delivered by the retry while the first attempt's server was still sleeping: the
+    // client gave up on it at the timeout.
+    assert_eq!(dw.requests().len(), 1);
+    // The timed-out attempt was not counted as a request of its own, but its time was.
+    let text = d.metrics.encode_text();
+    let sum = "datakit_io_dataway_api_latency_sum{api=\"/v1/write/metric\",status=\"OK\"}";
+    assert!(sample(&text, sum).unwrap() >= 300.0);
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_dataway_api_request_total{api=\"/v1/write/metric\",status=\"unknown\"}"
+        ),
+        None
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn two_endpoints_both_get_everything_and_a_dead_one_does_not_delay_the_other() {
+    let healthy = MockDataway::start().await;
+    let dead = MockDataway::start().await;
+    dead.set_default(Some(Reply::Slow(Duration::from_secs(30))));
+    let d = TestDaemon::start(config_for(
+        &[dead.url("tkn_dead"), healthy.url("tkn_live")],
+        "timeout = \"20s\"\nworkers = 1",
+        "",
+    ))
+    .await;
+    for i in 0..20 {
+        assert_eq!(
+            d.post("metric", lines("cpu", 10, i * 10)).await.status(),
+            200
+        );
+    }
+    // The dead endpoint holds its only worker for 20 s; the healthy one is unaffected.
+    assert!(healthy.wait_points(200, Duration::from_secs(5)).await);
+    assert!(
+        healthy
+            .requests()
+            .iter()
+            .all(|r| r.query.as_deref() == Some("token=tkn_live"))
+    );
+    let mut got = healthy.lines_accepted();
+    got.sort();
+    let mut want: Vec<String> = lines("cpu", 200, 0).lines().map(String::from).collect();
+    want.sort();
+    assert_eq!(got, want, "each point exactly once");
+    assert_eq!(dead.points_accepted(), 0);
+    // And with both healthy, both receive everything.
+    dead.set_default(None);
+    let both = MockDataway::start().await;
+    let d2 = TestDaemon::start(config_for(
+        &[both.url("tkn_a"), healthy.url("tkn_b")],
+        "",
+        "",
+    ))
+    .await;
+    assert_eq!(d2.post("metric", lines("mem", 30, 0)).await.status(), 200);
+    assert!(both.wait_points(30, WAIT).await);
+    assert!(healthy.wait_points(230, WAIT).await);
+    d2.stop().await;
+}
+
+#[tokio::test]
+async fn other_apis_go_to_the_first_endpoint_only() {
+    let first = MockDataway::start().await;
+    let second = MockDataway::start().await;
+    let d = TestDaemon::start(config_for(
+        &[first.url("tkn_first"), second.url("tkn_second")],
+        "",
+        "",
+    ))
+    .await;
+    let cli = reqwest::Client::new();
+    let r = cli
+        .post(d.url("/v1/query/raw?q=1"))
+        .header("x-custom", "yes")
+        .body("{\"queries\":[]}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "mock says 200");
+    let r = cli.get(d.url("/v1/ntp")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    first.script([Reply::Status(404)]);
+    let r = cli.delete(d.url("/v1/object/labels")).send().await.unwrap();
+    assert_eq!(r.status(), 404, "the server's answer is passed back");
+    let reqs = first.requests();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[0].path, "/v1/query/raw");
+    assert_eq!(reqs[0].query.as_deref(), Some("token=tkn_first&q=1"));
+    assert_eq!(reqs[0].text, "{\"queries\":[]}");
+    assert_eq!(reqs[0].header("x-custom"), Some("yes"));
+    assert_eq!(reqs[1].path, "/v1/ntp");
+    assert_eq!(reqs[2].method, "DELETE");
+    assert!(second.requests().is_empty());
+    let text = d.metrics.encode_text();
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_dataway_api_request_total{api=\"/v1/query/raw\",status=\"OK\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_dataway_api_request_total{api=\"/v1/object/labels\",status=\"Not Found\"}"
+        ),
+        Some(1.0)
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn file_endpoint_appends_line_protocol_per_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let d = TestDaemon::start(config_for(&[url], "", "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 3, 0)).await.status(), 200);
+    assert_eq!(d.post("L", lines("nginx", 2, 0)).await.status(), 200);
+    d.stop().await;
+    let metric = std::fs::read_to_string(dir.path().join("metric.lp")).unwrap();
+    assert_eq!(metric, lines("cpu", 3, 0) + "\n");
+    let logging = std::fs::read_to_string(dir.path().join("logging.lp")).unwrap();
+    assert_eq!(logging, lines("nginx", 2, 0) + "\n");
+}
