@@ -165,12 +165,13 @@ pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors>
         errors: Vec::new(),
         total: 0,
     };
+    let mut scratch = Scratch::default();
     match std::str::from_utf8(body) {
         // Fast path: one validation pass, and `str::split` finds newlines with memchr.
         Ok(text) => {
             for (idx, raw) in text.split('\n').enumerate() {
                 let line = raw.strip_suffix('\r').unwrap_or(raw);
-                out.add(idx, parse_line(line, &opts));
+                out.add(idx, parse_line(line, &opts, &mut scratch));
             }
         }
         // Some line is not UTF-8: validate line by line to say which.
@@ -178,7 +179,7 @@ pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors>
             for (idx, raw) in body.split(|&b| b == b'\n').enumerate() {
                 let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
                 let result = match std::str::from_utf8(raw) {
-                    Ok(line) => parse_line(line, &opts),
+                    Ok(line) => parse_line(line, &opts, &mut scratch),
                     Err(e) => Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
                 };
                 out.add(idx, result);
@@ -193,6 +194,14 @@ pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors>
             total: out.total,
         })
     }
+}
+
+/// Tag and field lists under construction, reused across lines so that each point gets
+/// exactly-sized vectors with one allocation each.
+#[derive(Default)]
+struct Scratch {
+    tags: Vec<(String, String)>,
+    fields: Vec<(String, FieldValue)>,
 }
 
 struct Collector {
@@ -416,7 +425,11 @@ fn skip_spaces(b: &[u8], mut i: usize) -> usize {
 
 /// Parses one line (without its `\n` and trailing `\r`). `Ok(None)` for blank and comment
 /// lines.
-fn parse_line(line: &str, opts: &ParseOptions) -> Result<Option<Point>, Bad> {
+fn parse_line(
+    line: &str,
+    opts: &ParseOptions,
+    scratch: &mut Scratch,
+) -> Result<Option<Point>, Bad> {
     let b = line.as_bytes();
     let len = b.len();
     let mut i = 0;
@@ -445,7 +458,8 @@ fn parse_line(line: &str, opts: &ParseOptions) -> Result<Option<Point>, Bad> {
     i = m_end;
 
     // Tag set.
-    let mut tags: Vec<(String, String)> = Vec::new();
+    let tags = &mut scratch.tags;
+    tags.clear();
     while i < len && b[i] == b',' {
         i += 1;
         let k_start = i;
@@ -496,7 +510,8 @@ fn parse_line(line: &str, opts: &ParseOptions) -> Result<Option<Point>, Bad> {
                 .to_owned(),
         ));
     }
-    let mut fields: Vec<(String, FieldValue)> = Vec::new();
+    let fields = &mut scratch.fields;
+    fields.clear();
     loop {
         let k_start = i;
         let (k_end, k_esc) = scan_name(b, k_start, true);
@@ -560,8 +575,8 @@ fn parse_line(line: &str, opts: &ParseOptions) -> Result<Option<Point>, Bad> {
 
     Ok(Some(Point {
         measurement,
-        tags,
-        fields,
+        tags: tags.drain(..).collect(),
+        fields: fields.drain(..).collect(),
         time,
     }))
 }

@@ -1,0 +1,163 @@
+//! End-to-end load: posts N points to a real `dataway` daemon process and measures how fast
+//! they reach a loopback receiver, next to gzip alone on the same bytes.
+//!
+//! Run: `cargo build --release && cargo run --release --example loadgen -- [POINTS] [BATCH] [CLIENTS]`
+//! (defaults 1,000,000 points, 5,000 lines per request, 4 clients). Everything binds
+//! 127.0.0.1 and the run stops by itself.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::http::HeaderMap;
+
+fn arg(n: usize, default: usize) -> usize {
+    std::env::args().nth(n).and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn body(batch: usize, start: usize) -> String {
+    let mut s = String::with_capacity(batch * 120);
+    for i in start..start + batch {
+        use std::fmt::Write;
+        let _ = writeln!(
+            s,
+            "cpu,host=web-{},region=eu-west-1,service=checkout usage_user={}.25,usage_system=3.5,load={}i,ok=true,note=\"fine\" {}",
+            i % 100,
+            i % 97,
+            i % 13,
+            1_700_000_000_000_000_000i64 + i as i64
+        );
+    }
+    s
+}
+
+fn rss_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let total = arg(1, 1_000_000);
+    let batch = arg(2, 5_000);
+    let clients = arg(3, 4);
+    let requests = total.div_ceil(batch);
+    let bodies: Vec<Bytes> = (0..requests).map(|r| Bytes::from(body(batch, r * batch))).collect();
+    let raw_bytes: usize = bodies.iter().map(|b| b.len()).sum();
+
+    // Baseline: gzip alone over the same bytes, one core.
+    let t = Instant::now();
+    let mut gz_out = 0;
+    for b in &bodies {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(b)?;
+        gz_out += e.finish()?.len();
+    }
+    let gzip_secs = t.elapsed().as_secs_f64();
+
+    // Receiver: counts X-Points of every write; the body is read and dropped.
+    let received = Arc::new(AtomicU64::new(0));
+    let wire = Arc::new(AtomicU64::new(0));
+    let (r, w) = (received.clone(), wire.clone());
+    let app = Router::new().fallback(move |h: HeaderMap, b: Bytes| {
+        let (r, w) = (r.clone(), w.clone());
+        async move {
+            let n: u64 = h.get("x-points").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+            r.fetch_add(n, Ordering::Relaxed);
+            w.fetch_add(b.len() as u64, Ordering::Relaxed);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let recv_addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // The daemon: the release binary next to this example.
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("dataway")).expect("target dir");
+    let ingest: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?
+    };
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("dataway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataway]\nurls = [\"http://{recv_addr}?token=tkn_load\"]\n[ingest]\nlisten = \"{ingest}\"\n[log]\nlevel = \"warn\"\n"
+        ),
+    )?;
+    let mut child = Command::new(&bin).args(["run", "-c"]).arg(&cfg).stdout(Stdio::null()).spawn()?;
+    let pid = child.id();
+    let cli = reqwest::Client::new();
+    let base = format!("http://{ingest}");
+    for _ in 0..400 {
+        if cli.get(format!("{base}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let rss_idle = rss_kib(pid, "VmRSS:");
+
+    let t = Instant::now();
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (cli, bodies, next, url) = (cli.clone(), bodies.clone(), next.clone(), format!("{base}/v1/write/metric"));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(b) = bodies.get(i) else { break };
+                loop {
+                    let r = cli.post(&url).body(b.clone()).send().await.expect("post");
+                    match r.status().as_u16() {
+                        200 => break,
+                        503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        s => panic!("ingest answered {s}"),
+                    }
+                }
+            }
+        }));
+    }
+    let mut rss_peak = 0;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while (received.load(Ordering::Relaxed) as usize) < requests * batch && Instant::now() < deadline {
+        rss_peak = rss_peak.max(rss_kib(pid, "VmRSS:"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    for t in tasks {
+        t.await?;
+    }
+    let hwm = rss_kib(pid, "VmHWM:");
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = child.wait();
+
+    let points = received.load(Ordering::Relaxed) as f64;
+    let mb = raw_bytes as f64 / 1e6;
+    println!("points posted:        {}", requests * batch);
+    println!("points delivered:     {points}");
+    println!("raw line protocol:    {mb:.1} MB, gzipped on the wire {:.1} MB", wire.load(Ordering::Relaxed) as f64 / 1e6);
+    println!("pipeline:             {secs:.2} s, {:.0} points/s, {:.1} MB/s", points / secs, mb / secs);
+    println!(
+        "gzip alone (1 core):  {gzip_secs:.2} s, {:.0} points/s, {:.1} MB/s ({:.1} MB out)",
+        (requests * batch) as f64 / gzip_secs,
+        mb / gzip_secs,
+        gz_out as f64 / 1e6
+    );
+    println!("ratio pipeline/gzip:  {:.2}", (points / secs) / ((requests * batch) as f64 / gzip_secs));
+    println!("daemon RSS:           idle {} MiB, peak sampled {} MiB, VmHWM {} MiB", rss_idle / 1024, rss_peak / 1024, hwm / 1024);
+    Ok(())
+}
