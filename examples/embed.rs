@@ -30,7 +30,15 @@ async fn main() -> anyhow::Result<()> {
 
     let report = dw.shutdown(Duration::from_secs(10)).await;
     println!("delivered; {} points abandoned", report.abandoned_points);
-    print!("{}", metrics.encode_text().lines().filter(|l| l.starts_with("datakit_io_dataway_point_total")).collect::<Vec<_>>().join("\n"));
+    print!(
+        "{}",
+        metrics
+            .encode_text()
+            .lines()
+            .filter(|l| l.starts_with("datakit_io_dataway_point_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     println!();
     Ok(())
 }

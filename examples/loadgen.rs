@@ -17,7 +17,10 @@ use axum::body::Bytes;
 use axum::http::HeaderMap;
 
 fn arg(n: usize, default: usize) -> usize {
-    std::env::args().nth(n).and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::args()
+        .nth(n)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn body(batch: usize, start: usize) -> String {
@@ -53,7 +56,9 @@ async fn main() -> anyhow::Result<()> {
     let batch = arg(2, 5_000);
     let clients = arg(3, 4);
     let requests = total.div_ceil(batch);
-    let bodies: Vec<Bytes> = (0..requests).map(|r| Bytes::from(body(batch, r * batch))).collect();
+    let bodies: Vec<Bytes> = (0..requests)
+        .map(|r| Bytes::from(body(batch, r * batch)))
+        .collect();
     let raw_bytes: usize = bodies.iter().map(|b| b.len()).sum();
 
     // Baseline: gzip alone over the same bytes, one core.
@@ -73,7 +78,10 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new().fallback(move |h: HeaderMap, b: Bytes| {
         let (r, w) = (r.clone(), w.clone());
         async move {
-            let n: u64 = h.get("x-points").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+            let n: u64 = h
+                .get("x-points")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
             r.fetch_add(n, Ordering::Relaxed);
             w.fetch_add(b.len() as u64, Ordering::Relaxed);
             "ok"
@@ -85,7 +93,11 @@ async fn main() -> anyhow::Result<()> {
 
     // The daemon: the release binary next to this example.
     let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("dataway")).expect("target dir");
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("dataway"))
+        .expect("target dir");
     let ingest: SocketAddr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?
@@ -98,7 +110,11 @@ async fn main() -> anyhow::Result<()> {
             "[dataway]\nurls = [\"http://{recv_addr}?token=tkn_load\"]\n[ingest]\nlisten = \"{ingest}\"\n[log]\nlevel = \"warn\"\n"
         ),
     )?;
-    let mut child = Command::new(&bin).args(["run", "-c"]).arg(&cfg).stdout(Stdio::null()).spawn()?;
+    let mut child = Command::new(&bin)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .spawn()?;
     let pid = child.id();
     let cli = reqwest::Client::new();
     let base = format!("http://{ingest}");
@@ -115,7 +131,12 @@ async fn main() -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (cli, bodies, next, url) = (cli.clone(), bodies.clone(), next.clone(), format!("{base}/v1/write/metric"));
+        let (cli, bodies, next, url) = (
+            cli.clone(),
+            bodies.clone(),
+            next.clone(),
+            format!("{base}/v1/write/metric"),
+        );
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -133,7 +154,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut rss_peak = 0;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while (received.load(Ordering::Relaxed) as usize) < requests * batch && Instant::now() < deadline {
+    while (received.load(Ordering::Relaxed) as usize) < requests * batch
+        && Instant::now() < deadline
+    {
         rss_peak = rss_peak.max(rss_kib(pid, "VmRSS:"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -142,22 +165,39 @@ async fn main() -> anyhow::Result<()> {
         t.await?;
     }
     let hwm = rss_kib(pid, "VmHWM:");
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
 
     let points = received.load(Ordering::Relaxed) as f64;
     let mb = raw_bytes as f64 / 1e6;
     println!("points posted:        {}", requests * batch);
     println!("points delivered:     {points}");
-    println!("raw line protocol:    {mb:.1} MB, gzipped on the wire {:.1} MB", wire.load(Ordering::Relaxed) as f64 / 1e6);
-    println!("pipeline:             {secs:.2} s, {:.0} points/s, {:.1} MB/s", points / secs, mb / secs);
+    println!(
+        "raw line protocol:    {mb:.1} MB, gzipped on the wire {:.1} MB",
+        wire.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    println!(
+        "pipeline:             {secs:.2} s, {:.0} points/s, {:.1} MB/s",
+        points / secs,
+        mb / secs
+    );
     println!(
         "gzip alone (1 core):  {gzip_secs:.2} s, {:.0} points/s, {:.1} MB/s ({:.1} MB out)",
         (requests * batch) as f64 / gzip_secs,
         mb / gzip_secs,
         gz_out as f64 / 1e6
     );
-    println!("ratio pipeline/gzip:  {:.2}", (points / secs) / ((requests * batch) as f64 / gzip_secs));
-    println!("daemon RSS:           idle {} MiB, peak sampled {} MiB, VmHWM {} MiB", rss_idle / 1024, rss_peak / 1024, hwm / 1024);
+    println!(
+        "ratio pipeline/gzip:  {:.2}",
+        (points / secs) / ((requests * batch) as f64 / gzip_secs)
+    );
+    println!(
+        "daemon RSS:           idle {} MiB, peak sampled {} MiB, VmHWM {} MiB",
+        rss_idle / 1024,
+        rss_peak / 1024,
+        hwm / 1024
+    );
     Ok(())
 }

@@ -10,7 +10,8 @@ fn dataway(args: &[&str]) -> (bool, String) {
         .env_remove("ENV_DATAWAY_HTTP_PROXY")
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -32,7 +33,12 @@ fn check_prints_endpoints_with_tokens_redacted() {
     .unwrap();
     let (ok, out) = dataway(&["check", "-c", cfg.to_str().unwrap()]);
     assert!(ok, "{out}");
-    assert!(out.contains("endpoint[0]: https://openway.example.com?token=tkn_*** (also serves the other APIs)"), "{out}");
+    assert!(
+        out.contains(
+            "endpoint[0]: https://openway.example.com?token=tkn_*** (also serves the other APIs)"
+        ),
+        "{out}"
+    );
     assert!(out.contains("endpoint[1]: file://out"), "{out}");
     assert!(!out.contains("0123456789abcdef"), "{out}");
 }
@@ -51,10 +57,17 @@ fn check_of_the_embedded_defaults_and_the_example_succeeds() {
 fn bad_config_fails_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("d.toml");
-    std::fs::write(&cfg, "[dataway]\nurls = [\"file://x\"]\nhttp_proxy = \"proxy:3128\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[dataway]\nurls = [\"file://x\"]\nhttp_proxy = \"proxy:3128\"\n",
+    )
+    .unwrap();
     let (ok, out) = dataway(&["check", "-c", cfg.to_str().unwrap()]);
     assert!(!ok);
-    assert!(out.contains("dataway.http_proxy") && out.contains("http://"), "{out}");
+    assert!(
+        out.contains("dataway.http_proxy") && out.contains("http://"),
+        "{out}"
+    );
     std::fs::write(&cfg, "[dataway]\nretry_dealy = \"1s\"\n").unwrap();
     let (ok, out) = dataway(&["run", "-c", cfg.to_str().unwrap()]);
     assert!(!ok);

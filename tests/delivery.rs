@@ -340,3 +340,54 @@ async fn file_endpoint_appends_line_protocol_per_category() {
     let logging = std::fs::read_to_string(dir.path().join("logging.lp")).unwrap();
     assert_eq!(logging, lines("nginx", 2, 0) + "\n");
 }
+
+#[tokio::test]
+async fn the_connection_is_kept_across_5xx_answers() {
+    let dw = MockDataway::start().await;
+    dw.script([
+        Reply::Status(503),
+        Reply::Status(500),
+        Reply::Status(502),
+        Reply::Status(503),
+    ]);
+    let d = TestDaemon::start(config_for(
+        &[dw.url(TOKEN)],
+        "workers = 1\nmax_retry_count = 5",
+        "",
+    ))
+    .await;
+    assert_eq!(d.post("metric", lines("cpu", 3, 0)).await.status(), 200);
+    assert!(dw.wait_points(3, WAIT).await);
+    assert_eq!(d.post("metric", lines("cpu", 3, 3)).await.status(), 200);
+    assert!(dw.wait_points(6, WAIT).await);
+    let reqs = dw.requests();
+    assert_eq!(reqs.len(), 6);
+    // DataKit closed idle connections after each failure; we keep using the one we have.
+    assert!(
+        reqs.iter().all(|r| r.peer == reqs[0].peer),
+        "{:?}",
+        reqs.iter().map(|r| r.peer).collect::<Vec<_>>()
+    );
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn http_proxy_carries_every_request() {
+    // The mock plays the proxy: a proxied plain-HTTP request arrives in absolute form,
+    // naming the real (here unresolvable) Dataway host.
+    let proxy = MockDataway::start().await;
+    let extra = format!("http_proxy = \"http://{}\"", proxy.addr);
+    let d = TestDaemon::start(config_for(
+        &["http://dataway.invalid:9528?token=tkn_p".into()],
+        &extra,
+        "",
+    ))
+    .await;
+    assert_eq!(d.post("metric", lines("cpu", 2, 0)).await.status(), 200);
+    assert!(proxy.wait_points(2, WAIT).await);
+    let r = &proxy.requests()[0];
+    assert_eq!(r.path, "/v1/write/metric");
+    assert_eq!(r.query.as_deref(), Some("token=tkn_p"));
+    assert_eq!(r.header("host"), Some("dataway.invalid:9528"));
+    d.stop().await;
+}

@@ -16,7 +16,7 @@ mod url;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -442,7 +442,6 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
     let outcome = cli.send(&req).await;
     shared.record_api(path, &outcome);
     shared.record_points(category, outcome.status(), body);
-    let status = outcome.status();
     match &outcome.result {
         Ok(r) if r.status.is_success() => {}
         Ok(r) if !outcome.is_retryable_failure() => {
@@ -459,7 +458,6 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
             };
             tracing::error!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; dropped");
             shared.drop_points(category, body.points, "retries_exhausted");
-            let _ = status;
         }
     }
 }
@@ -548,6 +546,3 @@ impl FileSink {
         shared.record_points(category, status, body);
     }
 }
-
-/// How long a caller may wait at most, used by tests and the daemon alike.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);

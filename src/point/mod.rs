@@ -6,7 +6,7 @@
 
 mod lineproto;
 
-pub use lineproto::{LineError, ParseErrors, ParseOptions, Precision, parse};
+pub use lineproto::{LineError, ParseErrors, ParseOptions, Precision, encode_points, parse};
 
 /// One observation: `measurement[,tag=v…] field=v[,field=v…] timestamp`.
 #[derive(Debug, Clone, PartialEq)]

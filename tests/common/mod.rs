@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
@@ -36,6 +37,8 @@ pub enum Reply {
 /// One request as the mock saw it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// The client's address: the same port means the same (pooled) connection.
+    pub peer: SocketAddr,
     pub method: Method,
     pub path: String,
     pub query: Option<String>,
@@ -82,16 +85,25 @@ impl MockDataway {
         let state = Arc::new(MockState::default());
         let stop = CancellationToken::new();
         let st = state.clone();
-        let app = Router::new().fallback(move |m: Method, u: Uri, h: HeaderMap, b: Bytes| {
-            let st = st.clone();
-            async move { handle(st, m, u, h, b).await }
-        });
+        let app = Router::new().fallback(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  m: Method,
+                  u: Uri,
+                  h: HeaderMap,
+                  b: Bytes| {
+                let st = st.clone();
+                async move { handle(st, peer, m, u, h, b).await }
+            },
+        );
         let s = stop.clone();
         tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(s.cancelled_owned())
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await
+            .unwrap();
         });
         MockDataway { addr, state, stop }
     }
@@ -160,6 +172,7 @@ impl Drop for MockDataway {
 
 async fn handle(
     st: Arc<MockState>,
+    peer: SocketAddr,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -192,6 +205,7 @@ async fn handle(
         String::from_utf8_lossy(&body).into_owned()
     };
     st.requests.lock().unwrap().push(Recorded {
+        peer,
         method,
         path: uri.path().to_string(),
         query: uri.query().map(String::from),
