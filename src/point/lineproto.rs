@@ -415,6 +415,14 @@ fn owned_name(line: &str, start: usize, end: usize, esc: bool) -> String {
     }
 }
 
+/// Moves the items out into a vector of exactly their size; `v` keeps its capacity for reuse.
+#[inline]
+fn take_exact<T>(v: &mut Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(v.len());
+    out.append(v);
+    out
+}
+
 #[inline]
 fn skip_spaces(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && b[i] == b' ' {
@@ -575,8 +583,8 @@ fn parse_line(
 
     Ok(Some(Point {
         measurement,
-        tags: tags.drain(..).collect(),
-        fields: fields.drain(..).collect(),
+        tags: take_exact(tags),
+        fields: take_exact(fields),
         time,
     }))
 }
