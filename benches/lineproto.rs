@@ -160,3 +160,7 @@ fn points(c: &mut Criterion) {
 
 criterion_group!(benches, bytes, points);
 criterion_main!(benches);
+
+// The daemon's allocator (see src/main.rs), so these numbers are the daemon's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -2,7 +2,8 @@
 //! they reach a loopback receiver, next to gzip alone on the same bytes.
 //!
 //! Run: `cargo build --release && cargo run --release --example loadgen -- [POINTS] [BATCH] [CLIENTS]`
-//! (defaults 1,000,000 points, 5,000 lines per request, 4 clients). Everything binds
+//! (defaults 1,000,000 points, 5,000 lines per request, 4 clients); `DATAWAY_BIN=path` picks
+//! another daemon binary (for A/B runs). Everything binds
 //! 127.0.0.1 and the run stops by itself.
 
 use std::io::Write;

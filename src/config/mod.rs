@@ -84,7 +84,7 @@ impl Default for DatawayConfig {
             max_raw_body_size: 1024 * 1024,
             workers: 4,
             queue_size: 256,
-            max_pending_bytes: 256 * 1024 * 1024,
+            max_pending_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
         }
     }
