@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo build --release && cargo run --release --example loadgen -- [POINTS] [BATCH] [CLIENTS]`
 //! (defaults 1,000,000 points, 5,000 lines per request, 4 clients); `DATAWAY_BIN=path` picks
-//! another daemon binary (for A/B runs). Everything binds
+//! another daemon binary (for A/B runs), `DATAWAY_EXTRA='workers = 2;gzip = false'` adds
+//! `[dataway]` keys. Everything binds
 //! 127.0.0.1 and the run stops by itself.
 
 use std::io::Write;
@@ -108,7 +109,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(
         &cfg,
         format!(
-            "[dataway]\nurls = [\"http://{recv_addr}?token=tkn_load\"]\n[ingest]\nlisten = \"{ingest}\"\n[log]\nlevel = \"warn\"\n"
+            "[dataway]\nurls = [\"http://{recv_addr}?token=tkn_load\"]\n{}\n[ingest]\nlisten = \"{ingest}\"\n[log]\nlevel = \"warn\"\n",
+            std::env::var("DATAWAY_EXTRA")
+                .unwrap_or_default()
+                .replace(';', "\n")
         ),
     )?;
     let mut child = Command::new(&bin)
