@@ -14,7 +14,7 @@ use dataway::{Category, Dataway, FieldValue, Point};
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(None, |k| std::env::var(k).ok())?;
     let metrics = Arc::new(Metrics::new());
-    let dw = Dataway::start(&cfg.dataway, metrics.clone())?;
+    let dw = Dataway::start(&cfg.dataway, metrics.clone(), Vec::new())?;
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as i64;
     let points = (0..3)

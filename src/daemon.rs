@@ -16,26 +16,33 @@ use crate::dataway::Dataway;
 use crate::endpoint::DrainReport;
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
+use crate::sinker::reload::Reloader;
 
 /// A daemon whose parts are started and whose server is not yet serving.
 pub struct Daemon {
     pub config: Config,
     pub metrics: Arc<Metrics>,
     pub dataway: Arc<Dataway>,
+    pub reloader: Arc<Reloader>,
 }
 
 impl Daemon {
-    /// Starts the endpoints (their tasks run on the current runtime).
+    /// Starts the endpoints and sinkers (their tasks run on the current runtime) and loads
+    /// the plugins found in `plugins_dir`.
     pub fn start(config: Config) -> anyhow::Result<Daemon> {
         let metrics = Arc::new(Metrics::new());
-        let dataway = Arc::new(Dataway::start(&config.dataway, metrics.clone())?);
+        let reloader = Arc::new(Reloader::new(&config.dataway, metrics.clone())?);
+        let sinkers = reloader.start_configured()?;
+        let dataway = Arc::new(Dataway::start(&config.dataway, metrics.clone(), sinkers)?);
         for ep in dataway.endpoints() {
             tracing::info!(endpoint = %ep.url(), "endpoint started");
         }
+        reloader.rescan(&dataway);
         Ok(Daemon {
             config,
             metrics,
             dataway,
+            reloader,
         })
     }
 
@@ -52,7 +59,13 @@ impl Daemon {
             started: Instant::now(),
         });
         tracing::info!(listen = %listener.local_addr()?, "ingest server listening");
+        let watch = tokio::spawn(
+            self.reloader
+                .clone()
+                .watch(self.dataway.clone(), shutdown.child_token()),
+        );
         ingest::serve(listener, state, shutdown).await?;
+        let _ = watch.await;
         tracing::info!(grace = ?self.config.dataway.shutdown_timeout, "ingest stopped; draining queues");
         let report = self
             .dataway

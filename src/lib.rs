@@ -16,6 +16,7 @@ pub mod httpcli;
 pub mod ingest;
 pub mod metrics;
 pub mod point;
+pub mod sinker;
 
 pub use category::Category;
 pub use dataway::{Dataway, WriteError};

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use dataway::Category;
 use dataway::config::Config;
 use dataway::daemon::Daemon;
 use dataway::endpoint::EndpointUrl;
@@ -32,11 +33,33 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Validate a configuration and print the resolved endpoints (tokens redacted).
+    /// Validate a configuration, its sinkers and their plugins, and print the resolved
+    /// endpoints (tokens redacted).
     Check {
         /// Configuration file (TOML); the embedded defaults when omitted.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Sinker tools.
+    #[command(subcommand)]
+    Sinker(SinkerCommand),
+}
+
+#[derive(Subcommand)]
+enum SinkerCommand {
+    /// Run a condition plugin over line protocol read from stdin and print, for each
+    /// point, whether it matched (the plugin's log lines go to stderr).
+    Test {
+        /// The plugin (a WebAssembly component).
+        #[arg(long, value_name = "FILE.wasm")]
+        plugin: PathBuf,
+        /// The string given to the plugin's init (for datakit_filter: a filter, or a JSON
+        /// array of filters).
+        #[arg(long, default_value = "")]
+        config: String,
+        /// Category of the points (name or alias: metric, M, logging, L, ...).
+        #[arg(long, default_value = "metric")]
+        category: Category,
     },
 }
 
@@ -51,12 +74,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load(config.as_ref()) {
-            Ok(cfg) => {
-                print_check(&cfg);
-                ExitCode::SUCCESS
-            }
+            Ok(cfg) => print_check(&cfg),
             Err(code) => code,
         },
+        Command::Sinker(SinkerCommand::Test {
+            plugin,
+            config,
+            category,
+        }) => {
+            let stderr = std::sync::Arc::new(|line: &str| eprintln!("{line}"));
+            let result = dataway::sinker::try_out::run(
+                &plugin,
+                &config,
+                category,
+                &mut std::io::stdin().lock(),
+                &mut std::io::stdout().lock(),
+                stderr,
+            );
+            match result {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,
@@ -79,7 +121,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_check(cfg: &Config) {
+fn print_check(cfg: &Config) -> ExitCode {
+    let sinkers = dataway::sinker::reload::check(&cfg.dataway);
+    let bad = sinkers.iter().filter(|r| r.is_err()).count();
+    for r in &sinkers {
+        match r {
+            Ok(line) => println!("{line}"),
+            Err(line) => eprintln!("error: {line}"),
+        }
+    }
+    if bad > 0 {
+        eprintln!("error: {bad} sinker problem(s); the daemon would run them disabled");
+        return ExitCode::FAILURE;
+    }
     println!("config ok");
     println!("ingest: http://{}/v1/write/<category>", cfg.ingest.listen);
     for (i, u) in cfg.dataway.urls.iter().enumerate() {
@@ -91,6 +145,7 @@ fn print_check(cfg: &Config) {
         };
         println!("endpoint[{i}]: {url}{role}");
     }
+    ExitCode::SUCCESS
 }
 
 /// `RUST_LOG` wins over the config's level, so an operator can turn on debug without

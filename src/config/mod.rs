@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::endpoint::EndpointUrl;
 
+mod sinker;
+pub use sinker::{SinkerConfig, SinkerLimitsConfig};
+
 /// The whole daemon configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -67,6 +70,14 @@ pub struct DatawayConfig {
     /// On SIGINT/SIGTERM, how long queued data may take to be delivered before exit.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Sinkers: each takes the points its condition matches to its own endpoints; points
+    /// no sinker matches go to `urls`.
+    pub sinkers: Vec<SinkerConfig>,
+    /// Directory of condition plugins (`*.wasm`) and drop-in sinkers (`NAME.wasm` +
+    /// `NAME.toml`). Watched: a changed file is reloaded without restart.
+    pub plugins_dir: PathBuf,
+    /// The sandbox every plugin runs in.
+    pub sinker_limits: SinkerLimitsConfig,
 }
 
 impl Default for DatawayConfig {
@@ -86,6 +97,9 @@ impl Default for DatawayConfig {
             queue_size: 256,
             max_pending_bytes: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(10),
+            sinkers: Vec::new(),
+            plugins_dir: PathBuf::from("plugins"),
+            sinker_limits: SinkerLimitsConfig::default(),
         }
     }
 }
@@ -271,6 +285,21 @@ impl Config {
                 "is empty: remove the key to disable the token",
             ));
         }
+        let mut names = std::collections::HashSet::new();
+        for (i, s) in d.sinkers.iter().enumerate() {
+            let key = format!("dataway.sinkers[{i}]");
+            s.validate(&key)?;
+            if !names.insert(s.name.as_str()) {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!(
+                        "`{}` is used by another sinker; names must be unique",
+                        s.name
+                    ),
+                ));
+            }
+        }
+        d.sinker_limits.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
         Ok(())

@@ -3,18 +3,18 @@
 //! In: `write(category, points)` from the ingest server or an embedding program, and
 //! "other API" requests. Out: batches in endpoint queues; API requests to the first endpoint.
 //!
-//! A write reserves a queue slot on every target endpoint first and enqueues only when all
+//! A write first goes through the sinkers ([`crate::sinker::split`]): each takes the points
+//! its condition matches, the rest is for the main endpoints. Then a queue slot is reserved
+//! on every endpoint that gets something, and the batches are enqueued only when all
 //! reservations succeed: a request is never half-accepted, so a client retrying a refused
-//! write never causes duplicates. Today every point goes to every main endpoint; sinkers
-//! (next milestone) take the points they match to their own endpoints first, through the
-//! same reserve-then-send step, and the main endpoints get the rest.
+//! write never causes duplicates.
 //!
 //! Memory is bounded by one byte budget for everything accepted but not yet delivered
 //! (`max_pending_bytes`), plus each endpoint's queue length: when either is full a write is
 //! refused (`WriteError::Full`) and the ingest server answers 503 with `Retry-After`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +30,7 @@ use crate::endpoint::{
 use crate::httpcli::Response;
 use crate::metrics::Metrics;
 use crate::point::{FieldValue, Point};
+use crate::sinker::{self, Sinker, Sinkers};
 
 /// Why a write was not accepted. Nothing of a refused write was queued anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,14 +44,30 @@ pub enum WriteError {
 /// The dataway: every main endpoint and the routing between them.
 pub struct Dataway {
     endpoints: Vec<Endpoint>,
+    sinkers: Arc<Sinkers>,
+    /// Sinkers removed while running: their endpoints drain; shutdown waits for them.
+    retired: Mutex<Vec<Arc<Sinker>>>,
+    metrics: Arc<Metrics>,
     budget: Arc<Semaphore>,
     budget_total: usize,
     closed: AtomicBool,
 }
 
+/// Points bound for a set of endpoints (a sinker's, or the main ones).
+struct Part<'a> {
+    endpoints: &'a [Endpoint],
+    points: Vec<Point>,
+    charge: u32,
+}
+
 impl Dataway {
-    /// Starts one endpoint per URL in `cfg` (they must have been validated by `config`).
-    pub fn start(cfg: &DatawayConfig, metrics: Arc<Metrics>) -> Result<Dataway, StartError> {
+    /// Starts one endpoint per URL in `cfg` (they must have been validated by `config`),
+    /// routing through `sinkers` (started by [`crate::sinker::reload::Reloader`]).
+    pub fn start(
+        cfg: &DatawayConfig,
+        metrics: Arc<Metrics>,
+        sinkers: Vec<Arc<Sinker>>,
+    ) -> Result<Dataway, StartError> {
         let opts = EndpointOptions::from_config(cfg);
         let endpoints = cfg
             .urls
@@ -60,17 +77,47 @@ impl Dataway {
                 Endpoint::start(url, opts.clone(), metrics.clone())
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Dataway::with_endpoints(endpoints, cfg.max_pending_bytes))
+        Ok(Dataway::with_endpoints(
+            endpoints,
+            Arc::new(Sinkers::new(sinkers)),
+            metrics,
+            cfg.max_pending_bytes,
+        ))
     }
 
-    /// A dataway over endpoints already started, with a memory budget in bytes.
-    pub fn with_endpoints(endpoints: Vec<Endpoint>, max_pending_bytes: usize) -> Dataway {
+    /// A dataway over endpoints and sinkers already started, with a memory budget in bytes.
+    pub fn with_endpoints(
+        endpoints: Vec<Endpoint>,
+        sinkers: Arc<Sinkers>,
+        metrics: Arc<Metrics>,
+        max_pending_bytes: usize,
+    ) -> Dataway {
         Dataway {
             endpoints,
+            sinkers,
+            retired: Mutex::new(Vec::new()),
+            metrics,
             budget: Arc::new(Semaphore::new(max_pending_bytes)),
             budget_total: max_pending_bytes,
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// The live sinkers (the reloader adds and removes drop-in sinkers here).
+    pub fn sinkers(&self) -> &Arc<Sinkers> {
+        &self.sinkers
+    }
+
+    /// Closes the endpoints of a sinker that was removed; they deliver what they hold,
+    /// and [`Dataway::shutdown`] waits for them.
+    pub fn retire(&self, sinker: Arc<Sinker>) {
+        for ep in sinker.endpoints() {
+            ep.close();
+        }
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sinker);
     }
 
     /// The main endpoints, in configuration order.
@@ -86,22 +133,20 @@ impl Dataway {
         if points.is_empty() {
             return Ok(());
         }
-        let charge = self.charge(&points);
+        let set = self.sinkers.snapshot();
+        let parts = self.parts(&set, category, points);
+        let total = self.total_charge(&parts);
         let permit = self
             .budget
             .clone()
-            .try_acquire_many_owned(charge)
+            .try_acquire_many_owned(total)
             .map_err(|_| WriteError::Full)?;
-        let slots = self
-            .endpoints
+        let slots = parts
             .iter()
-            .map(Endpoint::try_reserve)
-            .collect::<Option<Vec<_>>>()
+            .map(|p| p.endpoints.iter().map(Endpoint::try_reserve).collect())
+            .collect::<Option<Vec<Vec<_>>>>()
             .ok_or(WriteError::Full)?;
-        let batch = Arc::new(Batch::with_budget(category, points, permit));
-        for slot in slots {
-            slot.send(batch.clone());
-        }
+        enqueue(category, parts, slots, permit);
         Ok(())
     }
 
@@ -113,22 +158,60 @@ impl Dataway {
         if points.is_empty() {
             return Ok(());
         }
-        let charge = self.charge(&points);
+        let set = self.sinkers.snapshot();
+        let parts = self.parts(&set, category, points);
+        let total = self.total_charge(&parts);
         let permit: OwnedSemaphorePermit = self
             .budget
             .clone()
-            .acquire_many_owned(charge)
+            .acquire_many_owned(total)
             .await
             .map_err(|_| WriteError::Closed)?;
-        let mut slots = Vec::with_capacity(self.endpoints.len());
-        for ep in &self.endpoints {
-            slots.push(ep.reserve().await.ok_or(WriteError::Closed)?);
+        let mut slots = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let mut these = Vec::with_capacity(p.endpoints.len());
+            for ep in p.endpoints {
+                these.push(ep.reserve().await.ok_or(WriteError::Closed)?);
+            }
+            slots.push(these);
         }
-        let batch = Arc::new(Batch::with_budget(category, points, permit));
-        for slot in slots {
-            slot.send(batch.clone());
-        }
+        enqueue(category, parts, slots, permit);
         Ok(())
+    }
+
+    /// Routes points through the sinkers: one part per sinker that takes some, plus the
+    /// main endpoints' part when points are left.
+    fn parts<'a>(
+        &'a self,
+        set: &'a [Arc<Sinker>],
+        category: Category,
+        points: Vec<Point>,
+    ) -> Vec<Part<'a>> {
+        let split = sinker::split(set, category, points, &self.metrics);
+        let mut parts: Vec<Part<'a>> = Vec::with_capacity(split.sunk.len() + 1);
+        for (i, points) in split.sunk {
+            parts.push(self.part(set[i].endpoints(), points));
+        }
+        if !split.rest.is_empty() {
+            parts.push(self.part(&self.endpoints, split.rest));
+        }
+        parts
+    }
+
+    fn part<'a>(&self, endpoints: &'a [Endpoint], points: Vec<Point>) -> Part<'a> {
+        let bytes: usize = points.iter().map(approx_size).sum();
+        Part {
+            endpoints,
+            charge: bytes.clamp(1, u32::MAX as usize) as u32,
+            points,
+        }
+    }
+
+    /// The budget a write takes: the size of every part, clamped so that even a write
+    /// larger than the whole budget can go (alone) rather than never.
+    fn total_charge(&self, parts: &[Part<'_>]) -> u32 {
+        let sum: u64 = parts.iter().map(|p| u64::from(p.charge)).sum();
+        sum.clamp(1, self.budget_total.min(u32::MAX as usize) as u64) as u32
     }
 
     /// Sends an "other API" request to the FIRST endpoint only (DataKit's rule).
@@ -148,24 +231,49 @@ impl Dataway {
     /// Stops accepting writes and delivers what is queued, giving up at `grace`.
     pub async fn shutdown(&self, grace: Duration) -> DrainReport {
         self.closed.store(true, Ordering::Release);
-        for ep in &self.endpoints {
+        let sinkers = self.sinkers.snapshot();
+        let retired = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|e| e.into_inner()));
+        let all: Vec<&Endpoint> = self
+            .endpoints
+            .iter()
+            .chain(sinkers.iter().chain(&retired).flat_map(|s| s.endpoints()))
+            .collect();
+        for ep in &all {
             ep.close();
         }
         // Every endpoint drains in its own task already; joining them one after another
         // under one shared deadline takes no longer than the slowest.
         let deadline = Instant::now() + grace;
         let mut report = DrainReport::default();
-        for ep in &self.endpoints {
+        for ep in all {
             report.abandoned_points += ep.join(deadline).await.abandoned_points;
         }
         report
     }
+}
 
-    /// The budget a batch takes: its approximate in-memory size, clamped so that even a
-    /// batch larger than the whole budget can go (alone) rather than never.
-    fn charge(&self, points: &[Point]) -> u32 {
-        let bytes: usize = points.iter().map(approx_size).sum();
-        bytes.clamp(1, self.budget_total.min(u32::MAX as usize)) as u32
+/// Sends each part to the slots reserved for it; each part's batch holds its share of the
+/// budget permit and returns it when its last endpoint is done.
+fn enqueue(
+    category: Category,
+    parts: Vec<Part<'_>>,
+    slots: Vec<Vec<crate::endpoint::Slot<'_>>>,
+    permit: OwnedSemaphorePermit,
+) {
+    let n = parts.len();
+    let mut permit = Some(permit);
+    for (i, (part, slots)) in parts.into_iter().zip(slots).enumerate() {
+        let share = if i + 1 == n {
+            permit.take().expect("the last part takes the rest")
+        } else {
+            let p = permit.as_mut().expect("taken only by the last part");
+            let c = (part.charge as usize).min(p.num_permits());
+            p.split(c).expect("no more than held")
+        };
+        let batch = Arc::new(Batch::with_budget(category, part.points, share));
+        for slot in slots {
+            slot.send(batch.clone());
+        }
     }
 }
 

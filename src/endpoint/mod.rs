@@ -86,6 +86,9 @@ pub struct EndpointOptions {
     pub max_raw_body_size: usize,
     pub workers: usize,
     pub queue_size: usize,
+    /// The sinker this endpoint belongs to (`None`: a main endpoint). A sinker's
+    /// endpoint also counts `datakit_io_dataway_sink_point_total`.
+    pub sinker: Option<String>,
 }
 
 impl EndpointOptions {
@@ -97,6 +100,7 @@ impl EndpointOptions {
             max_raw_body_size: d.max_raw_body_size,
             workers: d.workers,
             queue_size: d.queue_size,
+            sinker: None,
         }
     }
 }
@@ -484,6 +488,12 @@ impl Shared {
             .point_bytes_total
             .with_label_values(&labels)
             .inc_by(body.payload.len() as u64);
+        if self.opts.sinker.is_some() {
+            self.metrics
+                .sink_point_total
+                .with_label_values(&labels)
+                .inc_by(body.points as u64);
+        }
     }
 
     fn drop_points(&self, category: Category, points: usize, reason: &str) {

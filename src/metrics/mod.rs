@@ -6,7 +6,9 @@
 
 mod summary;
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use reqwest::StatusCode;
 
 pub use summary::SummaryVec;
@@ -40,6 +42,21 @@ pub struct Metrics {
     pub dropped_points_total: IntCounterVec,
     /// `dataway_queue_batches{endpoint}`: batches waiting in an endpoint's queue.
     pub queue_batches: IntGaugeVec,
+    /// `dataway_sinker_calls_total{sinker,result}`: condition plugin calls, by result
+    /// (`ok`, `trap`, `timeout`, `oom`, `bad_result`, `quarantined`: skipped).
+    pub sinker_calls_total: IntCounterVec,
+    /// `dataway_sinker_call_seconds{sinker}`: time of one batch call into a plugin.
+    pub sinker_call_seconds: HistogramVec,
+    /// `dataway_sinker_points_total{sinker,result}`: points offered to a sinker's condition,
+    /// by `matched` / `not_matched`.
+    pub sinker_points_total: IntCounterVec,
+    /// `dataway_sinker_reloads_total{sinker,result}`: plugin loads by result (`ok`,
+    /// `not_component`, `wrong_world`, `init_error`, `init_trap`, `removed`, `read_error`).
+    pub sinker_reloads_total: IntCounterVec,
+    /// `dataway_sinker_plugin_info{sinker,sha256}`: 1 for the plugin version serving now.
+    pub sinker_plugin_info: IntGaugeVec,
+    /// `dataway_sinker_quarantined{sinker}`: 1 while the sinker's plugin is quarantined.
+    pub sinker_quarantined: IntGaugeVec,
 }
 
 impl Metrics {
@@ -59,6 +76,13 @@ impl Metrics {
                 .register(Box::new(s.clone()))
                 .expect("unique metric");
             s
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
         };
         let m = Metrics {
             api_request_total: counter(
@@ -116,20 +140,51 @@ impl Metrics {
                 "Points given up on, by category and reason",
                 &["category", "reason"],
             ),
-            queue_batches: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "dataway_queue_batches",
-                        "Batches waiting in an endpoint's queue",
-                    ),
-                    &["endpoint"],
+            queue_batches: gauge(
+                "dataway_queue_batches",
+                "Batches waiting in an endpoint's queue",
+                &["endpoint"],
+            ),
+            sinker_calls_total: counter(
+                "dataway_sinker_calls_total",
+                "Calls into sinker condition plugins, by sinker and result",
+                &["sinker", "result"],
+            ),
+            sinker_call_seconds: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "dataway_sinker_call_seconds",
+                        "Time of one batch call into a sinker condition plugin",
+                    )
+                    .buckets(prometheus::exponential_buckets(1e-5, 4.0, 10).expect("valid")),
+                    &["sinker"],
                 )
                 .expect("valid metric");
                 registry
-                    .register(Box::new(g.clone()))
+                    .register(Box::new(h.clone()))
                     .expect("unique metric");
-                g
+                h
             },
+            sinker_points_total: counter(
+                "dataway_sinker_points_total",
+                "Points offered to a sinker's condition, by sinker and whether they matched",
+                &["sinker", "result"],
+            ),
+            sinker_reloads_total: counter(
+                "dataway_sinker_reloads_total",
+                "Sinker plugin loads and reloads, by sinker and result",
+                &["sinker", "result"],
+            ),
+            sinker_plugin_info: gauge(
+                "dataway_sinker_plugin_info",
+                "1 for the plugin version (SHA-256 of the file) a sinker uses now",
+                &["sinker", "sha256"],
+            ),
+            sinker_quarantined: gauge(
+                "dataway_sinker_quarantined",
+                "1 while a sinker's plugin is quarantined after repeated failures",
+                &["sinker"],
+            ),
             registry,
         };
         // The sink metrics exist from the start (at zero) so dashboards and alerts can rely

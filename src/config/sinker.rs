@@ -1,0 +1,265 @@
+//! `[[dataway.sinkers]]`, drop-in sidecars and `[dataway.sinker_limits]`.
+//!
+//! A sinker is categories + a condition (a WASM plugin, or none: match all) + its own
+//! endpoint URLs, which send with the main endpoints' options unless the sinker overrides
+//! one. The same table, minus `name` and `plugin`, is the format of a drop-in sidecar
+//! `NAME.toml` next to `NAME.wasm` in `plugins_dir`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, DatawayConfig, invalid};
+use crate::category::Category;
+use crate::endpoint::{EndpointOptions, EndpointUrl};
+use crate::sinker::Limits;
+
+/// One sinker.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SinkerConfig {
+    /// Unique name; it labels the sinker's metrics and log lines.
+    #[serde(default)]
+    pub name: String,
+    /// Categories whose points the sinker looks at, by name or alias
+    /// (`metric`/`M`, `logging`/`L`, …). Points of other categories never reach it.
+    pub categories: Vec<String>,
+    /// The condition: a component file in `plugins_dir` (`datakit_filter.wasm`). Without
+    /// one, the sinker takes every point of its categories (as DataKit).
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// Handed to the plugin's `init`: a string as is, a table or array as JSON.
+    #[serde(default)]
+    pub config: Option<toml::Value>,
+    /// The sinker's endpoints: the points it matches go to every one of them.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    /// Overrides `dataway.timeout` for this sinker's endpoints.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Overrides `dataway.http_proxy` (with its scheme).
+    #[serde(default)]
+    pub http_proxy: Option<String>,
+    /// Overrides `dataway.max_retry_count`.
+    #[serde(default)]
+    pub max_retry_count: Option<u32>,
+    /// Overrides `dataway.gzip`.
+    #[serde(default)]
+    pub gzip: Option<bool>,
+    /// Overrides `dataway.workers`.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// Overrides `dataway.queue_size`.
+    #[serde(default)]
+    pub queue_size: Option<usize>,
+}
+
+impl SinkerConfig {
+    /// Parses a drop-in sidecar; its name and plugin come from the file name.
+    pub fn from_sidecar(text: &str, name: &str, origin: &str) -> Result<SinkerConfig, ConfigError> {
+        let mut s: SinkerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            source: Box::new(e),
+        })?;
+        if !s.name.is_empty() || s.plugin.is_some() {
+            return Err(invalid(
+                format!("{origin}: name/plugin"),
+                "a drop-in sidecar takes its name and plugin from its file name; remove these keys",
+            ));
+        }
+        s.name = name.to_string();
+        s.plugin = Some(format!("{name}.wasm"));
+        Ok(s)
+    }
+
+    /// The categories, parsed (validated by [`SinkerConfig::validate`]).
+    pub fn parsed_categories(&self) -> Vec<Category> {
+        let mut out: Vec<Category> = Vec::new();
+        for c in &self.categories {
+            if let Ok(c) = c.parse::<Category>()
+                && !out.contains(&c)
+            {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// The string given to the plugin's `init`.
+    pub fn plugin_config(&self) -> String {
+        match &self.config {
+            None => String::new(),
+            Some(toml::Value::String(s)) => s.clone(),
+            Some(v) => serde_json::to_string(v).expect("TOML values encode as JSON"),
+        }
+    }
+
+    /// The endpoint options: the main ones with this sinker's overrides.
+    pub fn endpoint_options(&self, main: &DatawayConfig) -> EndpointOptions {
+        let mut opts = EndpointOptions::from_config(main);
+        if let Some(t) = self.timeout {
+            opts.http.timeout = t;
+        }
+        if let Some(p) = &self.http_proxy {
+            opts.http.proxy = Some(p.clone());
+        }
+        if let Some(n) = self.max_retry_count {
+            opts.http.max_retry_count = n;
+        }
+        if let Some(g) = self.gzip {
+            opts.gzip = g;
+        }
+        if let Some(w) = self.workers {
+            opts.workers = w;
+        }
+        if let Some(q) = self.queue_size {
+            opts.queue_size = q;
+        }
+        opts.sinker = Some(self.name.clone());
+        opts
+    }
+
+    /// Checks the sinker; `key` is where it is (`dataway.sinkers[0]`, or a sidecar's path).
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if self.name.is_empty() {
+            return Err(invalid(format!("{key}.name"), "every sinker needs a name"));
+        }
+        if !self
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!(
+                    "`{}`: use letters, digits, `-`, `_` and `.` only",
+                    self.name
+                ),
+            ));
+        }
+        if self.categories.is_empty() {
+            return Err(invalid(
+                format!("{key}.categories"),
+                "list at least one category, e.g. [\"metric\", \"L\"]",
+            ));
+        }
+        for (i, c) in self.categories.iter().enumerate() {
+            c.parse::<Category>()
+                .map_err(|e| invalid(format!("{key}.categories[{i}]"), e.to_string()))?;
+        }
+        if let Some(p) = &self.plugin
+            && (p.is_empty() || p.contains('/') || p.contains('\\') || !p.ends_with(".wasm"))
+        {
+            return Err(invalid(
+                format!("{key}.plugin"),
+                format!("`{p}`: give a file name in plugins_dir ending in .wasm, like `rule.wasm`"),
+            ));
+        }
+        if self.urls.is_empty() {
+            return Err(invalid(
+                format!("{key}.urls"),
+                "a sinker needs at least one URL to send its points to",
+            ));
+        }
+        for (i, u) in self.urls.iter().enumerate() {
+            EndpointUrl::parse(u)
+                .map_err(|e| invalid(format!("{key}.urls[{i}]"), e.to_string()))?;
+        }
+        if let Some(p) = &self.http_proxy {
+            super::validate_proxy(p).map_err(|r| invalid(format!("{key}.http_proxy"), r))?;
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid(format!("{key}.timeout"), "must be more than 0s"));
+        }
+        for (k, v) in [("workers", self.workers), ("queue_size", self.queue_size)] {
+            if v == Some(0) {
+                return Err(invalid(format!("{key}.{k}"), "must be more than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[dataway.sinker_limits]`: the sandbox every plugin runs in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkerLimitsConfig {
+    /// Longest one call into a plugin may run; past it the batch counts as not matched.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Memory cap of one plugin instance, in bytes.
+    pub max_memory: usize,
+    /// Table cap of one plugin instance, in elements.
+    pub max_table_elements: usize,
+    /// Idle instances kept per plugin.
+    pub max_idle_instances: usize,
+    /// Consecutive failed calls before a plugin is quarantined (not called).
+    pub quarantine_after: u32,
+    /// First quarantine period; doubles on each further failure, up to `quarantine_max`.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_min: Duration,
+    /// Longest quarantine period.
+    #[serde(with = "humantime_serde")]
+    pub quarantine_max: Duration,
+    /// Where compiled plugins are cached across restarts (a Python component takes
+    /// seconds to compile). Default: `.cache` inside `plugins_dir`. Empty: no cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for SinkerLimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        SinkerLimitsConfig {
+            timeout: l.timeout,
+            max_memory: l.max_memory,
+            max_table_elements: l.max_table_elements,
+            max_idle_instances: l.max_idle_instances,
+            quarantine_after: l.quarantine_after,
+            quarantine_min: l.quarantine_min,
+            quarantine_max: l.quarantine_max,
+            cache_dir: None,
+        }
+    }
+}
+
+impl SinkerLimitsConfig {
+    /// The limits the WASM host applies.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            timeout: self.timeout,
+            max_memory: self.max_memory,
+            max_table_elements: self.max_table_elements,
+            max_idle_instances: self.max_idle_instances,
+            quarantine_after: self.quarantine_after,
+            quarantine_min: self.quarantine_min,
+            quarantine_max: self.quarantine_max,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let key = "dataway.sinker_limits";
+        if self.timeout.is_zero() {
+            return Err(invalid(format!("{key}.timeout"), "must be more than 0s"));
+        }
+        if self.max_memory < 1 << 20 {
+            return Err(invalid(
+                format!("{key}.max_memory"),
+                "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if self.quarantine_after == 0 {
+            return Err(invalid(
+                format!("{key}.quarantine_after"),
+                "must be at least 1",
+            ));
+        }
+        if self.quarantine_max < self.quarantine_min {
+            return Err(invalid(
+                format!("{key}.quarantine_max"),
+                "must be at least quarantine_min",
+            ));
+        }
+        Ok(())
+    }
+}

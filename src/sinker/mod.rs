@@ -1,0 +1,277 @@
+//! Sinkers: split off the points a condition matches and send them to their own endpoints.
+//!
+//! In: a batch of points of one category, from the router ([`crate::dataway`]). Out: for
+//! each sinker, the points it takes; and the points no sinker took, which the router sends
+//! to the main endpoints. Each point goes to every sinker that matches it, once; a point no
+//! sinker matches goes to the main endpoints, once (DataKit sent it N times with N sinkers,
+//! `lessons.md` #1).
+//!
+//! A sinker's condition is a WebAssembly component ([`plugin`]) or nothing (take every point
+//! of the sinker's categories). The condition is replaced live ([`reload`]): every batch
+//! reads the condition once, so a batch in flight during a swap is judged entirely by the
+//! old version or entirely by the new one, never both.
+
+mod batch;
+pub mod plugin;
+pub mod reload;
+pub mod try_out;
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use crate::category::Category;
+use crate::endpoint::Endpoint;
+use crate::metrics::Metrics;
+use crate::point::Point;
+
+pub use plugin::{CallError, FailureKind, Limits, LoadError, LogFn, Plugin, Runtime};
+
+/// What decides which points a sinker takes.
+#[derive(Clone)]
+pub enum Condition {
+    /// No plugin configured: every point of the sinker's categories.
+    All,
+    /// A loaded plugin.
+    Plugin(Plugin),
+    /// The plugin file is missing or never loaded: no point (they go to the main
+    /// endpoints) until a good file appears.
+    Disabled,
+}
+
+/// One sinker: its categories, its condition and its endpoints.
+pub struct Sinker {
+    name: String,
+    categories: Vec<Category>,
+    condition: RwLock<Condition>,
+    endpoints: Vec<Endpoint>,
+}
+
+impl Sinker {
+    /// A sinker over endpoints already started.
+    pub fn new(
+        name: String,
+        categories: Vec<Category>,
+        condition: Condition,
+        endpoints: Vec<Endpoint>,
+    ) -> Sinker {
+        Sinker {
+            name,
+            categories,
+            condition: RwLock::new(condition),
+            endpoints,
+        }
+    }
+
+    /// The sinker's name (labels its metrics and log lines).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether points of `category` reach this sinker at all.
+    pub fn takes(&self, category: Category) -> bool {
+        self.categories.contains(&category)
+    }
+
+    /// The sinker's endpoints.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The condition serving now.
+    pub fn condition(&self) -> Condition {
+        self.condition
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Swaps the condition in: batches that already read the old one finish with it.
+    pub fn set_condition(&self, c: Condition) {
+        *self.condition.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// Which of `points` this sinker takes. A plugin failure means "none" (the points go on
+    /// to the main endpoints) and is counted and logged (rate-limited).
+    pub fn evaluate(
+        &self,
+        category: Category,
+        points: &Arc<Vec<Point>>,
+        metrics: &Metrics,
+    ) -> Option<Vec<bool>> {
+        metrics
+            .sink_total
+            .with_label_values(&[category.name()])
+            .inc();
+        let mask = match self.condition() {
+            Condition::All => None,
+            Condition::Disabled => Some(vec![false; points.len()]),
+            Condition::Plugin(p) => Some(self.call(&p, category, points, metrics)),
+        };
+        let matched = mask
+            .as_ref()
+            .map_or(points.len(), |m| m.iter().filter(|&&b| b).count());
+        let labels = |r| [self.name.as_str(), r];
+        metrics
+            .sinker_points_total
+            .with_label_values(&labels("matched"))
+            .inc_by(matched as u64);
+        metrics
+            .sinker_points_total
+            .with_label_values(&labels("not_matched"))
+            .inc_by((points.len() - matched) as u64);
+        mask
+    }
+
+    fn call(
+        &self,
+        plugin: &Plugin,
+        category: Category,
+        points: &Arc<Vec<Point>>,
+        metrics: &Metrics,
+    ) -> Vec<bool> {
+        let start = Instant::now();
+        let result = plugin.matches(category, points);
+        let name = self.name.as_str();
+        if !matches!(&result, Err(e) if e.kind == FailureKind::Quarantined) {
+            metrics
+                .sinker_call_seconds
+                .with_label_values(&[name])
+                .observe(start.elapsed().as_secs_f64());
+        }
+        metrics
+            .sinker_quarantined
+            .with_label_values(&[name])
+            .set(plugin.quarantined() as i64);
+        match result {
+            Ok(mask) => {
+                metrics
+                    .sinker_calls_total
+                    .with_label_values(&[name, "ok"])
+                    .inc();
+                mask
+            }
+            Err(e) => {
+                metrics
+                    .sinker_calls_total
+                    .with_label_values(&[name, e.kind.label()])
+                    .inc();
+                if e.kind != FailureKind::Quarantined && plugin.admit_failure_log() {
+                    tracing::warn!(sinker = name, points = points.len(), error = %e, "sinker plugin failed; its batch goes to the main endpoints");
+                }
+                vec![false; points.len()]
+            }
+        }
+    }
+}
+
+/// The live set of sinkers; replaced whole when a drop-in sinker comes or goes.
+#[derive(Default)]
+pub struct Sinkers {
+    set: RwLock<Arc<Vec<Arc<Sinker>>>>,
+}
+
+impl Sinkers {
+    /// A set holding `sinkers`.
+    pub fn new(sinkers: Vec<Arc<Sinker>>) -> Sinkers {
+        Sinkers {
+            set: RwLock::new(Arc::new(sinkers)),
+        }
+    }
+
+    /// The sinkers now (a snapshot: later changes do not affect it).
+    pub fn snapshot(&self) -> Arc<Vec<Arc<Sinker>>> {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Adds a sinker, or replaces the one with the same name (returned).
+    pub fn upsert(&self, sinker: Arc<Sinker>) -> Option<Arc<Sinker>> {
+        let mut guard = self.set.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Arc<Sinker>> = guard.as_ref().clone();
+        let old = match next.iter().position(|s| s.name == sinker.name) {
+            Some(i) => Some(std::mem::replace(&mut next[i], sinker)),
+            None => {
+                next.push(sinker);
+                None
+            }
+        };
+        *guard = Arc::new(next);
+        old
+    }
+
+    /// Removes the sinker named `name` (returned).
+    pub fn remove(&self, name: &str) -> Option<Arc<Sinker>> {
+        let mut guard = self.set.write().unwrap_or_else(|e| e.into_inner());
+        let i = guard.iter().position(|s| s.name == name)?;
+        let mut next: Vec<Arc<Sinker>> = guard.as_ref().clone();
+        let old = next.remove(i);
+        *guard = Arc::new(next);
+        Some(old)
+    }
+}
+
+/// The outcome of routing one batch through the sinkers.
+pub struct Split {
+    /// Points each sinker takes, by the sinker's position in the set (only sinkers that
+    /// take at least one).
+    pub sunk: Vec<(usize, Vec<Point>)>,
+    /// Points no sinker took: they go to the main endpoints.
+    pub rest: Vec<Point>,
+}
+
+/// Splits `points` between the sinkers of `set` and the main endpoints.
+pub fn split(
+    set: &[Arc<Sinker>],
+    category: Category,
+    points: Vec<Point>,
+    metrics: &Metrics,
+) -> Split {
+    let interested: Vec<usize> = (0..set.len()).filter(|&i| set[i].takes(category)).collect();
+    if interested.is_empty() {
+        if !set.is_empty() {
+            metrics
+                .not_sink_point_total
+                .with_label_values(&[category.name()])
+                .inc_by(points.len() as u64);
+        }
+        return Split {
+            sunk: Vec::new(),
+            rest: points,
+        };
+    }
+    // Plugins borrow the points through an Arc; it is unique again once they are done.
+    let shared = Arc::new(points);
+    let masks: Vec<Option<Vec<bool>>> = interested
+        .iter()
+        .map(|&i| set[i].evaluate(category, &shared, metrics))
+        .collect();
+    let points = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());
+    let mut sunk: Vec<Vec<Point>> = vec![Vec::new(); interested.len()];
+    let mut rest = Vec::new();
+    let takes = |j: usize, i: usize| masks[j].as_ref().is_none_or(|m| m[i]);
+    for (i, p) in points.into_iter().enumerate() {
+        // The last taker gets the point itself, the others a copy.
+        match (0..interested.len()).rev().find(|&j| takes(j, i)) {
+            None => rest.push(p),
+            Some(last) => {
+                for (j, out) in sunk.iter_mut().enumerate().take(last) {
+                    if takes(j, i) {
+                        out.push(p.clone());
+                    }
+                }
+                sunk[last].push(p);
+            }
+        }
+    }
+    metrics
+        .not_sink_point_total
+        .with_label_values(&[category.name()])
+        .inc_by(rest.len() as u64);
+    Split {
+        sunk: interested
+            .into_iter()
+            .zip(sunk)
+            .filter(|(_, p)| !p.is_empty())
+            .collect(),
+        rest,
+    }
+}

@@ -1,0 +1,678 @@
+//! The WebAssembly host: compiles condition plugins and runs them in a sandbox.
+//!
+//! In: a component's bytes and the sinker's `config` string. Out: a [`Plugin`] whose
+//! [`Plugin::matches`] answers "which of these points match" or says why it could not.
+//!
+//! Why it looks like this:
+//! - One [`Runtime`] (one wasmtime `Engine`) for the whole daemon; each plugin is compiled
+//!   once, off the hot path, into an `InstancePre`, so a new instance costs microseconds.
+//! - Instances are pooled: a caller takes one (or makes one), calls it, and gives it back, so
+//!   concurrent writers never wait for each other and a store is reused across batches.
+//! - Every call runs under an epoch deadline, a memory cap and a table cap. A call that traps,
+//!   times out or runs out of memory poisons its store: the instance is dropped, never
+//!   reused. Its caller treats the batch as not matched; no point is lost.
+//! - A plugin that keeps failing is quarantined (not called) with exponential backoff, as
+//!   proxy-wasm hosts do, so a broken plugin costs almost nothing while it is broken.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{
+    Component, Linker, Resource, ResourceTable, ResourceType, types::ComponentItem,
+};
+use wasmtime::{Engine, ResourceLimiter, Store};
+
+pub use super::batch::PointBatch;
+use crate::category::Category;
+use crate::point::Point;
+
+/// Host bindings generated from `wit/sinker.wit`.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        world: "sinker",
+        path: "wit",
+        with: { "dataway:sinker/types.batch": super::PointBatch },
+        imports: { default: trappable },
+    });
+}
+
+use bindings::dataway::sinker::types::LogLevel;
+use bindings::{Sinker, SinkerPre};
+
+/// The WIT package a plugin must be built against.
+pub const WIT_PACKAGE: &str = "dataway:sinker@0.1.0";
+
+/// How often the engine's epoch advances; deadlines are whole ticks of this.
+const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Sandbox limits applied to every plugin instance.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest one `matches` (or `init`) call may run.
+    pub timeout: Duration,
+    /// Largest linear memory of an instance, in bytes.
+    pub max_memory: usize,
+    /// Largest table of an instance, in elements.
+    pub max_table_elements: usize,
+    /// Idle instances kept per plugin (more are made when more callers run at once).
+    pub max_idle_instances: usize,
+    /// Consecutive failed calls before the plugin is quarantined.
+    pub quarantine_after: u32,
+    /// First quarantine period; it doubles each time the plugin fails again after one.
+    pub quarantine_min: Duration,
+    /// Longest quarantine period.
+    pub quarantine_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_millis(100),
+            max_memory: 64 << 20,
+            max_table_elements: 100_000,
+            max_idle_instances: 8,
+            quarantine_after: 3,
+            quarantine_min: Duration::from_secs(1),
+            quarantine_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where a plugin's `log` lines go: tracing in the daemon, the terminal in `sinker test`.
+pub type LogFn = Arc<dyn Fn(LogLevel, &str) + Send + Sync>;
+
+/// Sends plugin log lines to the daemon's log, tagged with the sinker's name, at most
+/// `LOG_LINES_PER_WINDOW` per `LOG_WINDOW` (a looping plugin must not flood the log).
+pub fn tracing_log(sinker: &str) -> LogFn {
+    let sinker: Arc<str> = sinker.into();
+    let limiter = RateLimiter::new();
+    Arc::new(move |level, msg| {
+        let Some(suppressed) = limiter.admit() else {
+            return;
+        };
+        let sinker = &*sinker;
+        if suppressed > 0 {
+            tracing::warn!(
+                sinker,
+                suppressed,
+                "plugin log lines suppressed (rate limit)"
+            );
+        }
+        match level {
+            LogLevel::Trace => tracing::trace!(sinker, "plugin: {msg}"),
+            LogLevel::Debug => tracing::debug!(sinker, "plugin: {msg}"),
+            LogLevel::Info => tracing::info!(sinker, "plugin: {msg}"),
+            LogLevel::Warn => tracing::warn!(sinker, "plugin: {msg}"),
+            LogLevel::Error => tracing::error!(sinker, "plugin: {msg}"),
+        }
+    })
+}
+
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+const LOG_LINES_PER_WINDOW: u32 = 50;
+
+/// A fixed-window limiter for log lines: cheap, lock-light, and it says how many lines it
+/// swallowed so the log still shows that something was there.
+pub struct RateLimiter {
+    state: Mutex<(Instant, u32, u64)>,
+}
+
+impl RateLimiter {
+    pub fn new() -> RateLimiter {
+        RateLimiter {
+            state: Mutex::new((Instant::now(), 0, 0)),
+        }
+    }
+
+    /// `Some(n)` when a line may be written (`n` lines were suppressed since the last one
+    /// written), `None` when it must be dropped.
+    pub fn admit(&self) -> Option<u64> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.0.elapsed() >= LOG_WINDOW {
+            *s = (Instant::now(), 0, s.2);
+        }
+        if s.1 < LOG_LINES_PER_WINDOW {
+            s.1 += 1;
+            Some(std::mem::take(&mut s.2))
+        } else {
+            s.2 += 1;
+            None
+        }
+    }
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        RateLimiter::new()
+    }
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly component: {0}")]
+    Compile(String),
+    #[error("{0}")]
+    WrongWorld(String),
+    #[error("init failed: {0}")]
+    Init(String),
+    #[error("init trapped: {0}")]
+    InitTrap(String),
+}
+
+impl LoadError {
+    /// The `result` label of the reload metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadError::Compile(_) => "not_component",
+            LoadError::WrongWorld(_) => "wrong_world",
+            LoadError::Init(_) => "init_error",
+            LoadError::InitTrap(_) => "init_trap",
+        }
+    }
+}
+
+/// How a `matches` call failed. In every case the batch counts as not matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The plugin trapped (a panic, `unreachable`, a stack overflow, …).
+    Trap,
+    /// The call ran past `timeout`.
+    Timeout,
+    /// The plugin asked for more memory or table than allowed.
+    OutOfMemory,
+    /// The result did not have one element per point.
+    BadResult,
+    /// The plugin is quarantined; it was not called.
+    Quarantined,
+}
+
+impl FailureKind {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::OutOfMemory => "oom",
+            FailureKind::BadResult => "bad_result",
+            FailureKind::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// A failed call: its kind and a message for the log.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.label(), self.message)
+    }
+}
+
+/// The state of one plugin instance's store.
+pub struct StoreState {
+    pub(crate) table: ResourceTable,
+    log: LogFn,
+    max_memory: usize,
+    max_table_elements: usize,
+    /// Set when the limiter refused a growth, so a trap can be told apart from an OOM.
+    hit_limit: bool,
+}
+
+impl ResourceLimiter for StoreState {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            self.hit_limit = true;
+            wasmtime::bail!(
+                "plugin memory limit reached: asked for {desired} bytes, limit is {}",
+                self.max_memory
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_table_elements {
+            self.hit_limit = true;
+            wasmtime::bail!(
+                "plugin table limit reached: asked for {desired} elements, limit is {}",
+                self.max_table_elements
+            );
+        }
+        Ok(true)
+    }
+}
+
+impl bindings::dataway::sinker::host::Host for StoreState {
+    fn log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        (self.log)(level, &message);
+        Ok(())
+    }
+}
+
+/// The shared engine, its epoch clock and its compiled-code cache.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+}
+
+impl Runtime {
+    /// Makes the engine and starts its epoch clock (a thread that ends with the engine).
+    /// `cache_dir`, when set, keeps compiled plugins across restarts (a Python component
+    /// takes seconds to compile; loading it from the cache takes milliseconds).
+    pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true)
+            // No async in plugins: without it a component call is ~3x cheaper.
+            .concurrency_support(false)
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?;
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Runtime { engine, cache_dir })
+    }
+
+    /// Compiles (or loads from the cache), links and initialises a plugin. Errors say
+    /// what is wrong with the file; nothing of a failed load stays behind.
+    pub fn load(
+        &self,
+        bytes: &[u8],
+        config: &str,
+        limits: &Limits,
+        log: LogFn,
+    ) -> Result<Plugin, LoadError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let component = self.compile(bytes, &sha256)?;
+        let mut linker: Linker<StoreState> = Linker::new(&self.engine);
+        Sinker::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        // The world's `use types.{batch}` is also a root-level import of the same host
+        // resource; left undefined it would be filled with a foreign type below.
+        linker
+            .root()
+            .resource("batch", ResourceType::host::<PointBatch>(), |_, _| Ok(()))
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        check_imports(&self.engine, &component)?;
+        // WASI imports a guest toolchain links in (wasi-libc, Python's runtime) are offered
+        // as functions that trap: a plugin gets no filesystem, network, env or stdin.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(SinkerPre::new)
+            .map_err(|e| {
+                LoadError::WrongWorld(format!(
+                    "the component does not export the `sinker` world of {WIT_PACKAGE}: {e:#}"
+                ))
+            })?;
+        let plugin = Plugin {
+            inner: Arc::new(PluginInner {
+                engine: self.engine.clone(),
+                pre,
+                config: config.to_string(),
+                limits: limits.clone(),
+                log,
+                sha256,
+                idle: Mutex::new(Vec::new()),
+                health: Health::default(),
+                failure_log: RateLimiter::new(),
+            }),
+        };
+        // Prove it works before anyone relies on it: one instance, initialised.
+        let instance = plugin.inner.instantiate().map_err(|e| match e.kind {
+            FailureKind::BadResult => LoadError::Init(e.message),
+            _ => LoadError::InitTrap(e.to_string()),
+        })?;
+        plugin.inner.give_back(instance);
+        Ok(plugin)
+    }
+
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+        let cached = self.cache_dir.as_ref().map(|dir| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.engine.precompile_compatibility_hash().hash(&mut h);
+            dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+        });
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: the file was written by `Component::serialize` of an engine with the
+            // same compatibility hash (it is in the name) into the daemon's own cache
+            // directory; wasmtime checks its header and refuses other engines' files.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring bad plugin cache file: {e:#}")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            let msg = format!("{e:#}");
+            if bytes.starts_with(b"\0asm\x01\0\0\0") {
+                LoadError::Compile(format!(
+                    "{msg} (this is a core module: make it a component, e.g. build for \
+                     wasm32-wasip2 or run `wasm-tools component new`)"
+                ))
+            } else {
+                LoadError::Compile(msg)
+            }
+        })?;
+        if let Some(path) = cached {
+            write_cache(&path, &component);
+        }
+        Ok(component)
+    }
+}
+
+/// Best effort: a cache that cannot be written only costs a compile next time.
+fn write_cache(path: &Path, component: &Component) {
+    let result = (|| -> anyhow::Result<()> {
+        let dir = path.parent().expect("cache file has a directory");
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension("tmp");
+        let bytes = component
+            .serialize()
+            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::debug!(path = %path.display(), "plugin cache not written: {e:#}");
+    }
+}
+
+/// Rejects imports the daemon does not offer, before they would be turned into traps: a
+/// plugin built against another version of our WIT must fail loudly at load, not trap on
+/// its first `log` call. Only WASI imports (which a toolchain may link in) are tolerated.
+fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+    let ours = |name: &str| {
+        name == format!("dataway:sinker/types@{}", &WIT_PACKAGE[15..])
+            || name == format!("dataway:sinker/host@{}", &WIT_PACKAGE[15..])
+    };
+    for (name, item) in component.component_type().imports(engine) {
+        // `use types.{batch}` in the world makes `batch` a root-level type import.
+        let is_type = matches!(item.ty, ComponentItem::Type(_) | ComponentItem::Resource(_));
+        if ours(name) || name.starts_with("wasi:") || is_type {
+            continue;
+        }
+        let what = match item.ty {
+            ComponentItem::ComponentInstance(_) => "interface",
+            _ => "item",
+        };
+        let hint = if name.starts_with("dataway:sinker/") {
+            format!(
+                "; it was built against another version of the WIT, this daemon speaks {WIT_PACKAGE}"
+            )
+        } else {
+            String::new()
+        };
+        return Err(LoadError::WrongWorld(format!(
+            "the component imports {what} `{name}`, which the daemon does not offer{hint}"
+        )));
+    }
+    Ok(())
+}
+
+/// A loaded plugin: cheap to clone, shared by every caller.
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    engine: Engine,
+    pre: SinkerPre<StoreState>,
+    config: String,
+    limits: Limits,
+    log: LogFn,
+    sha256: String,
+    idle: Mutex<Vec<Instance>>,
+    health: Health,
+    failure_log: RateLimiter,
+}
+
+struct Instance {
+    store: Store<StoreState>,
+    sinker: Sinker,
+}
+
+/// Consecutive failures and the quarantine they lead to.
+#[derive(Default)]
+struct Health {
+    failures: AtomicU32,
+    /// How many times in a row the plugin was quarantined (the backoff exponent).
+    strikes: AtomicU32,
+    /// Quarantined until this many ns after `epoch` (0: not quarantined).
+    until_ns: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+    quarantined: AtomicBool,
+}
+
+impl Health {
+    fn now_ns(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    }
+}
+
+impl Plugin {
+    /// Hex SHA-256 of the component's bytes: the plugin's version.
+    pub fn sha256(&self) -> &str {
+        &self.inner.sha256
+    }
+
+    /// Whether a failure may be logged now (failures of a broken plugin are rate-limited).
+    pub fn admit_failure_log(&self) -> bool {
+        self.inner.failure_log.admit().is_some()
+    }
+
+    /// Whether the plugin is in quarantine right now.
+    pub fn quarantined(&self) -> bool {
+        let h = &self.inner.health;
+        h.quarantined.load(Ordering::Relaxed) && h.now_ns() < h.until_ns.load(Ordering::Relaxed)
+    }
+
+    /// Asks the plugin which of `points` match. `Ok` has exactly one element per point.
+    pub fn matches(
+        &self,
+        category: Category,
+        points: &Arc<Vec<Point>>,
+    ) -> Result<Vec<bool>, CallError> {
+        let inner = &self.inner;
+        if self.quarantined() {
+            return Err(CallError {
+                kind: FailureKind::Quarantined,
+                message: "plugin is quarantined after repeated failures".into(),
+            });
+        }
+        let result = inner.instantiate_or_reuse().and_then(|mut instance| {
+            let result = inner.call(&mut instance, category, points);
+            if result.is_ok() {
+                inner.give_back(instance);
+            }
+            // On failure the instance is dropped here: a trapped store is poisoned.
+            result
+        });
+        inner.record(&result);
+        result
+    }
+}
+
+impl PluginInner {
+    fn instantiate_or_reuse(&self) -> Result<Instance, CallError> {
+        let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match reused {
+            Some(i) => Ok(i),
+            None => self.instantiate(),
+        }
+    }
+
+    fn give_back(&self, instance: Instance) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.limits.max_idle_instances {
+            idle.push(instance);
+        }
+    }
+
+    /// A fresh store and instance, `init`-ed with the sinker's config.
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let mut store = Store::new(
+            &self.engine,
+            StoreState {
+                table: ResourceTable::new(),
+                log: self.log.clone(),
+                max_memory: self.limits.max_memory,
+                max_table_elements: self.limits.max_table_elements,
+                hit_limit: false,
+            },
+        );
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        self.arm_deadline(&mut store);
+        let sinker = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, e))?;
+        self.arm_deadline(&mut store);
+        match sinker.call_init(&mut store, &self.config) {
+            Ok(Ok(())) => Ok(Instance { store, sinker }),
+            Ok(Err(msg)) => Err(CallError {
+                // An init that says no is not a crash; `load` turns it into LoadError::Init.
+                kind: FailureKind::BadResult,
+                message: msg,
+            }),
+            Err(e) => Err(classify(&store, e)),
+        }
+    }
+
+    fn arm_deadline(&self, store: &mut Store<StoreState>) {
+        let ticks = self
+            .limits
+            .timeout
+            .as_nanos()
+            .div_ceil(EPOCH_TICK.as_nanos()) as u64;
+        // +1: the current tick may be about to end.
+        store.set_epoch_deadline(ticks.max(1) + 1);
+    }
+
+    fn call(
+        &self,
+        instance: &mut Instance,
+        category: Category,
+        points: &Arc<Vec<Point>>,
+    ) -> Result<Vec<bool>, CallError> {
+        let store = &mut instance.store;
+        let handle = store
+            .data_mut()
+            .table
+            .push(PointBatch {
+                category,
+                points: points.clone(),
+            })
+            .map_err(|e| CallError {
+                kind: FailureKind::Trap,
+                message: format!("resource table: {e}"),
+            })?;
+        let rep = handle.rep();
+        self.arm_deadline(store);
+        let result = instance
+            .sinker
+            .call_matches(&mut *store, Resource::new_borrow(rep));
+        // Always take the batch back, whatever the call did.
+        let _ = store.data_mut().table.delete(handle);
+        let mask = result.map_err(|e| classify(store, e))?;
+        if mask.len() != points.len() {
+            return Err(CallError {
+                kind: FailureKind::BadResult,
+                message: format!(
+                    "`matches` returned {} results for {} points",
+                    mask.len(),
+                    points.len()
+                ),
+            });
+        }
+        Ok(mask)
+    }
+
+    /// Tracks consecutive failures; the `quarantine_after`-th one starts a quarantine.
+    fn record<T>(&self, result: &Result<T, CallError>) {
+        let h = &self.health;
+        match result {
+            Ok(_) => {
+                if h.failures.swap(0, Ordering::Relaxed) != 0
+                    || h.quarantined.load(Ordering::Relaxed)
+                {
+                    h.quarantined.store(false, Ordering::Relaxed);
+                    h.strikes.store(0, Ordering::Relaxed);
+                }
+            }
+            Err(e) if e.kind == FailureKind::Quarantined => {}
+            Err(_) => {
+                let n = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                // A failure of the trial call after a quarantine re-quarantines at once.
+                let trial = h.quarantined.load(Ordering::Relaxed);
+                if n >= self.limits.quarantine_after || trial {
+                    let strike = h.strikes.fetch_add(1, Ordering::Relaxed);
+                    let period = self
+                        .limits
+                        .quarantine_min
+                        .saturating_mul(1u32 << strike.min(20))
+                        .min(self.limits.quarantine_max);
+                    h.until_ns
+                        .store(h.now_ns() + period.as_nanos() as u64, Ordering::Relaxed);
+                    h.quarantined.store(true, Ordering::Relaxed);
+                    h.failures.store(0, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// Tells a timeout and an out-of-memory from other traps.
+fn classify(store: &Store<StoreState>, e: wasmtime::Error) -> CallError {
+    let kind = if store.data().hit_limit {
+        FailureKind::OutOfMemory
+    } else if matches!(
+        e.downcast_ref::<wasmtime::Trap>(),
+        Some(wasmtime::Trap::Interrupt)
+    ) {
+        FailureKind::Timeout
+    } else {
+        FailureKind::Trap
+    };
+    CallError {
+        kind,
+        message: format!("{e:#}"),
+    }
+}

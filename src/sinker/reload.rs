@@ -1,0 +1,446 @@
+//! Hot reload: keeps each sinker's condition in step with the files in `plugins_dir`.
+//!
+//! In: the configured sinkers, and change events on `plugins_dir` (debounced: editors
+//! write, rename and truncate in several steps). Out: conditions swapped in the live
+//! sinkers, and drop-in sinkers (`NAME.wasm` + sidecar `NAME.toml`) added or removed.
+//!
+//! Every event triggers a full rescan of the directory rather than acting on the event
+//! itself: events are lossy and come in odd orders, a rescan is not. A rescan is cheap when
+//! nothing changed (file sizes and times are compared before contents are read).
+//!
+//! A new plugin version is compiled and initialised off the hot path; only a version that
+//! loads and initialises is swapped in. A broken file is rejected (logged, counted) and
+//! the previous version keeps serving; the same broken bytes are not retried until the
+//! file changes again. A deleted plugin disables its sinker's condition until it returns.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::{Condition, Limits, Runtime, Sinker, plugin};
+use crate::config::{DatawayConfig, SinkerConfig};
+use crate::dataway::Dataway;
+use crate::endpoint::{Endpoint, EndpointUrl, StartError};
+use crate::metrics::Metrics;
+
+/// How long the directory must be quiet before a rescan.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// A rescan runs this often even without events (network filesystems send none).
+const POLL: Duration = Duration::from_secs(30);
+
+/// Watches `plugins_dir` and applies what it finds to the live sinkers.
+pub struct Reloader {
+    dir: PathBuf,
+    runtime: Runtime,
+    limits: Limits,
+    main: DatawayConfig,
+    metrics: Arc<Metrics>,
+    state: Mutex<HashMap<String, Tracked>>,
+    /// Sidecars that failed (name, text): not retried until their text changes.
+    bad_sidecars: Mutex<Vec<(String, String)>>,
+}
+
+/// What the reloader knows about one sinker's files.
+#[derive(Default)]
+struct Tracked {
+    /// The plugin file (`None`: no plugin, match all).
+    plugin: Option<String>,
+    /// The string given to `init`.
+    config: String,
+    /// Size and mtime of the plugin file when last read.
+    stamp: Option<(u64, SystemTime)>,
+    /// SHA-256 of the version serving now.
+    serving: Option<String>,
+    /// SHA-256 of the last version rejected (not retried until the file changes).
+    rejected: Option<String>,
+    /// Text of the sidecar, for drop-in sinkers.
+    sidecar: Option<String>,
+}
+
+impl Reloader {
+    /// A reloader for `cfg.plugins_dir`, with the engine every plugin runs on.
+    pub fn new(cfg: &DatawayConfig, metrics: Arc<Metrics>) -> anyhow::Result<Reloader> {
+        let cache = match &cfg.sinker_limits.cache_dir {
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
+            None => Some(cfg.plugins_dir.join(".cache")),
+        };
+        Ok(Reloader {
+            dir: cfg.plugins_dir.clone(),
+            runtime: Runtime::new(cache)?,
+            limits: cfg.sinker_limits.limits(),
+            main: cfg.clone(),
+            metrics,
+            state: Mutex::new(HashMap::new()),
+            bad_sidecars: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts the sinkers of the configuration: endpoints running, plugins loaded. A
+    /// plugin that is missing or broken leaves its sinker disabled (its points go to the
+    /// main endpoints) rather than stopping the daemon; `dataway check` reports it.
+    pub fn start_configured(&self) -> Result<Vec<Arc<Sinker>>, StartError> {
+        let mut out = Vec::new();
+        for s in &self.main.sinkers {
+            let sinker = Arc::new(self.start_sinker(s)?);
+            self.track(s, None);
+            self.sync_plugin(&sinker);
+            out.push(sinker);
+        }
+        Ok(out)
+    }
+
+    fn start_sinker(&self, s: &SinkerConfig) -> Result<Sinker, StartError> {
+        let opts = s.endpoint_options(&self.main);
+        let endpoints = s
+            .urls
+            .iter()
+            .map(|u| {
+                let url = EndpointUrl::parse(u).expect("validated by config");
+                Endpoint::start(url, opts.clone(), self.metrics.clone())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let condition = if s.plugin.is_some() {
+            Condition::Disabled
+        } else {
+            Condition::All
+        };
+        tracing::info!(sinker = %s.name, categories = ?s.categories, plugin = ?s.plugin, "sinker started");
+        Ok(Sinker::new(
+            s.name.clone(),
+            s.parsed_categories(),
+            condition,
+            endpoints,
+        ))
+    }
+
+    fn track(&self, s: &SinkerConfig, sidecar: Option<String>) {
+        self.lock().insert(
+            s.name.clone(),
+            Tracked {
+                plugin: s.plugin.clone(),
+                config: s.plugin_config(),
+                sidecar,
+                ..Tracked::default()
+            },
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings every sinker in line with `plugins_dir`: reloads changed plugins, disables
+    /// sinkers whose plugin is gone, adds, changes and removes drop-in sinkers.
+    pub fn rescan(&self, dataway: &Dataway) {
+        for sinker in dataway.sinkers().snapshot().iter() {
+            self.sync_plugin(sinker);
+        }
+        self.sync_drop_ins(dataway);
+    }
+
+    /// Loads the sinker's plugin file if it changed since it was last looked at.
+    fn sync_plugin(&self, sinker: &Sinker) {
+        let name = sinker.name();
+        let (file, config, stamp) = {
+            let state = self.lock();
+            let Some(t) = state.get(name) else { return };
+            let Some(file) = t.plugin.clone() else { return };
+            (file, t.config.clone(), t.stamp)
+        };
+        let path = self.dir.join(&file);
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                let mut state = self.lock();
+                let t = state.get_mut(name).expect("tracked");
+                let old = t.serving.take();
+                if old.is_some() || t.stamp.is_some() {
+                    t.stamp = None;
+                    t.rejected = None;
+                    drop(state);
+                    sinker.set_condition(Condition::Disabled);
+                    self.count(name, "removed");
+                    self.set_info(name, old.as_deref(), None);
+                    tracing::warn!(sinker = name, path = %path.display(), "plugin file gone ({e}); its points go to the main endpoints until it returns");
+                } else if t.rejected.is_none() {
+                    t.rejected = Some(String::new());
+                    tracing::warn!(sinker = name, path = %path.display(), "plugin file not found ({e}); its points go to the main endpoints until it appears");
+                }
+                return;
+            }
+        };
+        let now = (
+            meta.len(),
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        );
+        if stamp == Some(now) {
+            return;
+        }
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                self.count(name, "read_error");
+                tracing::warn!(sinker = name, path = %path.display(), "cannot read plugin: {e}");
+                return;
+            }
+        };
+        let sha = hex::encode(Sha256::digest(&bytes));
+        {
+            let mut state = self.lock();
+            let t = state.get_mut(name).expect("tracked");
+            t.stamp = Some(now);
+            if t.serving.as_deref() == Some(&sha) || t.rejected.as_deref() == Some(&sha) {
+                return;
+            }
+        }
+        let started = std::time::Instant::now();
+        let loaded = self
+            .runtime
+            .load(&bytes, &config, &self.limits, plugin::tracing_log(name));
+        let mut state = self.lock();
+        let t = state.get_mut(name).expect("tracked");
+        match loaded {
+            Ok(p) => {
+                sinker.set_condition(Condition::Plugin(p));
+                let old = t.serving.replace(sha.clone());
+                t.rejected = None;
+                drop(state);
+                self.set_info(name, old.as_deref(), Some(&sha));
+                self.count(name, "ok");
+                tracing::info!(sinker = name, path = %path.display(), sha256 = %&sha[..12], previous = ?old.map(|o| o[..12].to_string()), took = ?started.elapsed(), "plugin loaded");
+            }
+            Err(e) => {
+                t.rejected = Some(sha.clone());
+                let serving = t.serving.is_some();
+                drop(state);
+                self.count(name, e.kind());
+                if serving {
+                    tracing::error!(sinker = name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the previous version keeps serving: {e}");
+                } else {
+                    tracing::error!(sinker = name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the sinker stays disabled: {e}");
+                }
+            }
+        }
+    }
+
+    /// Moves `dataway_sinker_plugin_info{sinker=name}` from version `old` to `new`.
+    fn set_info(&self, name: &str, old: Option<&str>, new: Option<&str>) {
+        let info = &self.metrics.sinker_plugin_info;
+        if let Some(old) = old {
+            let _ = info.remove_label_values(&[name, old]);
+        }
+        if let Some(new) = new {
+            info.with_label_values(&[name, new]).set(1);
+        }
+    }
+
+    fn count(&self, name: &str, result: &str) {
+        self.metrics
+            .sinker_reloads_total
+            .with_label_values(&[name, result])
+            .inc();
+    }
+
+    /// Drop-in sinkers: `NAME.toml` beside `NAME.wasm` in `plugins_dir`.
+    fn sync_drop_ins(&self, dataway: &Dataway) {
+        let configured = |n: &str| self.main.sinkers.iter().any(|s| s.name == n);
+        let mut sidecars: HashMap<String, (PathBuf, String)> = HashMap::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let Some(name) = drop_in_name(&path) else {
+                    continue;
+                };
+                if configured(&name) {
+                    continue;
+                }
+                let live = dataway
+                    .sinkers()
+                    .snapshot()
+                    .iter()
+                    .any(|s| s.name() == name);
+                if !live && !path.with_extension("wasm").exists() {
+                    continue; // a sidecar waits for its plugin (Cargo.toml never gets one)
+                }
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    sidecars.insert(name, (path, text));
+                }
+            }
+        }
+        // Removed: a live drop-in whose sidecar is gone.
+        for s in dataway.sinkers().snapshot().iter() {
+            let name = s.name();
+            let is_drop_in = self.lock().get(name).is_some_and(|t| t.sidecar.is_some());
+            if is_drop_in
+                && !sidecars.contains_key(name)
+                && let Some(old) = dataway.sinkers().remove(name)
+            {
+                let serving = self.lock().remove(name).and_then(|t| t.serving);
+                self.set_info(name, serving.as_deref(), None);
+                self.count(name, "removed");
+                tracing::info!(
+                    sinker = name,
+                    "drop-in sinker removed; its endpoints deliver what they hold"
+                );
+                dataway.retire(old);
+            }
+        }
+        // Added or changed.
+        for (name, (path, text)) in sidecars {
+            let (same, bad_before) = {
+                let state = self.lock();
+                match state.get(&name) {
+                    Some(t) => (t.sidecar.as_deref() == Some(&text), false),
+                    None => (
+                        false,
+                        self.rejected_sidecars()
+                            .contains(&(name.clone(), text.clone())),
+                    ),
+                }
+            };
+            if same || bad_before {
+                continue;
+            }
+            let origin = path.display().to_string();
+            let parsed = SinkerConfig::from_sidecar(&text, &name, &origin)
+                .and_then(|s| s.validate(&origin).map(|()| s));
+            let s = match parsed {
+                Ok(s) => s,
+                Err(e) => {
+                    self.count(&name, "bad_sidecar");
+                    tracing::error!(sinker = %name, "drop-in sinker not started: {e}");
+                    self.reject_sidecar(name, text);
+                    continue;
+                }
+            };
+            let sinker = match self.start_sinker(&s) {
+                Ok(sk) => Arc::new(sk),
+                Err(e) => {
+                    tracing::error!(sinker = %name, "drop-in sinker not started: {e}");
+                    self.reject_sidecar(name, text);
+                    continue;
+                }
+            };
+            self.track(&s, Some(text));
+            self.sync_plugin(&sinker);
+            if let Some(old) = dataway.sinkers().upsert(sinker) {
+                tracing::info!(sinker = %name, "drop-in sinker changed; restarted");
+                dataway.retire(old);
+            } else {
+                tracing::info!(sinker = %name, "drop-in sinker added");
+            }
+        }
+    }
+
+    fn rejected_sidecars(&self) -> Vec<(String, String)> {
+        self.bad_sidecars
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn reject_sidecar(&self, name: String, text: String) {
+        let mut bad = self.bad_sidecars.lock().unwrap_or_else(|e| e.into_inner());
+        bad.retain(|(n, _)| *n != name);
+        bad.push((name, text));
+    }
+
+    /// Rescans on every change in `plugins_dir` (and every [`POLL`]) until `shutdown`.
+    pub async fn watch(self: Arc<Self>, dataway: Arc<Dataway>, shutdown: CancellationToken) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let watcher = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |_res| {
+            let _ = tx.send(());
+        })
+        .and_then(|mut d| {
+            d.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+            Ok(d)
+        });
+        let _watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::info!(dir = %self.dir.display(), "not watching plugins_dir ({e}); rescanning every {POLL:?}");
+                None
+            }
+        };
+        let mut poll = tokio::time::interval(POLL);
+        poll.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(()) = rx.recv() => { while rx.try_recv().is_ok() {} }
+                _ = poll.tick() => {}
+            }
+            let me = self.clone();
+            let dw = dataway.clone();
+            // Compiling a plugin is CPU work that may take seconds: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || me.rescan(&dw)).await;
+        }
+    }
+}
+
+/// `NAME` for a sidecar `plugins_dir/NAME.toml`; hidden files are skipped.
+fn drop_in_name(path: &Path) -> Option<String> {
+    if path.extension()? != "toml" {
+        return None;
+    }
+    let stem = path.file_stem()?.to_str()?;
+    (!stem.starts_with('.')).then(|| stem.to_string())
+}
+
+/// What `dataway check` says about the sinkers: one line per sinker, `Err` for problems.
+/// It loads every plugin (compile + init) exactly as the daemon would, without starting
+/// any endpoint.
+pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
+    let runtime = match Runtime::new(None) {
+        Ok(r) => r,
+        Err(e) => return vec![Err(format!("cannot start the wasm engine: {e:#}"))],
+    };
+    let limits = cfg.sinker_limits.limits();
+    let quiet: plugin::LogFn = Arc::new(|_, _| {});
+    let load = |s: &SinkerConfig| -> Result<String, String> {
+        let what = format!("sinker `{}` ({})", s.name, s.categories.join(","));
+        let Some(file) = &s.plugin else {
+            return Ok(format!("{what}: no plugin, takes every point"));
+        };
+        let path = cfg.plugins_dir.join(file);
+        let bytes = std::fs::read(&path)
+            .map_err(|e| format!("{what}: cannot read plugin {}: {e}", path.display()))?;
+        let p = runtime
+            .load(&bytes, &s.plugin_config(), &limits, quiet.clone())
+            .map_err(|e| format!("{what}: plugin {}: {e}", path.display()))?;
+        Ok(format!(
+            "{what}: plugin {} ok (sha256 {})",
+            path.display(),
+            &p.sha256()[..12]
+        ))
+    };
+    let mut out: Vec<Result<String, String>> = cfg.sinkers.iter().map(load).collect();
+    if let Ok(entries) = std::fs::read_dir(&cfg.plugins_dir) {
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            let Some(name) = drop_in_name(&path) else {
+                continue;
+            };
+            if cfg.sinkers.iter().any(|s| s.name == name) || !path.with_extension("wasm").exists() {
+                continue;
+            }
+            let origin = path.display().to_string();
+            let result = std::fs::read_to_string(&path)
+                .map_err(|e| format!("drop-in {origin}: {e}"))
+                .and_then(|text| {
+                    SinkerConfig::from_sidecar(&text, &name, &origin)
+                        .and_then(|s| s.validate(&origin).map(|()| s))
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|s| load(&s).map(|l| format!("drop-in {l}")));
+            out.push(result);
+        }
+    }
+    out
+}
