@@ -155,7 +155,7 @@ impl Default for RateLimiter {
 /// Why a plugin could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("not a WebAssembly component: {0}")]
+    #[error("{0}")]
     Compile(String),
     #[error("{0}")]
     WrongWorld(String),
@@ -378,8 +378,13 @@ impl Runtime {
                 }
             }
         }
+        if !bytes.starts_with(b"\0asm") {
+            return Err(LoadError::Compile(
+                "not a WebAssembly file (it does not start with the `\\0asm` magic bytes)".into(),
+            ));
+        }
         let component = Component::new(&self.engine, bytes).map_err(|e| {
-            let msg = format!("{e:#}");
+            let msg = format!("not a WebAssembly component: {}", e.root_cause());
             if bytes.starts_with(b"\0asm\x01\0\0\0") {
                 LoadError::Compile(format!(
                     "{msg} (this is a core module: make it a component, e.g. build for \
@@ -671,8 +676,18 @@ fn classify(store: &Store<StoreState>, e: wasmtime::Error) -> CallError {
     } else {
         FailureKind::Trap
     };
-    CallError {
-        kind,
-        message: format!("{e:#}"),
+    // The root cause says what happened ("wasm trap: interrupt", the limiter's message);
+    // the wasm backtrace around it is noise in a log line.
+    let cause = e.root_cause().to_string();
+    let trap = e.downcast_ref::<wasmtime::Trap>().map(|t| t.to_string());
+    let mut message = match trap {
+        Some(t) if !cause.contains(&t) => format!("{t}: {cause}"),
+        _ => cause,
+    };
+    if message.contains("unknown import") {
+        message.push_str(
+            " (plugins get no WASI; a Rust guest gets here when it panics and tries to print the message)",
+        );
     }
+    CallError { kind, message }
 }

@@ -23,6 +23,8 @@ use dataway::dataway::Dataway;
 use dataway::endpoint::DrainReport;
 use dataway::metrics::Metrics;
 
+pub mod plugins;
+
 /// How the mock answers one request.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -243,16 +245,18 @@ pub fn config_for(urls: &[String], extra_dataway: &str, extra: &str) -> Config {
         .collect::<Vec<_>>()
         .join(", ");
     // Test-friendly timings, unless the test sets its own.
-    let mut dataway = String::from(extra_dataway);
+    // The defaults go first: `extra_dataway` may end in a sub-table.
+    let mut dataway = String::new();
     for (k, v) in [
         ("retry_delay", "\"20ms\""),
         ("max_retry_delay", "\"2s\""),
         ("timeout", "\"5s\""),
     ] {
         if !extra_dataway.lines().any(|l| l.trim_start().starts_with(k)) {
-            dataway.push_str(&format!("\n{k} = {v}"));
+            dataway.push_str(&format!("{k} = {v}\n"));
         }
     }
+    dataway.push_str(extra_dataway);
     let text = format!("[dataway]\nurls = [{urls}]\n{dataway}\n{extra}");
     let mut cfg = Config::from_toml(&text, "test").unwrap();
     cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
