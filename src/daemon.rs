@@ -24,6 +24,8 @@ pub struct Daemon {
     pub metrics: Arc<Metrics>,
     pub dataway: Arc<Dataway>,
     pub reloader: Arc<Reloader>,
+    watcher: tokio::task::JoinHandle<()>,
+    stop_watching: CancellationToken,
 }
 
 impl Daemon {
@@ -37,12 +39,20 @@ impl Daemon {
         for ep in dataway.endpoints() {
             tracing::info!(endpoint = %ep.url(), "endpoint started");
         }
+        // Watch first, then scan: a file that changes in between is seen by both, and
+        // rescans are serialised, so nothing is missed or loaded twice.
+        let stop_watching = CancellationToken::new();
+        let watcher = reloader
+            .clone()
+            .spawn_watch(dataway.clone(), stop_watching.clone());
         reloader.rescan(&dataway);
         Ok(Daemon {
             config,
             metrics,
             dataway,
             reloader,
+            watcher,
+            stop_watching,
         })
     }
 
@@ -59,13 +69,9 @@ impl Daemon {
             started: Instant::now(),
         });
         tracing::info!(listen = %listener.local_addr()?, "ingest server listening");
-        let watch = tokio::spawn(
-            self.reloader
-                .clone()
-                .watch(self.dataway.clone(), shutdown.child_token()),
-        );
         ingest::serve(listener, state, shutdown).await?;
-        let _ = watch.await;
+        self.stop_watching.cancel();
+        let _ = self.watcher.await;
         tracing::info!(grace = ?self.config.dataway.shutdown_timeout, "ingest stopped; draining queues");
         let report = self
             .dataway

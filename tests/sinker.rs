@@ -347,3 +347,230 @@ async fn broken_plugin_files_leave_the_sinker_disabled_and_are_counted() {
         );
     }
 }
+
+/// Waits until `series` reaches `value` (reloads happen on the watcher's schedule).
+async fn wait_for_metric(d: &TestDaemon, series: &str, value: f64) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        if metric(d, series) >= value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{series} never reached {value} in {:?}:\n{}",
+        started.elapsed(),
+        d.metrics
+            .encode_text()
+            .lines()
+            .filter(|l| l.starts_with("dataway_sinker"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Replaces a file the way deploy tools do: write aside, then rename over it.
+fn replace_atomically(dir: &Path, name: &str, from: &Path) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_loses_and_duplicates_nothing() {
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = plugins.path().to_path_buf();
+    // Two versions that accept the same config: v1 matches points whose measurement is
+    // `every-other`, v2 matches every other point of a batch.
+    let v1 = rust_plugin("example-rust");
+    let v2 = rust_plugin("hostile");
+    copy_plugin(&dir, &v1, "rule.wasm");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!("plugins_dir = \"{}\"", dir.display()),
+        &sinker(
+            "r",
+            "[\"metric\"]",
+            Some("rule.wasm"),
+            "every-other",
+            &s.url("t"),
+        ),
+    );
+    let d = std::sync::Arc::new(TestDaemon::start(cfg).await);
+    const BATCHES: usize = 150;
+    const PER: usize = 40;
+    let loader = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let body = [
+                    pts("every-other", PER / 2, b * PER),
+                    pts("x", PER / 2, b * PER + PER / 2),
+                ]
+                .join("\n");
+                assert_eq!(d.post("metric", body).await.status(), 200);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Six swaps while the loader runs; the fourth overwrites in place (truncate + write),
+    // as an editor or `cp` does.
+    let series = "dataway_sinker_reloads_total{result=\"ok\",sinker=\"r\"}";
+    for swap in 1..=6 {
+        let from = if swap % 2 == 1 { &v2 } else { &v1 };
+        if swap == 4 {
+            std::fs::write(dir.join("rule.wasm"), std::fs::read(from).unwrap()).unwrap();
+        } else {
+            replace_atomically(&dir, "rule.wasm", from);
+        }
+        wait_for_metric(&d, series, 1.0 + swap as f64).await;
+    }
+    loader.await.unwrap();
+    let total = BATCHES * PER;
+    assert!(
+        main.wait_for(Duration::from_secs(20), |m| m.points_accepted()
+            + s.points_accepted()
+            >= total)
+            .await
+    );
+    // Exactly once, across the sinker and main together.
+    let (at_main, at_sinker) = (seqs(&main), seqs(&s));
+    for seq in 0..total as u64 {
+        let n = at_main.get(&seq).copied().unwrap_or(0) + at_sinker.get(&seq).copied().unwrap_or(0);
+        assert_eq!(n, 1, "seq {seq} arrived {n} times");
+    }
+    assert_eq!(at_main.len() + at_sinker.len(), total);
+    assert!(!at_main.is_empty() && !at_sinker.is_empty());
+    assert_eq!(metric(&d, series), 7.0);
+    let text = d.metrics.encode_text();
+    // Swap 6 put v1 back.
+    let sha = sha256_hex(&std::fs::read(&v1).unwrap());
+    assert!(
+        text.contains(&format!(
+            "dataway_sinker_plugin_info{{sha256=\"{sha}\",sinker=\"r\"}} 1"
+        )),
+        "the last version (v1) serves"
+    );
+    assert_eq!(
+        text.matches("dataway_sinker_plugin_info{").count(),
+        1,
+        "one version at a time"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_keeps_the_old_version_and_a_deleted_one_disables_the_sinker() {
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = plugins.path().to_path_buf();
+    let good = rust_plugin("example-rust");
+    copy_plugin(&dir, &good, "rule.wasm");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!("plugins_dir = \"{}\"", dir.display()),
+        &sinker("r", "[\"metric\"]", Some("rule.wasm"), "cpu", &s.url("t")),
+    );
+    let d = TestDaemon::start(cfg).await;
+    let series = |r: &str| format!("dataway_sinker_reloads_total{{result=\"{r}\",sinker=\"r\"}}");
+
+    assert_eq!(d.post("metric", pts("cpu", 3, 0)).await.status(), 200);
+    assert!(s.wait_points(3, Duration::from_secs(10)).await);
+
+    // Garbage, then a component of the wrong world: both rejected, v1 keeps serving.
+    replace_atomically(&dir, "rule.wasm", &fixture("garbage.wasm"));
+    wait_for_metric(&d, &series("not_component"), 1.0).await;
+    replace_atomically(&dir, "rule.wasm", &rust_plugin("wrong-world"));
+    wait_for_metric(&d, &series("wrong_world"), 1.0).await;
+    assert_eq!(d.post("metric", pts("cpu", 3, 10)).await.status(), 200);
+    assert!(s.wait_points(6, Duration::from_secs(10)).await);
+
+    // Deleted: the condition is off, points go to main.
+    std::fs::remove_file(dir.join("rule.wasm")).unwrap();
+    wait_for_metric(&d, &series("removed"), 1.0).await;
+    assert_eq!(d.post("metric", pts("cpu", 3, 20)).await.status(), 200);
+    assert!(main.wait_points(3, Duration::from_secs(10)).await);
+    assert!(
+        !d.metrics
+            .encode_text()
+            .contains("dataway_sinker_plugin_info{"),
+        "no version serves"
+    );
+
+    // Back: serving again.
+    replace_atomically(&dir, "rule.wasm", &good);
+    wait_for_metric(&d, &series("ok"), 2.0).await;
+    assert_eq!(d.post("metric", pts("cpu", 3, 30)).await.status(), 200);
+    assert!(s.wait_points(9, Duration::from_secs(10)).await);
+    d.stop().await;
+    assert_once(&s, (0..3).chain(10..13).chain(30..33), "sinker");
+    assert_once(&main, 20..23, "main");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_in_sinkers_come_and_go_without_restart() {
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = plugins.path().to_path_buf();
+    // A TOML with no plugin beside it (like a Cargo.toml) is not a sinker.
+    std::fs::write(dir.join("notes.toml"), "this is = not a sidecar").unwrap();
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!("plugins_dir = \"{}\"", dir.display()),
+        "",
+    );
+    let d = TestDaemon::start(cfg).await;
+
+    copy_plugin(&dir, &rust_plugin("example-rust"), "dropin.wasm");
+    std::fs::write(
+        dir.join("dropin.toml"),
+        format!(
+            "categories = [\"metric\"]\nconfig = \"cpu\"\nurls = [\"{}\"]\n",
+            s.url("t")
+        ),
+    )
+    .unwrap();
+    wait_for_metric(
+        &d,
+        "dataway_sinker_reloads_total{result=\"ok\",sinker=\"dropin\"}",
+        1.0,
+    )
+    .await;
+    let body = [pts("cpu", 4, 0), pts("disk", 4, 10)].join("\n");
+    assert_eq!(d.post("metric", body).await.status(), 200);
+    assert!(s.wait_points(4, Duration::from_secs(10)).await);
+    assert!(main.wait_points(4, Duration::from_secs(10)).await);
+
+    // A bad sidecar for another drop-in is refused and counted; nothing else changes.
+    copy_plugin(&dir, &rust_plugin("example-rust"), "bad.wasm");
+    std::fs::write(
+        dir.join("bad.toml"),
+        "categories = [\"nope\"]\nurls = [\"file://x\"]\n",
+    )
+    .unwrap();
+    wait_for_metric(
+        &d,
+        "dataway_sinker_reloads_total{result=\"bad_sidecar\",sinker=\"bad\"}",
+        1.0,
+    )
+    .await;
+
+    std::fs::remove_file(dir.join("dropin.toml")).unwrap();
+    std::fs::remove_file(dir.join("dropin.wasm")).unwrap();
+    wait_for_metric(
+        &d,
+        "dataway_sinker_reloads_total{result=\"removed\",sinker=\"dropin\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(d.post("metric", pts("cpu", 4, 20)).await.status(), 200);
+    assert!(main.wait_points(8, Duration::from_secs(10)).await);
+    let text = d.metrics.encode_text();
+    assert_eq!(d.stop().await.abandoned_points, 0);
+    assert_once(&s, 0..4, "drop-in sinker");
+    assert_once(&main, (10..14).chain(20..24), "main");
+    assert!(
+        !text.contains("sinker=\"notes\""),
+        "notes.toml is not a sinker"
+    );
+}

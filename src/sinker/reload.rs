@@ -42,6 +42,8 @@ pub struct Reloader {
     state: Mutex<HashMap<String, Tracked>>,
     /// Sidecars that failed (name, text): not retried until their text changes.
     bad_sidecars: Mutex<Vec<(String, String)>>,
+    /// One rescan at a time (the start-up scan, the watcher and the poll may overlap).
+    scanning: Mutex<()>,
 }
 
 /// What the reloader knows about one sinker's files.
@@ -77,6 +79,7 @@ impl Reloader {
             metrics,
             state: Mutex::new(HashMap::new()),
             bad_sidecars: Mutex::new(Vec::new()),
+            scanning: Mutex::new(()),
         })
     }
 
@@ -137,6 +140,7 @@ impl Reloader {
     /// Brings every sinker in line with `plugins_dir`: reloads changed plugins, disables
     /// sinkers whose plugin is gone, adds, changes and removes drop-in sinkers.
     pub fn rescan(&self, dataway: &Dataway) {
+        let _one_at_a_time = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
         for sinker in dataway.sinkers().snapshot().iter() {
             self.sync_plugin(sinker);
         }
@@ -350,8 +354,13 @@ impl Reloader {
         bad.push((name, text));
     }
 
-    /// Rescans on every change in `plugins_dir` (and every [`POLL`]) until `shutdown`.
-    pub async fn watch(self: Arc<Self>, dataway: Arc<Dataway>, shutdown: CancellationToken) {
+    /// Starts watching `plugins_dir` now (so no change made after this call is missed)
+    /// and rescans on every change, and every [`POLL`], until `stop`.
+    pub fn spawn_watch(
+        self: Arc<Self>,
+        dataway: Arc<Dataway>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         let watcher = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |_res| {
             let _ = tx.send(());
@@ -360,26 +369,29 @@ impl Reloader {
             d.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
             Ok(d)
         });
-        let _watcher = match watcher {
+        let watcher = match watcher {
             Ok(w) => Some(w),
             Err(e) => {
                 tracing::info!(dir = %self.dir.display(), "not watching plugins_dir ({e}); rescanning every {POLL:?}");
                 None
             }
         };
-        let mut poll = tokio::time::interval(POLL);
-        poll.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                Some(()) = rx.recv() => { while rx.try_recv().is_ok() {} }
-                _ = poll.tick() => {}
+        tokio::spawn(async move {
+            let _watcher = watcher;
+            let mut poll = tokio::time::interval(POLL);
+            poll.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    Some(()) = rx.recv() => { while rx.try_recv().is_ok() {} }
+                    _ = poll.tick() => {}
+                }
+                let me = self.clone();
+                let dw = dataway.clone();
+                // Compiling a plugin is CPU work that may take seconds: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || me.rescan(&dw)).await;
             }
-            let me = self.clone();
-            let dw = dataway.clone();
-            // Compiling a plugin is CPU work that may take seconds: off the async workers.
-            let _ = tokio::task::spawn_blocking(move || me.rescan(&dw)).await;
-        }
+        })
     }
 }
 
