@@ -1,6 +1,11 @@
 //! The command line: `check`, `--version`, and config errors that name the key.
 
-use std::process::Command;
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::plugins::{fixture, rust_plugin};
 
 fn dataway(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_dataway"))
@@ -72,4 +77,148 @@ fn bad_config_fails_naming_the_key() {
     let (ok, out) = dataway(&["run", "-c", cfg.to_str().unwrap()]);
     assert!(!ok);
     assert!(out.contains("retry_dealy"), "{out}");
+}
+
+/// Runs `dataway sinker test` with `stdin`; (success, stdout, stderr).
+fn sinker_test(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dataway"))
+        .args(["sinker", "test"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn sinker_test_prints_each_point_with_its_verdict_and_the_plugin_log() {
+    let plugin = rust_plugin("example-rust");
+    let (ok, out, err) = sinker_test(
+        &[
+            "--plugin",
+            plugin.to_str().unwrap(),
+            "--config",
+            "cpu,mem",
+            "--category",
+            "M",
+        ],
+        "cpu,host=a usage=1 1\ndisk,host=a free=2i 2\nmem used=3 3\n",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "matched     cpu,host=a usage=1 1",
+            "not matched disk,host=a free=2i 2",
+            "matched     mem used=3 3",
+            "2 of 3 points matched",
+        ]
+    );
+    assert!(err.contains("plugin info: matching measurements"), "{err}");
+}
+
+#[test]
+fn sinker_test_explains_what_is_wrong() {
+    let plugin = rust_plugin("example-rust");
+    let p = plugin.to_str().unwrap();
+    // init refuses the config
+    let (ok, _, err) = sinker_test(&["--plugin", p], "cpu x=1\n");
+    assert!(!ok);
+    assert!(
+        err.contains("init failed: config must list measurement names"),
+        "{err}"
+    );
+    // bad line protocol: the line number
+    let (ok, _, err) = sinker_test(&["--plugin", p, "--config", "cpu"], "cpu x=1\ncpu x=\n");
+    assert!(!ok);
+    assert!(err.contains("line 2"), "{err}");
+    // not a component
+    let garbage = fixture("garbage.wasm");
+    let (ok, _, err) = sinker_test(&["--plugin", garbage.to_str().unwrap()], "cpu x=1\n");
+    assert!(!ok);
+    assert!(err.contains("not a WebAssembly file"), "{err}");
+    // a plugin that traps: the kind of failure
+    let hostile = rust_plugin("hostile");
+    let (ok, _, err) = sinker_test(
+        &["--plugin", hostile.to_str().unwrap(), "--config", "stack"],
+        "cpu x=1\n",
+    );
+    assert!(!ok);
+    assert!(err.contains("trap") && err.contains("stack"), "{err}");
+}
+
+#[test]
+fn check_loads_every_plugin_and_fails_on_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(rust_plugin("example-rust"), plugins.join("names.wasm")).unwrap();
+    std::fs::copy(fixture("garbage.wasm"), plugins.join("bad.wasm")).unwrap();
+    let cfg = dir.path().join("d.toml");
+    let sinker = |name: &str, plugin: &str, config: &str| {
+        format!(
+            "[[dataway.sinkers]]\nname = \"{name}\"\ncategories = [\"metric\"]\nplugin = \"{plugin}\"\nconfig = \"{config}\"\nurls = [\"file://s\"]\n"
+        )
+    };
+    let head = format!(
+        "[dataway]\nurls = [\"file://x\"]\nplugins_dir = \"{}\"\n",
+        plugins.display()
+    );
+    std::fs::write(&cfg, head.clone() + &sinker("good", "names.wasm", "cpu")).unwrap();
+    let (ok, out) = dataway(&["check", "-c", cfg.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("sinker `good` (metric): plugin") && out.contains("ok (sha256"),
+        "{out}"
+    );
+
+    std::fs::write(
+        &cfg,
+        head.clone()
+            + &sinker("good", "names.wasm", "cpu")
+            + &sinker("bad", "bad.wasm", "")
+            + &sinker("refused", "names.wasm", ""),
+    )
+    .unwrap();
+    let (ok, out) = dataway(&["check", "-c", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        out.contains("sinker `bad`") && out.contains("not a WebAssembly file"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sinker `refused`") && out.contains("init failed"),
+        "{out}"
+    );
+    assert!(out.contains("2 sinker problem(s)"), "{out}");
+
+    // A drop-in with a bad sidecar is reported too.
+    std::fs::write(&cfg, head).unwrap();
+    std::fs::write(plugins.join("names.toml"), "categories = [\"metric\"]\n").unwrap();
+    let (ok, out) = dataway(&["check", "-c", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.contains("names.toml") && out.contains("urls"), "{out}");
+
+    // Config errors name the sinker key.
+    std::fs::write(
+        &cfg,
+        "[dataway]\nurls = [\"file://x\"]\n[[dataway.sinkers]]\nname = \"s\"\ncategories = [\"metricz\"]\nurls = [\"file://y\"]\n",
+    )
+    .unwrap();
+    let (ok, out) = dataway(&["check", "-c", cfg.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.contains("dataway.sinkers[0].categories[0]"), "{out}");
 }
