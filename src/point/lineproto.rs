@@ -117,7 +117,7 @@ impl FromStr for Precision {
 }
 
 /// How to read a body.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ParseOptions {
     /// Unit of the timestamps written in the body.
     pub precision: Precision,

@@ -1,0 +1,79 @@
+//! The wit-bindgen glue: the `sinker` world's exports over [`crate::Program`].
+
+use std::cell::RefCell;
+
+use crate::eval::{Columns, Program, StringColumn, Value};
+
+wit_bindgen::generate!({ world: "sinker", path: "../../wit" });
+
+use dataway::sinker::host::{LogLevel, log};
+use dataway::sinker::types::{FieldValue, StringColumn as WitColumn};
+
+thread_local! {
+    /// Set by `init`; a plugin instance is single-threaded.
+    static PROGRAM: RefCell<Option<Program>> = const { RefCell::new(None) };
+}
+
+struct Plugin;
+
+impl Guest for Plugin {
+    fn init(config: String) -> Result<(), String> {
+        let program = crate::compile_config(&config)?;
+        log(
+            LogLevel::Info,
+            &format!("datakit-filter: {}", program.summary()),
+        );
+        PROGRAM.with(|p| *p.borrow_mut() = Some(program));
+        Ok(())
+    }
+
+    fn matches(points: &Batch) -> Vec<bool> {
+        PROGRAM.with(|p| match &*p.borrow() {
+            Some(program) => program.eval(&WitBatch(points)),
+            None => vec![false; points.len() as usize],
+        })
+    }
+}
+
+/// The host's batch as the evaluator's column source.
+struct WitBatch<'a>(&'a Batch);
+
+fn column(c: WitColumn) -> StringColumn {
+    StringColumn {
+        dict: c.dict,
+        index: c.index,
+    }
+}
+
+impl Columns for WitBatch<'_> {
+    fn len(&self) -> usize {
+        self.0.len() as usize
+    }
+
+    fn category(&self) -> String {
+        self.0.category()
+    }
+
+    fn measurements(&self) -> StringColumn {
+        column(self.0.measurements())
+    }
+
+    fn tag_column(&self, key: &str) -> StringColumn {
+        column(self.0.tag_column(key))
+    }
+
+    fn field_column(&self, key: &str) -> Vec<Option<Value>> {
+        let values = self.0.field_column(key).into_iter().map(|v| {
+            v.map(|v| match v {
+                FieldValue::Float(f) => Value::Float(f),
+                FieldValue::Int(i) => Value::Int(i),
+                FieldValue::Uint(u) => Value::Uint(u),
+                FieldValue::Boolean(b) => Value::Bool(b),
+                FieldValue::Str(s) => Value::Str(s),
+            })
+        });
+        values.collect()
+    }
+}
+
+export!(Plugin);

@@ -1,0 +1,754 @@
+//! Table-driven tests of the filter semantics, over an in-memory batch.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use datakit_filter::{Columns, Program, StringColumn, Value, compile_config};
+
+#[derive(Clone, Debug)]
+struct Point {
+    measurement: String,
+    tags: Vec<(String, String)>,
+    fields: Vec<(String, Value)>,
+}
+
+fn pt(measurement: &str, tags: &[(&str, &str)], fields: &[(&str, Value)]) -> Point {
+    Point {
+        measurement: measurement.into(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        fields: fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    }
+}
+
+/// An in-memory batch that records which columns the evaluator asks for.
+struct MemBatch {
+    category: String,
+    points: Vec<Point>,
+    calls: RefCell<Vec<String>>,
+}
+
+impl MemBatch {
+    fn new(category: &str, points: Vec<Point>) -> MemBatch {
+        MemBatch {
+            category: category.into(),
+            points,
+            calls: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.borrow().clone()
+    }
+}
+
+fn encode<'a>(values: impl Iterator<Item = Option<&'a str>>) -> StringColumn {
+    let mut col = StringColumn::default();
+    let mut seen: HashMap<Option<&str>, u32> = HashMap::new();
+    for v in values {
+        let next = col.dict.len() as u32;
+        let i = *seen.entry(v).or_insert_with(|| {
+            col.dict.push(v.map(str::to_string));
+            next
+        });
+        col.index.push(i);
+    }
+    col
+}
+
+impl Columns for MemBatch {
+    fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    fn category(&self) -> String {
+        self.calls.borrow_mut().push("category".into());
+        self.category.clone()
+    }
+
+    fn measurements(&self) -> StringColumn {
+        self.calls.borrow_mut().push("measurements".into());
+        encode(self.points.iter().map(|p| Some(p.measurement.as_str())))
+    }
+
+    fn tag_column(&self, key: &str) -> StringColumn {
+        self.calls.borrow_mut().push(format!("tag:{key}"));
+        encode(self.points.iter().map(|p| {
+            p.tags
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }))
+    }
+
+    fn field_column(&self, key: &str) -> Vec<Option<Value>> {
+        self.calls.borrow_mut().push(format!("field:{key}"));
+        self.points
+            .iter()
+            .map(|p| {
+                p.fields
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            })
+            .collect()
+    }
+}
+
+fn program(cfg: &str) -> Program {
+    compile_config(cfg).unwrap_or_else(|e| panic!("{cfg}: {e}"))
+}
+
+fn matches_one(cfg: &str, category: &str, p: &Point) -> bool {
+    let out = program(cfg).eval(&MemBatch::new(category, vec![p.clone()]));
+    assert_eq!(out.len(), 1);
+    out[0]
+}
+
+/// The point most tables test against.
+fn fixture() -> Point {
+    use Value::*;
+    pt(
+        "cpu",
+        &[
+            ("host", "web-1"),
+            ("region", "eu"),
+            ("empty", ""),
+            ("code", "500"),
+            ("source", "tagsrc"),
+            ("measurement", "tagmeas"),
+            ("class", "tagclass"),
+            ("city", "北京"),
+        ],
+        &[
+            ("i", Int(10)),
+            ("u", Uint(20)),
+            ("f", Float(1.5)),
+            ("fi", Float(10.0)),
+            ("b", Bool(true)),
+            ("s", Str("hello world".into())),
+            ("neg", Int(-5)),
+            ("big", Uint(u64::MAX)),
+            ("host", Str("field-host".into())),
+            ("fonly", Str("x".into())),
+            ("nan", Float(f64::NAN)),
+        ],
+    )
+}
+
+fn run_table(category: &str, p: &Point, cases: &[(&str, bool)]) {
+    let mut failures = Vec::new();
+    for (cond, want) in cases {
+        let cfg = if cond.starts_with(['{', '[', '#']) {
+            cond.to_string()
+        } else {
+            format!("{{ {cond} }}")
+        };
+        let got = matches_one(&cfg, category, p);
+        if got != *want {
+            failures.push(format!("{cfg}: got {got}, want {want}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn equality() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            // Tags are strings.
+            ("host = 'web-1'", true),
+            ("host = \"web-1\"", true),
+            ("host = 'web-2'", false),
+            ("host = 'WEB-1'", false),
+            ("host = 'web-'", false),
+            ("empty = ''", true),
+            ("city = '北京'", true),
+            ("city = '\\u5317\\u4eac'", true),
+            ("code = '500'", true),
+            ("code = 500", false),
+            ("code = 500.0", false),
+            ("code = true", false),
+            // Int field.
+            ("i = 10", true),
+            ("i = 11", false),
+            ("i = 10.0", true),
+            ("i = 10.0000000001", true),
+            ("i = 10.1", false),
+            ("i = '10'", false),
+            ("i = true", false),
+            ("neg = -5", true),
+            ("neg = 5", false),
+            // Uint field.
+            ("u = 20", true),
+            ("u = 20.0", true),
+            ("u = 21", false),
+            ("big = 18446744073709551615", true),
+            ("big = -1", false),
+            // Float field: epsilon 1e-9.
+            ("f = 1.5", true),
+            ("f = 1.5000000001", true),
+            ("f = 1.499999999999", true),
+            ("f = 1.500001", false),
+            ("f = 1", false),
+            ("f = 2", false),
+            ("fi = 10", true),
+            ("f = '1.5'", false),
+            ("nan = nan", false),
+            // Bool field.
+            ("b = true", true),
+            ("b = TRUE", true),
+            ("b = false", false),
+            ("b = 'true'", false),
+            ("b = 1", false),
+            // String field.
+            ("s = 'hello world'", true),
+            ("s = 'hello'", false),
+            ("fonly = 'x'", true),
+            // A tag shadows a field of the same name.
+            ("host = 'field-host'", false),
+            // Missing key.
+            ("missing = 'x'", false),
+            ("missing = 0", false),
+            ("missing = false", false),
+            ("`host` = 'web-1'", true),
+        ],
+    );
+}
+
+#[test]
+fn inequality() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            ("host != 'web-2'", true),
+            ("host != 'web-1'", false),
+            ("empty != ''", false),
+            ("code != 500", false), // type mismatch is false
+            ("code != '501'", true),
+            ("i != 11", true),
+            ("i != 10", false),
+            ("i != 10.0", false),
+            ("i != 'x'", false),
+            ("u != 1", true),
+            ("f != 2.5", true),
+            ("f != 1.5000000001", false),
+            ("b != false", true),
+            ("b != true", false),
+            ("b != 0", false),
+            ("s != 'x'", true),
+            ("s != 'hello world'", false),
+            ("missing != 'x'", false), // a missing key makes a comparison false
+            ("missing != 0", false),
+        ],
+    );
+}
+
+#[test]
+fn ordering() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            // Strings order bytewise.
+            ("host > 'web-0'", true),
+            ("host > 'web-1'", false),
+            ("host >= 'web-1'", true),
+            ("host < 'web-2'", true),
+            ("host <= 'web-1'", true),
+            ("host <= 'web-0'", false),
+            ("host < 'web-1a'", true),
+            ("s > 'Hello world'", true),
+            ("s < 'Hello world'", false),
+            ("empty < 'a'", true),
+            ("code > 100", false), // tag string vs int: mismatch
+            ("code > '100'", true),
+            ("code > '1000'", true), // lexical
+            // Ints.
+            ("i > 5", true),
+            ("i > 10", false),
+            ("i >= 10", true),
+            ("i < 10", false),
+            ("i <= 10", true),
+            ("i < 11", true),
+            ("i > -100", true),
+            ("i > 9.5", true),
+            ("i < 10.5", true),
+            ("i >= 10.0", true),
+            ("i > '5'", false),
+            ("neg < 0", true),
+            ("neg > -6", true),
+            ("neg >= -5", true),
+            // Uints, compared exactly against int literals.
+            ("u > 19", true),
+            ("u < -1", false),
+            ("u <= 20", true),
+            ("big > 9223372036854775807", true),
+            ("big < 0", false),
+            // Floats.
+            ("f > 1", true),
+            ("f >= 1.5", true),
+            ("f > 1.5", false),
+            ("f < 1.5", false),
+            ("f <= 1.4", false),
+            ("f < 2", true),
+            ("f > -inf", true),
+            ("f < inf", true),
+            ("nan > 0", false),
+            ("nan < 0", false),
+            ("nan >= 0", false),
+            // Bools cannot be ordered.
+            ("b > false", false),
+            ("b >= true", false),
+            ("b <= true", false),
+            ("b < true", false),
+            // Missing key.
+            ("missing > 0", false),
+            ("missing < 0", false),
+            ("missing >= ''", false),
+            ("missing <= 'z'", false),
+        ],
+    );
+}
+
+#[test]
+fn nil() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            ("missing = nil", true),
+            ("missing = null", true),
+            ("missing = NIL", true),
+            ("host = nil", false),
+            ("i = nil", false),
+            ("empty = nil", false),
+            ("missing != nil", false),
+            ("host != nil", true),
+            ("i != null", true),
+            ("b != nil", true),
+            ("host > nil", false),
+            ("missing > nil", false),
+            ("missing <= nil", false),
+        ],
+    );
+}
+
+#[test]
+fn in_and_notin() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            ("host in ['web-1', 'web-2']", true),
+            ("host IN ['web-2', 'web-3']", false),
+            ("host in []", false),
+            ("host in ['WEB-1']", false),
+            ("code in [500]", false),
+            ("code in [500, '500']", true),
+            ("i in [1, 10]", true),
+            ("i in [10.0]", true),
+            ("i in ['10']", false),
+            ("u in [20]", true),
+            ("f in [1.5, 2]", true),
+            ("f in [1]", false),
+            ("b in [true]", true),
+            ("b in [false, 'true']", false),
+            ("s in ['hello']", false),
+            ("s in ['hello world']", true),
+            ("missing in ['x']", false),
+            ("missing in []", false),
+            ("missing in [nil]", true),
+            ("missing in ['x', null]", true),
+            ("host in [nil]", false),
+            ("host in [nil, 'web-1']", true),
+            ("host notin ['web-2']", true),
+            ("host NOTIN ['web-1', 'web-2']", false),
+            ("host not_in []", true),
+            ("host NOT_IN ['web-1']", false),
+            ("code notin [500]", true), // no element equals (type mismatch)
+            ("code notin ['500']", false),
+            ("i notin [10]", false),
+            ("i notin [11, 12]", true),
+            ("i notin [10.0]", false),
+            ("b notin [false]", true),
+            ("b notin [true]", false),
+            ("missing notin ['x']", true), // a missing key is in no list
+            ("missing notin []", true),
+            ("missing notin [nil]", false),
+            ("host notin [nil]", true),
+        ],
+    );
+}
+
+#[test]
+fn regexes() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            ("host match ['^web-']", true),
+            ("host match ['web']", true), // unanchored
+            ("host match ['^eb']", false),
+            ("host match ['^db', '1$']", true),
+            ("host match []", false),
+            ("host MATCH ['(?i)^WEB']", true),
+            ("host match ['^WEB']", false),
+            ("code match ['^\\\\d+$']", true),
+            ("code match ['^[0-9]{3}$']", true),
+            ("city match ['^北']", true),
+            ("city match ['^\\\\w+$']", false), // \w is ASCII, as in Go
+            ("city match ['^\\\\pL+$']", true),
+            ("empty match ['^$']", true),
+            ("s match ['o w']", true),
+            ("s match ['^hello$']", false),
+            ("fonly match ['x']", true),
+            ("i match ['1']", false), // non-string
+            ("b match ['true']", false),
+            ("missing match ['.*']", false),
+            ("host notmatch ['^db-']", true),
+            ("host notmatch ['^web-']", false),
+            ("host NOTMATCH ['^db', '^web']", false), // none may match
+            ("host notmatch ['^db', '^x']", true),
+            ("host notmatch []", true),
+            ("s notmatch ['^bye']", true),
+            ("i notmatch ['x']", false),       // non-string
+            ("missing notmatch ['x']", false), // a missing key makes it false
+            ("host = re('^web')", true),
+            ("host = re(\"-1$\")", true),
+            ("host = re('^db')", false),
+            ("host = RE('.')", true),
+            ("host != re('^db')", true),
+            ("host != re('^web')", false),
+            ("s = re('world$')", true),
+            ("i = re('1')", false),
+            ("i != re('1')", false),
+            ("missing = re('.*')", false),
+            ("missing != re('x')", false),
+        ],
+    );
+}
+
+#[test]
+fn logic_and_structure() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            ("host = 'web-1' and i = 10", true),
+            ("host = 'web-1' AND i = 11", false),
+            ("host = 'web-1' && i = 10", true),
+            ("host = 'x' or i = 10", true),
+            ("host = 'x' OR i = 11", false),
+            ("host = 'x' || i = 10", true),
+            // and binds tighter than or.
+            ("host = 'x' and i = 11 or b = true", true),
+            ("b = true or host = 'x' and i = 11", true),
+            ("host = 'x' and (i = 11 or b = true)", false),
+            ("(b = true or host = 'x') and i = 11", false),
+            ("((host = 'web-1'))", true),
+            ("(host = 'x' || (i > 5 && b = true)) && s != 'y'", true),
+            // Commas are AND.
+            ("host = 'web-1', i = 10", true),
+            ("host = 'web-1', i = 11", false),
+            ("host = 'x' or i = 10, b = true", true),
+            ("host = 'x' or i = 10, b = false", false),
+            ("b = true, host = 'x' or i = 11", false),
+            // Groups are ORed; an empty group matches every point.
+            (r#"["{}"]"#, true),
+            ("{};", true),
+            ("{ host = 'x' }; { i = 10 }", true),
+            ("{ host = 'x' }; { i = 11 }", false),
+            ("{ host = 'x' } { i = 10 }", true),
+            ("{ host = 'x' };;{};", true),
+            // Comments and layout.
+            (
+                "# which hosts\n{ host = 'web-1' # the first\n, i = 10 }",
+                true,
+            ),
+            ("{\n  host = 'x'\n  # or = 'y'\n}", false),
+            // Several filter strings in a JSON list, or an object.
+            (r#"["{ host = 'x' }", "{ i = 10 }"]"#, true),
+            (r#"["{ host = 'x' }", "{ i = 11 }"]"#, false),
+            (
+                r#"{"filters": ["{ host = 'x' }", "{ host = 'web-1' }"]}"#,
+                true,
+            ),
+            (r#"{"filters": ["{ host = 'x' }"]}"#, false),
+            // No filters at all: every point matches.
+            ("[]", true),
+            (r#"{"filters": []}"#, true),
+        ],
+    );
+}
+
+#[test]
+fn injected_keys_per_category() {
+    let p = pt(
+        "nginx",
+        &[
+            ("source", "tagsrc"),
+            ("measurement", "tagmeas"),
+            ("class", "tagclass"),
+            ("service", "svc"),
+        ],
+        &[("source", Value::Str("fieldsrc".into()))],
+    );
+    let bare = pt("nginx", &[], &[]);
+    let source = ["logging", "network", "keyevent", "rum"];
+    let class = ["object", "custom_object"];
+    let none = ["tracing", "security", "profiling", "dialtesting"];
+    let all = source
+        .iter()
+        .chain(&class)
+        .chain(&["metric"])
+        .chain(&none)
+        .copied()
+        .collect::<Vec<_>>();
+    for cat in all {
+        let (src, meas, cls) = (source.contains(&cat), cat == "metric", class.contains(&cat));
+        let cases: Vec<(&str, bool)> = vec![
+            ("source = 'nginx'", src),
+            ("source = 'tagsrc'", !src),
+            ("source in ['nginx']", src),
+            ("source match ['^ngi']", src),
+            ("source notin ['nginx']", !src),
+            ("measurement = 'nginx'", meas),
+            ("measurement = 'tagmeas'", !meas),
+            ("class = 'nginx'", cls),
+            ("class = 'tagclass'", !cls),
+            ("service = 'svc'", true),
+        ];
+        for (c, want) in &cases {
+            assert_eq!(
+                matches_one(&format!("{{ {c} }}"), cat, &p),
+                *want,
+                "{cat}: {c}"
+            );
+        }
+        // Without any tags the injected key is still there; other keys are missing.
+        let cases: Vec<(&str, bool)> = vec![
+            ("source = 'nginx'", src),
+            ("measurement = 'nginx'", meas),
+            ("class = 'nginx'", cls),
+            ("source notin ['x']", true),
+            ("source = nil", !src),
+        ];
+        for (c, want) in &cases {
+            assert_eq!(
+                matches_one(&format!("{{ {c} }}"), cat, &bare),
+                *want,
+                "{cat} bare: {c}"
+            );
+        }
+    }
+}
+
+/// A deterministic mix of points: tags present or not, keys as tags in some points and fields
+/// in others, all value types.
+fn mixed_points(n: usize) -> Vec<Point> {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |m: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % m
+    };
+    (0..n)
+        .map(|_| {
+            let mut tags = Vec::new();
+            let mut fields = Vec::new();
+            let meas = ["cpu", "mem", "disk"][rnd(3) as usize].to_string();
+            if rnd(5) > 0 {
+                tags.push(("host".to_string(), format!("web-{}", rnd(4))));
+            }
+            match rnd(4) {
+                0 => tags.push(("usage".to_string(), format!("{}", rnd(100)))),
+                1 => fields.push(("usage".to_string(), Value::Float(rnd(1000) as f64 / 10.0))),
+                2 => fields.push(("usage".to_string(), Value::Int(rnd(100) as i64))),
+                _ => {}
+            }
+            if rnd(2) == 0 {
+                fields.push(("ok".to_string(), Value::Bool(rnd(2) == 0)));
+            }
+            if rnd(3) == 0 {
+                fields.push(("msg".to_string(), Value::Str(format!("error {}", rnd(10)))));
+            }
+            if rnd(4) == 0 {
+                tags.push(("measurement".to_string(), "shadowed".to_string()));
+            }
+            Point {
+                measurement: meas,
+                tags,
+                fields,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn batch_equals_point_by_point() {
+    let points = mixed_points(777);
+    let filters = [
+        "{ measurement = 'cpu' and host in ['web-1', 'web-2'] and usage > 50 }",
+        "{ host = nil or usage = nil }",
+        "{ usage >= 50.5, ok = true }; { msg match ['error [0-4]'] }",
+        "{ host notin ['web-0'] and (msg notmatch ['3$'] or usage < 10) }",
+        "{ measurement != 'disk' && usage != '42' }",
+        "{ usage in [10, 20.0, '30', nil] }",
+        "{};",
+    ];
+    for cat in ["metric", "logging", "tracing"] {
+        for f in filters {
+            let prog = program(f);
+            let batch = prog.eval(&MemBatch::new(cat, points.clone()));
+            assert_eq!(batch.len(), points.len());
+            for (i, p) in points.iter().enumerate() {
+                let alone = prog.eval(&MemBatch::new(cat, vec![p.clone()]));
+                assert_eq!(batch[i], alone[0], "{cat} {f} point {i}: {p:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn columns_fetched_once_and_only_when_needed() {
+    let points = vec![
+        pt(
+            "cpu",
+            &[("host", "web-1")],
+            &[("usage", Value::Float(95.0))],
+        ),
+        pt(
+            "cpu",
+            &[("host", "web-2")],
+            &[("usage", Value::Float(50.0))],
+        ),
+        pt(
+            "mem",
+            &[("host", "web-1")],
+            &[("usage", Value::Float(99.0))],
+        ),
+        pt(
+            "cpu",
+            &[("host", "web-9")],
+            &[("usage", Value::Float(99.0))],
+        ),
+    ];
+    let cases: &[(&str, &[&str], &[bool])] = &[
+        (
+            "{ measurement = 'cpu' and host in ['web-1','web-2'] and usage > 90 }",
+            &[
+                "category",
+                "measurements",
+                "tag:host",
+                "tag:usage",
+                "field:usage",
+            ],
+            &[true, false, false, false],
+        ),
+        // The same key twice: fetched once. The tag is always there: no field column.
+        (
+            "{ host = 'web-1' or host = 'web-9' }; { host = 'web-2' }",
+            &["category", "tag:host"],
+            &[true, true, true, true],
+        ),
+        // Nothing left after the first condition: the second key is never fetched.
+        (
+            "{ host = 'db' and usage > 1 }",
+            &["category", "tag:host"],
+            &[false, false, false, false],
+        ),
+        // Every point matched by the first group: the second is not evaluated.
+        (
+            "{ host match ['^web'] }; { usage > 1 }",
+            &["category", "tag:host"],
+            &[true, true, true, true],
+        ),
+        // No filters: no columns at all.
+        ("[]", &[], &[true, true, true, true]),
+    ];
+    for (cfg, calls, want) in cases {
+        let batch = MemBatch::new("metric", points.clone());
+        assert_eq!(program(cfg).eval(&batch), *want, "{cfg}");
+        assert_eq!(batch.calls(), *calls, "{cfg}");
+    }
+}
+
+/// A host that breaks its promises (short index, out-of-range entries) must not make the
+/// evaluator panic: such points read as missing.
+#[test]
+fn malformed_columns_do_not_panic() {
+    struct Bad;
+    impl Columns for Bad {
+        fn len(&self) -> usize {
+            3
+        }
+        fn category(&self) -> String {
+            "metric".into()
+        }
+        fn measurements(&self) -> StringColumn {
+            StringColumn {
+                dict: vec![Some("cpu".into())],
+                index: vec![0, 7],
+            }
+        }
+        fn tag_column(&self, _: &str) -> StringColumn {
+            StringColumn::default()
+        }
+        fn field_column(&self, _: &str) -> Vec<Option<Value>> {
+            vec![]
+        }
+    }
+    let prog = program("{ measurement = 'cpu' }; { host = nil }");
+    assert_eq!(prog.eval(&Bad), vec![true, true, true]);
+    let prog = program("{ measurement = 'cpu' and host = 'x' }");
+    assert_eq!(prog.eval(&Bad), vec![false, false, false]);
+}
+
+#[test]
+fn empty_batch() {
+    let batch = MemBatch::new("metric", vec![]);
+    assert!(program("{ host = 'x' }").eval(&batch).is_empty());
+}
+
+/// Rough native throughput of the evaluator alone (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn throughput() {
+    let points: Vec<Point> = (0..1024)
+        .map(|i| {
+            pt(
+                ["cpu", "mem"][i % 2],
+                &[("host", ["web-1", "web-2", "db-1"][i % 3])],
+                &[("usage", Value::Float((i % 100) as f64))],
+            )
+        })
+        .collect();
+    let batch = MemBatch::new("metric", points);
+    let prog = program("{ measurement = 'cpu' and host in ['web-1','web-2'] and usage > 90 }");
+    let start = std::time::Instant::now();
+    let rounds = 2000;
+    let mut hits = 0;
+    for _ in 0..rounds {
+        hits += prog.eval(&batch).iter().filter(|x| **x).count();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{:.1} M points/s ({hits} hits)",
+        (rounds * 1024) as f64 / secs / 1e6
+    );
+}

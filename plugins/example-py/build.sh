@@ -1,0 +1,13 @@
+#!/bin/sh
+# Builds the Python example plugin into a WebAssembly component.
+# Usage: ./build.sh OUT.wasm      (needs: pip install componentize-py==0.25.1)
+set -eu
+out=${1:?usage: $0 OUT.wasm}
+here=$(cd "$(dirname "$0")" && pwd)
+if ! command -v componentize-py >/dev/null 2>&1; then
+    echo "error: componentize-py not found; install it with: pip install componentize-py==0.25.1" >&2
+    exit 1
+fi
+# --stub-wasi: the daemon offers no WASI, so every WASI import becomes a trapping stub.
+# The bindings (wit_world, componentize_py_types) are generated on the fly.
+componentize-py -d "$here/../../wit" -w sinker componentize -p "$here" app --stub-wasi -o "$out"
