@@ -11,7 +11,8 @@ use dataway::point::{self, ParseOptions, Point};
 use dataway::sinker::{Limits, LogFn, Runtime};
 
 fn batch() -> Arc<Vec<Point>> {
-    let text = "cpu,host=a u=1 1\ndisk,host=a u=2 2\nmem,host=b u=3 3\ncpu,host=c u=4 4\nswap u=5 5\n";
+    let text =
+        "cpu,host=a u=1 1\ndisk,host=a u=2 2\nmem,host=b u=3 3\ncpu,host=c u=4 4\nswap u=5 5\n";
     Arc::new(point::parse(text.as_bytes(), ParseOptions::default()).unwrap())
 }
 
@@ -50,11 +51,17 @@ fn same_as_rust_template(dir: &str) {
         .load(&bytes, "", &Limits::default(), quiet)
         .err()
         .expect("empty config refused");
-    assert!(err.to_string().contains("config must list measurement names"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("config must list measurement names"),
+        "{err}"
+    );
     // Compiled once: the cache holds it, and a second runtime loads it from there.
     let cached: Vec<_> = std::fs::read_dir(cache.path()).unwrap().flatten().collect();
     assert!(
-        cached.iter().any(|e| e.path().extension().is_some_and(|x| x == "cwasm")),
+        cached
+            .iter()
+            .any(|e| e.path().extension().is_some_and(|x| x == "cwasm")),
         "compiled plugins are cached"
     );
     let rt2 = Runtime::new(Some(cache.path().to_path_buf())).unwrap();
@@ -69,4 +76,107 @@ fn c_plugin_behaves_like_the_rust_template() {
 #[test]
 fn python_plugin_behaves_like_the_rust_template() {
     same_as_rust_template("example-py");
+}
+
+/// Runs `rule` through the datakit-filter plugin on `points` of `category`.
+fn filter(rt: &Runtime, rule: &str, category: Category, points: &Arc<Vec<Point>>) -> Vec<bool> {
+    let bytes = std::fs::read(rust_plugin("datakit-filter")).unwrap();
+    let quiet: LogFn = Arc::new(|_, _| {});
+    let p = rt
+        .load(&bytes, rule, &Limits::default(), quiet)
+        .unwrap_or_else(|e| panic!("{rule}: {e}"));
+    p.matches(category, points).unwrap()
+}
+
+#[test]
+fn datakit_filter_rules_work_through_the_host() {
+    let rt = Runtime::new(None).unwrap();
+    let text = "cpu,host=web-1 usage=95.5,cores=8i 1\n\
+                cpu,host=web-3 usage=99.0,cores=4i 2\n\
+                mem,host=web-1 used=12u,ok=true 3\n\
+                cpu,host=web-2,status=500 usage=10.0,msg=\"disk full\" 4\n";
+    let m = Arc::new(point::parse(text.as_bytes(), ParseOptions::default()).unwrap());
+    let t = [true, false, false, false];
+    let cases: &[(&str, [bool; 4])] = &[
+        (
+            "{ measurement = 'cpu' and host in ['web-1','web-2'] and usage > 90 }",
+            t,
+        ),
+        (
+            "{ measurement = 'cpu', usage >= 99 }",
+            [false, true, false, false],
+        ),
+        ("{ host notin ['web-1'] }", [false, true, false, true]),
+        ("{ host match ['^web-[12]$'] }", [true, false, true, true]),
+        ("{ msg = re('full') }", [false, false, false, true]),
+        (
+            "{ status = '500' } ; { used = 12 }",
+            [false, false, true, true],
+        ),
+        ("{ status != '500' }", [false; 4]), // missing key: false
+        ("{ status = nil }", [true, true, true, false]),
+        ("{ ok = true or cores < 5 }", [false, true, true, false]),
+        (
+            "# DataKit syntax, case-insensitive keywords\n{ MEASUREMENT = 'cpu' AND (host = 'web-3' || cores = 8) }",
+            [false; 4],
+        ),
+        (
+            "{ measurement = 'cpu' AND (host = 'web-3' || cores = 8) }",
+            [true, true, false, false],
+        ),
+        (
+            "[\"{ host = 'web-1' }\", \"{ host = 'web-2' }\"]",
+            [true, false, true, true],
+        ),
+        ("[]", [true; 4]),
+    ];
+    for (rule, want) in cases {
+        assert_eq!(&filter(&rt, rule, Category::Metric, &m), want, "{rule}");
+    }
+    // Keys injected per category: logging has `source`, not `measurement`.
+    let logs = Arc::new(
+        point::parse(
+            b"nginx,status=500 message=\"x\" 1\nmysql message=\"y\" 2\n",
+            ParseOptions::default(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        filter(&rt, "{ source = 'nginx' }", Category::Logging, &logs),
+        [true, false]
+    );
+    assert_eq!(
+        filter(&rt, "{ measurement = 'nginx' }", Category::Logging, &logs),
+        [false, false]
+    );
+    // A bad rule is refused at init with its position.
+    let bytes = std::fs::read(rust_plugin("datakit-filter")).unwrap();
+    let quiet: LogFn = Arc::new(|_, _| {});
+    let err = rt
+        .load(&bytes, "{ host = }", &Limits::default(), quiet)
+        .err()
+        .expect("syntax error refused")
+        .to_string();
+    assert!(err.contains("init failed") && err.contains("col"), "{err}");
+}
+
+/// The plugin crates' own unit tests (datakit-filter's operator tables) run natively
+/// under the README's one test command.
+#[test]
+fn plugin_crate_unit_tests_pass() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root.join("plugins"))
+        .args(["test", "-p", "datakit-filter", "--target-dir"])
+        .arg(std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugins/native-target"))
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "plugin unit tests failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("test result: ok"), "{stdout}");
 }
