@@ -574,3 +574,42 @@ async fn drop_in_sinkers_come_and_go_without_restart() {
         "notes.toml is not a sinker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_plugin_is_tried_again_after_its_backoff_and_recovers() {
+    let plugins = tempfile::tempdir().unwrap();
+    copy_plugin(plugins.path(), &rust_plugin("hostile"), "boom.wasm");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!(
+            "plugins_dir = \"{}\"\n[dataway.sinker_limits]\nquarantine_after = 2\nquarantine_min = \"300ms\"\nquarantine_max = \"10s\"",
+            plugins.path().display()
+        ),
+        &sinker("q", "[\"metric\"]", Some("boom.wasm"), "boom", &s.url("t")),
+    );
+    let d = TestDaemon::start(cfg).await;
+    let calls = |r: &str| format!("dataway_sinker_calls_total{{result=\"{r}\",sinker=\"q\"}}");
+    // Two traps: quarantined. While quarantined, good batches are not offered to it.
+    for i in 0..2 {
+        assert_eq!(d.post("metric", pts("boom", 2, i * 10)).await.status(), 200);
+    }
+    assert_eq!(d.post("metric", pts("cpu", 2, 100)).await.status(), 200);
+    assert_eq!(metric(&d, &calls("trap")), 2.0);
+    assert_eq!(metric(&d, &calls("quarantined")), 1.0);
+    assert_eq!(metric(&d, "dataway_sinker_quarantined{sinker=\"q\"}"), 1.0);
+    // After the backoff a trial call succeeds: the plugin serves again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(d.post("metric", pts("cpu", 2, 200)).await.status(), 200);
+    assert_eq!(metric(&d, &calls("ok")), 1.0);
+    assert_eq!(metric(&d, "dataway_sinker_quarantined{sinker=\"q\"}"), 0.0);
+    assert!(s.wait_points(2, Duration::from_secs(10)).await);
+    assert!(main.wait_points(6, Duration::from_secs(10)).await);
+    d.stop().await;
+    assert_once(&s, 200..202, "sinker after recovery");
+    assert_once(
+        &main,
+        (0..2).chain(10..12).chain(100..102),
+        "main while failing",
+    );
+}

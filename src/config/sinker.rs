@@ -194,6 +194,8 @@ pub struct SinkerLimitsConfig {
     pub max_table_elements: usize,
     /// Idle instances kept per plugin.
     pub max_idle_instances: usize,
+    /// Cap of the wasm stack of one call, in bytes (deep recursion traps past it).
+    pub max_stack: usize,
     /// Consecutive failed calls before a plugin is quarantined (not called).
     pub quarantine_after: u32,
     /// First quarantine period; doubles on each further failure, up to `quarantine_max`.
@@ -215,6 +217,7 @@ impl Default for SinkerLimitsConfig {
             max_memory: l.max_memory,
             max_table_elements: l.max_table_elements,
             max_idle_instances: l.max_idle_instances,
+            max_stack: crate::sinker::plugin::DEFAULT_MAX_STACK,
             quarantine_after: l.quarantine_after,
             quarantine_min: l.quarantine_min,
             quarantine_max: l.quarantine_max,
@@ -246,6 +249,12 @@ impl SinkerLimitsConfig {
             return Err(invalid(
                 format!("{key}.max_memory"),
                 "must be at least 1048576 (1 MiB)",
+            ));
+        }
+        if !(64 << 10..=64 << 20).contains(&self.max_stack) {
+            return Err(invalid(
+                format!("{key}.max_stack"),
+                "must be between 65536 (64 KiB) and 67108864 (64 MiB)",
             ));
         }
         if self.quarantine_after == 0 {

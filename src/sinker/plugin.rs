@@ -50,6 +50,9 @@ pub const WIT_PACKAGE: &str = "dataway:sinker@0.1.0";
 /// How often the engine's epoch advances; deadlines are whole ticks of this.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
 
+/// Default cap of a plugin call's wasm stack.
+pub const DEFAULT_MAX_STACK: usize = 1 << 20;
+
 /// Sandbox limits applied to every plugin instance.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -281,11 +284,16 @@ impl Runtime {
     /// `cache_dir`, when set, keeps compiled plugins across restarts (a Python component
     /// takes seconds to compile; loading it from the cache takes milliseconds).
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Runtime> {
+        Runtime::with_max_stack(cache_dir, DEFAULT_MAX_STACK)
+    }
+
+    /// As [`Runtime::new`], with a cap on the wasm stack of every call (bytes).
+    pub fn with_max_stack(cache_dir: Option<PathBuf>, max_stack: usize) -> anyhow::Result<Runtime> {
         let mut cfg = wasmtime::Config::new();
         cfg.epoch_interruption(true)
             // No async in plugins: without it a component call is ~3x cheaper.
             .concurrency_support(false)
-            .max_wasm_stack(1 << 20);
+            .max_wasm_stack(max_stack);
         let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?;
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -690,4 +698,23 @@ fn classify(store: &Store<StoreState>, e: wasmtime::Error) -> CallError {
         );
     }
     CallError { kind, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_admits_a_window_then_counts_what_it_drops() {
+        let l = RateLimiter::new();
+        for _ in 0..LOG_LINES_PER_WINDOW {
+            assert_eq!(l.admit(), Some(0));
+        }
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
+        // A new window: the next line written says two were dropped.
+        l.state.lock().unwrap().0 -= LOG_WINDOW;
+        assert_eq!(l.admit(), Some(2));
+        assert_eq!(l.admit(), Some(0));
+    }
 }

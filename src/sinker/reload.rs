@@ -73,7 +73,7 @@ impl Reloader {
         };
         Ok(Reloader {
             dir: cfg.plugins_dir.clone(),
-            runtime: Runtime::new(cache)?,
+            runtime: Runtime::with_max_stack(cache, cfg.sinker_limits.max_stack)?,
             limits: cfg.sinker_limits.limits(),
             main: cfg.clone(),
             metrics,
@@ -408,7 +408,7 @@ fn drop_in_name(path: &Path) -> Option<String> {
 /// It loads every plugin (compile + init) exactly as the daemon would, without starting
 /// any endpoint.
 pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
-    let runtime = match Runtime::new(None) {
+    let runtime = match Runtime::with_max_stack(None, cfg.sinker_limits.max_stack) {
         Ok(r) => r,
         Err(e) => return vec![Err(format!("cannot start the wasm engine: {e:#}"))],
     };

@@ -4,7 +4,8 @@
 //! `ok` matches every point; `loop` never returns; `oom` allocates until refused;
 //! `trap` panics; `stack` recurses without end; `wrong-len` returns one result too few;
 //! `log-flood` writes 10 000 log lines then matches everything; `init-trap` panics in
-//! init; `init-error` refuses its config; `every-other` matches even-numbered points.
+//! init; `init-error` refuses its config; `every-other` matches even-numbered points;
+//! `boom` matches every point but traps on a batch holding a `boom` measurement.
 
 use std::cell::Cell;
 
@@ -22,6 +23,7 @@ enum Mode {
     WrongLen,
     LogFlood,
     EveryOther,
+    Boom,
 }
 
 thread_local! {
@@ -47,6 +49,7 @@ impl Guest for Plugin {
             "wrong-len" => Mode::WrongLen,
             "log-flood" => Mode::LogFlood,
             "every-other" => Mode::EveryOther,
+            "boom" => Mode::Boom,
             "init-trap" => panic!("hostile plugin: trap in init"),
             "init-loop" => loop {
                 std::hint::black_box(0);
@@ -82,6 +85,13 @@ impl Guest for Plugin {
                 vec![true; n]
             }
             Mode::EveryOther => (0..n).map(|i| i % 2 == 0).collect(),
+            Mode::Boom => {
+                let m = points.measurements();
+                if m.dict.iter().any(|v| v.as_deref() == Some("boom")) {
+                    panic!("hostile plugin: boom");
+                }
+                vec![true; n]
+            }
         }
     }
 }
