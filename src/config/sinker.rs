@@ -35,6 +35,10 @@ pub struct SinkerConfig {
     /// The sinker's endpoints: the points it matches go to every one of them.
     #[serde(default)]
     pub urls: Vec<String>,
+    /// DataKit's `filters` key. Not used directly: it is refused with a message saying
+    /// how to write the same rule (`plugin = "datakit_filter.wasm"`, `config = [...]`).
+    #[serde(default)]
+    pub filters: Option<toml::Value>,
     /// Overrides `dataway.timeout` for this sinker's endpoints.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -136,6 +140,13 @@ impl SinkerConfig {
                     "`{}`: use letters, digits, `-`, `_` and `.` only",
                     self.name
                 ),
+            ));
+        }
+        if self.filters.is_some() {
+            return Err(invalid(
+                format!("{key}.filters"),
+                "DataKit's filters are the config of the datakit-filter plugin here: write \
+                 plugin = \"datakit_filter.wasm\" and config = [\"{ ... }\"] instead",
             ));
         }
         if self.categories.is_empty() {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::category::Category;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -143,4 +144,143 @@ fn missing_file_says_which() {
 fn the_documented_example_config_is_valid() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/dataway.toml");
     Config::load(Some(&path), no_env).unwrap();
+}
+
+#[test]
+fn sinkers_are_read_with_overrides_and_their_config_as_json() {
+    let cfg = load_str(
+        r#"
+        [dataway]
+        urls = ["file://main"]
+        timeout = "9s"
+        [[dataway.sinkers]]
+        name = "web"
+        categories = ["M", "logging"]
+        plugin = "datakit_filter.wasm"
+        config = { filters = ["{ host = 'web-1' }"] }
+        urls = ["file://sink"]
+        timeout = "2s"
+        gzip = false
+        [[dataway.sinkers]]
+        name = "all"
+        categories = ["metric", "metrics"]
+        urls = ["file://all"]
+        "#,
+    )
+    .unwrap();
+    let s = &cfg.dataway.sinkers[0];
+    assert_eq!(
+        s.parsed_categories(),
+        vec![Category::Metric, Category::Logging]
+    );
+    assert_eq!(s.plugin_config(), r#"{"filters":["{ host = 'web-1' }"]}"#);
+    let opts = s.endpoint_options(&cfg.dataway);
+    assert_eq!(opts.http.timeout, Duration::from_secs(2));
+    assert!(!opts.gzip);
+    assert_eq!(opts.sinker.as_deref(), Some("web"));
+    // Not overridden: the main value.
+    let all = &cfg.dataway.sinkers[1];
+    assert_eq!(
+        all.endpoint_options(&cfg.dataway).http.timeout,
+        Duration::from_secs(9)
+    );
+    assert_eq!(all.parsed_categories(), vec![Category::Metric]);
+    assert_eq!(all.plugin_config(), "");
+}
+
+#[test]
+fn bad_sinkers_name_the_key() {
+    let base = "[dataway]\nurls = [\"file://m\"]\n[[dataway.sinkers]]\n";
+    let cases = [
+        (
+            "categories = [\"metric\"]\nurls = [\"file://s\"]\n",
+            "dataway.sinkers[0].name",
+        ),
+        (
+            "name = \"a b\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\n",
+            "dataway.sinkers[0].name",
+        ),
+        (
+            "name = \"s\"\ncategories = []\nurls = [\"file://s\"]\n",
+            "dataway.sinkers[0].categories",
+        ),
+        (
+            "name = \"s\"\ncategories = [\"mertic\"]\nurls = [\"file://s\"]\n",
+            "dataway.sinkers[0].categories[0]",
+        ),
+        (
+            "name = \"s\"\ncategories = [\"metric\"]\n",
+            "dataway.sinkers[0].urls",
+        ),
+        (
+            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"ftp://x\"]\n",
+            "dataway.sinkers[0].urls[0]",
+        ),
+        (
+            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\nplugin = \"../x.wasm\"\n",
+            "dataway.sinkers[0].plugin",
+        ),
+        (
+            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\nhttp_proxy = \"proxy:1\"\n",
+            "dataway.sinkers[0].http_proxy",
+        ),
+        (
+            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\nworkers = 0\n",
+            "dataway.sinkers[0].workers",
+        ),
+        (
+            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\n[[dataway.sinkers]]\nname = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://t\"]\n",
+            "dataway.sinkers[1].name",
+        ),
+        // DataKit's key is `filters`; here the rule is the plugin's config: say so by refusing it.
+        (
+            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\nfilters = [\"{ a = 1 }\"]\n",
+            "filters",
+        ),
+    ];
+    for (sinker, key) in cases {
+        let err = load_str(&format!("{base}{sinker}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{sinker}: {err}");
+    }
+    for (limit, key) in [
+        ("timeout = \"0s\"", "sinker_limits.timeout"),
+        ("max_memory = 1000", "sinker_limits.max_memory"),
+        ("max_stack = 10", "sinker_limits.max_stack"),
+        ("quarantine_after = 0", "sinker_limits.quarantine_after"),
+        (
+            "quarantine_min = \"1m\"\nquarantine_max = \"1s\"",
+            "sinker_limits.quarantine_max",
+        ),
+    ] {
+        let err = load_str(&format!("[dataway.sinker_limits]\n{limit}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{limit}: {err}");
+    }
+}
+
+#[test]
+fn a_drop_in_sidecar_takes_name_and_plugin_from_its_file_name() {
+    let s = SinkerConfig::from_sidecar(
+        "categories = [\"L\"]\nurls = [\"file://x\"]\nconfig = \"cpu\"\n",
+        "nginx",
+        "plugins/nginx.toml",
+    )
+    .unwrap();
+    assert_eq!(s.name, "nginx");
+    assert_eq!(s.plugin.as_deref(), Some("nginx.wasm"));
+    s.validate("plugins/nginx.toml").unwrap();
+    let err = SinkerConfig::from_sidecar(
+        "name = \"other\"\ncategories = [\"L\"]\nurls = [\"file://x\"]\n",
+        "nginx",
+        "plugins/nginx.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("plugins/nginx.toml") && err.contains("file name"),
+        "{err}"
+    );
 }
