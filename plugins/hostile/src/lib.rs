@@ -33,6 +33,7 @@ thread_local! {
 struct Plugin;
 
 #[inline(never)]
+#[allow(unconditional_recursion)] // the point: it must overflow the stack
 fn recurse(n: u64) -> u64 {
     // `black_box` keeps the optimiser from turning this into a loop.
     std::hint::black_box(recurse(std::hint::black_box(n + 1))) + 1
