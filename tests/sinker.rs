@@ -555,6 +555,32 @@ async fn drop_in_sinkers_come_and_go_without_restart() {
     )
     .await;
 
+    // A changed sidecar restarts the sinker with the new settings.
+    std::fs::write(
+        dir.join("dropin.toml"),
+        format!(
+            "categories = [\"metric\"]\nconfig = \"disk\"\nurls = [\"{}\"]\n",
+            s.url("t")
+        ),
+    )
+    .unwrap();
+    wait_for_metric(
+        &d,
+        "dataway_sinker_reloads_total{result=\"ok\",sinker=\"dropin\"}",
+        2.0,
+    )
+    .await;
+    assert_eq!(d.post("metric", pts("disk", 2, 40)).await.status(), 200);
+    assert!(s.wait_points(6, Duration::from_secs(10)).await);
+    assert_eq!(
+        d.metrics
+            .encode_text()
+            .matches("dataway_sinker_plugin_info{")
+            .count(),
+        1,
+        "one version serves"
+    );
+
     std::fs::remove_file(dir.join("dropin.toml")).unwrap();
     std::fs::remove_file(dir.join("dropin.wasm")).unwrap();
     wait_for_metric(
@@ -567,7 +593,7 @@ async fn drop_in_sinkers_come_and_go_without_restart() {
     assert!(main.wait_points(8, Duration::from_secs(10)).await);
     let text = d.metrics.encode_text();
     assert_eq!(d.stop().await.abandoned_points, 0);
-    assert_once(&s, 0..4, "drop-in sinker");
+    assert_once(&s, (0..4).chain(40..42), "drop-in sinker");
     assert_once(&main, (10..14).chain(20..24), "main");
     assert!(
         !text.contains("sinker=\"notes\""),

@@ -121,8 +121,9 @@ impl Reloader {
         ))
     }
 
+    /// Starts tracking a sinker's files (forgetting what was known under that name).
     fn track(&self, s: &SinkerConfig, sidecar: Option<String>) {
-        self.lock().insert(
+        let previous = self.lock().insert(
             s.name.clone(),
             Tracked {
                 plugin: s.plugin.clone(),
@@ -131,6 +132,9 @@ impl Reloader {
                 ..Tracked::default()
             },
         );
+        if let Some(serving) = previous.and_then(|t| t.serving) {
+            self.set_info(&s.name, Some(&serving), None);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
