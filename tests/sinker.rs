@@ -639,3 +639,52 @@ async fn a_quarantined_plugin_is_tried_again_after_its_backoff_and_recovers() {
         "main while failing",
     );
 }
+
+/// One async worker: if a plugin call ran on it, a looping plugin would stall every other
+/// request until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_looping_plugin_does_not_stall_other_requests() {
+    let plugins = tempfile::tempdir().unwrap();
+    copy_plugin(plugins.path(), &rust_plugin("hostile"), "hostile.wasm");
+    let main = MockDataway::start().await;
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!(
+            "plugins_dir = \"{}\"\n[dataway.sinker_limits]\ntimeout = \"3s\"",
+            plugins.path().display()
+        ),
+        &sinker(
+            "loop",
+            "[\"metric\"]",
+            Some("hostile.wasm"),
+            "loop",
+            &main.url("t"),
+        ),
+    );
+    let d = std::sync::Arc::new(TestDaemon::start(cfg).await);
+    let slow = {
+        let d = d.clone();
+        tokio::spawn(async move { d.post("metric", pts("cpu", 1, 0)).await.status() })
+    };
+    // Give the plugin call time to start (it then loops for 3 s), then ask for something else.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fast = d.post("logging", pts("x", 1, 10)).await.status();
+    assert_eq!(fast, 200);
+    assert!(
+        !slow.is_finished(),
+        "the logging write had to wait for the looping plugin"
+    );
+    assert_eq!(
+        slow.await.unwrap(),
+        200,
+        "the looping batch still goes to main"
+    );
+    assert!(main.wait_points(2, Duration::from_secs(10)).await);
+    assert_eq!(
+        metric(
+            &d,
+            "dataway_sinker_calls_total{result=\"timeout\",sinker=\"loop\"}"
+        ),
+        1.0
+    );
+}

@@ -108,6 +108,11 @@ impl Dataway {
         &self.sinkers
     }
 
+    /// Whether some sinker looks at points of `category` (their routing calls plugins).
+    pub fn sinks(&self, category: Category) -> bool {
+        self.sinkers.snapshot().iter().any(|s| s.takes(category))
+    }
+
     /// Closes the endpoints of a sinker that was removed; they deliver what they hold,
     /// and [`Dataway::shutdown`] waits for them.
     pub fn retire(&self, sinker: Arc<Sinker>) {

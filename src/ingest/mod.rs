@@ -201,7 +201,17 @@ async fn write_points(
         }
     };
     let n = points.len();
-    match st.dataway.try_write(category, points) {
+    // A sinker's condition is a WASM call that may run up to its deadline: keep it off the
+    // async workers so a slow plugin never stalls other requests.
+    let written = if st.dataway.sinks(category) {
+        let dw = st.dataway.clone();
+        tokio::task::spawn_blocking(move || dw.try_write(category, points))
+            .await
+            .expect("routing does not panic")
+    } else {
+        st.dataway.try_write(category, points)
+    };
+    match written {
         Ok(()) => {
             st.metrics
                 .ingest_points_total
