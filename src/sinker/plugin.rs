@@ -44,11 +44,13 @@ pub(crate) mod bindings {
 use bindings::dataway::sinker::types::LogLevel;
 use bindings::{Sinker, SinkerPre};
 
-/// The WIT package a plugin must be built against.
+/// The WIT package a plugin must be built against, and its version.
 pub const WIT_PACKAGE: &str = "dataway:sinker@0.1.0";
+const WIT_VERSION: &str = "0.1.0";
 
-/// How often the engine's epoch advances; deadlines are whole ticks of this.
-const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often the engine's epoch advances; deadlines are whole ticks of this. Coarse on
+/// purpose: the ticker wakes up this often for as long as the daemon runs.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Default cap of a plugin call's wasm stack.
 pub const DEFAULT_MAX_STACK: usize = 1 << 20;
@@ -432,8 +434,8 @@ fn write_cache(path: &Path, component: &Component) {
 /// its first `log` call. Only WASI imports (which a toolchain may link in) are tolerated.
 fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
     let ours = |name: &str| {
-        name == format!("dataway:sinker/types@{}", &WIT_PACKAGE[15..])
-            || name == format!("dataway:sinker/host@{}", &WIT_PACKAGE[15..])
+        name == format!("dataway:sinker/types@{WIT_VERSION}")
+            || name == format!("dataway:sinker/host@{WIT_VERSION}")
     };
     for (name, item) in component.component_type().imports(engine) {
         // `use types.{batch}` in the world makes `batch` a root-level type import.
@@ -703,6 +705,13 @@ fn classify(store: &Store<StoreState>, e: wasmtime::Error) -> CallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_matches_the_package() {
+        assert!(WIT_PACKAGE.ends_with(&format!("@{WIT_VERSION}")));
+        let wit = include_str!("../../wit/sinker.wit");
+        assert!(wit.contains(&format!("package {WIT_PACKAGE};")));
+    }
 
     #[test]
     fn log_limiter_admits_a_window_then_counts_what_it_drops() {
