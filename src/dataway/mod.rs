@@ -156,6 +156,10 @@ impl Dataway {
     }
 
     /// Accepts points, waiting for room (backpressure for embedding programs).
+    ///
+    /// Sinker conditions run inline (a WASM call of at most `sinker_limits.timeout`): an
+    /// embedding program with sinkers calls this from a blocking-capable context, as the
+    /// ingest server does with `spawn_blocking`.
     pub async fn write(&self, category: Category, points: Vec<Point>) -> Result<(), WriteError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
