@@ -160,6 +160,22 @@ fn reload(c: &mut Criterion) {
         });
     }
     g.finish();
+    // The Python component takes seconds to compile: timed once here, not by criterion.
+    if let Some(py) = plugins::script_plugin("example-py") {
+        let rt = Runtime::new(Some(cache.path().to_path_buf())).unwrap();
+        let t = std::time::Instant::now();
+        load(&rt, &py, "cpu");
+        let cold = t.elapsed();
+        let t = std::time::Instant::now();
+        for _ in 0..10 {
+            load(&rt, &py, "cpu");
+        }
+        let warm = t.elapsed() / 10;
+        println!(
+            "sinker_reload/example-py: no-cache {cold:?}, warm-cache {warm:?} ({:.0}x)",
+            cold.as_secs_f64() / warm.as_secs_f64()
+        );
+    }
 }
 
 criterion_group!(benches, matching, reload);

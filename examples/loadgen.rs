@@ -4,8 +4,7 @@
 //! Run: `cargo build --release && cargo run --release --example loadgen -- [POINTS] [BATCH] [CLIENTS]`
 //! (defaults 1,000,000 points, 5,000 lines per request, 4 clients); `DATAWAY_BIN=path` picks
 //! another daemon binary (for A/B runs), `DATAWAY_EXTRA='workers = 2;gzip = false'` adds
-//! `[dataway]` keys, `DATAWAY_SINKER='PLUGIN.wasm|CONFIG'` adds a sinker on metric with that
-//! plugin (its endpoint is the same receiver, so every point is still counted once). Everything binds
+//! `[dataway]` keys. Everything binds
 //! 127.0.0.1 and the run stops by itself.
 
 use std::io::Write;
@@ -107,22 +106,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let dir = tempfile::tempdir()?;
     let cfg = dir.path().join("dataway.toml");
-    let sinker = match std::env::var("DATAWAY_SINKER") {
-        Ok(spec) => {
-            let (plugin, config) = spec.split_once('|').unwrap_or((&spec, ""));
-            std::fs::copy(plugin, dir.path().join("rule.wasm"))?;
-            format!(
-                "plugins_dir = \"{}\"\n[[dataway.sinkers]]\nname = \"bench\"\ncategories = [\"metric\"]\nplugin = \"rule.wasm\"\nconfig = \"{}\"\nurls = [\"http://{recv_addr}?token=tkn_sink\"]\n",
-                dir.path().display(),
-                config.replace('"', "\\\"")
-            )
-        }
-        Err(_) => String::new(),
-    };
     std::fs::write(
         &cfg,
         format!(
-            "[dataway]\nurls = [\"http://{recv_addr}?token=tkn_load\"]\n{}\n{sinker}[ingest]\nlisten = \"{ingest}\"\n[log]\nlevel = \"warn\"\n",
+            "[dataway]\nurls = [\"http://{recv_addr}?token=tkn_load\"]\n{}\n[ingest]\nlisten = \"{ingest}\"\n[log]\nlevel = \"warn\"\n",
             std::env::var("DATAWAY_EXTRA")
                 .unwrap_or_default()
                 .replace(';', "\n")
