@@ -150,6 +150,14 @@ fn sinker_test_explains_what_is_wrong() {
     let (ok, _, err) = sinker_test(&["--plugin", garbage.to_str().unwrap()], "cpu x=1\n");
     assert!(!ok);
     assert!(err.contains("not a WebAssembly file"), "{err}");
+    // built against another version of the WIT: both versions named
+    let future = rust_plugin("future-version");
+    let (ok, _, err) = sinker_test(&["--plugin", future.to_str().unwrap()], "cpu x=1\n");
+    assert!(!ok);
+    assert!(
+        err.contains("dataway:sinker/host@0.2.0") && err.contains("dataway:sinker@0.1.0"),
+        "{err}"
+    );
     // a plugin that traps: the kind of failure
     let hostile = rust_plugin("hostile");
     let (ok, _, err) = sinker_test(

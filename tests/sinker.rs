@@ -300,6 +300,7 @@ async fn broken_plugin_files_leave_the_sinker_disabled_and_are_counted() {
     copy_plugin(p, &fixture("garbage.wasm"), "garbage.wasm");
     copy_plugin(p, &fixture("core-module.wasm"), "core.wasm");
     copy_plugin(p, &rust_plugin("wrong-world"), "wrong.wasm");
+    copy_plugin(p, &rust_plugin("future-version"), "future.wasm");
     copy_plugin(p, &rust_plugin("hostile"), "hostile.wasm");
     let main = MockDataway::start().await;
     let trash = MockDataway::start().await;
@@ -307,6 +308,7 @@ async fn broken_plugin_files_leave_the_sinker_disabled_and_are_counted() {
         ("garbage", "garbage.wasm", "", "not_component"),
         ("core", "core.wasm", "", "not_component"),
         ("wrong", "wrong.wasm", "", "wrong_world"),
+        ("future", "future.wasm", "", "wrong_world"),
         ("init-error", "hostile.wasm", "init-error", "init_error"),
         ("init-trap", "hostile.wasm", "init-trap", "init_trap"),
         ("init-loop", "hostile.wasm", "init-loop", "init_trap"),

@@ -193,6 +193,8 @@ pub enum FailureKind {
     OutOfMemory,
     /// The result did not have one element per point.
     BadResult,
+    /// `init` returned an error for the config (a new instance could not be made).
+    InitRefused,
     /// The plugin is quarantined; it was not called.
     Quarantined,
 }
@@ -205,6 +207,7 @@ impl FailureKind {
             FailureKind::Timeout => "timeout",
             FailureKind::OutOfMemory => "oom",
             FailureKind::BadResult => "bad_result",
+            FailureKind::InitRefused => "init_error",
             FailureKind::Quarantined => "quarantined",
         }
     }
@@ -362,7 +365,7 @@ impl Runtime {
         };
         // Prove it works before anyone relies on it: one instance, initialised.
         let instance = plugin.inner.instantiate().map_err(|e| match e.kind {
-            FailureKind::BadResult => LoadError::Init(e.message),
+            FailureKind::InitRefused => LoadError::Init(e.message),
             _ => LoadError::InitTrap(e.to_string()),
         })?;
         plugin.inner.give_back(instance);
@@ -583,8 +586,7 @@ impl PluginInner {
         match sinker.call_init(&mut store, &self.config) {
             Ok(Ok(())) => Ok(Instance { store, sinker }),
             Ok(Err(msg)) => Err(CallError {
-                // An init that says no is not a crash; `load` turns it into LoadError::Init.
-                kind: FailureKind::BadResult,
+                kind: FailureKind::InitRefused,
                 message: msg,
             }),
             Err(e) => Err(classify(&store, e)),
