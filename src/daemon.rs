@@ -5,6 +5,7 @@
 //! ones in progress, whose points are then queued), then the dataway drains its queues
 //! within `shutdown_timeout`; what is still undelivered then is reported and counted.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,8 +33,18 @@ impl Daemon {
     /// Starts the endpoints and sinkers (their tasks run on the current runtime) and loads
     /// the plugins found in `plugins_dir`.
     pub fn start(config: Config) -> anyhow::Result<Daemon> {
+        Daemon::start_with(config, None)
+    }
+
+    /// As [`Daemon::start`]; with `plugin_compiler` (the `dataway` executable) plugins are
+    /// compiled in a short-lived child process, so the compiler's memory is not kept.
+    pub fn start_with(config: Config, plugin_compiler: Option<PathBuf>) -> anyhow::Result<Daemon> {
         let metrics = Arc::new(Metrics::new());
-        let reloader = Arc::new(Reloader::new(&config.dataway, metrics.clone())?);
+        let reloader = Arc::new(Reloader::new(
+            &config.dataway,
+            metrics.clone(),
+            plugin_compiler,
+        )?);
         let sinkers = reloader.start_configured()?;
         let dataway = Arc::new(Dataway::start(&config.dataway, metrics.clone(), sinkers)?);
         for ep in dataway.endpoints() {

@@ -43,6 +43,14 @@ enum Command {
     /// Sinker tools.
     #[command(subcommand)]
     Sinker(SinkerCommand),
+    /// Compile a plugin for the daemon (run by the daemon itself, in a child process).
+    #[command(hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        max_stack: usize,
+        input: PathBuf,
+        output: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -76,6 +84,17 @@ fn main() -> ExitCode {
         Command::Check { config } => match load(config.as_ref()) {
             Ok(cfg) => print_check(&cfg),
             Err(code) => code,
+        },
+        Command::CompilePlugin {
+            max_stack,
+            input,
+            output,
+        } => match dataway::sinker::plugin::compile_file(&input, &output, max_stack) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
         },
         Command::Sinker(SinkerCommand::Test {
             plugin,
@@ -153,7 +172,12 @@ fn print_check(cfg: &Config) -> ExitCode {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: escape codes make log files unreadable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
@@ -165,7 +189,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.ingest.listen
             )
         })?;
-    let daemon = Daemon::start(cfg)?;
+    let daemon = Daemon::start_with(cfg, std::env::current_exe().ok())?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     daemon.run(listener, shutdown).await?;

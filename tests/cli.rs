@@ -230,3 +230,88 @@ fn check_loads_every_plugin_and_fails_on_a_broken_one() {
     assert!(!ok);
     assert!(out.contains("dataway.sinkers[0].categories[0]"), "{out}");
 }
+
+/// The real daemon process compiles plugins in a child (`dataway compile-plugin`): the
+/// plugin serves, its compiled form lands in the cache, a core module is refused with the
+/// compiler's message, and no temporary file is left behind.
+#[test]
+fn the_daemon_compiles_plugins_in_a_child_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    std::fs::copy(rust_plugin("example-rust"), plugins.join("names.wasm")).unwrap();
+    std::fs::copy(fixture("core-module.wasm"), plugins.join("core.wasm")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let cfg = dir.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataway]\nurls = [\"file://{}\"]\nplugins_dir = \"{}\"\n\
+             [[dataway.sinkers]]\nname = \"s\"\ncategories = [\"metric\"]\nplugin = \"names.wasm\"\nconfig = \"cpu\"\nurls = [\"file://{}\"]\n\
+             [[dataway.sinkers]]\nname = \"core\"\ncategories = [\"logging\"]\nplugin = \"core.wasm\"\nurls = [\"file://{}\"]\n\
+             [ingest]\nlisten = \"127.0.0.1:{port}\"\n",
+            out("main"),
+            plugins.display(),
+            out("sink"),
+            out("core-sink"),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dataway"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let metrics = rt.block_on(async {
+        let cli = reqwest::Client::new();
+        for _ in 0..500 {
+            if let Ok(r) = cli.get(format!("{base}/metrics")).send().await {
+                let text = r.text().await.unwrap();
+                if text.contains("dataway_sinker_reloads_total{result=\"ok\",sinker=\"s\"} 1") {
+                    let r = cli
+                        .post(format!("{base}/v1/write/metric"))
+                        .body("cpu x=1 1\nmem x=2 2\n")
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    return text;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("the plugin never loaded");
+    });
+    assert!(
+        metrics
+            .contains("dataway_sinker_reloads_total{result=\"not_component\",sinker=\"core\"} 1"),
+        "{metrics}"
+    );
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let out_put = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out_put.stderr);
+    assert!(out_put.status.success(), "{log}");
+    assert!(log.contains("this is a core module"), "{log}");
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p).join("metric.lp")).unwrap();
+    assert_eq!(read("sink"), "cpu x=1 1\n");
+    assert_eq!(read("main"), "mem x=2 2\n");
+    let cache: Vec<String> = std::fs::read_dir(plugins.join(".cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        cache.len(),
+        1,
+        "one compiled plugin, no leftovers: {cache:?}"
+    );
+    assert!(cache[0].ends_with(".cwasm"));
+}

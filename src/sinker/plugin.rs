@@ -282,6 +282,20 @@ impl bindings::dataway::sinker::host::Host for StoreState {
 pub struct Runtime {
     engine: Engine,
     cache_dir: Option<PathBuf>,
+    max_stack: usize,
+    /// Compile in a child process (`EXE compile-plugin …`) instead of in this one.
+    compiler: Option<PathBuf>,
+}
+
+/// The engine settings plugins are compiled and run with. A child compiler uses the same,
+/// so what it writes loads here (the settings are part of the compatibility hash).
+fn engine_config(max_stack: usize) -> wasmtime::Config {
+    let mut cfg = wasmtime::Config::new();
+    cfg.epoch_interruption(true)
+        // No async in plugins: without it a component call is ~3x cheaper.
+        .concurrency_support(false)
+        .max_wasm_stack(max_stack);
+    cfg
 }
 
 impl Runtime {
@@ -294,12 +308,8 @@ impl Runtime {
 
     /// As [`Runtime::new`], with a cap on the wasm stack of every call (bytes).
     pub fn with_max_stack(cache_dir: Option<PathBuf>, max_stack: usize) -> anyhow::Result<Runtime> {
-        let mut cfg = wasmtime::Config::new();
-        cfg.epoch_interruption(true)
-            // No async in plugins: without it a component call is ~3x cheaper.
-            .concurrency_support(false)
-            .max_wasm_stack(max_stack);
-        let engine = Engine::new(&cfg).map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?;
+        let engine = Engine::new(&engine_config(max_stack))
+            .map_err(|e| anyhow::anyhow!("wasm engine: {e:#}"))?;
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("wasm-epoch".into())
@@ -310,7 +320,21 @@ impl Runtime {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })?;
-        Ok(Runtime { engine, cache_dir })
+        Ok(Runtime {
+            engine,
+            cache_dir,
+            max_stack,
+            compiler: None,
+        })
+    }
+
+    /// Compiles plugins in a short-lived child process, `exe compile-plugin`, rather than
+    /// in this one. Why: Cranelift's working memory for a large plugin is ~100 MiB, which
+    /// the allocator of a long-running daemon keeps after the compile; a child returns it
+    /// to the system when it exits (BENCHMARKS.md).
+    pub fn compile_with(mut self, exe: PathBuf) -> Runtime {
+        self.compiler = Some(exe);
+        self
     }
 
     /// Compiles (or loads from the cache), links and initialises a plugin. Errors say
@@ -391,27 +415,154 @@ impl Runtime {
                 }
             }
         }
-        if !bytes.starts_with(b"\0asm") {
-            return Err(LoadError::Compile(
-                "not a WebAssembly file (it does not start with the `\\0asm` magic bytes)".into(),
-            ));
-        }
-        let component = Component::new(&self.engine, bytes).map_err(|e| {
-            let msg = format!("not a WebAssembly component: {}", e.root_cause());
-            if bytes.starts_with(b"\0asm\x01\0\0\0") {
-                LoadError::Compile(format!(
-                    "{msg} (this is a core module: make it a component, e.g. build for \
-                     wasm32-wasip2 or run `wasm-tools component new`)"
-                ))
-            } else {
-                LoadError::Compile(msg)
+        let component = match &self.compiler {
+            Some(exe) => self.compile_in_child(exe, bytes, sha256, cached.as_deref())?,
+            None => {
+                let c = compile_bytes(&self.engine, bytes)?;
+                if let Some(path) = &cached {
+                    write_cache(path, &c);
+                }
+                c
             }
-        })?;
-        if let Some(path) = cached {
-            write_cache(&path, &component);
-        }
+        };
         Ok(component)
     }
+
+    /// Runs `exe compile-plugin` on `bytes` and loads what it wrote: into the cache when
+    /// there is one, else into a temporary file.
+    fn compile_in_child(
+        &self,
+        exe: &Path,
+        bytes: &[u8],
+        sha256: &str,
+        cached: Option<&Path>,
+    ) -> Result<Component, LoadError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(not_wasm());
+        }
+        let failed = |what: String| LoadError::Compile(format!("plugin compiler: {what}"));
+        let tmp = std::env::temp_dir();
+        let unique = format!("dataway-{sha256}-{}", std::process::id());
+        let input = tmp.join(format!("{unique}.wasm"));
+        let output = match cached {
+            Some(p) => p.with_extension(format!("{}.tmp", std::process::id())),
+            None => tmp.join(format!("{unique}.cwasm")),
+        };
+        if let Some(dir) = output.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        }
+        std::fs::write(&input, bytes).map_err(|e| failed(format!("{}: {e}", input.display())))?;
+        let result = run_compiler(exe, &input, &output, self.max_stack);
+        let _ = std::fs::remove_file(&input);
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&output);
+            return Err(e);
+        }
+        let path = match cached {
+            Some(p) => match std::fs::rename(&output, p) {
+                Ok(()) => p.to_path_buf(),
+                Err(_) => output.clone(),
+            },
+            None => output.clone(),
+        };
+        // SAFETY: written just now by our own binary with the same engine settings.
+        let component = unsafe { Component::deserialize_file(&self.engine, &path) }
+            .map_err(|e| failed(format!("cannot load its output: {e:#}")));
+        if path == output {
+            let _ = std::fs::remove_file(&output);
+        }
+        component
+    }
+}
+
+/// How long a child compile may take (a Python component: seconds).
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn run_compiler(
+    exe: &Path,
+    input: &Path,
+    output: &Path,
+    max_stack: usize,
+) -> Result<(), LoadError> {
+    let failed = |what: String| LoadError::Compile(format!("plugin compiler: {what}"));
+    let mut child = std::process::Command::new(exe)
+        .arg("compile-plugin")
+        .arg("--max-stack")
+        .arg(max_stack.to_string())
+        .arg(input)
+        .arg(output)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot run {}: {e}", exe.display())))?;
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > COMPILE_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failed(format!(
+                    "took more than {COMPILE_TIMEOUT:?}; killed"
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(failed(e.to_string())),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    // The child prints the same message an in-process compile would give.
+    let msg = stderr
+        .trim()
+        .strip_prefix("error: ")
+        .unwrap_or(stderr.trim());
+    Err(LoadError::Compile(if msg.is_empty() {
+        format!("plugin compiler exited with {status}")
+    } else {
+        msg.to_string()
+    }))
+}
+
+/// The child side of [`Runtime::compile_with`]: compiles `input` into `output` with the
+/// daemon's engine settings. Used by the hidden `dataway compile-plugin` command.
+pub fn compile_file(input: &Path, output: &Path, max_stack: usize) -> Result<(), String> {
+    let engine = Engine::new(&engine_config(max_stack)).map_err(|e| format!("{e:#}"))?;
+    let bytes = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let component = compile_bytes(&engine, &bytes).map_err(|e| e.to_string())?;
+    let serialized = component.serialize().map_err(|e| format!("{e:#}"))?;
+    std::fs::write(output, serialized).map_err(|e| format!("{}: {e}", output.display()))
+}
+
+fn not_wasm() -> LoadError {
+    LoadError::Compile(
+        "not a WebAssembly file (it does not start with the `\\0asm` magic bytes)".into(),
+    )
+}
+
+/// Compiles in this process, with errors that say what the file is instead.
+fn compile_bytes(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(not_wasm());
+    }
+    Component::new(engine, bytes).map_err(|e| {
+        let msg = format!("not a WebAssembly component: {}", e.root_cause());
+        if bytes.starts_with(b"\0asm\x01\0\0\0") {
+            LoadError::Compile(format!(
+                "{msg} (this is a core module: make it a component, e.g. build for \
+                 wasm32-wasip2 or run `wasm-tools component new`)"
+            ))
+        } else {
+            LoadError::Compile(msg)
+        }
+    })
 }
 
 /// Best effort: a cache that cannot be written only costs a compile next time.

@@ -64,16 +64,26 @@ struct Tracked {
 }
 
 impl Reloader {
-    /// A reloader for `cfg.plugins_dir`, with the engine every plugin runs on.
-    pub fn new(cfg: &DatawayConfig, metrics: Arc<Metrics>) -> anyhow::Result<Reloader> {
+    /// A reloader for `cfg.plugins_dir`, with the engine every plugin runs on. With
+    /// `compiler` (the daemon's own executable) plugins are compiled in a child process
+    /// ([`Runtime::compile_with`]).
+    pub fn new(
+        cfg: &DatawayConfig,
+        metrics: Arc<Metrics>,
+        compiler: Option<PathBuf>,
+    ) -> anyhow::Result<Reloader> {
         let cache = match &cfg.sinker_limits.cache_dir {
             Some(p) if p.as_os_str().is_empty() => None,
             Some(p) => Some(p.clone()),
             None => Some(cfg.plugins_dir.join(".cache")),
         };
+        let mut runtime = Runtime::with_max_stack(cache, cfg.sinker_limits.max_stack)?;
+        if let Some(exe) = compiler {
+            runtime = runtime.compile_with(exe);
+        }
         Ok(Reloader {
             dir: cfg.plugins_dir.clone(),
-            runtime: Runtime::with_max_stack(cache, cfg.sinker_limits.max_stack)?,
+            runtime,
             limits: cfg.sinker_limits.limits(),
             main: cfg.clone(),
             metrics,
