@@ -262,7 +262,7 @@ fn the_daemon_compiles_plugins_in_a_child_process() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dataway"))
+    let child = Command::new(env!("CARGO_BIN_EXE_dataway"))
         .args(["run", "-c", cfg.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
