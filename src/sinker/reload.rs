@@ -211,7 +211,13 @@ impl Reloader {
         {
             let mut state = self.lock();
             let t = state.get_mut(name).expect("tracked");
-            t.stamp = Some(now);
+            // A file modified within the last seconds may be rewritten again with the same
+            // size inside the filesystem's mtime granularity: read it again next time.
+            let settled = now
+                .1
+                .elapsed()
+                .is_ok_and(|age| age > Duration::from_secs(2));
+            t.stamp = settled.then_some(now);
             if t.serving.as_deref() == Some(&sha) || t.rejected.as_deref() == Some(&sha) {
                 return;
             }
