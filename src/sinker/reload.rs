@@ -155,6 +155,7 @@ impl Reloader {
     /// sinkers whose plugin is gone, adds, changes and removes drop-in sinkers.
     pub fn rescan(&self, dataway: &Dataway) {
         let _one_at_a_time = self.scanning.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::debug!(dir = %self.dir.display(), "rescanning plugins_dir");
         for sinker in dataway.sinkers().snapshot().iter() {
             self.sync_plugin(sinker);
         }
@@ -382,9 +383,22 @@ impl Reloader {
         stop: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watcher = notify_debouncer_full::new_debouncer(DEBOUNCE, None, move |_res| {
-            let _ = tx.send(());
-        })
+        let watcher = notify_debouncer_full::new_debouncer(
+            DEBOUNCE,
+            None,
+            move |res: notify_debouncer_full::DebounceEventResult| {
+                // Only changes matter: a rescan opens the files it reads, and acting on
+                // those `Access` events would rescan forever.
+                let changed = res.map_or(true, |events| {
+                    events
+                        .iter()
+                        .any(|e| !matches!(e.kind, notify::EventKind::Access(_)))
+                });
+                if changed {
+                    let _ = tx.send(());
+                }
+            },
+        )
         .and_then(|mut d| {
             d.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
             Ok(d)
@@ -409,7 +423,12 @@ impl Reloader {
                 let me = self.clone();
                 let dw = dataway.clone();
                 // Compiling a plugin is CPU work that may take seconds: off the async workers.
-                let _ = tokio::task::spawn_blocking(move || me.rescan(&dw)).await;
+                // A stop does not wait for it: draining the queues matters more.
+                let scan = tokio::task::spawn_blocking(move || me.rescan(&dw));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = scan => {}
+                }
             }
         })
     }
