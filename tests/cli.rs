@@ -254,16 +254,21 @@ fn the_daemon_compiles_plugins_in_a_child_process() {
             "[dataway]\nurls = [\"file://{}\"]\nplugins_dir = \"{}\"\n\
              [[dataway.sinkers]]\nname = \"s\"\ncategories = [\"metric\"]\nplugin = \"names.wasm\"\nconfig = \"cpu\"\nurls = [\"file://{}\"]\n\
              [[dataway.sinkers]]\nname = \"core\"\ncategories = [\"logging\"]\nplugin = \"core.wasm\"\nurls = [\"file://{}\"]\n\
+             [dataway.sinker_limits]\ncache_dir = \"{}\"\n\
              [ingest]\nlisten = \"127.0.0.1:{port}\"\n",
             out("main"),
             plugins.display(),
             out("sink"),
             out("core-sink"),
+            out("cache"),
         ),
     )
     .unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dataway"))
         .args(["run", "-c", cfg.to_str().unwrap()])
+        .env("TMPDIR", &tmp)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -300,10 +305,14 @@ fn the_daemon_compiles_plugins_in_a_child_process() {
     let log = String::from_utf8_lossy(&out_put.stderr);
     assert!(out_put.status.success(), "{log}");
     assert!(log.contains("this is a core module"), "{log}");
+    assert!(log.contains("plugin compiled in a child process"), "{log}");
+    assert!(!log.contains("compiling in-process"), "{log}");
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     let read = |p: &str| std::fs::read_to_string(dir.path().join(p).join("metric.lp")).unwrap();
     assert_eq!(read("sink"), "cpu x=1 1\n");
     assert_eq!(read("main"), "mem x=2 2\n");
-    let cache: Vec<String> = std::fs::read_dir(plugins.join(".cache"))
+    let cache: Vec<String> = std::fs::read_dir(dir.path().join("cache"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())

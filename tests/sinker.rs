@@ -400,20 +400,28 @@ async fn hot_reload_under_load_loses_and_duplicates_nothing() {
         ),
     );
     let d = std::sync::Arc::new(TestDaemon::start(cfg).await);
-    const BATCHES: usize = 150;
     const PER: usize = 40;
+    // The loader posts until the swaps are done, then 10 batches more: every swap happens
+    // under load, and the last version serves some batches too.
+    let swapping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let loader = {
-        let d = d.clone();
+        let (d, swapping) = (d.clone(), swapping.clone());
         tokio::spawn(async move {
-            for b in 0..BATCHES {
+            let (mut b, mut after) = (0, 0);
+            while after < 10 {
                 let body = [
                     pts("every-other", PER / 2, b * PER),
                     pts("x", PER / 2, b * PER + PER / 2),
                 ]
                 .join("\n");
                 assert_eq!(d.post("metric", body).await.status(), 200);
+                b += 1;
+                if !swapping.load(std::sync::atomic::Ordering::Relaxed) {
+                    after += 1;
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+            b
         })
     };
     // Six swaps while the loader runs; the fourth overwrites in place (truncate + write),
@@ -428,8 +436,9 @@ async fn hot_reload_under_load_loses_and_duplicates_nothing() {
         }
         wait_for_metric(&d, series, 1.0 + swap as f64).await;
     }
-    loader.await.unwrap();
-    let total = BATCHES * PER;
+    swapping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let batches = loader.await.unwrap();
+    let total = batches * PER;
     assert!(
         main.wait_for(Duration::from_secs(20), |m| m.points_accepted()
             + s.points_accepted()
@@ -443,7 +452,19 @@ async fn hot_reload_under_load_loses_and_duplicates_nothing() {
         assert_eq!(n, 1, "seq {seq} arrived {n} times");
     }
     assert_eq!(at_main.len() + at_sinker.len(), total);
-    assert!(!at_main.is_empty() && !at_sinker.is_empty());
+    // v2 served: only it matches `x` points (the second half of each batch, every other).
+    let x_at_sinker = at_sinker
+        .keys()
+        .filter(|&&seq| seq as usize % PER >= PER / 2)
+        .count();
+    assert!(x_at_sinker > 0, "v2 never routed a point");
+    // v1 served: only it matches every `every-other` point of a batch, odd ones included.
+    let odd_every_other = at_sinker
+        .keys()
+        .filter(|&&seq| (seq as usize % PER) < PER / 2 && seq % 2 == 1)
+        .count();
+    assert!(odd_every_other > 0, "v1 never routed a point");
+    assert!(!at_main.is_empty());
     assert_eq!(metric(&d, series), 7.0);
     let text = d.metrics.encode_text();
     // Swap 6 put v1 back.

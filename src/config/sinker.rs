@@ -216,7 +216,9 @@ pub struct SinkerLimitsConfig {
     #[serde(with = "humantime_serde")]
     pub quarantine_max: Duration,
     /// Where compiled plugins are cached across restarts (a Python component takes
-    /// seconds to compile). Default: `.cache` inside `plugins_dir`. Empty: no cache.
+    /// seconds to compile). Compiled plugins are native code: this directory must be
+    /// writable only by the daemon's user. Default: `$XDG_CACHE_HOME/dataway/plugins` or
+    /// `~/.cache/dataway/plugins`. Empty: no cache.
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -272,6 +274,18 @@ impl SinkerLimitsConfig {
             return Err(invalid(
                 format!("{key}.quarantine_after"),
                 "must be at least 1",
+            ));
+        }
+        if self.timeout > Duration::from_secs(60) {
+            return Err(invalid(
+                format!("{key}.timeout"),
+                "must be at most 60s: a call this long holds up its writer",
+            ));
+        }
+        if self.quarantine_max > Duration::from_secs(86_400) {
+            return Err(invalid(
+                format!("{key}.quarantine_max"),
+                "must be at most 24h (remove the plugin to disable it for longer)",
             ));
         }
         if self.quarantine_max < self.quarantine_min {

@@ -249,6 +249,8 @@ fn bad_sinkers_name_the_key() {
         ("max_memory = 1000", "sinker_limits.max_memory"),
         ("max_stack = 10", "sinker_limits.max_stack"),
         ("quarantine_after = 0", "sinker_limits.quarantine_after"),
+        ("timeout = \"2m\"", "sinker_limits.timeout"),
+        ("quarantine_max = \"1000y\"", "sinker_limits.quarantine_max"),
         (
             "quarantine_min = \"1m\"\nquarantine_max = \"1s\"",
             "sinker_limits.quarantine_max",

@@ -116,6 +116,8 @@ impl Dataway {
     /// Closes the endpoints of a sinker that was removed; they deliver what they hold,
     /// and [`Dataway::shutdown`] waits for them.
     pub fn retire(&self, sinker: Arc<Sinker>) {
+        // Batches already routed hold their points; the plugin itself is no longer needed.
+        sinker.set_condition(sinker::Condition::Disabled);
         for ep in sinker.endpoints() {
             ep.close();
         }

@@ -43,7 +43,7 @@ pub struct Metrics {
     /// `dataway_queue_batches{endpoint}`: batches waiting in an endpoint's queue.
     pub queue_batches: IntGaugeVec,
     /// `dataway_sinker_calls_total{sinker,result}`: condition plugin calls, by result
-    /// (`ok`, `trap`, `timeout`, `oom`, `bad_result`, `quarantined`: skipped).
+    /// (`ok`, `trap`, `timeout`, `oom`, `bad_result`, `init_error`, `quarantined`: skipped).
     pub sinker_calls_total: IntCounterVec,
     /// `dataway_sinker_call_seconds{sinker}`: time of one batch call into a plugin.
     pub sinker_call_seconds: HistogramVec,
@@ -51,7 +51,8 @@ pub struct Metrics {
     /// by `matched` / `not_matched`.
     pub sinker_points_total: IntCounterVec,
     /// `dataway_sinker_reloads_total{sinker,result}`: plugin loads by result (`ok`,
-    /// `not_component`, `wrong_world`, `init_error`, `init_trap`, `removed`, `read_error`).
+    /// `not_component`, `wrong_world`, `init_error`, `init_trap`, `compiler_error`, `removed`,
+    /// `read_error`, `bad_sidecar`).
     pub sinker_reloads_total: IntCounterVec,
     /// `dataway_sinker_plugin_info{sinker,sha256}`: 1 for the plugin version serving now.
     pub sinker_plugin_info: IntGaugeVec,

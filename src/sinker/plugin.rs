@@ -17,7 +17,6 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,6 +167,9 @@ pub enum LoadError {
     Init(String),
     #[error("init trapped: {0}")]
     InitTrap(String),
+    /// Compiling failed for a reason that may not be the plugin's; tried again later.
+    #[error("{0}")]
+    Compiler(String),
 }
 
 impl LoadError {
@@ -178,6 +180,7 @@ impl LoadError {
             LoadError::WrongWorld(_) => "wrong_world",
             LoadError::Init(_) => "init_error",
             LoadError::InitTrap(_) => "init_trap",
+            LoadError::Compiler(_) => "compiler_error",
         }
     }
 }
@@ -416,75 +419,70 @@ impl Runtime {
             }
         }
         let component = match &self.compiler {
-            Some(exe) => self.compile_in_child(exe, bytes, sha256, cached.as_deref())?,
-            None => {
-                let c = compile_bytes(&self.engine, bytes)?;
-                if let Some(path) = &cached {
-                    write_cache(path, &c);
-                }
-                c
-            }
+            Some(exe) => self.compile_in_child(exe, bytes)?,
+            None => compile_bytes(&self.engine, bytes)?,
         };
+        if let Some(path) = &cached {
+            write_cache(path, &component);
+        }
         Ok(component)
     }
 
-    /// Runs `exe compile-plugin` on `bytes` and loads what it wrote: into the cache when
-    /// there is one, else into a temporary file.
-    fn compile_in_child(
-        &self,
-        exe: &Path,
-        bytes: &[u8],
-        sha256: &str,
-        cached: Option<&Path>,
-    ) -> Result<Component, LoadError> {
+    /// Runs `exe compile-plugin` on `bytes` in a private temporary directory and loads
+    /// what it wrote.
+    ///
+    /// Who is to blame decides what happens when it fails: the child's own compile error
+    /// is the plugin's (rejected); a child killed or timed out may have been made to blow
+    /// up by the plugin, so it is not retried in-process but reported as a compiler error
+    /// (tried again on the next scan); anything else (no temp space, the executable
+    /// gone or replaced by an upgrade) is the machine's, and the plugin is compiled here.
+    fn compile_in_child(&self, exe: &Path, bytes: &[u8]) -> Result<Component, LoadError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(not_wasm());
         }
-        let failed = |what: String| LoadError::Compile(format!("plugin compiler: {what}"));
-        let tmp = std::env::temp_dir();
-        let unique = format!("dataway-{sha256}-{}", std::process::id());
-        let input = tmp.join(format!("{unique}.wasm"));
-        let output = match cached {
-            Some(p) => p.with_extension(format!("{}.tmp", std::process::id())),
-            None => tmp.join(format!("{unique}.cwasm")),
-        };
-        if let Some(dir) = output.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
+        let started = Instant::now();
+        let loaded = (|| -> std::io::Result<Result<Component, LoadError>> {
+            // Mode 0700, a random name: nobody else can plant or swap files in it.
+            let dir = tempfile::Builder::new()
+                .prefix("dataway-compile-")
+                .tempdir()?;
+            let input = dir.path().join("plugin.wasm");
+            let output = dir.path().join("plugin.cwasm");
+            std::fs::write(&input, bytes)?;
+            if let Err(e) = run_compiler(exe, &input, &output, dir.path(), self.max_stack)? {
+                return Ok(Err(e));
+            }
+            // SAFETY: written just now, in our private directory, by our own binary with
+            // the same engine settings (wasmtime checks them in the file's header).
+            let c = unsafe { Component::deserialize_file(&self.engine, &output) }
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            tracing::info!(took = ?started.elapsed(), "plugin compiled in a child process");
+            Ok(Ok(c))
+        })();
+        match loaded {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::warn!(compiler = %exe.display(), "plugin compiler unusable ({e}); compiling in-process");
+                compile_bytes(&self.engine, bytes)
+            }
         }
-        std::fs::write(&input, bytes).map_err(|e| failed(format!("{}: {e}", input.display())))?;
-        let result = run_compiler(exe, &input, &output, self.max_stack);
-        let _ = std::fs::remove_file(&input);
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&output);
-            return Err(e);
-        }
-        let path = match cached {
-            Some(p) => match std::fs::rename(&output, p) {
-                Ok(()) => p.to_path_buf(),
-                Err(_) => output.clone(),
-            },
-            None => output.clone(),
-        };
-        // SAFETY: written just now by our own binary with the same engine settings.
-        let component = unsafe { Component::deserialize_file(&self.engine, &path) }
-            .map_err(|e| failed(format!("cannot load its output: {e:#}")));
-        if path == output {
-            let _ = std::fs::remove_file(&output);
-        }
-        component
     }
 }
 
 /// How long a child compile may take (a Python component: seconds).
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Runs the child compiler. `Ok(Ok(()))`: it wrote `output`; `Ok(Err(_))`: the plugin's
+/// fault or a killed child (a `LoadError` to report); `Err(_)`: the machine's.
 fn run_compiler(
     exe: &Path,
     input: &Path,
     output: &Path,
+    dir: &Path,
     max_stack: usize,
-) -> Result<(), LoadError> {
-    let failed = |what: String| LoadError::Compile(format!("plugin compiler: {what}"));
+) -> std::io::Result<Result<(), LoadError>> {
+    // stderr to a file, not a pipe: a chatty child can never block on a full pipe.
+    let stderr_path = dir.join("stderr.txt");
     let mut child = std::process::Command::new(exe)
         .arg("compile-plugin")
         .arg("--max-stack")
@@ -493,42 +491,41 @@ fn run_compiler(
         .arg(output)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| failed(format!("cannot run {}: {e}", exe.display())))?;
+        .stderr(std::fs::File::create(&stderr_path)?)
+        .spawn()?;
     let started = Instant::now();
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if started.elapsed() > COMPILE_TIMEOUT => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failed(format!(
-                    "took more than {COMPILE_TIMEOUT:?}; killed"
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(failed(e.to_string())),
+        if let Some(status) = child.try_wait()? {
+            break status;
         }
+        if started.elapsed() > COMPILE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Err(LoadError::Compiler(format!(
+                "compiling took more than {COMPILE_TIMEOUT:?}; stopped"
+            ))));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     };
     if status.success() {
-        return Ok(());
+        return Ok(Ok(()));
     }
-    let mut stderr = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        use std::io::Read;
-        let _ = err.read_to_string(&mut stderr);
-    }
-    // The child prints the same message an in-process compile would give.
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
     let msg = stderr
         .trim()
         .strip_prefix("error: ")
         .unwrap_or(stderr.trim());
-    Err(LoadError::Compile(if msg.is_empty() {
-        format!("plugin compiler exited with {status}")
-    } else {
-        msg.to_string()
-    }))
+    match status.code() {
+        // `compile-plugin` exits 1 with the compile error of the plugin.
+        Some(1) if !msg.is_empty() => Ok(Err(LoadError::Compile(msg.to_string()))),
+        // Killed (e.g. by the OOM killer) or crashed: do not try that in this process.
+        None => Ok(Err(LoadError::Compiler(format!(
+            "the compiler process died ({status}); {msg}"
+        )))),
+        Some(_) => Err(std::io::Error::other(format!(
+            "compiler exited with {status}: {msg}"
+        ))),
+    }
 }
 
 /// The child side of [`Runtime::compile_with`]: compiles `input` into `output` with the
@@ -638,21 +635,90 @@ struct Instance {
     sinker: Sinker,
 }
 
-/// Consecutive failures and the quarantine they lead to.
+/// Consecutive failures and the quarantine they lead to. A mutex, not atomics: the rules
+/// below need several fields to change together, and the lock is held for nanoseconds
+/// next to a call of hundreds.
 #[derive(Default)]
-struct Health {
-    failures: AtomicU32,
-    /// How many times in a row the plugin was quarantined (the backoff exponent).
-    strikes: AtomicU32,
-    /// Quarantined until this many ns after `epoch` (0: not quarantined).
-    until_ns: AtomicU64,
-    epoch: std::sync::OnceLock<Instant>,
-    quarantined: AtomicBool,
+struct Health(Mutex<HealthState>);
+
+#[derive(Default)]
+struct HealthState {
+    /// Failures in a row since the last success or quarantine.
+    failures: u32,
+    /// Quarantines in a row (the backoff exponent); reset by a success.
+    strikes: u32,
+    /// While `Some`, calls are refused until then; after it, one trial call is let through.
+    until: Option<Instant>,
+    /// A trial call is running: everyone else is still refused.
+    probing: bool,
+    /// Bumped at every quarantine and recovery: results of calls admitted before it are
+    /// ignored, so calls in flight when a plugin is quarantined neither add strikes nor lift
+    /// the quarantine.
+    generation: u64,
+}
+
+/// Why a caller was admitted: the generation it belongs to, and whether it is the trial.
+struct Admission {
+    generation: u64,
+    trial: bool,
 }
 
 impl Health {
-    fn now_ns(&self) -> u64 {
-        self.epoch.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthState> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `None` while quarantined; after the period, the first caller is the trial.
+    fn admit(&self) -> Option<Admission> {
+        let mut h = self.lock();
+        let trial = match h.until {
+            None => false,
+            Some(until) if Instant::now() < until || h.probing => return None,
+            Some(_) => {
+                h.probing = true;
+                true
+            }
+        };
+        Some(Admission {
+            generation: h.generation,
+            trial,
+        })
+    }
+
+    fn quarantined(&self) -> bool {
+        let h = self.lock();
+        h.until
+            .is_some_and(|until| Instant::now() < until || h.probing)
+    }
+
+    fn record(&self, admitted: &Admission, ok: bool, limits: &Limits) {
+        let mut h = self.lock();
+        if admitted.generation != h.generation {
+            return; // started before the last quarantine or recovery: old news
+        }
+        if admitted.trial {
+            h.probing = false;
+        }
+        if ok {
+            h.failures = 0;
+            if h.until.take().is_some() {
+                h.strikes = 0;
+                h.generation += 1;
+            }
+            return;
+        }
+        h.failures += 1;
+        // A failed trial re-quarantines at once, for twice as long.
+        if admitted.trial || h.failures >= limits.quarantine_after {
+            let period = limits
+                .quarantine_min
+                .saturating_mul(1u32 << h.strikes.min(20))
+                .min(limits.quarantine_max);
+            h.until = Some(Instant::now() + period);
+            h.strikes += 1;
+            h.failures = 0;
+            h.generation += 1;
+        }
     }
 }
 
@@ -669,8 +735,7 @@ impl Plugin {
 
     /// Whether the plugin is in quarantine right now.
     pub fn quarantined(&self) -> bool {
-        let h = &self.inner.health;
-        h.quarantined.load(Ordering::Relaxed) && h.now_ns() < h.until_ns.load(Ordering::Relaxed)
+        self.inner.health.quarantined()
     }
 
     /// Asks the plugin which of `points` match. `Ok` has exactly one element per point.
@@ -680,12 +745,12 @@ impl Plugin {
         points: &Arc<Vec<Point>>,
     ) -> Result<Vec<bool>, CallError> {
         let inner = &self.inner;
-        if self.quarantined() {
+        let Some(admitted) = inner.health.admit() else {
             return Err(CallError {
                 kind: FailureKind::Quarantined,
                 message: "plugin is quarantined after repeated failures".into(),
             });
-        }
+        };
         let result = inner.instantiate_or_reuse().and_then(|mut instance| {
             let result = inner.call(&mut instance, category, points);
             if result.is_ok() {
@@ -694,7 +759,9 @@ impl Plugin {
             // On failure the instance is dropped here: a trapped store is poisoned.
             result
         });
-        inner.record(&result);
+        inner
+            .health
+            .record(&admitted, result.is_ok(), &inner.limits);
         result
     }
 }
@@ -792,39 +859,6 @@ impl PluginInner {
         }
         Ok(mask)
     }
-
-    /// Tracks consecutive failures; the `quarantine_after`-th one starts a quarantine.
-    fn record<T>(&self, result: &Result<T, CallError>) {
-        let h = &self.health;
-        match result {
-            Ok(_) => {
-                if h.failures.swap(0, Ordering::Relaxed) != 0
-                    || h.quarantined.load(Ordering::Relaxed)
-                {
-                    h.quarantined.store(false, Ordering::Relaxed);
-                    h.strikes.store(0, Ordering::Relaxed);
-                }
-            }
-            Err(e) if e.kind == FailureKind::Quarantined => {}
-            Err(_) => {
-                let n = h.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                // A failure of the trial call after a quarantine re-quarantines at once.
-                let trial = h.quarantined.load(Ordering::Relaxed);
-                if n >= self.limits.quarantine_after || trial {
-                    let strike = h.strikes.fetch_add(1, Ordering::Relaxed);
-                    let period = self
-                        .limits
-                        .quarantine_min
-                        .saturating_mul(1u32 << strike.min(20))
-                        .min(self.limits.quarantine_max);
-                    h.until_ns
-                        .store(h.now_ns() + period.as_nanos() as u64, Ordering::Relaxed);
-                    h.quarantined.store(true, Ordering::Relaxed);
-                    h.failures.store(0, Ordering::Relaxed);
-                }
-            }
-        }
-    }
 }
 
 /// Tells a timeout and an out-of-memory from other traps.
@@ -864,6 +898,57 @@ mod tests {
         assert!(WIT_PACKAGE.ends_with(&format!("@{WIT_VERSION}")));
         let wit = include_str!("../../wit/sinker.wit");
         assert!(wit.contains(&format!("package {WIT_PACKAGE};")));
+    }
+
+    fn limits(after: u32, min_ms: u64) -> Limits {
+        Limits {
+            quarantine_after: after,
+            quarantine_min: Duration::from_millis(min_ms),
+            quarantine_max: Duration::from_secs(3600),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn quarantine_ignores_calls_in_flight_and_lets_one_trial_through() {
+        let h = Health::default();
+        let l = limits(2, 30);
+        // Three calls in flight; two fail: quarantined, one strike.
+        let (a, b, c) = (h.admit().unwrap(), h.admit().unwrap(), h.admit().unwrap());
+        h.record(&a, false, &l);
+        h.record(&b, false, &l);
+        assert!(h.quarantined());
+        assert!(h.admit().is_none());
+        // The third ends later: neither its failure adds a strike nor a success lifts it.
+        h.record(&c, true, &l);
+        assert!(h.quarantined());
+        assert_eq!(h.lock().strikes, 1);
+        std::thread::sleep(Duration::from_millis(40));
+        // After the period: one trial, everyone else still refused while it runs.
+        let trial = h.admit().unwrap();
+        assert!(trial.trial);
+        assert!(h.admit().is_none());
+        // The trial fails: quarantined again, twice as long.
+        h.record(&trial, false, &l);
+        let until = h.lock().until.unwrap();
+        assert!(until > Instant::now() + Duration::from_millis(40));
+        assert_eq!(h.lock().strikes, 2);
+    }
+
+    #[test]
+    fn a_successful_trial_ends_the_quarantine_and_resets_the_backoff() {
+        let h = Health::default();
+        let l = limits(1, 10);
+        let a = h.admit().unwrap();
+        h.record(&a, false, &l);
+        assert!(h.admit().is_none());
+        std::thread::sleep(Duration::from_millis(20));
+        let trial = h.admit().unwrap();
+        h.record(&trial, true, &l);
+        assert!(!h.quarantined());
+        assert_eq!(h.lock().strikes, 0);
+        let next = h.admit().unwrap();
+        assert!(!next.trial);
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl Reloader {
         let cache = match &cfg.sinker_limits.cache_dir {
             Some(p) if p.as_os_str().is_empty() => None,
             Some(p) => Some(p.clone()),
-            None => Some(cfg.plugins_dir.join(".cache")),
+            None => default_cache_dir(),
         };
         let mut runtime = Runtime::with_max_stack(cache, cfg.sinker_limits.max_stack)?;
         if let Some(exe) = compiler {
@@ -182,7 +182,7 @@ impl Reloader {
                     t.stamp = None;
                     t.rejected = None;
                     drop(state);
-                    sinker.set_condition(Condition::Disabled);
+                    self.swap(sinker, Condition::Disabled);
                     self.count(name, "removed");
                     self.set_info(name, old.as_deref(), None);
                     tracing::warn!(sinker = name, path = %path.display(), "plugin file gone ({e}); its points go to the main endpoints until it returns");
@@ -231,7 +231,7 @@ impl Reloader {
         let t = state.get_mut(name).expect("tracked");
         match loaded {
             Ok(p) => {
-                sinker.set_condition(Condition::Plugin(p));
+                self.swap(sinker, Condition::Plugin(p));
                 let old = t.serving.replace(sha.clone());
                 t.rejected = None;
                 drop(state);
@@ -240,7 +240,12 @@ impl Reloader {
                 tracing::info!(sinker = name, path = %path.display(), sha256 = %&sha[..12], previous = ?old.map(|o| o[..12].to_string()), took = ?started.elapsed(), "plugin loaded");
             }
             Err(e) => {
-                t.rejected = Some(sha.clone());
+                if matches!(e, plugin::LoadError::Compiler(_)) {
+                    // Maybe not the plugin's fault: try again on the next scan.
+                    t.stamp = None;
+                } else {
+                    t.rejected = Some(sha.clone());
+                }
                 let serving = t.serving.is_some();
                 drop(state);
                 self.count(name, e.kind());
@@ -251,6 +256,15 @@ impl Reloader {
                 }
             }
         }
+    }
+
+    /// Puts a new condition in place; a new version starts out of quarantine.
+    fn swap(&self, sinker: &Sinker, condition: Condition) {
+        sinker.set_condition(condition);
+        self.metrics
+            .sinker_quarantined
+            .with_label_values(&[sinker.name()])
+            .set(0);
     }
 
     /// Moves `dataway_sinker_plugin_info{sinker=name}` from version `old` to `new`.
@@ -274,26 +288,36 @@ impl Reloader {
     /// Drop-in sinkers: `NAME.toml` beside `NAME.wasm` in `plugins_dir`.
     fn sync_drop_ins(&self, dataway: &Dataway) {
         let configured = |n: &str| self.main.sinkers.iter().any(|s| s.name == n);
+        // An unreadable directory says nothing about which sidecars are gone: change nothing.
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
         let mut sidecars: HashMap<String, (PathBuf, String)> = HashMap::new();
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                let Some(name) = drop_in_name(&path) else {
-                    continue;
-                };
-                if configured(&name) {
-                    continue;
-                }
-                let live = dataway
-                    .sinkers()
-                    .snapshot()
-                    .iter()
-                    .any(|s| s.name() == name);
-                if !live && !path.with_extension("wasm").exists() {
-                    continue; // a sidecar waits for its plugin (Cargo.toml never gets one)
-                }
-                if let Ok(text) = std::fs::read_to_string(&path) {
+        // Sidecars that exist but could not be read now: their live sinkers stay as they are.
+        let mut unreadable: Vec<String> = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = drop_in_name(&path) else {
+                continue;
+            };
+            if configured(&name) {
+                continue;
+            }
+            let live = dataway
+                .sinkers()
+                .snapshot()
+                .iter()
+                .any(|s| s.name() == name);
+            if !live && !path.with_extension("wasm").exists() {
+                continue; // a sidecar waits for its plugin (Cargo.toml never gets one)
+            }
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
                     sidecars.insert(name, (path, text));
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot read drop-in sidecar: {e}");
+                    unreadable.push(name);
                 }
             }
         }
@@ -303,6 +327,7 @@ impl Reloader {
             let is_drop_in = self.lock().get(name).is_some_and(|t| t.sidecar.is_some());
             if is_drop_in
                 && !sidecars.contains_key(name)
+                && !unreadable.iter().any(|u| u == name)
                 && let Some(old) = dataway.sinkers().remove(name)
             {
                 let serving = self.lock().remove(name).and_then(|t| t.serving);
@@ -317,17 +342,13 @@ impl Reloader {
         }
         // Added or changed.
         for (name, (path, text)) in sidecars {
-            let (same, bad_before) = {
-                let state = self.lock();
-                match state.get(&name) {
-                    Some(t) => (t.sidecar.as_deref() == Some(&text), false),
-                    None => (
-                        false,
-                        self.rejected_sidecars()
-                            .contains(&(name.clone(), text.clone())),
-                    ),
-                }
-            };
+            let same = self
+                .lock()
+                .get(&name)
+                .is_some_and(|t| t.sidecar.as_deref() == Some(&text));
+            let bad_before = self
+                .rejected_sidecars()
+                .contains(&(name.clone(), text.clone()));
             if same || bad_before {
                 continue;
             }
@@ -432,6 +453,18 @@ impl Reloader {
             }
         })
     }
+}
+
+/// `$XDG_CACHE_HOME/dataway/plugins` or `~/.cache/dataway/plugins`. Not inside
+/// `plugins_dir`: a compiled plugin is native code that runs outside the sandbox, so the
+/// cache must be writable only by the daemon's user, while `plugins_dir` is where others
+/// drop plugins.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("dataway").join("plugins"))
 }
 
 /// `NAME` for a sidecar `plugins_dir/NAME.toml`; hidden files are skipped.

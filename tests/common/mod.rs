@@ -252,7 +252,11 @@ pub fn config_for(urls: &[String], extra_dataway: &str, extra: &str) -> Config {
         ("max_retry_delay", "\"2s\""),
         ("timeout", "\"5s\""),
     ] {
-        if !extra_dataway.lines().any(|l| l.trim_start().starts_with(k)) {
+        // Only `[dataway]`'s own keys count, not those of a sub-table after them.
+        let mut own = extra_dataway
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with('['));
+        if !own.any(|l| l.trim_start().starts_with(k)) {
             dataway.push_str(&format!("{k} = {v}\n"));
         }
     }
