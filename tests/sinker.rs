@@ -711,3 +711,56 @@ async fn a_looping_plugin_does_not_stall_other_requests() {
         1.0
     );
 }
+
+/// A write refused for lack of room is resent by its client: its routing must not be
+/// counted until it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_is_not_counted_as_sunk() {
+    let plugins = tempfile::tempdir().unwrap();
+    copy_plugin(plugins.path(), &rust_plugin("example-rust"), "names.wasm");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    main.set_default(Some(Reply::Slow(Duration::from_millis(1500))));
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!(
+            "plugins_dir = \"{}\"\nworkers = 1\nqueue_size = 1",
+            plugins.path().display()
+        ),
+        &sinker("a", "[\"metric\"]", Some("names.wasm"), "cpu", &s.url("t")),
+    );
+    let d = TestDaemon::start(cfg).await;
+    let mut accepted = 0;
+    let mut refused = 0;
+    for i in 0..5 {
+        let body = [pts("cpu", 2, i * 10), pts("disk", 3, i * 10 + 5)].join("\n");
+        match d.post("metric", body).await.status().as_u16() {
+            200 => accepted += 1,
+            503 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused > 0, "the main queue should have filled up");
+    let m = |series: &str| metric(&d, series);
+    assert_eq!(
+        m("dataway_sinker_points_total{result=\"matched\",sinker=\"a\"}"),
+        2.0 * accepted as f64
+    );
+    assert_eq!(
+        m("dataway_sinker_points_total{result=\"not_matched\",sinker=\"a\"}"),
+        3.0 * accepted as f64
+    );
+    assert_eq!(
+        m("datakit_io_dataway_not_sink_point_total{category=\"metric\"}"),
+        3.0 * accepted as f64
+    );
+    assert_eq!(
+        m("datakit_io_dataway_sink_total{category=\"metric\"}"),
+        accepted as f64
+    );
+    // The plugin was still called for every write, accepted or not.
+    assert_eq!(
+        m("dataway_sinker_calls_total{result=\"ok\",sinker=\"a\"}"),
+        5.0
+    );
+    d.stop().await;
+}

@@ -141,7 +141,7 @@ impl Dataway {
             return Ok(());
         }
         let set = self.sinkers.snapshot();
-        let parts = self.parts(&set, category, points);
+        let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
         let permit = self
             .budget
@@ -154,6 +154,7 @@ impl Dataway {
             .collect::<Option<Vec<Vec<_>>>>()
             .ok_or(WriteError::Full)?;
         enqueue(category, parts, slots, permit);
+        counts.record(&self.metrics);
         Ok(())
     }
 
@@ -170,7 +171,7 @@ impl Dataway {
             return Ok(());
         }
         let set = self.sinkers.snapshot();
-        let parts = self.parts(&set, category, points);
+        let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
         let permit: OwnedSemaphorePermit = self
             .budget
@@ -187,17 +188,18 @@ impl Dataway {
             slots.push(these);
         }
         enqueue(category, parts, slots, permit);
+        counts.record(&self.metrics);
         Ok(())
     }
 
     /// Routes points through the sinkers: one part per sinker that takes some, plus the
-    /// main endpoints' part when points are left.
+    /// main endpoints' part when points are left; and the counts to record if accepted.
     fn parts<'a>(
         &'a self,
         set: &'a [Arc<Sinker>],
         category: Category,
         points: Vec<Point>,
-    ) -> Vec<Part<'a>> {
+    ) -> (Vec<Part<'a>>, sinker::Counts) {
         let split = sinker::split(set, category, points, &self.metrics);
         let mut parts: Vec<Part<'a>> = Vec::with_capacity(split.sunk.len() + 1);
         for (i, points) in split.sunk {
@@ -206,7 +208,7 @@ impl Dataway {
         if !split.rest.is_empty() {
             parts.push(self.part(&self.endpoints, split.rest));
         }
-        parts
+        (parts, split.counts)
     }
 
     fn part<'a>(&self, endpoints: &'a [Endpoint], points: Vec<Point>) -> Part<'a> {

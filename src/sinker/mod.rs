@@ -90,36 +90,19 @@ impl Sinker {
         *self.condition.write().unwrap_or_else(|e| e.into_inner()) = c;
     }
 
-    /// Which of `points` this sinker takes. A plugin failure means "none" (the points go on
-    /// to the main endpoints) and is counted and logged (rate-limited).
+    /// Which of `points` this sinker takes (`None`: all). A plugin failure means "none"
+    /// (the points go on to the main endpoints) and is counted and logged (rate-limited).
     pub fn evaluate(
         &self,
         category: Category,
         points: &Arc<Vec<Point>>,
         metrics: &Metrics,
     ) -> Option<Vec<bool>> {
-        metrics
-            .sink_total
-            .with_label_values(&[category.name()])
-            .inc();
-        let mask = match self.condition() {
+        match self.condition() {
             Condition::All => None,
             Condition::Disabled => Some(vec![false; points.len()]),
             Condition::Plugin(p) => Some(self.call(&p, category, points, metrics)),
-        };
-        let matched = mask
-            .as_ref()
-            .map_or(points.len(), |m| m.iter().filter(|&&b| b).count());
-        let labels = |r| [self.name.as_str(), r];
-        metrics
-            .sinker_points_total
-            .with_label_values(&labels("matched"))
-            .inc_by(matched as u64);
-        metrics
-            .sinker_points_total
-            .with_label_values(&labels("not_matched"))
-            .inc_by((points.len() - matched) as u64);
-        mask
+        }
     }
 
     fn call(
@@ -216,6 +199,48 @@ pub struct Split {
     pub sunk: Vec<(usize, Vec<Point>)>,
     /// Points no sinker took: they go to the main endpoints.
     pub rest: Vec<Point>,
+    /// What to count once the points are accepted (see [`Counts::record`]).
+    pub counts: Counts,
+}
+
+/// The routing counters of one split, kept until the write is accepted: a write refused
+/// for lack of room is resent by its client and must not be counted twice.
+#[derive(Default)]
+pub struct Counts {
+    category: Option<Category>,
+    /// (sinker name, points matched, points offered) per sinker that looked.
+    offered: Vec<(String, usize, usize)>,
+    /// Points no sinker took, when there are sinkers at all.
+    not_sunk: Option<usize>,
+}
+
+impl Counts {
+    /// Adds this split to `sink_total`, `not_sink_point_total` and `dataway_sinker_points_total`.
+    pub fn record(self, metrics: &Metrics) {
+        let Some(category) = self.category else {
+            return;
+        };
+        for (name, matched, offered) in &self.offered {
+            metrics
+                .sink_total
+                .with_label_values(&[category.name()])
+                .inc();
+            let count = |r, n: usize| {
+                metrics
+                    .sinker_points_total
+                    .with_label_values(&[name.as_str(), r])
+                    .inc_by(n as u64)
+            };
+            count("matched", *matched);
+            count("not_matched", offered - matched);
+        }
+        if let Some(n) = self.not_sunk {
+            metrics
+                .not_sink_point_total
+                .with_label_values(&[category.name()])
+                .inc_by(n as u64);
+        }
+    }
 }
 
 /// Splits `points` between the sinkers of `set` and the main endpoints.
@@ -226,16 +251,16 @@ pub fn split(
     metrics: &Metrics,
 ) -> Split {
     let interested: Vec<usize> = (0..set.len()).filter(|&i| set[i].takes(category)).collect();
+    let mut counts = Counts {
+        category: Some(category),
+        ..Counts::default()
+    };
     if interested.is_empty() {
-        if !set.is_empty() {
-            metrics
-                .not_sink_point_total
-                .with_label_values(&[category.name()])
-                .inc_by(points.len() as u64);
-        }
+        counts.not_sunk = (!set.is_empty()).then_some(points.len());
         return Split {
             sunk: Vec::new(),
             rest: points,
+            counts,
         };
     }
     // Plugins borrow the points through an Arc; it is unique again once they are done.
@@ -245,6 +270,14 @@ pub fn split(
         .map(|&i| set[i].evaluate(category, &shared, metrics))
         .collect();
     let points = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());
+    for (&i, mask) in interested.iter().zip(&masks) {
+        let matched = mask
+            .as_ref()
+            .map_or(points.len(), |m| m.iter().filter(|&&b| b).count());
+        counts
+            .offered
+            .push((set[i].name().to_string(), matched, points.len()));
+    }
     let mut sunk: Vec<Vec<Point>> = vec![Vec::new(); interested.len()];
     let mut rest = Vec::new();
     let takes = |j: usize, i: usize| masks[j].as_ref().is_none_or(|m| m[i]);
@@ -262,10 +295,7 @@ pub fn split(
             }
         }
     }
-    metrics
-        .not_sink_point_total
-        .with_label_values(&[category.name()])
-        .inc_by(rest.len() as u64);
+    counts.not_sunk = Some(rest.len());
     Split {
         sunk: interested
             .into_iter()
@@ -273,5 +303,6 @@ pub fn split(
             .filter(|(_, p)| !p.is_empty())
             .collect(),
         rest,
+        counts,
     }
 }
