@@ -121,10 +121,10 @@ impl Dataway {
         for ep in sinker.endpoints() {
             ep.close();
         }
-        self.retired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sinker);
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        // Those that have delivered everything need no waiting for any more.
+        retired.retain(|s| !s.endpoints().iter().all(Endpoint::is_finished));
+        retired.push(sinker);
     }
 
     /// The main endpoints, in configuration order.

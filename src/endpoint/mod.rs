@@ -244,6 +244,15 @@ impl Endpoint {
         self.closing.cancel();
     }
 
+    /// Whether its dispatcher has ended (closed and drained, or joined).
+    pub fn is_finished(&self) -> bool {
+        self.task
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .is_none_or(|t| t.is_finished())
+    }
+
     /// Waits until the queue is drained or `deadline` passes; then abandons the rest.
     pub async fn join(&self, deadline: Instant) -> DrainReport {
         self.close();
