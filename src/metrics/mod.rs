@@ -58,6 +58,15 @@ pub struct Metrics {
     pub sinker_plugin_info: IntGaugeVec,
     /// `dataway_sinker_quarantined{sinker}`: 1 while the sinker's plugin is quarantined.
     pub sinker_quarantined: IntGaugeVec,
+    /// `dataway_failcache_records{endpoint}`: bodies waiting in an endpoint's fail-cache.
+    pub failcache_records: IntGaugeVec,
+    /// `dataway_failcache_disk_bytes{endpoint}`: their size on disk.
+    pub failcache_disk_bytes: IntGaugeVec,
+    /// `dataway_failcache_dropped_total{endpoint,reason}`: records given up on (`full`:
+    /// pushed out by newer ones; `expired`; `corrupt`: a damaged record; `corrupt_file`: an
+    /// unreadable cache file moved aside; `rejected`: refused by the server on resend;
+    /// `write_error`: could not be stored).
+    pub failcache_dropped_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -185,6 +194,21 @@ impl Metrics {
                 "dataway_sinker_quarantined",
                 "1 while a sinker's plugin is quarantined after repeated failures",
                 &["sinker"],
+            ),
+            failcache_records: gauge(
+                "dataway_failcache_records",
+                "Bodies waiting in an endpoint's fail-cache",
+                &["endpoint"],
+            ),
+            failcache_disk_bytes: gauge(
+                "dataway_failcache_disk_bytes",
+                "Bytes of the bodies waiting in an endpoint's fail-cache",
+                &["endpoint"],
+            ),
+            failcache_dropped_total: counter(
+                "dataway_failcache_dropped_total",
+                "Fail-cache records given up on, by endpoint and reason",
+                &["endpoint", "reason"],
             ),
             registry,
         };

@@ -1,0 +1,308 @@
+//! The fail-cache: bodies an endpoint could not deliver, kept on disk and resent later.
+//!
+//! In: a body that still failed after the sender's retries with a retryable error
+//! (transport error, 429, 5xx except 501). Out: the same bytes, resent in order with
+//! `X-Fail-Cache-Retry: 1` to **that endpoint only** (DataKit resent to all endpoints and
+//! duplicated data, `lessons.md` #4), until they are delivered, refused, too old, or pushed
+//! out by newer ones when the cache is full.
+//!
+//! Storage is one [redb] database per endpoint: an embedded, ACID, crash-safe B-tree
+//! store (copy-on-write pages with checksums, `fsync` on each commit), so a crash leaves
+//! either the whole record or none of it. Each record also carries its own format
+//! version and CRC-32, so a damaged record is skipped and counted without losing the rest;
+//! a database that cannot be opened at all is moved aside and a new one started, so the
+//! daemon always starts. Records are written with format version 1; a later version will
+//! read version-1 records too, so an upgrade never asks users to delete their cache
+//! (DataKit's did, `lessons.md` #7).
+
+mod record;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+pub use record::{Decoded, Record};
+
+use crate::metrics::Metrics;
+
+const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+
+/// Limits of one endpoint's cache.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes of records kept; past it the oldest are dropped.
+    pub max_capacity: u64,
+    /// Records older than this are dropped instead of resent.
+    pub drop_expired_after: Duration,
+}
+
+/// Why the cache could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("fail-cache {path}: {message}")]
+pub struct Error {
+    path: PathBuf,
+    message: String,
+}
+
+/// One endpoint's fail-cache.
+pub struct FailCache {
+    path: PathBuf,
+    db: Database,
+    limits: Limits,
+    /// The endpoint, as its metrics label it (token redacted).
+    label: String,
+    metrics: Arc<Metrics>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    next: u64,
+    records: u64,
+    bytes: u64,
+}
+
+/// What happened to the oldest record when it was looked at.
+pub enum Head {
+    /// Empty.
+    Empty,
+    /// The record to resend next, and its key for [`FailCache::remove`].
+    Ready(u64, Record),
+}
+
+impl FailCache {
+    /// Opens (or creates) the cache at `path`. A file that is not a readable database is
+    /// moved aside to `<path>.corrupt-<unix time>` and a new cache started (counted).
+    pub fn open(
+        path: &Path,
+        limits: Limits,
+        label: String,
+        metrics: Arc<Metrics>,
+    ) -> Result<FailCache, Error> {
+        let err = |message: String| Error {
+            path: path.to_path_buf(),
+            message,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        }
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(e) => {
+                let aside = path.with_extension(format!("corrupt-{}", unix_secs()));
+                tracing::error!(path = %path.display(), moved_to = %aside.display(), "fail-cache unreadable ({e}); starting a new one");
+                std::fs::rename(path, &aside).map_err(|e| err(e.to_string()))?;
+                metrics
+                    .failcache_dropped_total
+                    .with_label_values(&[&label, "corrupt_file"])
+                    .inc();
+                Database::create(path).map_err(|e| err(e.to_string()))?
+            }
+        };
+        let cache = FailCache {
+            path: path.to_path_buf(),
+            db,
+            limits,
+            label,
+            metrics,
+            state: Mutex::new(State::default()),
+        };
+        cache.load_state().map_err(err)?;
+        Ok(cache)
+    }
+
+    /// Counts what is on disk (at open).
+    fn load_state(&self) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let mut st = State::default();
+        {
+            let table = txn.open_table(BODIES).map_err(|e| e.to_string())?;
+            for entry in table.iter().map_err(|e| e.to_string())? {
+                let (k, v) = entry.map_err(|e| e.to_string())?;
+                st.next = st.next.max(k.value() + 1);
+                st.records += 1;
+                st.bytes += v.value().len() as u64;
+            }
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        *self.lock() = st;
+        self.publish();
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records and bytes held now.
+    pub fn len(&self) -> (u64, u64) {
+        let st = self.lock();
+        (st.records, st.bytes)
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len().0 == 0
+    }
+
+    fn publish(&self) {
+        let st = self.lock();
+        let m = &self.metrics;
+        m.failcache_records
+            .with_label_values(&[&self.label])
+            .set(st.records as i64);
+        m.failcache_disk_bytes
+            .with_label_values(&[&self.label])
+            .set(st.bytes as i64);
+    }
+
+    fn drop_count(&self, reason: &str, record: Option<&Record>) {
+        self.metrics
+            .failcache_dropped_total
+            .with_label_values(&[&self.label, reason])
+            .inc();
+        if let Some(r) = record {
+            self.metrics
+                .dropped_points_total
+                .with_label_values(&[r.category.name(), &format!("failcache_{reason}")])
+                .inc_by(r.points);
+        }
+    }
+
+    /// Appends a record, durably (the commit is fsynced), then drops the oldest records
+    /// while the cache is over `max_capacity`.
+    pub fn push(&self, record: &Record) -> Result<(), Error> {
+        let bytes = record.encode();
+        let err = |e: String| Error {
+            path: self.path.clone(),
+            message: e,
+        };
+        let mut st = self.lock();
+        let key = st.next;
+        let mut txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| err(e.to_string()))?;
+        let mut dropped: Vec<Option<Record>> = Vec::new();
+        {
+            let mut table = txn.open_table(BODIES).map_err(|e| err(e.to_string()))?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(|e| err(e.to_string()))?;
+            st.next += 1;
+            st.records += 1;
+            st.bytes += bytes.len() as u64;
+            // Over capacity: the oldest go first (the newest data is the most useful).
+            while st.bytes > self.limits.max_capacity && st.records > 1 {
+                let Some((_, v)) = table.pop_first().map_err(|e| err(e.to_string()))? else {
+                    break;
+                };
+                let v = v.value();
+                st.records -= 1;
+                st.bytes -= v.len() as u64;
+                dropped.push(match Record::decode(v) {
+                    Decoded::Ok(r) => Some(r),
+                    _ => None,
+                });
+            }
+        }
+        txn.commit().map_err(|e| err(e.to_string()))?;
+        drop(st);
+        for r in &dropped {
+            self.drop_count("full", r.as_ref());
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// The oldest record to resend. Damaged records and records older than
+    /// `drop_expired_after` are removed on the way (logged and counted).
+    pub fn head(&self) -> Result<Head, Error> {
+        let err = |e: String| Error {
+            path: self.path.clone(),
+            message: e,
+        };
+        loop {
+            let first = {
+                let txn = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+                let table = match txn.open_table(BODIES) {
+                    Ok(t) => t,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Head::Empty),
+                    Err(e) => return Err(err(e.to_string())),
+                };
+                match table.first().map_err(|e| err(e.to_string()))? {
+                    None => return Ok(Head::Empty),
+                    Some((k, v)) => (k.value(), Record::decode(v.value())),
+                }
+            };
+            match first {
+                (key, Decoded::Ok(r)) if r.age() <= self.limits.drop_expired_after => {
+                    return Ok(Head::Ready(key, r));
+                }
+                (key, Decoded::Ok(r)) => {
+                    tracing::warn!(endpoint = %self.label, category = %r.category, points = r.points, age = ?r.age(), "fail-cache record expired; dropped");
+                    self.remove(key)?;
+                    self.drop_count("expired", Some(&r));
+                }
+                (key, Decoded::Corrupt(why)) => {
+                    tracing::error!(endpoint = %self.label, key, "fail-cache record damaged ({why}); skipped");
+                    self.remove(key)?;
+                    self.drop_count("corrupt", None);
+                }
+            }
+        }
+    }
+
+    /// Removes a record (delivered, refused or skipped).
+    pub fn remove(&self, key: u64) -> Result<(), Error> {
+        let err = |e: String| Error {
+            path: self.path.clone(),
+            message: e,
+        };
+        let mut st = self.lock();
+        let txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            let mut table = txn.open_table(BODIES).map_err(|e| err(e.to_string()))?;
+            if let Some(v) = table.remove(key).map_err(|e| err(e.to_string()))? {
+                st.records -= 1;
+                st.bytes -= v.value().len() as u64;
+            }
+        }
+        // A delivered record resent once more after a crash is harmless (at-least-once);
+        // fsyncing every removal would halve the drain rate.
+        txn.commit().map_err(|e| err(e.to_string()))?;
+        drop(st);
+        self.publish();
+        Ok(())
+    }
+
+    /// Drops a record the server refused for good (a 4xx): counted, not resent.
+    pub fn reject(&self, key: u64, record: &Record) -> Result<(), Error> {
+        self.remove(key)?;
+        self.drop_count("rejected", Some(record));
+        Ok(())
+    }
+
+    /// The database file (for tests and diagnostics).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The cache file of an endpoint: named by a hash of its full URL (token included: two
+/// workspaces on one host are two queues), so it is found again after a restart.
+pub fn file_for(dir: &Path, url_with_token: &str) -> PathBuf {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(url_with_token.as_bytes()));
+    dir.join(format!("{}.redb", &h[..16]))
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,152 @@
+//! One cached body on disk: versioned and checksummed, so a reader can tell a damaged or
+//! future record from a good one instead of sending garbage.
+//!
+//! Layout, version 1 (integers little-endian):
+//! `version: u8 = 1 | crc32: u32 (of everything after it) | created_ms: i64 | points: u64 |
+//!  gzipped: u8 | category length: u8 | category name | payload`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::category::Category;
+
+const VERSION: u8 = 1;
+const FIXED: usize = 1 + 4 + 8 + 8 + 1 + 1;
+
+/// A body waiting to be resent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub category: Category,
+    /// Whether `payload` is gzipped (sent with `Content-Encoding: gzip`).
+    pub gzipped: bool,
+    /// Points in the body (`X-Points`).
+    pub points: u64,
+    /// When it was first cached, ms since the Unix epoch.
+    pub created_ms: i64,
+    /// The body, byte for byte as first sent.
+    pub payload: Bytes,
+}
+
+/// A record read back.
+pub enum Decoded {
+    Ok(Record),
+    /// Damaged (bad checksum, truncated) or of an unknown version: what is wrong.
+    Corrupt(String),
+}
+
+impl Record {
+    /// A record created now.
+    pub fn new(category: Category, gzipped: bool, points: u64, payload: Bytes) -> Record {
+        Record {
+            category,
+            gzipped,
+            points,
+            created_ms: now_ms(),
+            payload,
+        }
+    }
+
+    /// How long ago it was cached.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis((now_ms() - self.created_ms).max(0) as u64)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let name = self.category.name().as_bytes();
+        let mut out = Vec::with_capacity(FIXED + name.len() + self.payload.len());
+        out.push(VERSION);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
+        out.extend_from_slice(&self.points.to_le_bytes());
+        out.push(u8::from(self.gzipped));
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&self.payload);
+        let crc = crc32fast::hash(&out[5..]);
+        out[1..5].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Decoded {
+        let bad = |why: &str| Decoded::Corrupt(why.to_string());
+        if b.len() < FIXED {
+            return bad("truncated");
+        }
+        if b[0] != VERSION {
+            return Decoded::Corrupt(format!("unknown record version {}", b[0]));
+        }
+        let crc = u32::from_le_bytes(b[1..5].try_into().expect("4 bytes"));
+        if crc32fast::hash(&b[5..]) != crc {
+            return bad("checksum mismatch");
+        }
+        let created_ms = i64::from_le_bytes(b[5..13].try_into().expect("8 bytes"));
+        let points = u64::from_le_bytes(b[13..21].try_into().expect("8 bytes"));
+        let gzipped = b[21] != 0;
+        let n = b[22] as usize;
+        let Some(name) = b.get(FIXED..FIXED + n) else {
+            return bad("truncated category");
+        };
+        let Ok(category) = std::str::from_utf8(name)
+            .map_err(|_| ())
+            .and_then(|s| s.parse::<Category>().map_err(|_| ()))
+        else {
+            return bad("unknown category");
+        };
+        Decoded::Ok(Record {
+            category,
+            gzipped,
+            points,
+            created_ms,
+            payload: Bytes::copy_from_slice(&b[FIXED + n..]),
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record::new(
+            Category::Logging,
+            true,
+            42,
+            Bytes::from_static(b"\x1f\x8bbody"),
+        )
+    }
+
+    #[test]
+    fn round_trips() {
+        let r = sample();
+        match Record::decode(&r.encode()) {
+            Decoded::Ok(back) => assert_eq!(back, r),
+            Decoded::Corrupt(why) => panic!("{why}"),
+        }
+    }
+
+    #[test]
+    fn any_flipped_byte_or_truncation_is_detected() {
+        let good = sample().encode();
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0x40;
+            assert!(
+                matches!(Record::decode(&b), Decoded::Corrupt(_)),
+                "byte {i}"
+            );
+        }
+        for n in 0..good.len() {
+            assert!(
+                matches!(Record::decode(&good[..n]), Decoded::Corrupt(_)),
+                "len {n}"
+            );
+        }
+    }
+}

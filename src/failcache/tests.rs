@@ -1,0 +1,146 @@
+use super::*;
+use crate::category::Category;
+use bytes::Bytes;
+
+fn limits(max: u64) -> Limits {
+    Limits {
+        max_capacity: max,
+        drop_expired_after: Duration::from_secs(3600),
+    }
+}
+
+fn rec(n: u64) -> Record {
+    Record::new(
+        Category::Metric,
+        false,
+        n,
+        Bytes::from(format!("body {n:03}")),
+    )
+}
+
+fn open(path: &Path, l: Limits) -> (FailCache, Arc<Metrics>) {
+    let m = Arc::new(Metrics::new());
+    (FailCache::open(path, l, "ep".into(), m.clone()).unwrap(), m)
+}
+
+fn drain(c: &FailCache) -> Vec<u64> {
+    let mut out = Vec::new();
+    while let Head::Ready(k, r) = c.head().unwrap() {
+        out.push(r.points);
+        c.remove(k).unwrap();
+    }
+    out
+}
+
+fn dropped(m: &Metrics, reason: &str) -> u64 {
+    m.failcache_dropped_total
+        .with_label_values(&["ep", reason])
+        .get()
+}
+
+#[test]
+fn records_come_back_in_order_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    {
+        let (c, m) = open(&path, limits(1 << 20));
+        for n in 1..=5 {
+            c.push(&rec(n)).unwrap();
+        }
+        assert_eq!(c.len().0, 5);
+        assert_eq!(m.failcache_records.with_label_values(&["ep"]).get(), 5);
+        let Head::Ready(k, r) = c.head().unwrap() else {
+            panic!("empty")
+        };
+        assert_eq!(r.points, 1);
+        c.remove(k).unwrap();
+    }
+    let (c, _) = open(&path, limits(1 << 20));
+    assert_eq!(c.len().0, 4);
+    assert_eq!(drain(&c), [2, 3, 4, 5]);
+    c.push(&rec(6)).unwrap();
+    assert_eq!(drain(&c), [6], "keys keep increasing after a reopen");
+}
+
+#[test]
+fn when_full_the_oldest_go_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = rec(1).encode().len() as u64;
+    let (c, m) = open(&dir.path().join("ep.redb"), limits(one * 3));
+    for n in 1..=10 {
+        c.push(&rec(n)).unwrap();
+    }
+    assert_eq!(dropped(&m, "full"), 7);
+    assert_eq!(
+        m.dropped_points_total
+            .with_label_values(&["metric", "failcache_full"])
+            .get(),
+        (1..=7).sum::<u64>()
+    );
+    assert_eq!(drain(&c), [8, 9, 10]);
+}
+
+#[test]
+fn expired_records_are_dropped_not_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, m) = open(
+        &dir.path().join("ep.redb"),
+        Limits {
+            max_capacity: 1 << 20,
+            drop_expired_after: Duration::from_millis(50),
+        },
+    );
+    let mut old = rec(1);
+    old.created_ms -= 60_000;
+    c.push(&old).unwrap();
+    c.push(&rec(2)).unwrap();
+    assert_eq!(drain(&c), [2]);
+    assert_eq!(dropped(&m, "expired"), 1);
+}
+
+#[test]
+fn a_damaged_record_is_skipped_and_the_rest_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    {
+        let (c, _) = open(&path, limits(1 << 20));
+        for n in 1..=3 {
+            c.push(&rec(n)).unwrap();
+        }
+    }
+    // Flip a byte inside the second record's value, through redb (its own page checksums
+    // stay valid, so only our record checksum can catch it).
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(BODIES).unwrap();
+            let mut v = t.get(1).unwrap().unwrap().value().to_vec();
+            let last = v.len() - 1;
+            v[last] ^= 0xff;
+            t.insert(1, v.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (c, m) = open(&path, limits(1 << 20));
+    assert_eq!(drain(&c), [1, 3]);
+    assert_eq!(dropped(&m, "corrupt"), 1);
+}
+
+#[test]
+fn an_unreadable_file_is_moved_aside_and_a_new_cache_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    std::fs::write(&path, vec![0xa5u8; 64 * 1024]).unwrap();
+    let (c, m) = open(&path, limits(1 << 20));
+    assert!(c.is_empty());
+    assert_eq!(dropped(&m, "corrupt_file"), 1);
+    c.push(&rec(1)).unwrap();
+    assert_eq!(drain(&c), [1]);
+    let aside = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("corrupt-"))
+        .count();
+    assert_eq!(aside, 1, "the damaged file is kept for inspection");
+}
