@@ -184,7 +184,13 @@ async fn a_429_waits_for_retry_after() {
 async fn retries_give_up_after_max_retry_count() {
     let dw = MockDataway::start().await;
     dw.set_default(Some(Reply::Status(500)));
-    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "max_retry_count = 2", "")).await;
+    // Without a fail-cache the body is dropped and counted (with one: tests/failcache.rs).
+    let d = TestDaemon::start(config_for(
+        &[dw.url(TOKEN)],
+        "max_retry_count = 2\n[dataway.fail_cache]\nenabled = false",
+        "",
+    ))
+    .await;
     assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
     assert!(dw.wait_for(WAIT, |m| m.requests().len() >= 3).await);
     let exhausted =

@@ -78,6 +78,38 @@ pub struct DatawayConfig {
     pub plugins_dir: PathBuf,
     /// The sandbox every plugin runs in.
     pub sinker_limits: SinkerLimitsConfig,
+    /// Where bodies that fail after retries are kept and resent from.
+    pub fail_cache: FailCacheConfig,
+}
+
+/// `[dataway.fail_cache]`: per-endpoint on-disk queues of bodies that failed after retries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailCacheConfig {
+    /// Keep failed bodies and resend them (`false`: they are dropped and counted).
+    pub enabled: bool,
+    /// Directory of the cache files, one per endpoint URL.
+    pub path: PathBuf,
+    /// Bytes kept per endpoint; past it the oldest bodies are dropped (counted).
+    pub max_capacity: u64,
+    /// Bodies older than this are dropped instead of resent (counted).
+    #[serde(with = "humantime_serde")]
+    pub drop_expired_after: Duration,
+    /// After a resend fails, how long before the next try.
+    #[serde(with = "humantime_serde")]
+    pub clean_interval: Duration,
+}
+
+impl Default for FailCacheConfig {
+    fn default() -> Self {
+        FailCacheConfig {
+            enabled: true,
+            path: PathBuf::from("dataway-data/failcache"),
+            max_capacity: 1 << 30,
+            drop_expired_after: Duration::from_secs(12 * 3600),
+            clean_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for DatawayConfig {
@@ -100,6 +132,7 @@ impl Default for DatawayConfig {
             sinkers: Vec::new(),
             plugins_dir: PathBuf::from("plugins"),
             sinker_limits: SinkerLimitsConfig::default(),
+            fail_cache: FailCacheConfig::default(),
         }
     }
 }
@@ -300,6 +333,27 @@ impl Config {
             }
         }
         d.sinker_limits.validate()?;
+        let fc = &d.fail_cache;
+        if fc.enabled {
+            if fc.max_capacity < 1 << 20 {
+                return Err(invalid(
+                    "dataway.fail_cache.max_capacity",
+                    "must be at least 1048576 (1 MiB)",
+                ));
+            }
+            if fc.clean_interval.is_zero() {
+                return Err(invalid(
+                    "dataway.fail_cache.clean_interval",
+                    "must be more than 0s",
+                ));
+            }
+            if fc.drop_expired_after.is_zero() {
+                return Err(invalid(
+                    "dataway.fail_cache.drop_expired_after",
+                    "must be more than 0s",
+                ));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
         Ok(())

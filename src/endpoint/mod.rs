@@ -11,6 +11,7 @@
 //! counting it (`dataway_dropped_points_total{reason="shutdown"}`).
 
 mod request_builder;
+mod resend;
 mod url;
 
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::category::Category;
+use crate::failcache::{self, FailCache};
 use crate::httpcli::{self, HttpCli, HttpOptions, Outcome, Request, Response};
 use crate::metrics::{Metrics, status_label};
 use crate::point::Point;
@@ -89,6 +91,18 @@ pub struct EndpointOptions {
     /// The sinker this endpoint belongs to (`None`: a main endpoint). A sinker's
     /// endpoint also counts `datakit_io_dataway_sink_point_total`.
     pub sinker: Option<String>,
+    /// Where bodies that fail after retries are kept for resending (`None`: dropped).
+    pub fail_cache: Option<FailCacheOptions>,
+}
+
+/// The fail-cache of an endpoint: `[dataway.fail_cache]`.
+#[derive(Debug, Clone)]
+pub struct FailCacheOptions {
+    /// Directory of the per-endpoint cache files.
+    pub dir: PathBuf,
+    pub limits: failcache::Limits,
+    /// Pause before resending again after a resend failed.
+    pub clean_interval: std::time::Duration,
 }
 
 impl EndpointOptions {
@@ -101,6 +115,14 @@ impl EndpointOptions {
             workers: d.workers,
             queue_size: d.queue_size,
             sinker: None,
+            fail_cache: d.fail_cache.enabled.then(|| FailCacheOptions {
+                dir: d.fail_cache.path.clone(),
+                limits: failcache::Limits {
+                    max_capacity: d.fail_cache.max_capacity,
+                    drop_expired_after: d.fail_cache.drop_expired_after,
+                },
+                clean_interval: d.fail_cache.clean_interval,
+            }),
         }
     }
 }
@@ -143,6 +165,10 @@ struct Shared {
     sender: Sender,
     opts: EndpointOptions,
     metrics: Arc<Metrics>,
+    /// Bodies that failed after retries, for this endpoint only (HTTP endpoints).
+    cache: Option<Arc<FailCache>>,
+    /// Wakes the resend task when the cache gets a body.
+    cache_added: tokio::sync::Notify,
 }
 
 /// A running endpoint. Dropping it without [`Endpoint::close`] + [`Endpoint::join`] leaves
@@ -169,15 +195,21 @@ impl Endpoint {
             EndpointUrl::File { dir } => Sender::File(FileSink::new(dir.clone())),
         };
         let (tx, rx) = mpsc::channel(opts.queue_size);
+        let cache = resend::open_cache(&url, &opts, &metrics);
         let shared = Arc::new(Shared {
             label: url.to_string(),
             url,
             sender,
             opts,
             metrics,
+            cache,
+            cache_added: tokio::sync::Notify::new(),
         });
         let closing = CancellationToken::new();
         let abort = CancellationToken::new();
+        if shared.cache.is_some() {
+            tokio::spawn(resend::run(shared.clone(), closing.clone()));
+        }
         let task = tokio::spawn(dispatch(shared.clone(), rx, closing.clone(), abort.clone()));
         Ok(Endpoint {
             shared,
@@ -431,10 +463,17 @@ async fn deliver(shared: &Arc<Shared>, batch: Arc<Batch>, mut guard: InFlight) {
     }
 }
 
-async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Body) {
+/// The write request for `body`; `from_cache` adds DataKit's `X-Fail-Cache-Retry: 1`.
+fn write_request(shared: &Shared, category: Category, body: &Body, from_cache: bool) -> Request {
     let path = category.write_path();
     let url = shared.url.api_url(path, None).expect("http endpoint");
     let mut headers = HeaderMap::new();
+    if from_cache {
+        headers.insert(
+            HeaderName::from_static("x-fail-cache-retry"),
+            HeaderValue::from_static("1"),
+        );
+    }
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("application/line-protocol"),
@@ -446,12 +485,17 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
         HeaderName::from_static("x-points"),
         HeaderValue::from(body.points),
     );
-    let req = Request {
+    Request {
         method: Method::POST,
         url,
         headers,
         body: body.payload.clone(),
-    };
+    }
+}
+
+async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Body) {
+    let path = category.write_path();
+    let req = write_request(shared, category, body, false);
     let outcome = cli.send(&req).await;
     shared.record_api(path, &outcome);
     shared.record_points(category, outcome.status(), body);
@@ -463,14 +507,20 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
             shared.drop_points(category, body.points, "rejected");
         }
         _ => {
-            // The fail-cache will take these bodies (next milestone); until then they are
-            // counted and logged as lost.
             let error = match &outcome.result {
                 Err(e) => httpcli::without_url(e),
                 Ok(r) => r.status.to_string(),
             };
-            tracing::error!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; dropped");
-            shared.drop_points(category, body.points, "retries_exhausted");
+            match &shared.cache {
+                Some(cache) => {
+                    tracing::warn!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; kept in the fail-cache");
+                    resend::keep(shared, cache, category, body).await;
+                }
+                None => {
+                    tracing::error!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; dropped");
+                    shared.drop_points(category, body.points, "retries_exhausted");
+                }
+            }
         }
     }
 }

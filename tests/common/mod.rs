@@ -264,6 +264,10 @@ pub fn config_for(urls: &[String], extra_dataway: &str, extra: &str) -> Config {
     let text = format!("[dataway]\nurls = [{urls}]\n{dataway}\n{extra}");
     let mut cfg = Config::from_toml(&text, "test").unwrap();
     cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
+    // Each daemon its own fail-cache, never the working directory.
+    if cfg.dataway.fail_cache.path == dataway::config::FailCacheConfig::default().path {
+        cfg.dataway.fail_cache.path = tempfile::tempdir().unwrap().keep();
+    }
     cfg.validate().unwrap();
     cfg
 }
