@@ -1,0 +1,262 @@
+//! The fail-cache end to end: outages, recovery, restarts and limits, against loopback
+//! receivers. Points are counted by their unique `seq` field at each receiver.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Fast retries and resends for tests.
+fn fast(extra_dataway: &str, fail_cache: &str) -> String {
+    let interval = if fail_cache.contains("clean_interval") {
+        ""
+    } else {
+        "clean_interval = \"100ms\"\n"
+    };
+    format!(
+        "max_retry_count = 1\nretry_delay = \"10ms\"\nmax_retry_delay = \"50ms\"\n{extra_dataway}\n\
+         [dataway.fail_cache]\n{interval}{fail_cache}"
+    )
+}
+
+/// seq -> times it arrived at `mock` (2xx write requests only).
+fn seqs(mock: &MockDataway) -> HashMap<u64, usize> {
+    let mut out = HashMap::new();
+    for l in mock.lines_accepted() {
+        let seq = l
+            .split([' ', ','])
+            .find_map(|kv| kv.strip_prefix("seq="))
+            .and_then(|v| v.trim_end_matches('i').parse().ok())
+            .unwrap_or_else(|| panic!("no seq in {l}"));
+        *out.entry(seq).or_default() += 1;
+    }
+    out
+}
+
+fn assert_exactly_once(mock: &MockDataway, n: u64, who: &str) {
+    let got = seqs(mock);
+    for s in 0..n {
+        assert_eq!(got.get(&s), Some(&1), "{who}: seq {s}");
+    }
+    assert_eq!(got.len() as u64, n, "{who}: unexpected points");
+}
+
+fn resent(mock: &MockDataway) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| (200..300).contains(&r.status) && r.header("x-fail-cache-retry") == Some("1"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_under_load_loses_nothing_and_duplicates_nothing() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", ""), "")).await;
+    for i in 0..20 {
+        assert_eq!(
+            d.post("metric", lines("cpu", 10, i * 10)).await.status(),
+            200
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if i == 14 {
+            dw.set_default(None); // the server recovers while the load goes on
+        }
+    }
+    assert!(dw.wait_points(200, Duration::from_secs(20)).await);
+    let records = "dataway_failcache_records{endpoint=";
+    let m = d.metrics.clone();
+    d.stop().await;
+    assert_exactly_once(&dw, 200, "endpoint");
+    assert!(resent(&dw) > 0, "some bodies came from the fail-cache");
+    let text = m.encode_text();
+    let left: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(records))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(left, 0.0, "the cache drained:\n{text}");
+    assert!(
+        text.contains("datakit_io_flush_failcache_bytes_count{category=\"metric\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_endpoint_gets_everything_after_recovery_and_the_healthy_one_once() {
+    let healthy = MockDataway::start().await;
+    let dead = MockDataway::start().await;
+    dead.set_default(Some(Reply::Status(502)));
+    let d = TestDaemon::start(config_for(
+        &[dead.url("dead"), healthy.url("live")],
+        &fast("", ""),
+        "",
+    ))
+    .await;
+    for i in 0..10 {
+        assert_eq!(
+            d.post("metric", lines("cpu", 10, i * 10)).await.status(),
+            200
+        );
+    }
+    assert!(healthy.wait_points(100, Duration::from_secs(10)).await);
+    // Let every body fail its retries and land in the cache.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(dead.points_accepted(), 0);
+    dead.set_default(None);
+    assert!(dead.wait_points(100, Duration::from_secs(20)).await);
+    d.stop().await;
+    assert_exactly_once(&healthy, 100, "healthy");
+    assert_exactly_once(&dead, 100, "recovered");
+    assert_eq!(
+        resent(&healthy),
+        0,
+        "resends go to the failing endpoint only"
+    );
+    assert!(resent(&dead) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinker_endpoint_down_then_up_loses_nothing() {
+    let main = MockDataway::start().await;
+    let sink = MockDataway::start().await;
+    sink.set_default(Some(Reply::Status(500)));
+    let extra = format!(
+        "[[dataway.sinkers]]\nname = \"all\"\ncategories = [\"logging\"]\nurls = [\"{}\"]\n",
+        sink.url("s")
+    );
+    let d = TestDaemon::start(config_for(&[main.url("m")], &fast("", ""), &extra)).await;
+    for i in 0..5 {
+        assert_eq!(
+            d.post("logging", lines("nginx", 10, i * 10)).await.status(),
+            200
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sink.set_default(None);
+    assert!(sink.wait_points(50, Duration::from_secs(20)).await);
+    d.stop().await;
+    assert_exactly_once(&sink, 50, "sinker endpoint");
+    assert!(
+        main.requests().is_empty(),
+        "sunk points are not sent to main"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_is_cached_at_shutdown_is_sent_after_a_restart() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let cache = tempfile::tempdir().unwrap();
+    let fc = format!("path = \"{}\"", cache.path().display());
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", &fc), "")).await;
+    for i in 0..4 {
+        assert_eq!(d.post("metric", lines("cpu", 5, i * 5)).await.status(), 200);
+    }
+    let m = d.metrics.clone();
+    let cached = async {
+        for _ in 0..500 {
+            let text = m.encode_text();
+            if text
+                .lines()
+                .any(|l| l.starts_with("dataway_failcache_records{") && l.ends_with(" 4"))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    assert!(cached.await, "four bodies cached");
+    d.stop().await;
+    assert_eq!(dw.points_accepted(), 0);
+
+    dw.set_default(None);
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", &fc), "")).await;
+    assert!(dw.wait_points(20, Duration::from_secs(20)).await);
+    d.stop().await;
+    assert_exactly_once(&dw, 20, "after restart");
+    assert_eq!(resent(&dw), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_cache_is_full_the_oldest_bodies_go_and_are_counted() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    // ~100 KB bodies (no gzip), a 1 MiB cache: about 10 of 16 fit. One worker: bodies reach the
+    // cache in the order they were posted.
+    let cache = tempfile::tempdir().unwrap();
+    let fc = |interval: &str| {
+        format!(
+            "path = \"{}\"\nmax_capacity = 1048576\nclean_interval = \"{interval}\"",
+            cache.path().display()
+        )
+    };
+    let d = TestDaemon::start(config_for(
+        &[dw.url("t")],
+        &fast("gzip = false\nworkers = 1", &fc("1h")),
+        "",
+    ))
+    .await;
+    const BATCHES: u64 = 16;
+    const PER: u64 = 2000;
+    for i in 0..BATCHES {
+        let body = lines("cpu", PER as usize, (i * PER) as usize);
+        assert_eq!(d.post("metric", body).await.status(), 200);
+    }
+    let m = d.metrics.clone();
+    let full = async {
+        for _ in 0..1000 {
+            let text = m.encode_text();
+            let dropped = text
+                .lines()
+                .find(|l| {
+                    l.starts_with("dataway_failcache_dropped_total{")
+                        && l.contains("reason=\"full\"")
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .unwrap_or(0);
+            let kept = text
+                .lines()
+                .find(|l| l.starts_with("dataway_failcache_records{"))
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+                .unwrap_or(0);
+            if dropped + kept == BATCHES {
+                return (dropped, kept);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not every body reached the cache");
+    };
+    let (dropped, kept) = full.await;
+    assert!(dropped > 0 && kept > 0, "dropped {dropped}, kept {kept}");
+    assert_eq!(
+        sample(
+            &m.encode_text(),
+            "dataway_dropped_points_total{category=\"metric\",reason=\"failcache_full\"}"
+        ),
+        Some((dropped * PER) as f64)
+    );
+    d.stop().await;
+    // A new daemon on the same cache, with the server back: the newest bodies arrive.
+    dw.set_default(None);
+    let d = TestDaemon::start(config_for(
+        &[dw.url("t")],
+        &fast("gzip = false\nworkers = 1", &fc("50ms")),
+        "",
+    ))
+    .await;
+    assert!(
+        dw.wait_points((kept * PER) as usize, Duration::from_secs(20))
+            .await
+    );
+    d.stop().await;
+    let got = seqs(&dw);
+    let first_kept = dropped * PER;
+    for s in 0..BATCHES * PER {
+        let want = usize::from(s >= first_kept);
+        assert_eq!(got.get(&s).copied().unwrap_or(0), want, "seq {s}");
+    }
+}
