@@ -88,7 +88,11 @@ impl Daemon {
             .dataway
             .shutdown(self.config.dataway.shutdown_timeout)
             .await;
-        tracing::info!(abandoned_points = report.abandoned_points, "stopped");
+        tracing::info!(
+            abandoned_points = report.abandoned_points,
+            kept_in_fail_cache = report.persisted_points,
+            "stopped"
+        );
         Ok(report)
     }
 }

@@ -26,9 +26,10 @@ async fn stop_delivers_everything_queued_before_returning() {
 async fn stop_gives_up_at_the_deadline_and_counts_what_it_abandoned() {
     let dw = MockDataway::start().await;
     dw.set_default(Some(Reply::Slow(Duration::from_secs(30))));
+    // Without a fail-cache (with one they are kept: tests/failcache.rs).
     let d = TestDaemon::start(config_for(
         &[dw.url("tkn_s")],
-        "workers = 1\ntimeout = \"60s\"\nshutdown_timeout = \"300ms\"",
+        "workers = 1\ntimeout = \"60s\"\nshutdown_timeout = \"300ms\"\n[dataway.fail_cache]\nenabled = false",
         "",
     ))
     .await;

@@ -259,7 +259,9 @@ impl Dataway {
         let deadline = Instant::now() + grace;
         let mut report = DrainReport::default();
         for ep in all {
-            report.abandoned_points += ep.join(deadline).await.abandoned_points;
+            let r = ep.join(deadline).await;
+            report.abandoned_points += r.abandoned_points;
+            report.persisted_points += r.persisted_points;
         }
         report
     }

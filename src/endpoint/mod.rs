@@ -151,6 +151,8 @@ pub enum ApiError {
 pub struct DrainReport {
     /// Points abandoned because the deadline came first.
     pub abandoned_points: usize,
+    /// Points not delivered by the deadline but kept in the fail-cache for the next start.
+    pub persisted_points: usize,
 }
 
 enum Sender {
@@ -169,6 +171,8 @@ struct Shared {
     cache: Option<Arc<FailCache>>,
     /// Wakes the resend task when the cache gets a body.
     cache_added: tokio::sync::Notify,
+    /// Points put into the fail-cache at the shutdown deadline (for the drain report).
+    persisted: AtomicUsize,
 }
 
 /// A running endpoint. Dropping it without [`Endpoint::close`] + [`Endpoint::join`] leaves
@@ -204,6 +208,7 @@ impl Endpoint {
             metrics,
             cache,
             cache_added: tokio::sync::Notify::new(),
+            persisted: AtomicUsize::new(0),
         });
         let closing = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -362,8 +367,9 @@ async fn dispatch(
             batch.points.len(),
             in_flight.clone(),
         );
+        let abort = abort.clone();
         tasks.spawn(async move {
-            deliver(&shared, batch, guard).await;
+            deliver(&shared, batch, guard, &abort).await;
             drop(worker);
         });
     }
@@ -373,26 +379,65 @@ async fn dispatch(
             _ = abort.cancelled() => {}
         }
     }
-    // Past the deadline: abandon what is left and say how much.
-    tasks.abort_all();
-    while tasks.join_next().await.is_some() {}
+    // Past the deadline: deliveries in progress put what they have not sent into the
+    // fail-cache (they were told by `abort`); give them a moment, then stop them.
+    let persisting = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(PERSIST_GRACE, persisting)
+        .await
+        .is_err()
+    {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
     rx.close();
     let mut abandoned = in_flight.load(Ordering::Relaxed);
+    let mut persisted = shared.persisted.swap(0, Ordering::Relaxed);
     while let Ok(b) = rx.try_recv() {
         queued.dec();
-        abandoned += b.points.len();
-        shared
-            .metrics
-            .dropped_points_total
-            .with_label_values(&[b.category.name(), "shutdown"])
-            .inc_by(b.points.len() as u64);
+        let n = b.points.len();
+        if persist_batch(&shared, &b).await {
+            persisted += n;
+        } else {
+            abandoned += n;
+            shared
+                .metrics
+                .dropped_points_total
+                .with_label_values(&[b.category.name(), "shutdown"])
+                .inc_by(n as u64);
+        }
+    }
+    if persisted > 0 {
+        tracing::info!(endpoint = %shared.label, points = persisted, "shutdown deadline passed: undelivered points kept in the fail-cache for the next start");
     }
     if abandoned > 0 {
         tracing::error!(endpoint = %shared.label, points = abandoned, "shutdown deadline passed: points not delivered");
     }
     DrainReport {
         abandoned_points: abandoned,
+        persisted_points: persisted,
     }
+}
+
+/// How long deliveries in progress get to write their bodies to the fail-cache at the
+/// shutdown deadline.
+const PERSIST_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Encodes a queued batch and keeps its bodies in the fail-cache; false without a cache.
+async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
+    let Some(cache) = &shared.cache else {
+        return false;
+    };
+    let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
+    let b = batch.clone();
+    let Ok(bodies) =
+        tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip)).await
+    else {
+        return false;
+    };
+    for body in &bodies {
+        resend::keep(shared, cache, batch.category, body).await;
+    }
+    true
 }
 
 /// Counts the points of a delivery that has not finished: if the task is aborted at the
@@ -438,8 +483,14 @@ impl Drop for InFlight {
     }
 }
 
-/// Encodes one batch into bodies and sends them one after another.
-async fn deliver(shared: &Arc<Shared>, batch: Arc<Batch>, mut guard: InFlight) {
+/// Encodes one batch into bodies and sends them one after another. At the shutdown
+/// deadline (`abort`) the bodies not yet delivered go to the fail-cache, if there is one.
+async fn deliver(
+    shared: &Arc<Shared>,
+    batch: Arc<Batch>,
+    mut guard: InFlight,
+    abort: &CancellationToken,
+) {
     let gzip = shared.opts.gzip && matches!(shared.sender, Sender::Http(_));
     let max_raw = shared.opts.max_raw_body_size;
     // Encoding and gzip are CPU work: keep them off the async workers.
@@ -454,9 +505,27 @@ async fn deliver(shared: &Arc<Shared>, batch: Arc<Batch>, mut guard: InFlight) {
         };
     drop(batch);
     let category = guard.category;
-    for body in bodies {
+    let mut bodies = bodies.into_iter();
+    while let Some(body) = bodies.next() {
         match &shared.sender {
-            Sender::Http(cli) => send_http(shared, cli, category, &body).await,
+            Sender::Http(cli) => {
+                let sent = tokio::select! {
+                    biased;
+                    _ = send_http(shared, cli, category, &body) => true,
+                    _ = abort.cancelled() => false,
+                };
+                if !sent {
+                    // The server may have got the interrupted body: at-least-once.
+                    if let Some(cache) = &shared.cache {
+                        for b in std::iter::once(body).chain(bodies) {
+                            resend::keep(shared, cache, category, &b).await;
+                            guard.done(b.points);
+                            shared.persisted.fetch_add(b.points, Ordering::Relaxed);
+                        }
+                    }
+                    return;
+                }
+            }
             Sender::File(f) => f.append(shared, category, &body).await,
         }
         guard.done(body.points);
