@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod point;
 pub mod sinker;
+pub mod wal;
 
 pub use category::Category;
 pub use dataway::{Dataway, WriteError};

@@ -88,19 +88,13 @@ impl FailCache {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(e) => {
-                let aside = path.with_extension(format!("corrupt-{}", unix_secs()));
-                tracing::error!(path = %path.display(), moved_to = %aside.display(), "fail-cache unreadable ({e}); starting a new one");
-                std::fs::rename(path, &aside).map_err(|e| err(e.to_string()))?;
-                metrics
-                    .failcache_dropped_total
-                    .with_label_values(&[&label, "corrupt_file"])
-                    .inc();
-                Database::create(path).map_err(|e| err(e.to_string()))?
-            }
-        };
+        let (db, moved_aside) = open_or_move_aside(path).map_err(err)?;
+        if moved_aside {
+            metrics
+                .failcache_dropped_total
+                .with_label_values(&[&label, "corrupt_file"])
+                .inc();
+        }
         let cache = FailCache {
             path: path.to_path_buf(),
             db,
@@ -296,6 +290,29 @@ pub fn file_for(dir: &Path, url_with_token: &str) -> PathBuf {
     use sha2::Digest;
     let h = hex::encode(sha2::Sha256::digest(url_with_token.as_bytes()));
     dir.join(format!("{}.redb", &h[..16]))
+}
+
+/// Opens or creates a redb file; one that cannot be opened is moved aside to
+/// `<path>.corrupt-<unix time>` (kept for inspection) and a new one created, so the daemon
+/// always starts. `true` when that happened.
+pub(crate) fn open_or_move_aside(path: &Path) -> Result<(Database, bool), String> {
+    match Database::create(path) {
+        Ok(db) => Ok((db, false)),
+        // Another process holds it, or it needs a redb upgrade: not damage, never move it.
+        Err(
+            e @ (redb::DatabaseError::DatabaseAlreadyOpen
+            | redb::DatabaseError::LockProtocolMismatch
+            | redb::DatabaseError::UpgradeRequired(_)),
+        ) => Err(format!("{}: {e}", path.display())),
+        Err(e) => {
+            let aside = path.with_extension(format!("corrupt-{}", unix_secs()));
+            tracing::error!(path = %path.display(), moved_to = %aside.display(), "unreadable ({e}); starting a new file");
+            std::fs::rename(path, &aside).map_err(|e| e.to_string())?;
+            Database::create(path)
+                .map(|db| (db, true))
+                .map_err(|e| e.to_string())
+        }
+    }
 }
 
 fn unix_secs() -> u64 {
