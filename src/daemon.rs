@@ -18,6 +18,7 @@ use crate::endpoint::DrainReport;
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::sinker::reload::Reloader;
+use crate::wal::Wal;
 
 /// A daemon whose parts are started and whose server is not yet serving.
 pub struct Daemon {
@@ -27,9 +28,43 @@ pub struct Daemon {
     pub reloader: Arc<Reloader>,
     watcher: tokio::task::JoinHandle<()>,
     stop_watching: CancellationToken,
+    wal: Option<Arc<Wal>>,
 }
 
 impl Daemon {
+    /// Sends again what the WAL holds from a previous run (a crash, or a stop before
+    /// delivery), then forgets the old entries (the new writes are logged again).
+    async fn replay_wal(&self) {
+        let Some(wal) = self.wal.clone() else {
+            return;
+        };
+        let pending = match tokio::task::spawn_blocking({
+            let wal = wal.clone();
+            move || wal.pending()
+        })
+        .await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::error!("cannot read the WAL: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let points: usize = pending.iter().map(|p| p.points.len()).sum();
+        tracing::info!(writes = pending.len(), points, "replaying the WAL");
+        for p in pending {
+            if let Err(e) = self.dataway.write(p.category, p.points).await {
+                tracing::error!("replaying the WAL stopped: {e}");
+                return;
+            }
+            let _ = wal.forget(p.id);
+        }
+    }
+
     /// Starts the endpoints and sinkers (their tasks run on the current runtime) and loads
     /// the plugins found in `plugins_dir`.
     pub fn start(config: Config) -> anyhow::Result<Daemon> {
@@ -46,7 +81,18 @@ impl Daemon {
             plugin_compiler,
         )?);
         let sinkers = reloader.start_configured()?;
-        let dataway = Arc::new(Dataway::start(&config.dataway, metrics.clone(), sinkers)?);
+        let mut dataway = Dataway::start(&config.dataway, metrics.clone(), sinkers)?;
+        let wal = if config.dataway.wal.enabled {
+            let path = config.dataway.wal.path.join("wal.redb");
+            let wal = Wal::open(&path).map_err(|e| {
+                anyhow::anyhow!("dataway.wal.path: cannot open {}: {e}", path.display())
+            })?;
+            dataway = dataway.with_wal(wal.clone());
+            Some(wal)
+        } else {
+            None
+        };
+        let dataway = Arc::new(dataway);
         for ep in dataway.endpoints() {
             tracing::info!(endpoint = %ep.url(), "endpoint started");
         }
@@ -64,6 +110,7 @@ impl Daemon {
             reloader,
             watcher,
             stop_watching,
+            wal,
         })
     }
 
@@ -79,6 +126,7 @@ impl Daemon {
             config: self.config.ingest.clone(),
             started: Instant::now(),
         });
+        self.replay_wal().await;
         tracing::info!(listen = %listener.local_addr()?, "ingest server listening");
         ingest::serve(listener, state, shutdown).await?;
         self.stop_watching.cancel();

@@ -80,6 +80,28 @@ pub struct DatawayConfig {
     pub sinker_limits: SinkerLimitsConfig,
     /// Where bodies that fail after retries are kept and resent from.
     pub fail_cache: FailCacheConfig,
+    /// Acknowledge writes only once they are on disk.
+    pub wal: WalConfig,
+}
+
+/// `[dataway.wal]`: with it on, ingest answers 200 only after the points are fsynced, and
+/// after a crash every acknowledged point is delivered (at least once).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    /// Off by default: each write then waits for an fsync (BENCHMARKS.md has the cost).
+    pub enabled: bool,
+    /// Directory of the log file (`wal.redb`).
+    pub path: PathBuf,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            enabled: false,
+            path: PathBuf::from("dataway-data/wal"),
+        }
+    }
 }
 
 /// `[dataway.fail_cache]`: per-endpoint on-disk queues of bodies that failed after retries.
@@ -133,6 +155,7 @@ impl Default for DatawayConfig {
             plugins_dir: PathBuf::from("plugins"),
             sinker_limits: SinkerLimitsConfig::default(),
             fail_cache: FailCacheConfig::default(),
+            wal: WalConfig::default(),
         }
     }
 }

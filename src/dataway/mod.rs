@@ -31,6 +31,7 @@ use crate::httpcli::Response;
 use crate::metrics::Metrics;
 use crate::point::{FieldValue, Point};
 use crate::sinker::{self, Sinker, Sinkers};
+use crate::wal::{Ticket, Wal};
 
 /// Why a write was not accepted. Nothing of a refused write was queued anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +52,8 @@ pub struct Dataway {
     budget: Arc<Semaphore>,
     budget_total: usize,
     closed: AtomicBool,
+    /// With `[dataway.wal]`: every accepted write is on disk before it is acknowledged.
+    wal: Option<Arc<Wal>>,
 }
 
 /// Points bound for a set of endpoints (a sinker's, or the main ones).
@@ -100,6 +103,33 @@ impl Dataway {
             budget: Arc::new(Semaphore::new(max_pending_bytes)),
             budget_total: max_pending_bytes,
             closed: AtomicBool::new(false),
+            wal: None,
+        }
+    }
+
+    /// Makes every write durable before it is acknowledged (see [`crate::wal`]).
+    pub fn with_wal(mut self, wal: Arc<Wal>) -> Dataway {
+        self.wal = Some(wal);
+        self
+    }
+
+    /// Whether writes wait for an fsync (the ingest server then runs them off its async
+    /// workers).
+    pub fn durable(&self) -> bool {
+        self.wal.is_some()
+    }
+
+    /// Logs `points` in the WAL, if there is one; the ticket goes with the batches.
+    fn log(&self, category: Category, points: &[Point]) -> Result<Option<Arc<Ticket>>, WriteError> {
+        match &self.wal {
+            None => Ok(None),
+            Some(w) => w
+                .append(category, points)
+                .map(|t| Some(Arc::new(t)))
+                .map_err(|e| {
+                    tracing::error!("WAL append failed; write refused: {e}");
+                    WriteError::Full
+                }),
         }
     }
 
@@ -140,6 +170,7 @@ impl Dataway {
         if points.is_empty() {
             return Ok(());
         }
+        let ticket = self.log(category, &points)?;
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
@@ -153,7 +184,7 @@ impl Dataway {
             .map(|p| p.endpoints.iter().map(Endpoint::try_reserve).collect())
             .collect::<Option<Vec<Vec<_>>>>()
             .ok_or(WriteError::Full)?;
-        enqueue(category, parts, slots, permit);
+        enqueue(category, parts, slots, permit, ticket);
         counts.record(&self.metrics);
         Ok(())
     }
@@ -170,6 +201,7 @@ impl Dataway {
         if points.is_empty() {
             return Ok(());
         }
+        let ticket = self.log(category, &points)?;
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
@@ -187,7 +219,7 @@ impl Dataway {
             }
             slots.push(these);
         }
-        enqueue(category, parts, slots, permit);
+        enqueue(category, parts, slots, permit, ticket);
         counts.record(&self.metrics);
         Ok(())
     }
@@ -274,6 +306,7 @@ fn enqueue(
     parts: Vec<Part<'_>>,
     slots: Vec<Vec<crate::endpoint::Slot<'_>>>,
     permit: OwnedSemaphorePermit,
+    ticket: Option<Arc<Ticket>>,
 ) {
     let n = parts.len();
     let mut permit = Some(permit);
@@ -285,7 +318,8 @@ fn enqueue(
             let c = (part.charge as usize).min(p.num_permits());
             p.split(c).expect("no more than held")
         };
-        let batch = Arc::new(Batch::with_budget(category, part.points, share));
+        let batch =
+            Arc::new(Batch::with_budget(category, part.points, share).with_wal(ticket.clone()));
         for slot in slots {
             slot.send(batch.clone());
         }

@@ -54,6 +54,8 @@ pub struct Batch {
     pub category: Category,
     pub points: Vec<Point>,
     _budget: Option<OwnedSemaphorePermit>,
+    /// The write's WAL entry, removed when every batch of the write is done with.
+    _wal: Option<Arc<crate::wal::Ticket>>,
 }
 
 impl Batch {
@@ -63,6 +65,7 @@ impl Batch {
             category,
             points,
             _budget: None,
+            _wal: None,
         }
     }
 
@@ -76,7 +79,19 @@ impl Batch {
             category,
             points,
             _budget: Some(permit),
+            _wal: None,
         }
+    }
+
+    /// The write's WAL ticket: whoever still needs the write on disk holds a clone.
+    pub fn wal(&self) -> Option<Arc<crate::wal::Ticket>> {
+        self._wal.clone()
+    }
+
+    /// Holds `ticket` until the batch is dropped (its WAL entry outlives the batch).
+    pub fn with_wal(mut self, ticket: Option<Arc<crate::wal::Ticket>>) -> Batch {
+        self._wal = ticket;
+        self
     }
 }
 
@@ -503,6 +518,9 @@ async fn deliver(
                 return;
             }
         };
+    // The points can go (their memory budget returns now); the WAL entry must stay until
+    // the bodies are delivered or in the fail-cache.
+    let _wal = batch.wal();
     drop(batch);
     let category = guard.category;
     let mut bodies = bodies.into_iter();

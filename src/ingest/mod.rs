@@ -201,9 +201,9 @@ async fn write_points(
         }
     };
     let n = points.len();
-    // A sinker's condition is a WASM call that may run up to its deadline: keep it off the
-    // async workers so a slow plugin never stalls other requests.
-    let written = if st.dataway.sinks(category) {
+    // A sinker's condition is a WASM call that may run up to its deadline, and a WAL append
+    // waits for an fsync: keep both off the async workers so they never stall other requests.
+    let written = if st.dataway.sinks(category) || st.dataway.durable() {
         let dw = st.dataway.clone();
         tokio::task::spawn_blocking(move || dw.try_write(category, points))
             .await

@@ -35,6 +35,12 @@ pub struct Ticket {
     id: u64,
 }
 
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "wal::Ticket({})", self.id)
+    }
+}
+
 impl Ticket {
     /// Leaves the entry in the log, as a crash would (tests).
     #[cfg(test)]
@@ -48,7 +54,10 @@ impl Drop for Ticket {
         if let Some(wal) = &self.wal
             && let Err(e) = wal.remove(self.id)
         {
-            tracing::warn!(id = self.id, "could not remove a delivered write from the WAL (it will be replayed): {e}");
+            tracing::warn!(
+                id = self.id,
+                "could not remove a delivered write from the WAL (it will be replayed): {e}"
+            );
         }
     }
 }
@@ -71,9 +80,7 @@ impl Wal {
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             let last = {
                 let t = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-                t.last()
-                    .map_err(|e| e.to_string())?
-                    .map(|(k, _)| k.value())
+                t.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value())
             };
             txn.commit().map_err(|e| e.to_string())?;
             last.map_or(0, |k| k + 1)

@@ -1,0 +1,98 @@
+//! The WAL: after kill -9, every acknowledged point is delivered (at least once).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(cfg: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.with_extension("log"))
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_dataway"))
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn post_when_up(base: &str, body: String) -> u16 {
+    let cli = reqwest::Client::new();
+    for _ in 0..500 {
+        if let Ok(r) = cli
+            .post(format!("{base}/v1/write/metric"))
+            .body(body.clone())
+            .send()
+            .await
+        {
+            return r.status().as_u16();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("daemon never came up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_every_acknowledged_point_is_delivered() {
+    let dw = MockDataway::start().await;
+    // The server hangs: nothing is delivered, everything acknowledged is only in memory
+    // and in the WAL when the daemon is killed.
+    dw.set_default(Some(Reply::Slow(Duration::from_secs(60))));
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[dataway]\nurls = [\"{}\"]\ntimeout = \"60s\"\nretry_delay = \"20ms\"\n\
+             [dataway.wal]\nenabled = true\npath = \"{}\"\n\
+             [dataway.fail_cache]\npath = \"{}\"\nclean_interval = \"100ms\"\n\
+             [ingest]\nlisten = \"127.0.0.1:{port}\"\n",
+            dw.url("t"),
+            dir.path().join("wal").display(),
+            dir.path().join("fc").display(),
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut daemon = start(&cfg);
+    for i in 0..8 {
+        assert_eq!(post_when_up(&base, lines("cpu", 25, i * 25)).await, 200);
+    }
+    daemon.kill().unwrap(); // SIGKILL: no drain, no shutdown code runs
+    daemon.wait().unwrap();
+    assert_eq!(dw.points_accepted(), 0);
+
+    dw.set_default(None);
+    let mut daemon = start(&cfg);
+    // One more write after the restart, to show the daemon serves while it replays.
+    assert_eq!(post_when_up(&base, lines("cpu", 25, 200)).await, 200);
+    let all = dw
+        .wait_for(Duration::from_secs(30), |m| {
+            let got = m.lines_accepted();
+            (0..225).all(|s| got.iter().any(|l| l.contains(&format!("seq={s}i"))))
+        })
+        .await;
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    daemon.wait().unwrap();
+    let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
+    assert!(
+        all,
+        "every acknowledged point arrives after the restart; got {} points in {} requests:\n{log}",
+        dw.points_accepted(),
+        dw.requests().len()
+    );
+}
