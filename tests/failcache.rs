@@ -304,3 +304,33 @@ async fn at_the_shutdown_deadline_undelivered_points_go_to_the_cache_and_out_aft
         .sum();
     assert_eq!(resent_points, 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_starts_on_a_damaged_cache_file_and_counts_it() {
+    let dw = MockDataway::start().await;
+    let cache = tempfile::tempdir().unwrap();
+    // The file this endpoint's cache lives in, overwritten with garbage.
+    let url = dw.url("t");
+    let (origin, query) = url.split_once('?').unwrap();
+    let file = dataway::failcache::file_for(cache.path(), &format!("{origin}?{query}"));
+    std::fs::write(&file, vec![0x5au8; 16 * 1024]).unwrap();
+    let fc = format!("path = \"{}\"", cache.path().display());
+    let d = TestDaemon::start(config_for(&[url.clone()], &fast("", &fc), "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    assert!(dw.wait_points(5, Duration::from_secs(10)).await);
+    let text = d.metrics.encode_text();
+    d.stop().await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("dataway_failcache_dropped_total{")
+                && l.contains("reason=\"corrupt_file\"")
+                && l.ends_with(" 1")),
+        "{text}"
+    );
+    let aside = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+        .count();
+    assert_eq!(aside, 1, "the damaged file is kept aside");
+}
