@@ -315,7 +315,7 @@ async fn the_daemon_starts_on_a_damaged_cache_file_and_counts_it() {
     let file = dataway::failcache::file_for(cache.path(), &format!("{origin}?{query}"));
     std::fs::write(&file, vec![0x5au8; 16 * 1024]).unwrap();
     let fc = format!("path = \"{}\"", cache.path().display());
-    let d = TestDaemon::start(config_for(&[url.clone()], &fast("", &fc), "")).await;
+    let d = TestDaemon::start(config_for(std::slice::from_ref(&url), &fast("", &fc), "")).await;
     assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
     assert!(dw.wait_points(5, Duration::from_secs(10)).await);
     let text = d.metrics.encode_text();
