@@ -96,3 +96,41 @@ async fn after_kill_9_every_acknowledged_point_is_delivered() {
         dw.requests().len()
     );
 }
+
+/// With the WAL on and no fail-cache, what a graceful stop could not deliver stays in the
+/// WAL and is replayed at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_stop_abandons_is_replayed_from_the_wal() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Slow(Duration::from_secs(30))));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || {
+        config_for(
+            &[dw.url("t")],
+            &format!(
+                "workers = 1\ntimeout = \"60s\"\nshutdown_timeout = \"300ms\"\n\
+                 [dataway.fail_cache]\nenabled = false\n\
+                 [dataway.wal]\nenabled = true\npath = \"{}\"",
+                dir.path().display()
+            ),
+            "",
+        )
+    };
+    let d = TestDaemon::start(cfg()).await;
+    for i in 0..4 {
+        assert_eq!(d.post("metric", lines("cpu", 5, i * 5)).await.status(), 200);
+    }
+    assert_eq!(d.stop().await.abandoned_points, 20);
+    dw.set_default(None);
+    let d = TestDaemon::start(cfg()).await;
+    assert!(
+        dw.wait_for(Duration::from_secs(20), |m| {
+            let got = m.lines_accepted();
+            (0..20).all(|s| got.iter().any(|l| l.contains(&format!("seq={s}i"))))
+        })
+        .await,
+        "replayed: {} points",
+        dw.points_accepted()
+    );
+    d.stop().await;
+}

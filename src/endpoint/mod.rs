@@ -413,6 +413,9 @@ async fn dispatch(
         if persist_batch(&shared, &b).await {
             persisted += n;
         } else {
+            if let Some(t) = b.wal() {
+                t.keep(); // replayed from the WAL at the next start
+            }
             abandoned += n;
             shared
                 .metrics
@@ -534,6 +537,11 @@ async fn deliver(
                 };
                 if !sent {
                     // The server may have got the interrupted body: at-least-once.
+                    if shared.cache.is_none()
+                        && let Some(t) = &_wal
+                    {
+                        t.keep(); // not delivered, not cached: replay it from the WAL
+                    }
                     if let Some(cache) = &shared.cache {
                         for b in std::iter::once(body).chain(bodies) {
                             resend::keep(shared, cache, category, &b).await;

@@ -33,6 +33,8 @@ pub struct Wal {
 pub struct Ticket {
     wal: Option<Arc<Wal>>,
     id: u64,
+    /// Set when some part of the write was given up on: the entry stays for a replay.
+    keep: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -42,6 +44,13 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
+    /// Leaves the entry in the log when the ticket drops, because some of the write was not
+    /// delivered (e.g. abandoned at the shutdown deadline with no fail-cache): it is
+    /// replayed at the next start.
+    pub fn keep(&self) {
+        self.keep.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Leaves the entry in the log, as a crash would (tests).
     #[cfg(test)]
     fn abandon(mut self) {
@@ -52,6 +61,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(wal) = &self.wal
+            && !self.keep.load(std::sync::atomic::Ordering::Relaxed)
             && let Err(e) = wal.remove(self.id)
         {
             tracing::warn!(
@@ -115,6 +125,7 @@ impl Wal {
         Ok(Ticket {
             wal: Some(self.clone()),
             id,
+            keep: Default::default(),
         })
     }
 
