@@ -92,8 +92,9 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
     std::fs::write(
         &cfg,
         format!(
-            "[dataway]\nurls = [\"{}\"]\nworkers = 1\nretry_delay = \"10ms\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n",
-            dw.url("tkn_bin")
+            "[dataway]\nurls = [\"{}\"]\nworkers = 1\nretry_delay = \"10ms\"\n[dataway.fail_cache]\npath = \"{}\"\n[ingest]\nlisten = \"127.0.0.1:{port}\"\n",
+            dw.url("tkn_bin"),
+            dir.path().join("failcache").display()
         ),
     )
     .unwrap();

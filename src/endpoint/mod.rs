@@ -228,7 +228,7 @@ impl Endpoint {
         let closing = CancellationToken::new();
         let abort = CancellationToken::new();
         if shared.cache.is_some() {
-            tokio::spawn(resend::run(shared.clone(), closing.clone()));
+            tokio::spawn(resend::run(shared.clone(), closing.clone(), abort.clone()));
         }
         let task = tokio::spawn(dispatch(shared.clone(), rx, closing.clone(), abort.clone()));
         Ok(Endpoint {
@@ -440,11 +440,12 @@ async fn dispatch(
 /// shutdown deadline.
 const PERSIST_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Encodes a queued batch and keeps its bodies in the fail-cache; false without a cache.
+/// Encodes a queued batch and keeps its bodies in the fail-cache; false unless every body
+/// was stored (or without a cache).
 async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
-    let Some(cache) = &shared.cache else {
+    if shared.cache.is_none() {
         return false;
-    };
+    }
     let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
     let b = batch.clone();
     let Ok(bodies) =
@@ -452,10 +453,11 @@ async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
     else {
         return false;
     };
+    let mut all = true;
     for body in &bodies {
-        resend::keep(shared, cache, batch.category, body).await;
+        all &= resend::keep(shared, batch.category, body).await;
     }
-    true
+    all
 }
 
 /// Counts the points of a delivery that has not finished: if the task is aborted at the
@@ -530,26 +532,34 @@ async fn deliver(
     while let Some(body) = bodies.next() {
         match &shared.sender {
             Sender::Http(cli) => {
+                // Only the send races the deadline; storing a body in the cache does not
+                // (cancelling it half-way could store it and then store it again).
                 let sent = tokio::select! {
                     biased;
-                    _ = send_http(shared, cli, category, &body) => true,
-                    _ = abort.cancelled() => false,
+                    to_cache = send_http(shared, cli, category, &body) => Some(to_cache),
+                    _ = abort.cancelled() => None,
                 };
-                if !sent {
-                    // The server may have got the interrupted body: at-least-once.
-                    if shared.cache.is_none()
-                        && let Some(t) = &_wal
-                    {
-                        t.keep(); // not delivered, not cached: replay it from the WAL
-                    }
-                    if let Some(cache) = &shared.cache {
-                        for b in std::iter::once(body).chain(bodies) {
-                            resend::keep(shared, cache, category, &b).await;
-                            guard.done(b.points);
-                            shared.persisted.fetch_add(b.points, Ordering::Relaxed);
+                match sent {
+                    Some(false) => {}
+                    Some(true) => {
+                        if !resend::keep(shared, category, &body).await
+                            && let Some(t) = &_wal
+                        {
+                            t.keep(); // not cached: replay it from the WAL
                         }
                     }
-                    return;
+                    None => {
+                        // The server may have got the interrupted body: at-least-once.
+                        for b in std::iter::once(body).chain(bodies) {
+                            if resend::keep(shared, category, &b).await {
+                                guard.done(b.points);
+                                shared.persisted.fetch_add(b.points, Ordering::Relaxed);
+                            } else if let Some(t) = &_wal {
+                                t.keep(); // not delivered, not cached: replay from the WAL
+                            }
+                        }
+                        return;
+                    }
                 }
             }
             Sender::File(f) => f.append(shared, category, &body).await,
@@ -588,33 +598,34 @@ fn write_request(shared: &Shared, category: Category, body: &Body, from_cache: b
     }
 }
 
-async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Body) {
+/// Sends one body with retries; `true` when it failed for good with a retryable error and
+/// the endpoint has a fail-cache to keep it in (the caller stores it).
+async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Body) -> bool {
     let path = category.write_path();
     let req = write_request(shared, category, body, false);
     let outcome = cli.send(&req).await;
     shared.record_api(path, &outcome);
     shared.record_points(category, outcome.status(), body);
     match &outcome.result {
-        Ok(r) if r.status.is_success() => {}
+        Ok(r) if r.status.is_success() => false,
         Ok(r) if !outcome.is_retryable_failure() => {
             let msg = String::from_utf8_lossy(&r.body[..r.body.len().min(512)]).into_owned();
             tracing::warn!(endpoint = %shared.label, %category, status = %r.status, points = body.points, server_message = %msg, "Dataway refused the data; dropped");
             shared.drop_points(category, body.points, "rejected");
+            false
         }
         _ => {
             let error = match &outcome.result {
                 Err(e) => httpcli::without_url(e),
                 Ok(r) => r.status.to_string(),
             };
-            match &shared.cache {
-                Some(cache) => {
-                    tracing::warn!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; kept in the fail-cache");
-                    resend::keep(shared, cache, category, body).await;
-                }
-                None => {
-                    tracing::error!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; dropped");
-                    shared.drop_points(category, body.points, "retries_exhausted");
-                }
+            if shared.cache.is_some() {
+                tracing::warn!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; keeping it in the fail-cache");
+                true
+            } else {
+                tracing::error!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; dropped");
+                shared.drop_points(category, body.points, "retries_exhausted");
+                false
             }
         }
     }

@@ -42,31 +42,33 @@ pub(super) fn open_cache(
     }
 }
 
-/// Stores a body that failed after retries (the fsync runs off the async workers).
-pub(super) async fn keep(shared: &Shared, cache: &Arc<FailCache>, category: Category, body: &Body) {
+/// Stores a body in the endpoint's fail-cache (the fsync runs off the async workers).
+/// `false` when it could not be stored (no cache, or a write error: logged and counted).
+pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bool {
+    let Some(cache) = shared.cache.clone() else {
+        return false;
+    };
     let record = Record::new(
         category,
         body.gzipped,
         body.points as u64,
         body.payload.clone(),
     );
-    let c = cache.clone();
-    let stored = tokio::task::spawn_blocking(move || c.push(&record)).await;
-    match stored {
-        Ok(Ok(())) => shared.cache_added.notify_one(),
-        Ok(Err(e)) => {
-            tracing::error!(endpoint = %shared.label, %category, points = body.points, "could not keep the body in the fail-cache; dropped: {e}");
-            shared.drop_points(category, body.points, "failcache_write_error");
+    let error = match tokio::task::spawn_blocking(move || cache.push(&record)).await {
+        Ok(Ok(())) => {
+            shared.cache_added.notify_one();
+            return true;
         }
-        Err(e) => {
-            tracing::error!(endpoint = %shared.label, "fail-cache task failed: {e}");
-            shared.drop_points(category, body.points, "failcache_write_error");
-        }
-    }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(endpoint = %shared.label, %category, points = body.points, "could not keep the body in the fail-cache: {error}");
+    shared.drop_points(category, body.points, "failcache_write_error");
+    false
 }
 
 /// The resend loop (see the module doc).
-pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
     let (Some(cache), Sender::Http(cli)) = (shared.cache.clone(), &shared.sender) else {
         return;
     };
@@ -114,30 +116,43 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
         };
         let path = record.category.write_path();
         let req = write_request(&shared, record.category, &body, true);
+        // A send in progress finishes unless the shutdown deadline passes: cutting it at
+        // `close` would send the same body again after the restart.
         let outcome = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = abort.cancelled() => return,
             o = cli.send(&req) => o,
         };
         shared.record_api(path, &outcome);
         shared.record_points(record.category, outcome.status(), &body);
         let c = cache.clone();
-        match &outcome.result {
+        let settled = match &outcome.result {
             Ok(r) if r.status.is_success() => {
                 shared
                     .metrics
                     .failcache_bytes
                     .observe(&[record.category.name()], body.payload.len() as f64);
-                let _ = tokio::task::spawn_blocking(move || c.remove(key)).await;
+                Some(tokio::task::spawn_blocking(move || c.remove(key)).await)
             }
             Ok(r) if !outcome.is_retryable_failure() => {
                 tracing::warn!(endpoint = %shared.label, category = %record.category, status = %r.status, points = record.points, "Dataway refused a resent body; dropped");
-                let _ = tokio::task::spawn_blocking(move || c.reject(key, &record)).await;
+                Some(tokio::task::spawn_blocking(move || c.reject(key, &record)).await)
             }
-            _ => {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => {}
-                }
+            _ => None, // still failing: try again after the interval
+        };
+        let go_on = match settled {
+            Some(Ok(Ok(()))) => true,
+            Some(Ok(Err(e))) => {
+                // Not removed: pausing keeps the same body from being sent again and
+                // again as fast as the server takes it.
+                tracing::error!(endpoint = %shared.label, "fail-cache: {e}");
+                false
+            }
+            Some(Err(_)) | None => false,
+        };
+        if !go_on {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
             }
         }
     }

@@ -173,8 +173,11 @@ impl FailCache {
             path: self.path.clone(),
             message: e,
         };
+        // The state lock is held across the commit (redb has one writer anyway) and the
+        // counts change only once the commit succeeded, so they always match the disk.
         let mut st = self.lock();
         let key = st.next;
+        let (mut records, mut total) = (st.records + 1, st.bytes + bytes.len() as u64);
         let mut txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| err(e.to_string()))?;
@@ -184,17 +187,14 @@ impl FailCache {
             table
                 .insert(key, bytes.as_slice())
                 .map_err(|e| err(e.to_string()))?;
-            st.next += 1;
-            st.records += 1;
-            st.bytes += bytes.len() as u64;
             // Over capacity: the oldest go first (the newest data is the most useful).
-            while st.bytes > self.limits.max_capacity && st.records > 1 {
+            while total > self.limits.max_capacity && records > 1 {
                 let Some((_, v)) = table.pop_first().map_err(|e| err(e.to_string()))? else {
                     break;
                 };
                 let v = v.value();
-                st.records -= 1;
-                st.bytes -= v.len() as u64;
+                records -= 1;
+                total = total.saturating_sub(v.len() as u64);
                 dropped.push(match Record::decode(v) {
                     Decoded::Ok(r) => Some(r),
                     _ => None,
@@ -202,6 +202,9 @@ impl FailCache {
             }
         }
         txn.commit().map_err(|e| err(e.to_string()))?;
+        st.next = key + 1;
+        st.records = records;
+        st.bytes = total;
         drop(st);
         for r in &dropped {
             self.drop_count("full", r.as_ref());
@@ -256,16 +259,18 @@ impl FailCache {
         };
         let mut st = self.lock();
         let txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
-        {
+        let removed = {
             let mut table = txn.open_table(BODIES).map_err(|e| err(e.to_string()))?;
-            if let Some(v) = table.remove(key).map_err(|e| err(e.to_string()))? {
-                st.records -= 1;
-                st.bytes -= v.value().len() as u64;
-            }
-        }
-        // A delivered record resent once more after a crash is harmless (at-least-once);
-        // fsyncing every removal would halve the drain rate.
+            let v = table.remove(key).map_err(|e| err(e.to_string()))?;
+            v.map(|v| v.value().len() as u64)
+        };
+        // Fsynced like every redb commit by default: a removal lost in a crash would
+        // resend that body once more.
         txn.commit().map_err(|e| err(e.to_string()))?;
+        if let Some(len) = removed {
+            st.records = st.records.saturating_sub(1);
+            st.bytes = st.bytes.saturating_sub(len);
+        }
         drop(st);
         self.publish();
         Ok(())
@@ -296,29 +301,37 @@ pub fn file_for(dir: &Path, url_with_token: &str) -> PathBuf {
 /// `<path>.corrupt-<unix time>` (kept for inspection) and a new one created, so the daemon
 /// always starts. `true` when that happened.
 pub(crate) fn open_or_move_aside(path: &Path) -> Result<(Database, bool), String> {
+    use redb::{DatabaseError, StorageError};
     match Database::create(path) {
         Ok(db) => Ok((db, false)),
-        // Another process holds it, or it needs a redb upgrade: not damage, never move it.
+        // Only damage moves a file aside. Another process holding it, a needed redb
+        // upgrade or an I/O error (permissions, no space) are reported and change nothing.
         Err(
-            e @ (redb::DatabaseError::DatabaseAlreadyOpen
-            | redb::DatabaseError::LockProtocolMismatch
-            | redb::DatabaseError::UpgradeRequired(_)),
-        ) => Err(format!("{}: {e}", path.display())),
-        Err(e) => {
-            let aside = path.with_extension(format!("corrupt-{}", unix_secs()));
-            tracing::error!(path = %path.display(), moved_to = %aside.display(), "unreadable ({e}); starting a new file");
-            std::fs::rename(path, &aside).map_err(|e| e.to_string())?;
-            Database::create(path)
-                .map(|db| (db, true))
-                .map_err(|e| e.to_string())
+            e @ (DatabaseError::Storage(StorageError::Corrupted(_)) | DatabaseError::RepairAborted),
+        ) => move_aside(path, &e.to_string()),
+        Err(DatabaseError::Storage(StorageError::Io(e)))
+            if e.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            move_aside(path, &e.to_string())
         }
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
-fn unix_secs() -> u64 {
+/// Keeps a damaged file for inspection under a unique name and starts a new one.
+fn move_aside(path: &Path, why: &str) -> Result<(Database, bool), String> {
+    let aside = path.with_extension(format!("corrupt-{}", unix_nanos()));
+    tracing::error!(path = %path.display(), moved_to = %aside.display(), "damaged ({why}); starting a new file");
+    std::fs::rename(path, &aside).map_err(|e| e.to_string())?;
+    Database::create(path)
+        .map(|db| (db, true))
+        .map_err(|e| e.to_string())
+}
+
+fn unix_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_nanos())
 }
 
 #[cfg(test)]
