@@ -60,14 +60,26 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Some(wal) = &self.wal
-            && !self.keep.load(std::sync::atomic::Ordering::Relaxed)
-            && let Err(e) = wal.remove(self.id)
-        {
-            tracing::warn!(
-                id = self.id,
-                "could not remove a delivered write from the WAL (it will be replayed): {e}"
-            );
+        let Some(wal) = self.wal.take() else {
+            return;
+        };
+        if self.keep.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let id = self.id;
+        let remove = move || {
+            if let Err(e) = wal.remove(id) {
+                tracing::warn!(
+                    id,
+                    "could not remove a delivered write from the WAL (it will be replayed): {e}"
+                );
+            }
+        };
+        // Tickets drop on async workers; the removal waits for redb's writer (which an
+        // append may hold through an fsync), so it runs on the blocking pool.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(remove)),
+            Err(_) => remove(),
         }
     }
 }
