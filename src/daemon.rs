@@ -32,39 +32,6 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Sends again what the WAL holds from a previous run (a crash, or a stop before
-    /// delivery), then forgets the old entries (the new writes are logged again).
-    async fn replay_wal(&self) {
-        let Some(wal) = self.wal.clone() else {
-            return;
-        };
-        let pending = match tokio::task::spawn_blocking({
-            let wal = wal.clone();
-            move || wal.pending()
-        })
-        .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::error!("cannot read the WAL: {e}");
-                return;
-            }
-            Err(_) => return,
-        };
-        if pending.is_empty() {
-            return;
-        }
-        let points: usize = pending.iter().map(|p| p.points.len()).sum();
-        tracing::info!(writes = pending.len(), points, "replaying the WAL");
-        for p in pending {
-            if let Err(e) = self.dataway.write(p.category, p.points).await {
-                tracing::error!("replaying the WAL stopped: {e}");
-                return;
-            }
-            let _ = wal.forget(p.id);
-        }
-    }
-
     /// Starts the endpoints and sinkers (their tasks run on the current runtime) and loads
     /// the plugins found in `plugins_dir`.
     pub fn start(config: Config) -> anyhow::Result<Daemon> {
@@ -126,7 +93,12 @@ impl Daemon {
             config: self.config.ingest.clone(),
             started: Instant::now(),
         });
-        self.replay_wal().await;
+        // Replay alongside serving: with an endpoint down, replaying can take as long as
+        // its retries, and ingest must not wait for that. A stop ends it (the entries not
+        // replayed yet stay in the WAL).
+        if let Some(wal) = self.wal.clone() {
+            tokio::spawn(replay_wal(wal, self.dataway.clone()));
+        }
         tracing::info!(listen = %listener.local_addr()?, "ingest server listening");
         ingest::serve(listener, state, shutdown).await?;
         self.stop_watching.cancel();
@@ -142,5 +114,35 @@ impl Daemon {
             "stopped"
         );
         Ok(report)
+    }
+}
+
+/// Sends again what the WAL holds from a previous run (a crash, or a stop before delivery),
+/// forgetting each old entry once its points are written again (and so logged again).
+async fn replay_wal(wal: Arc<Wal>, dataway: Arc<Dataway>) {
+    let pending = match tokio::task::spawn_blocking({
+        let wal = wal.clone();
+        move || wal.pending()
+    })
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::error!("cannot read the WAL: {e}");
+            return;
+        }
+        Err(_) => return,
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let points: usize = pending.iter().map(|p| p.points.len()).sum();
+    tracing::info!(writes = pending.len(), points, "replaying the WAL");
+    for p in pending {
+        if let Err(e) = dataway.write(p.category, p.points).await {
+            tracing::error!("replaying the WAL stopped: {e}");
+            return;
+        }
+        let _ = wal.forget(p.id);
     }
 }
