@@ -287,14 +287,23 @@ impl Dataway {
             ep.close();
         }
         // Every endpoint drains in its own task already; joining them one after another
-        // under one shared deadline takes no longer than the slowest.
+        // under one shared deadline takes no longer than the slowest. At the deadline all
+        // are told at once, so they keep what is left in their fail-caches in parallel.
         let deadline = Instant::now() + grace;
+        let tokens: Vec<_> = all.iter().map(|e| e.deadline_token()).collect();
+        let timer = tokio::spawn(async move {
+            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+            for t in tokens {
+                t.cancel();
+            }
+        });
         let mut report = DrainReport::default();
         for ep in all {
             let r = ep.join(deadline).await;
             report.abandoned_points += r.abandoned_points;
             report.persisted_points += r.persisted_points;
         }
+        timer.abort();
         report
     }
 }

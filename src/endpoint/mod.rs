@@ -296,6 +296,12 @@ impl Endpoint {
         self.closing.cancel();
     }
 
+    /// The token that, once cancelled, stops delivering and keeps what is left (the
+    /// shutdown deadline). Cancel it for every endpoint at once so they persist in parallel.
+    pub fn deadline_token(&self) -> CancellationToken {
+        self.abort.clone()
+    }
+
     /// Whether its dispatcher has ended (closed and drained, or joined).
     pub fn is_finished(&self) -> bool {
         self.task
