@@ -31,7 +31,7 @@ use crate::httpcli::Response;
 use crate::metrics::Metrics;
 use crate::point::{FieldValue, Point};
 use crate::sinker::{self, Sinker, Sinkers};
-use crate::wal::{Ticket, Wal};
+use crate::wal::{Prepared, Ticket, Wal};
 
 /// Why a write was not accepted. Nothing of a refused write was queued anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -119,17 +119,20 @@ impl Dataway {
         self.wal.is_some()
     }
 
-    /// Logs `points` in the WAL, if there is one; the ticket goes with the batches.
-    fn log(&self, category: Category, points: &[Point]) -> Result<Option<Arc<Ticket>>, WriteError> {
-        match &self.wal {
-            None => Ok(None),
-            Some(w) => w
-                .append(category, points)
-                .map(|t| Some(Arc::new(t)))
-                .map_err(|e| {
-                    tracing::error!("WAL append failed; write refused: {e}");
-                    WriteError::Full
-                }),
+    /// Encodes `points` for the WAL, if there is one (before routing consumes them).
+    fn prepare(&self, category: Category, points: &[Point]) -> Option<Prepared> {
+        self.wal.as_ref().map(|_| Wal::prepare(category, points))
+    }
+
+    /// Logs a prepared write durably, once it is sure to be taken (queue slots reserved):
+    /// a refused write costs no fsync. The ticket goes with the batches.
+    fn log(&self, prepared: Option<Prepared>) -> Result<Option<Arc<Ticket>>, WriteError> {
+        match (&self.wal, prepared) {
+            (Some(w), Some(p)) => w.commit(p).map(|t| Some(Arc::new(t))).map_err(|e| {
+                tracing::error!("WAL append failed; write refused: {e}");
+                WriteError::Full
+            }),
+            _ => Ok(None),
         }
     }
 
@@ -170,7 +173,7 @@ impl Dataway {
         if points.is_empty() {
             return Ok(());
         }
-        let ticket = self.log(category, &points)?;
+        let prepared = self.prepare(category, &points);
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
@@ -184,6 +187,7 @@ impl Dataway {
             .map(|p| p.endpoints.iter().map(Endpoint::try_reserve).collect())
             .collect::<Option<Vec<Vec<_>>>>()
             .ok_or(WriteError::Full)?;
+        let ticket = self.log(prepared)?;
         enqueue(category, parts, slots, permit, ticket);
         counts.record(&self.metrics);
         Ok(())
@@ -201,7 +205,7 @@ impl Dataway {
         if points.is_empty() {
             return Ok(());
         }
-        let ticket = self.log(category, &points)?;
+        let prepared = self.prepare(category, &points);
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
@@ -219,6 +223,7 @@ impl Dataway {
             }
             slots.push(these);
         }
+        let ticket = self.log(prepared)?;
         enqueue(category, parts, slots, permit, ticket);
         counts.record(&self.metrics);
         Ok(())

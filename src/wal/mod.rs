@@ -84,6 +84,9 @@ impl Drop for Ticket {
     }
 }
 
+/// A write encoded for the log, not yet on disk.
+pub struct Prepared(Record);
+
 /// A write found in the log at start.
 pub struct Pending {
     pub id: u64,
@@ -119,9 +122,25 @@ impl Wal {
         category: Category,
         points: &[Point],
     ) -> Result<Ticket, String> {
+        self.commit(Wal::prepare(category, points))
+    }
+
+    /// Encodes a write for the log without touching the disk (cheap; the points can then
+    /// be routed, and the write logged with [`Wal::commit`] once it is sure to be taken).
+    pub fn prepare(category: Category, points: &[Point]) -> Prepared {
         let mut lp = Vec::with_capacity(points.len() * 64);
         encode_points(points, &mut lp);
-        let record = Record::new(category, false, points.len() as u64, Bytes::from(lp));
+        Prepared(Record::new(
+            category,
+            false,
+            points.len() as u64,
+            Bytes::from(lp),
+        ))
+    }
+
+    /// Writes a prepared entry durably (fsynced) and returns the ticket that removes it.
+    pub fn commit(self: &Arc<Self>, prepared: Prepared) -> Result<Ticket, String> {
+        let record = prepared.0;
         let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
         let id = *next;
         let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
