@@ -120,7 +120,9 @@ async fn what_a_stop_abandons_is_replayed_from_the_wal() {
     for i in 0..4 {
         assert_eq!(d.post("metric", lines("cpu", 5, i * 5)).await.status(), 200);
     }
-    assert_eq!(d.stop().await.abandoned_points, 20);
+    let report = d.stop().await;
+    assert_eq!(report.abandoned_points, 0, "kept in the WAL, not abandoned");
+    assert_eq!(report.persisted_points, 20);
     dw.set_default(None);
     let d = TestDaemon::start(cfg()).await;
     assert!(

@@ -166,7 +166,7 @@ pub enum ApiError {
 pub struct DrainReport {
     /// Points abandoned because the deadline came first.
     pub abandoned_points: usize,
-    /// Points not delivered by the deadline but kept in the fail-cache for the next start.
+    /// Points not delivered by the deadline but kept (fail-cache or WAL) for the next start.
     pub persisted_points: usize,
 }
 
@@ -418,10 +418,10 @@ async fn dispatch(
         let n = b.points.len();
         if persist_batch(&shared, &b).await {
             persisted += n;
+        } else if let Some(t) = b.wal() {
+            t.keep(); // replayed from the WAL at the next start
+            persisted += n;
         } else {
-            if let Some(t) = b.wal() {
-                t.keep(); // replayed from the WAL at the next start
-            }
             abandoned += n;
             shared
                 .metrics
@@ -431,7 +431,7 @@ async fn dispatch(
         }
     }
     if persisted > 0 {
-        tracing::info!(endpoint = %shared.label, points = persisted, "shutdown deadline passed: undelivered points kept in the fail-cache for the next start");
+        tracing::info!(endpoint = %shared.label, points = persisted, "shutdown deadline passed: undelivered points kept (fail-cache or WAL) for the next start");
     }
     if abandoned > 0 {
         tracing::error!(endpoint = %shared.label, points = abandoned, "shutdown deadline passed: points not delivered");
@@ -562,6 +562,8 @@ async fn deliver(
                                 shared.persisted.fetch_add(b.points, Ordering::Relaxed);
                             } else if let Some(t) = &_wal {
                                 t.keep(); // not delivered, not cached: replay from the WAL
+                                guard.done(b.points);
+                                shared.persisted.fetch_add(b.points, Ordering::Relaxed);
                             }
                         }
                         return;
