@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
@@ -19,20 +18,6 @@ fn fast(extra_dataway: &str, fail_cache: &str) -> String {
         "max_retry_count = 1\nretry_delay = \"10ms\"\nmax_retry_delay = \"50ms\"\n{extra_dataway}\n\
          [dataway.fail_cache]\n{interval}{fail_cache}"
     )
-}
-
-/// seq -> times it arrived at `mock` (2xx write requests only).
-fn seqs(mock: &MockDataway) -> HashMap<u64, usize> {
-    let mut out = HashMap::new();
-    for l in mock.lines_accepted() {
-        let seq = l
-            .split([' ', ','])
-            .find_map(|kv| kv.strip_prefix("seq="))
-            .and_then(|v| v.trim_end_matches('i').parse().ok())
-            .unwrap_or_else(|| panic!("no seq in {l}"));
-        *out.entry(seq).or_default() += 1;
-    }
-    out
 }
 
 fn assert_exactly_once(mock: &MockDataway, n: u64, who: &str) {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -22,20 +21,6 @@ fn sinker(name: &str, categories: &str, plugin: Option<&str>, config: &str, url:
 /// Points `measurement,host=h.. seq=Ni` with seq in `start..start+n`.
 fn pts(measurement: &str, n: usize, start: usize) -> String {
     lines(measurement, n, start)
-}
-
-/// seq -> how many times it arrived at `mock`.
-fn seqs(mock: &MockDataway) -> HashMap<u64, usize> {
-    let mut out = HashMap::new();
-    for l in mock.lines_accepted() {
-        let seq = l
-            .split([' ', ','])
-            .find_map(|kv| kv.strip_prefix("seq="))
-            .and_then(|v| v.trim_end_matches('i').parse().ok())
-            .unwrap_or_else(|| panic!("no seq in {l}"));
-        *out.entry(seq).or_default() += 1;
-    }
-    out
 }
 
 fn assert_once(mock: &MockDataway, expected: impl IntoIterator<Item = u64>, who: &str) {

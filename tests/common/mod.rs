@@ -348,3 +348,17 @@ pub async fn wait_metric(metrics: &Metrics, series: &str, value: f64) -> bool {
     }
     false
 }
+
+/// seq -> how many times it arrived at `mock` (2xx write requests; lines from `lines()`).
+pub fn seqs(mock: &MockDataway) -> std::collections::HashMap<u64, usize> {
+    let mut out = std::collections::HashMap::new();
+    for l in mock.lines_accepted() {
+        let seq = l
+            .split([' ', ','])
+            .find_map(|kv| kv.strip_prefix("seq="))
+            .and_then(|v| v.trim_end_matches('i').parse().ok())
+            .unwrap_or_else(|| panic!("no seq in {l}"));
+        *out.entry(seq).or_default() += 1;
+    }
+    out
+}
