@@ -319,3 +319,61 @@ async fn the_daemon_starts_on_a_damaged_cache_file_and_counts_it() {
         .count();
     assert_eq!(aside, 1, "the damaged file is kept aside");
 }
+
+/// A drop-in sinker whose sidecar changes is restarted on the same URL: the new endpoint
+/// takes over the cache file once the old one has let it go, and keeps failures in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_drop_in_sinker_keeps_its_fail_cache() {
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = plugins.path();
+    std::fs::copy(
+        common::plugins::rust_plugin("example-rust"),
+        dir.join("sink.wasm"),
+    )
+    .unwrap();
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    s.set_default(Some(Reply::Status(503)));
+    let sidecar = |config: &str| {
+        format!(
+            "categories = [\"metric\"]\nconfig = \"{config}\"\nurls = [\"{}\"]\n",
+            s.url("t")
+        )
+    };
+    std::fs::write(dir.join("sink.toml"), sidecar("cpu")).unwrap();
+    let d = TestDaemon::start(config_for(
+        &[main.url("m")],
+        &fast(&format!("plugins_dir = \"{}\"", dir.display()), ""),
+        "",
+    ))
+    .await;
+    let reloaded = |n: f64| {
+        let m = d.metrics.clone();
+        async move {
+            let series = "dataway_sinker_reloads_total{result=\"ok\",sinker=\"sink\"}";
+            for _ in 0..1000 {
+                if sample(&m.encode_text(), series).unwrap_or(0.0) >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{series} never reached {n}");
+        }
+    };
+    reloaded(1.0).await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    // Restart the sinker (same URL); give the old one time to let the file go.
+    std::fs::write(dir.join("sink.toml"), sidecar("cpu,mem")).unwrap();
+    reloaded(2.0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(d.post("metric", lines("mem", 5, 5)).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.set_default(None);
+    assert!(s.wait_points(10, Duration::from_secs(20)).await);
+    let text = d.metrics.encode_text();
+    d.stop().await;
+    assert_exactly_once(&s, 10, "restarted sinker");
+    assert!(
+        !text.contains("reason=\"retries_exhausted\""),
+        "nothing was dropped for lack of a cache:\n{text}"
+    );
+}

@@ -47,7 +47,7 @@ pub struct Dataway {
     endpoints: Vec<Endpoint>,
     sinkers: Arc<Sinkers>,
     /// Sinkers removed while running: their endpoints drain; shutdown waits for them.
-    retired: Mutex<Vec<Arc<Sinker>>>,
+    retired: Arc<Mutex<Vec<Arc<Sinker>>>>,
     metrics: Arc<Metrics>,
     budget: Arc<Semaphore>,
     budget_total: usize,
@@ -55,6 +55,9 @@ pub struct Dataway {
     /// With `[dataway.wal]`: every accepted write is on disk before it is acknowledged.
     wal: Option<Arc<Wal>>,
 }
+
+/// How long a removed sinker's endpoints may take to deliver what they hold.
+const RETIRE_GRACE: Duration = Duration::from_secs(60);
 
 /// Points bound for a set of endpoints (a sinker's, or the main ones).
 struct Part<'a> {
@@ -98,7 +101,7 @@ impl Dataway {
         Dataway {
             endpoints,
             sinkers,
-            retired: Mutex::new(Vec::new()),
+            retired: Arc::new(Mutex::new(Vec::new())),
             metrics,
             budget: Arc::new(Semaphore::new(max_pending_bytes)),
             budget_total: max_pending_bytes,
@@ -154,10 +157,25 @@ impl Dataway {
         for ep in sinker.endpoints() {
             ep.close();
         }
-        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
-        // Those that have delivered everything need no waiting for any more.
-        retired.retain(|s| !s.endpoints().iter().all(Endpoint::is_finished));
-        retired.push(sinker);
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sinker.clone());
+        // Once its endpoints have drained (or given the rest to their fail-caches) the
+        // sinker is let go: that closes its fail-cache files, which a replacement with the
+        // same URLs is waiting to open.
+        let list = self.retired.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let deadline = Instant::now() + RETIRE_GRACE;
+                for ep in sinker.endpoints() {
+                    ep.join(deadline).await;
+                }
+                list.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|s| !Arc::ptr_eq(s, &sinker));
+            });
+        }
     }
 
     /// The main endpoints, in configuration order.

@@ -183,7 +183,7 @@ struct Shared {
     opts: EndpointOptions,
     metrics: Arc<Metrics>,
     /// Bodies that failed after retries, for this endpoint only (HTTP endpoints).
-    cache: Option<Arc<FailCache>>,
+    cache: std::sync::OnceLock<Arc<FailCache>>,
     /// Wakes the resend task when the cache gets a body.
     cache_added: tokio::sync::Notify,
     /// Points put into the fail-cache at the shutdown deadline (for the drain report).
@@ -214,7 +214,16 @@ impl Endpoint {
             EndpointUrl::File { dir } => Sender::File(FileSink::new(dir.clone())),
         };
         let (tx, rx) = mpsc::channel(opts.queue_size);
-        let cache = resend::open_cache(&url, &opts, &metrics);
+        let opened = resend::open_cache(&url, &opts, &metrics);
+        let cache = std::sync::OnceLock::new();
+        let resend = match opened {
+            resend::Opened::Ready(c) => {
+                let _ = cache.set(c);
+                true
+            }
+            resend::Opened::Busy => true,
+            resend::Opened::None => false,
+        };
         let shared = Arc::new(Shared {
             label: url.to_string(),
             url,
@@ -227,7 +236,7 @@ impl Endpoint {
         });
         let closing = CancellationToken::new();
         let abort = CancellationToken::new();
-        if shared.cache.is_some() {
+        if resend {
             tokio::spawn(resend::run(shared.clone(), closing.clone(), abort.clone()));
         }
         let task = tokio::spawn(dispatch(shared.clone(), rx, closing.clone(), abort.clone()));
@@ -300,15 +309,6 @@ impl Endpoint {
     /// shutdown deadline). Cancel it for every endpoint at once so they persist in parallel.
     pub fn deadline_token(&self) -> CancellationToken {
         self.abort.clone()
-    }
-
-    /// Whether its dispatcher has ended (closed and drained, or joined).
-    pub fn is_finished(&self) -> bool {
-        self.task
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .is_none_or(|t| t.is_finished())
     }
 
     /// Waits until the queue is drained or `deadline` passes; then abandons the rest.
@@ -449,7 +449,7 @@ const PERSIST_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Encodes a queued batch and keeps its bodies in the fail-cache; false unless every body
 /// was stored (or without a cache).
 async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
-    if shared.cache.is_none() {
+    if shared.cache.get().is_none() {
         return false;
     }
     let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
@@ -627,7 +627,7 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
                 Err(e) => httpcli::without_url(e),
                 Ok(r) => r.status.to_string(),
             };
-            if shared.cache.is_some() {
+            if shared.cache.get().is_some() {
                 tracing::warn!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; keeping it in the fail-cache");
                 true
             } else {

@@ -16,15 +16,24 @@ use crate::category::Category;
 use crate::failcache::{self, FailCache, Head, Record};
 use crate::metrics::Metrics;
 
-/// Opens the endpoint's cache (HTTP endpoints with a fail-cache configured). A cache that
-/// cannot be opened at all is logged and the endpoint runs without one.
+/// What opening an endpoint's cache gave.
+pub(super) enum Opened {
+    /// No cache for this endpoint (file:// endpoint, disabled, or an error: logged).
+    None,
+    Ready(Arc<FailCache>),
+    /// The file is held by the endpoint this one replaces (a drop-in sinker restarted):
+    /// the resend task opens it when it is released.
+    Busy,
+}
+
+/// Opens the endpoint's cache (HTTP endpoints with a fail-cache configured).
 pub(super) fn open_cache(
     url: &EndpointUrl,
     opts: &EndpointOptions,
     metrics: &Arc<Metrics>,
-) -> Option<Arc<FailCache>> {
+) -> Opened {
     let (EndpointUrl::Http { origin, query }, Some(fc)) = (url, &opts.fail_cache) else {
-        return None;
+        return Opened::None;
     };
     let path = failcache::file_for(&fc.dir, &format!("{origin}?{query}"));
     match FailCache::open(&path, fc.limits.clone(), url.to_string(), metrics.clone()) {
@@ -33,11 +42,12 @@ pub(super) fn open_cache(
             if records > 0 {
                 tracing::info!(endpoint = %url, records, bytes, "fail-cache holds bodies to resend");
             }
-            Some(Arc::new(c))
+            Opened::Ready(Arc::new(c))
         }
+        Err(e) if e.is_busy() => Opened::Busy,
         Err(e) => {
             tracing::error!(endpoint = %url, "no fail-cache for this endpoint: {e}");
-            None
+            Opened::None
         }
     }
 }
@@ -45,7 +55,7 @@ pub(super) fn open_cache(
 /// Stores a body in the endpoint's fail-cache (the fsync runs off the async workers).
 /// `false` when it could not be stored (no cache, or a write error: logged and counted).
 pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bool {
-    let Some(cache) = shared.cache.clone() else {
+    let Some(cache) = shared.cache.get().cloned() else {
         return false;
     };
     let record = Record::new(
@@ -69,8 +79,26 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
 
 /// The resend loop (see the module doc).
 pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
-    let (Some(cache), Sender::Http(cli)) = (shared.cache.clone(), &shared.sender) else {
+    let Sender::Http(cli) = &shared.sender else {
         return;
+    };
+    let cache = match shared.cache.get() {
+        Some(c) => c.clone(),
+        None => {
+            // Held by the endpoint this one replaces until it has drained: try again.
+            tracing::info!(endpoint = %shared.label, "fail-cache file still held by the previous endpoint; waiting for it");
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                }
+                match open_cache(&shared.url, &shared.opts, &shared.metrics) {
+                    Opened::Ready(c) => break shared.cache.get_or_init(|| c).clone(),
+                    Opened::Busy => continue,
+                    Opened::None => return,
+                }
+            }
+        }
     };
     let interval = shared
         .opts

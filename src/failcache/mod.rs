@@ -44,6 +44,27 @@ pub struct Limits {
 pub struct Error {
     path: PathBuf,
     message: String,
+    /// Another holder (e.g. the endpoint this one replaces) still has the file open.
+    busy: bool,
+}
+
+impl Error {
+    /// Whether the file is only held by another holder for now (worth trying again).
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+}
+
+/// Why a redb file could not be opened.
+pub(crate) struct OpenFailure {
+    busy: bool,
+    message: String,
+}
+
+impl From<OpenFailure> for String {
+    fn from(f: OpenFailure) -> String {
+        f.message
+    }
 }
 
 /// One endpoint's fail-cache.
@@ -84,11 +105,16 @@ impl FailCache {
         let err = |message: String| Error {
             path: path.to_path_buf(),
             message,
+            busy: false,
         };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
-        let (db, moved_aside) = open_or_move_aside(path).map_err(err)?;
+        let (db, moved_aside) = open_or_move_aside(path).map_err(|f| Error {
+            path: path.to_path_buf(),
+            busy: f.busy,
+            message: f.message,
+        })?;
         if moved_aside {
             metrics
                 .failcache_dropped_total
@@ -172,6 +198,7 @@ impl FailCache {
         let err = |e: String| Error {
             path: self.path.clone(),
             message: e,
+            busy: false,
         };
         // The state lock is held across the commit (redb has one writer anyway) and the
         // counts change only once the commit succeeded, so they always match the disk.
@@ -219,6 +246,7 @@ impl FailCache {
         let err = |e: String| Error {
             path: self.path.clone(),
             message: e,
+            busy: false,
         };
         loop {
             let first = {
@@ -256,6 +284,7 @@ impl FailCache {
         let err = |e: String| Error {
             path: self.path.clone(),
             message: e,
+            busy: false,
         };
         let mut st = self.lock();
         let txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
@@ -300,7 +329,7 @@ pub fn file_for(dir: &Path, url_with_token: &str) -> PathBuf {
 /// Opens or creates a redb file; one that cannot be opened is moved aside to
 /// `<path>.corrupt-<unix time>` (kept for inspection) and a new one created, so the daemon
 /// always starts. `true` when that happened.
-pub(crate) fn open_or_move_aside(path: &Path) -> Result<(Database, bool), String> {
+pub(crate) fn open_or_move_aside(path: &Path) -> Result<(Database, bool), OpenFailure> {
     use redb::{DatabaseError, StorageError};
     match Database::create(path) {
         Ok(db) => Ok((db, false)),
@@ -314,18 +343,25 @@ pub(crate) fn open_or_move_aside(path: &Path) -> Result<(Database, bool), String
         {
             move_aside(path, &e.to_string())
         }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(OpenFailure {
+            busy: matches!(e, DatabaseError::DatabaseAlreadyOpen),
+            message: format!("{}: {e}", path.display()),
+        }),
     }
 }
 
 /// Keeps a damaged file for inspection under a unique name and starts a new one.
-fn move_aside(path: &Path, why: &str) -> Result<(Database, bool), String> {
+fn move_aside(path: &Path, why: &str) -> Result<(Database, bool), OpenFailure> {
+    let failed = |message: String| OpenFailure {
+        busy: false,
+        message,
+    };
     let aside = path.with_extension(format!("corrupt-{}", unix_nanos()));
     tracing::error!(path = %path.display(), moved_to = %aside.display(), "damaged ({why}); starting a new file");
-    std::fs::rename(path, &aside).map_err(|e| e.to_string())?;
+    std::fs::rename(path, &aside).map_err(|e| failed(e.to_string()))?;
     Database::create(path)
         .map(|db| (db, true))
-        .map_err(|e| e.to_string())
+        .map_err(|e| failed(e.to_string()))
 }
 
 fn unix_nanos() -> u128 {

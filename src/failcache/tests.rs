@@ -144,3 +144,29 @@ fn an_unreadable_file_is_moved_aside_and_a_new_cache_starts() {
         .count();
     assert_eq!(aside, 1, "the damaged file is kept for inspection");
 }
+
+#[test]
+fn a_second_holder_of_the_same_file_is_told_it_is_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    let (a, _) = open(&path, limits(1 << 20));
+    let err = FailCache::open(
+        &path,
+        limits(1 << 20),
+        "ep".into(),
+        Arc::new(Metrics::new()),
+    )
+    .err()
+    .expect("one holder at a time");
+    assert!(err.is_busy(), "{err}");
+    drop(a);
+    assert!(
+        FailCache::open(
+            &path,
+            limits(1 << 20),
+            "ep".into(),
+            Arc::new(Metrics::new())
+        )
+        .is_ok()
+    );
+}
