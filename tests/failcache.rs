@@ -140,21 +140,10 @@ async fn what_is_cached_at_shutdown_is_sent_after_a_restart() {
     for i in 0..4 {
         assert_eq!(d.post("metric", lines("cpu", 5, i * 5)).await.status(), 200);
     }
-    let m = d.metrics.clone();
-    let cached = async {
-        for _ in 0..500 {
-            let text = m.encode_text();
-            if text
-                .lines()
-                .any(|l| l.starts_with("dataway_failcache_records{") && l.ends_with(" 4"))
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        false
-    };
-    assert!(cached.await, "four bodies cached");
+    assert!(
+        wait_metric(&d.metrics, &records(&dw), 4.0).await,
+        "four bodies cached"
+    );
     d.stop().await;
     assert_eq!(dw.points_accepted(), 0);
 
@@ -164,6 +153,46 @@ async fn what_is_cached_at_shutdown_is_sent_after_a_restart() {
     d.stop().await;
     assert_exactly_once(&dw, 20, "after restart");
     assert_eq!(resent(&dw), 4);
+}
+
+/// The `dataway_failcache_records` series of the endpoint at `mock` (token `t`).
+fn records(mock: &MockDataway) -> String {
+    format!(
+        "dataway_failcache_records{{endpoint=\"http://{}?token=***\"}}",
+        mock.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_in_flight_at_shutdown_finishes_and_leaves_the_cache() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let cache = tempfile::tempdir().unwrap();
+    let fc = format!("path = \"{}\"", cache.path().display());
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", &fc), "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    assert!(wait_metric(&d.metrics, &records(&dw), 1.0).await);
+    // The resend is answered slowly; stop while the server holds it.
+    let before = dw.arrived();
+    dw.script([Reply::Slow(Duration::from_millis(500))]);
+    dw.set_default(None);
+    assert!(
+        dw.wait_for(Duration::from_secs(10), |m| m.arrived() > before)
+            .await
+    );
+    let m = d.metrics.clone();
+    d.stop().await;
+    assert_exactly_once(&dw, 5, "resent once");
+    assert_eq!(
+        sample(&m.encode_text(), &records(&dw)),
+        Some(0.0),
+        "the delivered body left the cache before the daemon stopped"
+    );
+    // So a restart has nothing to send again.
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", &fc), "")).await;
+    assert_eq!(sample(&d.metrics.encode_text(), &records(&dw)), Some(0.0));
+    d.stop().await;
+    assert_exactly_once(&dw, 5, "after restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

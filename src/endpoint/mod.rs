@@ -198,6 +198,9 @@ pub struct Endpoint {
     closing: CancellationToken,
     abort: CancellationToken,
     task: Mutex<Option<JoinHandle<DrainReport>>>,
+    /// The fail-cache resend task: joined too, so that a body it has just resent is
+    /// removed from the cache before the process exits (else it is sent again at restart).
+    resend_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Endpoint {
@@ -236,9 +239,8 @@ impl Endpoint {
         });
         let closing = CancellationToken::new();
         let abort = CancellationToken::new();
-        if resend {
-            tokio::spawn(resend::run(shared.clone(), closing.clone(), abort.clone()));
-        }
+        let resend_task = resend
+            .then(|| tokio::spawn(resend::run(shared.clone(), closing.clone(), abort.clone())));
         let task = tokio::spawn(dispatch(shared.clone(), rx, closing.clone(), abort.clone()));
         Ok(Endpoint {
             shared,
@@ -246,6 +248,7 @@ impl Endpoint {
             closing,
             abort,
             task: Mutex::new(Some(task)),
+            resend_task: Mutex::new(resend_task),
         })
     }
 
@@ -318,13 +321,23 @@ impl Endpoint {
             return DrainReport::default();
         };
         let until = tokio::time::Instant::from_std(deadline);
-        match tokio::time::timeout_at(until, &mut task).await {
+        let report = match tokio::time::timeout_at(until, &mut task).await {
             Ok(r) => r.unwrap_or_default(),
             Err(_) => {
                 self.abort.cancel();
                 task.await.unwrap_or_default()
             }
+        };
+        let resend = self.resend_task.lock().expect("not poisoned").take();
+        if let Some(mut resend) = resend {
+            // It stops at `close` unless a resend is in flight; that one finishes (and its
+            // record is removed) unless the deadline comes first.
+            if tokio::time::timeout_at(until, &mut resend).await.is_err() {
+                self.abort.cancel();
+                let _ = resend.await;
+            }
         }
+        report
     }
 }
 

@@ -71,6 +71,8 @@ struct MockState {
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
     changed: Notify,
+    /// Requests that have arrived, answered or not (a slow reply is recorded when answered).
+    arrived: std::sync::atomic::AtomicUsize,
 }
 
 /// A mock Dataway server on 127.0.0.1.
@@ -123,6 +125,11 @@ impl MockDataway {
     /// The answer once the script is used up (200 when unset).
     pub fn set_default(&self, reply: Option<Reply>) {
         *self.state.default.lock().unwrap() = reply;
+    }
+
+    /// Requests that have arrived so far, including those still waiting for a slow reply.
+    pub fn arrived(&self) -> usize {
+        self.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -180,6 +187,8 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    st.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    st.changed.notify_waiters();
     let reply = st
         .script
         .lock()
