@@ -277,7 +277,7 @@ fn the_daemon_compiles_plugins_in_a_child_process() {
     let base = format!("http://127.0.0.1:{port}");
     let metrics = rt.block_on(async {
         let cli = reqwest::Client::new();
-        for _ in 0..500 {
+        for _ in 0..1500 {
             if let Ok(r) = cli.get(format!("{base}/metrics")).send().await {
                 let text = r.text().await.unwrap();
                 if text.contains("dataway_sinker_reloads_total{result=\"ok\",sinker=\"s\"} 1") {

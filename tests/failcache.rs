@@ -87,8 +87,8 @@ async fn a_dead_endpoint_gets_everything_after_recovery_and_the_healthy_one_once
         );
     }
     assert!(healthy.wait_points(100, Duration::from_secs(10)).await);
-    // Let every body fail its retries and land in the cache.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Some bodies have failed their retries and wait in the dead endpoint's cache.
+    assert!(wait_metric_at_least(&d.metrics, &records(&dead), 1.0).await);
     assert_eq!(dead.points_accepted(), 0);
     dead.set_default(None);
     assert!(dead.wait_points(100, Duration::from_secs(20)).await);
@@ -155,7 +155,8 @@ async fn what_is_cached_at_shutdown_is_sent_after_a_restart() {
     assert_eq!(resent(&dw), 4);
 }
 
-/// The `dataway_failcache_records` series of the endpoint at `mock` (token `t`).
+/// The `dataway_failcache_records` series of the endpoint at `mock` (its token is
+/// redacted in the label).
 fn records(mock: &MockDataway) -> String {
     format!(
         "dataway_failcache_records{{endpoint=\"http://{}?token=***\"}}",
@@ -222,7 +223,7 @@ async fn when_the_cache_is_full_the_oldest_bodies_go_and_are_counted() {
     }
     let m = d.metrics.clone();
     let full = async {
-        for _ in 0..1000 {
+        for _ in 0..2000 {
             let text = m.encode_text();
             let dropped = text
                 .lines()
@@ -375,18 +376,10 @@ async fn a_restarted_drop_in_sinker_keeps_its_fail_cache() {
         "",
     ))
     .await;
+    let series = "dataway_sinker_reloads_total{result=\"ok\",sinker=\"sink\"}";
     let reloaded = |n: f64| {
         let m = d.metrics.clone();
-        async move {
-            let series = "dataway_sinker_reloads_total{result=\"ok\",sinker=\"sink\"}";
-            for _ in 0..1000 {
-                if sample(&m.encode_text(), series).unwrap_or(0.0) >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            panic!("{series} never reached {n}");
-        }
+        async move { assert!(wait_metric_at_least(&m, series, n).await, "{series} < {n}") }
     };
     reloaded(1.0).await;
     assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);

@@ -111,7 +111,7 @@ async fn the_binary_drains_on_sigterm_and_exits_zero() {
     let cli = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}");
     let mut up = false;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if cli.get(format!("{url}/health")).send().await.is_ok() {
             up = true;
             break;

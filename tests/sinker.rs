@@ -617,7 +617,7 @@ async fn a_quarantined_plugin_is_tried_again_after_its_backoff_and_recovers() {
     let cfg = config_for(
         &[main.url("t")],
         &format!(
-            "plugins_dir = \"{}\"\n[dataway.sinker_limits]\nquarantine_after = 2\nquarantine_min = \"300ms\"\nquarantine_max = \"10s\"",
+            "plugins_dir = \"{}\"\n[dataway.sinker_limits]\nquarantine_after = 2\nquarantine_min = \"1s\"\nquarantine_max = \"10s\"",
             plugins.path().display()
         ),
         &sinker("q", "[\"metric\"]", Some("boom.wasm"), "boom", &s.url("t")),
@@ -633,7 +633,7 @@ async fn a_quarantined_plugin_is_tried_again_after_its_backoff_and_recovers() {
     assert_eq!(metric(&d, &calls("quarantined")), 1.0);
     assert_eq!(metric(&d, "dataway_sinker_quarantined{sinker=\"q\"}"), 1.0);
     // After the backoff a trial call succeeds: the plugin serves again.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(d.post("metric", pts("cpu", 2, 200)).await.status(), 200);
     assert_eq!(metric(&d, &calls("ok")), 1.0);
     assert_eq!(metric(&d, "dataway_sinker_quarantined{sinker=\"q\"}"), 0.0);

@@ -31,7 +31,7 @@ fn start(cfg: &std::path::Path) -> Child {
 
 async fn post_when_up(base: &str, body: String) -> u16 {
     let cli = reqwest::Client::new();
-    for _ in 0..500 {
+    for _ in 0..1500 {
         if let Ok(r) = cli
             .post(format!("{base}/v1/write/metric"))
             .body(body.clone())

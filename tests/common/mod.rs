@@ -348,9 +348,19 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 
 /// Polls the daemon's metrics until `series` has `value` (metrics are recorded just after
 /// the mock answers, so a test that saw the request must still wait for the count).
+/// Gives up after 20 s: a timeout for a stuck daemon, not a speed requirement.
 pub async fn wait_metric(metrics: &Metrics, series: &str, value: f64) -> bool {
-    for _ in 0..500 {
-        if sample(&metrics.encode_text(), series) == Some(value) {
+    wait_metric_until(metrics, series, |v| v == value).await
+}
+
+/// Like [`wait_metric`], until `series` is at least `min` (a missing series counts as 0).
+pub async fn wait_metric_at_least(metrics: &Metrics, series: &str, min: f64) -> bool {
+    wait_metric_until(metrics, series, |v| v >= min).await
+}
+
+async fn wait_metric_until(metrics: &Metrics, series: &str, ok: impl Fn(f64) -> bool) -> bool {
+    for _ in 0..2000 {
+        if ok(sample(&metrics.encode_text(), series).unwrap_or(0.0)) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
