@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dataway::config::Config;
+use dataway::endpoint::OpenCaches;
 use dataway::metrics::Metrics;
 use dataway::{Category, Dataway, FieldValue, Point};
 
@@ -14,7 +15,9 @@ use dataway::{Category, Dataway, FieldValue, Point};
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::load(None, |k| std::env::var(k).ok())?;
     let metrics = Arc::new(Metrics::new());
-    let dw = Dataway::start(&cfg.dataway, metrics.clone(), Vec::new())?;
+    // No sinkers here; the registry lets endpoints with the same URL share a fail-cache file.
+    let caches = Arc::new(OpenCaches::default());
+    let dw = Dataway::start(&cfg.dataway, metrics.clone(), &caches, Vec::new())?;
 
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as i64;
     let points = (0..3)

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dataway::Dataway;
-use crate::endpoint::DrainReport;
+use crate::endpoint::{DrainReport, OpenCaches};
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 use crate::sinker::reload::Reloader;
@@ -42,13 +42,16 @@ impl Daemon {
     /// compiled in a short-lived child process, so the compiler's memory is not kept.
     pub fn start_with(config: Config, plugin_compiler: Option<PathBuf>) -> anyhow::Result<Daemon> {
         let metrics = Arc::new(Metrics::new());
+        // Sinker and main endpoints with the same URL share one fail-cache file.
+        let caches = Arc::new(OpenCaches::default());
         let reloader = Arc::new(Reloader::new(
             &config.dataway,
             metrics.clone(),
+            caches.clone(),
             plugin_compiler,
         )?);
         let sinkers = reloader.start_configured()?;
-        let mut dataway = Dataway::start(&config.dataway, metrics.clone(), sinkers)?;
+        let mut dataway = Dataway::start(&config.dataway, metrics.clone(), &caches, sinkers)?;
         let wal = if config.dataway.wal.enabled {
             let path = config.dataway.wal.path.join("wal.redb");
             let wal = Wal::open(&path).map_err(|e| {

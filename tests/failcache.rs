@@ -196,6 +196,33 @@ async fn a_resend_in_flight_at_shutdown_finishes_and_leaves_the_cache() {
     assert_exactly_once(&dw, 5, "after restart");
 }
 
+/// A sinker that sends where the main endpoint sends (same URL and token): the two
+/// endpoints share one cache file; neither runs without a cache, nothing is sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinker_on_the_main_url_shares_its_fail_cache() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let extra = format!(
+        "[[dataway.sinkers]]\nname = \"same\"\ncategories = [\"logging\"]\nurls = [\"{}\"]\n",
+        dw.url("t")
+    );
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", ""), &extra)).await;
+    for i in 0..4 {
+        let category = if i % 2 == 0 { "logging" } else { "metric" };
+        assert_eq!(d.post(category, lines("x", 5, i * 5)).await.status(), 200);
+    }
+    assert!(
+        wait_metric(&d.metrics, &records(&dw), 4.0).await,
+        "both endpoints' bodies are in the one cache"
+    );
+    dw.set_default(None);
+    assert!(dw.wait_points(20, Duration::from_secs(20)).await);
+    let text = d.metrics.encode_text();
+    d.stop().await;
+    assert_exactly_once(&dw, 20, "shared cache");
+    assert!(!text.contains("reason=\"retries_exhausted\""), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_cache_is_full_the_oldest_bodies_go_and_are_counted() {
     let dw = MockDataway::start().await;
@@ -351,7 +378,8 @@ async fn the_daemon_starts_on_a_damaged_cache_file_and_counts_it() {
 }
 
 /// A drop-in sinker whose sidecar changes is restarted on the same URL: the new endpoint
-/// takes over the cache file once the old one has let it go, and keeps failures in it.
+/// shares the old one's cache file at once (no window without a cache), and takes over
+/// resending from it when the old one has drained.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_drop_in_sinker_keeps_its_fail_cache() {
     let plugins = tempfile::tempdir().unwrap();
@@ -383,10 +411,9 @@ async fn a_restarted_drop_in_sinker_keeps_its_fail_cache() {
     };
     reloaded(1.0).await;
     assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
-    // Restart the sinker (same URL); give the old one time to let the file go.
+    // Restart the sinker (same URL): the new endpoints share the old one's cache at once.
     std::fs::write(dir.join("sink.toml"), sidecar("cpu,mem")).unwrap();
     reloaded(2.0).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(d.post("metric", lines("mem", 5, 5)).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
     s.set_default(None);

@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::category::Category;
 use crate::config::DatawayConfig;
 use crate::endpoint::{
-    ApiError, Batch, DrainReport, Endpoint, EndpointOptions, EndpointUrl, StartError,
+    ApiError, Batch, DrainReport, Endpoint, EndpointOptions, EndpointUrl, OpenCaches, StartError,
 };
 use crate::httpcli::Response;
 use crate::metrics::Metrics;
@@ -72,6 +72,7 @@ impl Dataway {
     pub fn start(
         cfg: &DatawayConfig,
         metrics: Arc<Metrics>,
+        caches: &Arc<OpenCaches>,
         sinkers: Vec<Arc<Sinker>>,
     ) -> Result<Dataway, StartError> {
         let opts = EndpointOptions::from_config(cfg);
@@ -80,7 +81,7 @@ impl Dataway {
             .iter()
             .map(|u| {
                 let url = EndpointUrl::parse(u).expect("validated by config");
-                Endpoint::start(url, opts.clone(), metrics.clone())
+                Endpoint::start(url, opts.clone(), metrics.clone(), caches)
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Dataway::with_endpoints(
@@ -162,8 +163,8 @@ impl Dataway {
             .unwrap_or_else(|e| e.into_inner())
             .push(sinker.clone());
         // Once its endpoints have drained (or given the rest to their fail-caches) the
-        // sinker is let go: that closes its fail-cache files, which a replacement with the
-        // same URLs is waiting to open.
+        // sinker is let go. A replacement with the same URLs already shares its fail-cache
+        // files; it takes over resending from them when these endpoints are joined.
         let list = self.retired.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {

@@ -28,12 +28,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::category::Category;
-use crate::failcache::{self, FailCache};
+use crate::failcache;
 use crate::httpcli::{self, HttpCli, HttpOptions, Outcome, Request, Response};
 use crate::metrics::{Metrics, status_label};
 use crate::point::Point;
 
 pub use request_builder::{Body, build_bodies};
+pub use resend::OpenCaches;
 pub use url::{BadUrl, EndpointUrl, redact};
 
 /// The `User-Agent` every request carries: `dataway/<version> (<os>; <arch>)`.
@@ -183,9 +184,8 @@ struct Shared {
     opts: EndpointOptions,
     metrics: Arc<Metrics>,
     /// Bodies that failed after retries, for this endpoint only (HTTP endpoints).
-    cache: std::sync::OnceLock<Arc<FailCache>>,
-    /// Wakes the resend task when the cache gets a body.
-    cache_added: tokio::sync::Notify,
+    /// Shared with the other endpoints of the same URL and token, if any.
+    cache: std::sync::OnceLock<Arc<resend::SharedCache>>,
     /// Points put into the fail-cache at the shutdown deadline (for the drain report).
     persisted: AtomicUsize,
 }
@@ -204,11 +204,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Starts the endpoint's dispatcher on the current tokio runtime.
+    /// Starts the endpoint's dispatcher on the current tokio runtime. `caches` is the
+    /// process's registry of open fail-cache files (one per daemon).
     pub fn start(
         url: EndpointUrl,
         opts: EndpointOptions,
         metrics: Arc<Metrics>,
+        caches: &Arc<OpenCaches>,
     ) -> Result<Endpoint, StartError> {
         let sender = match &url {
             EndpointUrl::Http { .. } => {
@@ -217,7 +219,7 @@ impl Endpoint {
             EndpointUrl::File { dir } => Sender::File(FileSink::new(dir.clone())),
         };
         let (tx, rx) = mpsc::channel(opts.queue_size);
-        let opened = resend::open_cache(&url, &opts, &metrics);
+        let opened = resend::open_cache(&url, &opts, &metrics, caches);
         let cache = std::sync::OnceLock::new();
         let resend = match opened {
             resend::Opened::Ready(c) => {
@@ -234,13 +236,18 @@ impl Endpoint {
             opts,
             metrics,
             cache,
-            cache_added: tokio::sync::Notify::new(),
             persisted: AtomicUsize::new(0),
         });
         let closing = CancellationToken::new();
         let abort = CancellationToken::new();
-        let resend_task = resend
-            .then(|| tokio::spawn(resend::run(shared.clone(), closing.clone(), abort.clone())));
+        let resend_task = resend.then(|| {
+            tokio::spawn(resend::run(
+                shared.clone(),
+                caches.clone(),
+                closing.clone(),
+                abort.clone(),
+            ))
+        });
         let task = tokio::spawn(dispatch(shared.clone(), rx, closing.clone(), abort.clone()));
         Ok(Endpoint {
             shared,

@@ -1,14 +1,22 @@
 //! The endpoint's side of the fail-cache: keep a body that failed after retries, and resend
 //! what is kept, oldest first, to this endpoint only.
 //!
-//! One resend task per endpoint: it sends the oldest record; on success it removes it and
-//! goes on at once; on a retryable failure it keeps the record at the head and waits
-//! `clean_interval` (other endpoints are not affected: each has its own cache and task);
+//! One resend task per cache file: it sends the oldest record; on success it removes it
+//! and goes on at once; on a retryable failure it keeps the record at the head and waits
+//! `clean_interval` (other endpoints are not affected: each URL has its own cache and task);
 //! on a refusal (4xx) it drops the record and counts it. It stops when the endpoint is
 //! closed; what is left stays on disk for the next start.
+//!
+//! Endpoints with the same URL and token (a sinker sending where the main endpoint sends,
+//! or a drop-in sinker restarted while its old endpoints drain) share one open cache
+//! through [`OpenCaches`]: both store into it, one resends from it. Without that the
+//! second would find the file locked and run without a cache.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Body, EndpointOptions, EndpointUrl, Sender, Shared, write_request};
@@ -16,33 +24,64 @@ use crate::category::Category;
 use crate::failcache::{self, FailCache, Head, Record};
 use crate::metrics::Metrics;
 
+/// The fail-cache files this process has open, so that endpoints sending to the same URL
+/// and token share one (a redb file can be open only once). One per daemon, handed to
+/// every [`super::Endpoint::start`].
+#[derive(Default)]
+pub struct OpenCaches {
+    open: Mutex<HashMap<PathBuf, Weak<SharedCache>>>,
+}
+
+/// One open cache file and what its users coordinate on.
+pub(super) struct SharedCache {
+    pub(super) cache: FailCache,
+    /// Wakes the resend task when a body is stored.
+    added: Notify,
+    /// Held by the one task resending from the file; another endpoint's task takes over
+    /// when that endpoint closes.
+    resender: tokio::sync::Mutex<()>,
+}
+
 /// What opening an endpoint's cache gave.
 pub(super) enum Opened {
     /// No cache for this endpoint (file:// endpoint, disabled, or an error: logged).
     None,
-    Ready(Arc<FailCache>),
-    /// The file is held by the endpoint this one replaces (a drop-in sinker restarted):
-    /// the resend task opens it when it is released.
+    Ready(Arc<SharedCache>),
+    /// The file is held elsewhere: by another process, or by an endpoint of this one
+    /// that is just letting it go. The resend task opens it when it is released.
     Busy,
 }
 
-/// Opens the endpoint's cache (HTTP endpoints with a fail-cache configured).
+/// Opens the endpoint's cache (HTTP endpoints with a fail-cache configured), or joins the
+/// one already open for the same URL and token.
 pub(super) fn open_cache(
     url: &EndpointUrl,
     opts: &EndpointOptions,
     metrics: &Arc<Metrics>,
+    caches: &OpenCaches,
 ) -> Opened {
     let (EndpointUrl::Http { origin, query }, Some(fc)) = (url, &opts.fail_cache) else {
         return Opened::None;
     };
     let path = failcache::file_for(&fc.dir, &format!("{origin}?{query}"));
+    let mut open = caches.open.lock().unwrap_or_else(|e| e.into_inner());
+    open.retain(|_, w| w.strong_count() > 0);
+    if let Some(shared) = open.get(&path).and_then(Weak::upgrade) {
+        return Opened::Ready(shared);
+    }
     match FailCache::open(&path, fc.limits.clone(), url.to_string(), metrics.clone()) {
-        Ok(c) => {
-            let (records, bytes) = c.len();
+        Ok(cache) => {
+            let (records, bytes) = cache.len();
             if records > 0 {
                 tracing::info!(endpoint = %url, records, bytes, "fail-cache holds bodies to resend");
             }
-            Opened::Ready(Arc::new(c))
+            let shared = Arc::new(SharedCache {
+                cache,
+                added: Notify::new(),
+                resender: tokio::sync::Mutex::new(()),
+            });
+            open.insert(path, Arc::downgrade(&shared));
+            Opened::Ready(shared)
         }
         Err(e) if e.is_busy() => Opened::Busy,
         Err(e) => {
@@ -64,9 +103,10 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
         body.points as u64,
         body.payload.clone(),
     );
-    let error = match tokio::task::spawn_blocking(move || cache.push(&record)).await {
+    let c = cache.clone();
+    let error = match tokio::task::spawn_blocking(move || c.cache.push(&record)).await {
         Ok(Ok(())) => {
-            shared.cache_added.notify_one();
+            cache.added.notify_one();
             return true;
         }
         Ok(Err(e)) => e.to_string(),
@@ -78,27 +118,37 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
 }
 
 /// The resend loop (see the module doc).
-pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: CancellationToken) {
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    caches: Arc<OpenCaches>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
     let Sender::Http(cli) = &shared.sender else {
         return;
     };
     let cache = match shared.cache.get() {
         Some(c) => c.clone(),
         None => {
-            // Held by the endpoint this one replaces until it has drained: try again.
-            tracing::info!(endpoint = %shared.label, "fail-cache file still held by the previous endpoint; waiting for it");
+            tracing::info!(endpoint = %shared.label, "fail-cache file held elsewhere; waiting for it");
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
                 }
-                match open_cache(&shared.url, &shared.opts, &shared.metrics) {
+                match open_cache(&shared.url, &shared.opts, &shared.metrics, &caches) {
                     Opened::Ready(c) => break shared.cache.get_or_init(|| c).clone(),
                     Opened::Busy => continue,
                     Opened::None => return,
                 }
             }
         }
+    };
+    // Another endpoint with the same URL may be resending from this file: wait for it to
+    // close (one resender per file, or bodies would be sent twice).
+    let _resending = tokio::select! {
+        _ = stop.cancelled() => return,
+        g = cache.resender.lock() => g,
     };
     let interval = shared
         .opts
@@ -110,7 +160,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Can
             return;
         }
         let c = cache.clone();
-        let head = match tokio::task::spawn_blocking(move || c.head()).await {
+        let head = match tokio::task::spawn_blocking(move || c.cache.head()).await {
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 tracing::error!(endpoint = %shared.label, "reading the fail-cache: {e}");
@@ -126,7 +176,7 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Can
                 // body has only just failed all its retries.
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = shared.cache_added.notified() => {}
+                    _ = cache.added.notified() => {}
                     _ = tokio::time::sleep(interval) => continue,
                 }
                 tokio::select! {
@@ -159,11 +209,11 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken, abort: Can
                     .metrics
                     .failcache_bytes
                     .observe(&[record.category.name()], body.payload.len() as f64);
-                Some(tokio::task::spawn_blocking(move || c.remove(key)).await)
+                Some(tokio::task::spawn_blocking(move || c.cache.remove(key)).await)
             }
             Ok(r) if !outcome.is_retryable_failure() => {
                 tracing::warn!(endpoint = %shared.label, category = %record.category, status = %r.status, points = record.points, "Dataway refused a resent body; dropped");
-                Some(tokio::task::spawn_blocking(move || c.reject(key, &record)).await)
+                Some(tokio::task::spawn_blocking(move || c.cache.reject(key, &record)).await)
             }
             _ => None, // still failing: try again after the interval
         };

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Condition, Limits, Runtime, Sinker, plugin};
 use crate::config::{DatawayConfig, SinkerConfig};
 use crate::dataway::Dataway;
-use crate::endpoint::{Endpoint, EndpointUrl, StartError};
+use crate::endpoint::{Endpoint, EndpointUrl, OpenCaches, StartError};
 use crate::metrics::Metrics;
 
 /// How long the directory must be quiet before a rescan.
@@ -39,6 +39,8 @@ pub struct Reloader {
     limits: Limits,
     main: DatawayConfig,
     metrics: Arc<Metrics>,
+    /// Open fail-cache files, shared with the main endpoints.
+    caches: Arc<OpenCaches>,
     state: Mutex<HashMap<String, Tracked>>,
     /// Sidecars that failed (name, text): not retried until their text changes.
     bad_sidecars: Mutex<Vec<(String, String)>>,
@@ -70,6 +72,7 @@ impl Reloader {
     pub fn new(
         cfg: &DatawayConfig,
         metrics: Arc<Metrics>,
+        caches: Arc<OpenCaches>,
         compiler: Option<PathBuf>,
     ) -> anyhow::Result<Reloader> {
         let cache = match &cfg.sinker_limits.cache_dir {
@@ -87,6 +90,7 @@ impl Reloader {
             limits: cfg.sinker_limits.limits(),
             main: cfg.clone(),
             metrics,
+            caches,
             state: Mutex::new(HashMap::new()),
             bad_sidecars: Mutex::new(Vec::new()),
             scanning: Mutex::new(()),
@@ -114,7 +118,7 @@ impl Reloader {
             .iter()
             .map(|u| {
                 let url = EndpointUrl::parse(u).expect("validated by config");
-                Endpoint::start(url, opts.clone(), self.metrics.clone())
+                Endpoint::start(url, opts.clone(), self.metrics.clone(), &self.caches)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let condition = if s.plugin.is_some() {
