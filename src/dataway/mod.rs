@@ -59,6 +59,12 @@ pub struct Dataway {
 /// How long a removed sinker's endpoints may take to deliver what they hold.
 const RETIRE_GRACE: Duration = Duration::from_secs(60);
 
+/// A write the WAL could not log is refused (the client retries), never taken undurably.
+fn wal_failed(e: String) -> WriteError {
+    tracing::error!("WAL append failed; write refused: {e}");
+    WriteError::Full
+}
+
 /// Points bound for a set of endpoints (a sinker's, or the main ones).
 struct Part<'a> {
     endpoints: &'a [Endpoint],
@@ -132,10 +138,7 @@ impl Dataway {
     /// a refused write costs no fsync. The ticket goes with the batches.
     fn log(&self, prepared: Option<Prepared>) -> Result<Option<Arc<Ticket>>, WriteError> {
         match (&self.wal, prepared) {
-            (Some(w), Some(p)) => w.commit(p).map(|t| Some(Arc::new(t))).map_err(|e| {
-                tracing::error!("WAL append failed; write refused: {e}");
-                WriteError::Full
-            }),
+            (Some(w), Some(p)) => w.commit(p).map(|t| Some(Arc::new(t))).map_err(wal_failed),
             _ => Ok(None),
         }
     }
@@ -242,7 +245,18 @@ impl Dataway {
             }
             slots.push(these);
         }
-        let ticket = self.log(prepared)?;
+        // The fsync waits on the blocking pool, not on this async worker.
+        let ticket = match (&self.wal, prepared) {
+            (Some(w), Some(p)) => {
+                let w = w.clone();
+                match tokio::task::spawn_blocking(move || w.commit(p)).await {
+                    Ok(Ok(t)) => Some(Arc::new(t)),
+                    Ok(Err(e)) => return Err(wal_failed(e)),
+                    Err(e) => return Err(wal_failed(e.to_string())),
+                }
+            }
+            _ => None,
+        };
         enqueue(category, parts, slots, permit, ticket);
         counts.record(&self.metrics);
         Ok(())
