@@ -123,29 +123,46 @@ impl Daemon {
 /// Sends again what the WAL holds from a previous run (a crash, or a stop before delivery),
 /// forgetting each old entry once its points are written again (and so logged again).
 async fn replay_wal(wal: Arc<Wal>, dataway: Arc<Dataway>) {
-    let pending = match tokio::task::spawn_blocking({
+    // A page at a time: a large log is never all in memory as points.
+    const PAGE: usize = 64;
+    let count = {
         let wal = wal.clone();
-        move || wal.pending()
-    })
-    .await
-    {
-        Ok(Ok(p)) => p,
+        tokio::task::spawn_blocking(move || wal.pending_count()).await
+    };
+    match count {
+        Ok(Ok(0)) => return,
+        Ok(Ok(writes)) => tracing::info!(writes, "replaying the WAL"),
         Ok(Err(e)) => {
             tracing::error!("cannot read the WAL: {e}");
             return;
         }
         Err(_) => return,
-    };
-    if pending.is_empty() {
-        return;
     }
-    let points: usize = pending.iter().map(|p| p.points.len()).sum();
-    tracing::info!(writes = pending.len(), points, "replaying the WAL");
-    for p in pending {
-        if let Err(e) = dataway.write(p.category, p.points).await {
-            tracing::error!("replaying the WAL stopped: {e}");
-            return;
+    let mut from = Some(0);
+    let (mut writes, mut points) = (0usize, 0usize);
+    while let Some(f) = from {
+        let w = wal.clone();
+        let page = match tokio::task::spawn_blocking(move || w.pending_from(f, PAGE)).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::error!("cannot read the WAL: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        for p in page.entries {
+            let n = p.points.len();
+            if let Err(e) = dataway.write(p.category, p.points).await {
+                tracing::error!("replaying the WAL stopped: {e}");
+                return;
+            }
+            // Written again (and so logged again): the old entry can go.
+            let wal = wal.clone();
+            let _ = tokio::task::spawn_blocking(move || wal.forget(p.id)).await;
+            writes += 1;
+            points += n;
         }
-        let _ = wal.forget(p.id);
+        from = page.next;
     }
+    tracing::info!(writes, points, "WAL replayed");
 }

@@ -31,6 +31,8 @@ const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("writes");
 /// The log.
 pub struct Wal {
     db: Database,
+    /// Entries below this id were left by a previous run (the ones to replay).
+    replay_end: u64,
     appends: Mutex<Appends>,
     /// Signalled when a group has been committed (or failed).
     committed: Condvar,
@@ -111,6 +113,14 @@ impl Drop for Ticket {
 /// A write encoded for the log, not yet on disk.
 pub struct Prepared(Record);
 
+/// A page of the entries left by a previous run.
+#[derive(Default)]
+pub struct Page {
+    pub entries: Vec<Pending>,
+    /// Where the next page starts (`None`: this was the last).
+    pub next: Option<u64>,
+}
+
 /// A write found in the log at start.
 pub struct Pending {
     pub id: u64,
@@ -136,6 +146,7 @@ impl Wal {
         };
         Ok(Arc::new(Wal {
             db,
+            replay_end: next,
             appends: Mutex::new(Appends {
                 next_id: next,
                 ..Appends::default()
@@ -238,18 +249,47 @@ impl Wal {
         txn.commit().map_err(|e| e.to_string())
     }
 
-    /// The writes a previous run left (damaged entries are skipped and logged).
+    /// Every entry in the log, this run's too (damaged entries are skipped and logged).
     pub fn pending(&self) -> Result<Vec<Pending>, String> {
+        Ok(self.entries(0, u64::MAX, usize::MAX)?.entries)
+    }
+
+    /// How many entries a previous run left (for the replay's log line).
+    pub fn pending_count(&self) -> Result<u64, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        match txn.open_table(ENTRIES) {
+            Ok(t) => Ok(t
+                .range(..self.replay_end)
+                .map_err(|e| e.to_string())?
+                .count() as u64),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Up to `max` entries a previous run left, from id `from` on, oldest first: the
+    /// replay reads them a page at a time, so a large log is never all in memory.
+    pub fn pending_from(&self, from: u64, max: usize) -> Result<Page, String> {
+        self.entries(from, self.replay_end, max)
+    }
+
+    fn entries(&self, from: u64, end: u64, max: usize) -> Result<Page, String> {
         let txn = self.db.begin_read().map_err(|e| e.to_string())?;
         let t = match txn.open_table(ENTRIES) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
             Err(e) => return Err(e.to_string()),
         };
         let mut out = Vec::new();
-        for entry in t.iter().map_err(|e| e.to_string())? {
+        let mut damaged = Vec::new();
+        let mut next = None;
+        for (n, entry) in t.range(from..end).map_err(|e| e.to_string())?.enumerate() {
             let (k, v) = entry.map_err(|e| e.to_string())?;
             let id = k.value();
+            if n >= max {
+                next = Some(id);
+                break;
+            }
             let parsed = match Record::decode(v.value()) {
                 Decoded::Ok(r) => parse(&r.payload, ParseOptions::default())
                     .map(|points| (r.category, points))
@@ -264,11 +304,16 @@ impl Wal {
                 }),
                 Err(why) => {
                     tracing::error!(id, "damaged WAL entry skipped: {why}");
-                    drop(self.forget(id));
+                    damaged.push(id);
                 }
             }
         }
-        Ok(out)
+        drop(t);
+        drop(txn);
+        for id in damaged {
+            drop(self.forget(id));
+        }
+        Ok(Page { entries: out, next })
     }
 
     /// Removes a replayed (or damaged) entry.
@@ -315,6 +360,30 @@ mod tests {
         assert_eq!(left[0].points, pts(2));
         let c = wal.append(Category::Metric, &pts(1)).unwrap();
         assert!(c.id > left[0].id, "ids keep increasing after a reopen");
+    }
+
+    #[test]
+    fn the_replay_reads_a_page_at_a_time_and_not_this_run_s_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        {
+            let wal = Wal::open(&path).unwrap();
+            for n in 1..=5 {
+                wal.append(Category::Metric, &pts(n)).unwrap().abandon();
+            }
+        }
+        let wal = Wal::open(&path).unwrap();
+        let _new = wal.append(Category::Metric, &pts(9)).unwrap(); // this run's: not replayed
+        assert_eq!(wal.pending_count().unwrap(), 5);
+        let mut sizes = Vec::new();
+        let mut from = Some(0);
+        while let Some(f) = from {
+            let page = wal.pending_from(f, 2).unwrap();
+            assert!(page.entries.len() <= 2);
+            sizes.extend(page.entries.iter().map(|p| p.points.len()));
+            from = page.next;
+        }
+        assert_eq!(sizes, vec![1, 2, 3, 4, 5]);
     }
 
     /// Many writers at once (their commits grouped): each gets its own entry, on disk when
