@@ -604,6 +604,11 @@ async fn drop_in_sinkers_come_and_go_without_restart() {
     assert_once(&s, (0..4).chain(40..42), "drop-in sinker");
     assert_once(&main, (10..14).chain(20..24), "main");
     assert!(
+        !text.contains("dataway_sinker_plugin_info{sinker=\"dropin\"")
+            && !text.contains("dataway_sinker_quarantined{sinker=\"dropin\"}"),
+        "a removed sinker's gauges are gone:\n{text}"
+    );
+    assert!(
         !text.contains("sinker=\"notes\""),
         "notes.toml is not a sinker"
     );

@@ -336,6 +336,8 @@ impl Reloader {
             {
                 let serving = self.lock().remove(name).and_then(|t| t.serving);
                 self.set_info(name, serving.as_deref(), None);
+                // Gauges describe live sinkers; the counters stay (rates stay continuous).
+                let _ = self.metrics.sinker_quarantined.remove_label_values(&[name]);
                 self.count(name, "removed");
                 tracing::info!(
                     sinker = name,
