@@ -93,13 +93,18 @@ async fn main() -> anyhow::Result<()> {
     let recv_addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // The daemon: the release binary next to this example.
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("dataway"))
-        .expect("target dir");
+    // The daemon: `DATAWAY_BIN`, or the release binary next to this example.
+    let bin = match std::env::var_os("DATAWAY_BIN") {
+        Some(b) => std::path::PathBuf::from(b),
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .and_then(|p| p.parent())
+                .map(|p| p.join("dataway"))
+                .expect("target dir")
+        }
+    };
+    println!("daemon:               {}", bin.display());
     let ingest: SocketAddr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?

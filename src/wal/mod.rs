@@ -36,6 +36,9 @@ pub struct Wal {
     appends: Mutex<Appends>,
     /// Signalled when a group has been committed (or failed).
     committed: Condvar,
+    /// Entries to remove, and whether a removal task is running. Removals are grouped
+    /// too: one transaction for all the entries whose writes finished meanwhile.
+    removals: Mutex<(Vec<u64>, bool)>,
 }
 
 /// The group commit's state. Groups are numbered; writers join the open group, and one of
@@ -92,21 +95,7 @@ impl Drop for Ticket {
         if self.keep.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let id = self.id;
-        let remove = move || {
-            if let Err(e) = wal.remove(id) {
-                tracing::warn!(
-                    id,
-                    "could not remove a delivered write from the WAL (it will be replayed): {e}"
-                );
-            }
-        };
-        // Tickets drop on async workers; the removal waits for redb's writer (which an
-        // append may hold through an fsync), so it runs on the blocking pool.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(remove)),
-            Err(_) => remove(),
-        }
+        wal.schedule_removal(self.id);
     }
 }
 
@@ -152,6 +141,7 @@ impl Wal {
                 ..Appends::default()
             }),
             committed: Condvar::new(),
+            removals: Mutex::new((Vec::new(), false)),
         }))
     }
 
@@ -238,13 +228,53 @@ impl Wal {
         txn.commit().map_err(|e| e.to_string())
     }
 
-    fn remove(&self, id: u64) -> Result<(), String> {
+    /// Removes entry `id` soon, grouped with other removals. Tickets drop on async
+    /// workers and a removal waits for redb's writer (which an append may hold through an
+    /// fsync), so the removals run on the blocking pool (inline outside a runtime).
+    fn schedule_removal(self: Arc<Self>, id: u64) {
+        {
+            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            r.0.push(id);
+            if r.1 {
+                return; // the running task takes it
+            }
+            r.1 = true;
+        }
+        let run = move || self.remove_scheduled();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(run)),
+            Err(_) => run(),
+        }
+    }
+
+    fn remove_scheduled(&self) {
+        loop {
+            let ids = {
+                let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+                if r.0.is_empty() {
+                    r.1 = false;
+                    return;
+                }
+                std::mem::take(&mut r.0)
+            };
+            if let Err(e) = self.remove(&ids) {
+                tracing::warn!(
+                    writes = ids.len(),
+                    "could not remove delivered writes from the WAL (they will be replayed): {e}"
+                );
+            }
+        }
+    }
+
+    fn remove(&self, ids: &[u64]) -> Result<(), String> {
         let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
         txn.set_durability(Durability::None)
             .map_err(|e| e.to_string())?;
         {
             let mut t = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-            t.remove(id).map_err(|e| e.to_string())?;
+            for &id in ids {
+                t.remove(id).map_err(|e| e.to_string())?;
+            }
         }
         txn.commit().map_err(|e| e.to_string())
     }
@@ -318,7 +348,7 @@ impl Wal {
 
     /// Removes a replayed (or damaged) entry.
     pub fn forget(&self, id: u64) -> Result<(), String> {
-        self.remove(id)
+        self.remove(&[id])
     }
 }
 
