@@ -1,9 +1,9 @@
 //! The endpoint's side of the fail-cache: keep a body that failed after retries, and resend
 //! what is kept, oldest first, to this endpoint only.
 //!
-//! One resend task per cache file: it sends the oldest record; on success it removes it
-//! and goes on at once; on a retryable failure it keeps the record at the head and waits
-//! `clean_interval` (other endpoints are not affected: each URL has its own cache and task);
+//! One resend task per cache file: it sends the oldest record (one attempt); on success it
+//! removes it and goes on at once; on a retryable failure it keeps the record at the head
+//! and waits `clean_interval` (other endpoints are not affected: each URL has its own cache and task);
 //! on a refusal (4xx) it drops the record and counts it. It stops when the endpoint is
 //! closed; what is left stays on disk for the next start.
 //!
@@ -194,11 +194,12 @@ pub(super) async fn run(
         };
         let path = record.category.write_path();
         let req = write_request(&shared, record.category, &body, true);
-        // A send in progress finishes unless the shutdown deadline passes: cutting it at
-        // `close` would send the same body again after the restart.
+        // One attempt (this loop is the retry): an attempt in progress at `close` finishes
+        // unless the shutdown deadline passes, as cutting it would send the same body
+        // again after the restart; a stop never waits for a backoff.
         let outcome = tokio::select! {
             _ = abort.cancelled() => return,
-            o = cli.send(&req) => o,
+            o = cli.send_once(&req) => o,
         };
         shared.record_api(path, &outcome);
         shared.record_points(record.category, outcome.status(), &body);

@@ -175,6 +175,18 @@ impl HttpCli {
         }
     }
 
+    /// Sends `req` once, without retries: for the fail-cache's resends, which are retried
+    /// by their own loop, so that a stop waits for one attempt at most, not a backoff.
+    pub async fn send_once(&self, req: &Request) -> Outcome {
+        let start = Instant::now();
+        let result = self.attempt(req).await;
+        Outcome {
+            result,
+            attempts: 1,
+            elapsed: start.elapsed(),
+        }
+    }
+
     async fn attempt(&self, req: &Request) -> Result<Response, reqwest::Error> {
         let resp = self
             .client
