@@ -583,30 +583,28 @@ impl Parser<'_> {
     }
 
     fn or(&mut self) -> Result<Expr, ParseError> {
-        let mut terms = vec![self.and()?];
-        loop {
-            let t = self.peek()?;
-            if t.tok == Tok::OrOr || Self::is_keyword(&t, &["or"]) {
-                self.bump();
-                terms.push(self.and()?);
-            } else {
-                break;
-            }
-        }
-        Ok(if terms.len() == 1 {
-            terms.pop().expect("one term")
-        } else {
-            Expr::Or(terms)
-        })
+        self.joined(Tok::OrOr, "or", Self::and, Expr::Or)
     }
 
     fn and(&mut self) -> Result<Expr, ParseError> {
-        let mut terms = vec![self.primary()?];
+        self.joined(Tok::AndAnd, "and", Self::primary, Expr::And)
+    }
+
+    /// `term (op term)*` where `op` is the symbol `tok` or the keyword `word`; one term
+    /// stands alone, several become `make(terms)`.
+    fn joined(
+        &mut self,
+        tok: Tok,
+        word: &str,
+        term: fn(&mut Self) -> Result<Expr, ParseError>,
+        make: fn(Vec<Expr>) -> Expr,
+    ) -> Result<Expr, ParseError> {
+        let mut terms = vec![term(self)?];
         loop {
             let t = self.peek()?;
-            if t.tok == Tok::AndAnd || Self::is_keyword(&t, &["and"]) {
+            if t.tok == tok || Self::is_keyword(&t, &[word]) {
                 self.bump();
-                terms.push(self.primary()?);
+                terms.push(term(self)?);
             } else {
                 break;
             }
@@ -614,7 +612,7 @@ impl Parser<'_> {
         Ok(if terms.len() == 1 {
             terms.pop().expect("one term")
         } else {
-            Expr::And(terms)
+            make(terms)
         })
     }
 
