@@ -54,8 +54,8 @@ struct Appends {
     done: u64,
     /// A leader is committing group `open - 1`.
     leading: bool,
-    /// Why recent groups failed (kept for a few groups: their writers read it on waking).
-    failed: HashMap<u64, String>,
+    /// Why a group failed, and how many of its writers have yet to read it.
+    failed: HashMap<u64, (String, usize)>,
 }
 
 /// An entry in the log, removed when dropped. Shared by every batch of one write.
@@ -177,14 +177,19 @@ impl Wal {
         s.waiting.push((id, prepared.0));
         loop {
             if s.done > group {
-                return match s.failed.get(&group) {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(Ticket {
+                let Some((error, unread)) = s.failed.get_mut(&group) else {
+                    return Ok(Ticket {
                         wal: Some(self.clone()),
                         id,
                         keep: Default::default(),
-                    }),
+                    });
                 };
+                let error = error.clone();
+                *unread -= 1;
+                if *unread == 0 {
+                    s.failed.remove(&group);
+                }
+                return Err(error);
             }
             if s.leading {
                 s = self.committed.wait(s).unwrap_or_else(|e| e.into_inner());
@@ -206,8 +211,7 @@ impl Wal {
             s.leading = false;
             s.done = number + 1;
             if let Err(e) = result {
-                s.failed.retain(|&g, _| g + 16 > number);
-                s.failed.insert(number, e);
+                s.failed.insert(number, (e, entries.len()));
             }
             self.committed.notify_all();
         }
