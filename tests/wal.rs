@@ -69,8 +69,9 @@ async fn after_kill_9_every_acknowledged_point_is_delivered() {
     .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let mut daemon = start(&cfg);
-    for i in 0..8 {
-        assert_eq!(post_when_up(&base, lines("cpu", 25, i * 25)).await, 200);
+    // 80 writes: more than one page (64) of the replay.
+    for i in 0..80 {
+        assert_eq!(post_when_up(&base, lines("cpu", 3, i * 3)).await, 200);
     }
     daemon.kill().unwrap(); // SIGKILL: no drain, no shutdown code runs
     daemon.wait().unwrap();
@@ -79,11 +80,11 @@ async fn after_kill_9_every_acknowledged_point_is_delivered() {
     dw.set_default(None);
     let mut daemon = start(&cfg);
     // One more write after the restart, to show the daemon serves while it replays.
-    assert_eq!(post_when_up(&base, lines("cpu", 25, 200)).await, 200);
+    assert_eq!(post_when_up(&base, lines("cpu", 25, 240)).await, 200);
     let all = dw
         .wait_for(Duration::from_secs(30), |m| {
             let got = m.lines_accepted();
-            (0..225).all(|s| got.iter().any(|l| l.contains(&format!("seq={s}i"))))
+            (0..265).all(|s| got.iter().any(|l| l.contains(&format!("seq={s}i"))))
         })
         .await;
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
