@@ -56,7 +56,8 @@ pub struct Metrics {
     pub sinker_reloads_total: IntCounterVec,
     /// `dataway_sinker_plugin_info{sinker,sha256}`: 1 for the plugin version serving now.
     pub sinker_plugin_info: IntGaugeVec,
-    /// `dataway_sinker_quarantined{sinker}`: 1 while the sinker's plugin is quarantined.
+    /// `dataway_sinker_quarantined{sinker}`: 1 while the sinker's plugin is quarantined
+    /// (set on each call: it stays 1 after the backoff until the trial call succeeds).
     pub sinker_quarantined: IntGaugeVec,
     /// `dataway_failcache_records{endpoint}`: bodies waiting in an endpoint's fail-cache.
     pub failcache_records: IntGaugeVec,
