@@ -217,10 +217,20 @@ async fn a_sinker_on_the_main_url_shares_its_fail_cache() {
     );
     dw.set_default(None);
     assert!(dw.wait_points(20, Duration::from_secs(20)).await);
-    let text = d.metrics.encode_text();
-    d.stop().await;
+    let m = d.metrics.clone();
+    d.stop().await; // joins the resend tasks: every count is in
+    let text = m.encode_text();
     assert_exactly_once(&dw, 20, "shared cache");
     assert!(!text.contains("reason=\"retries_exhausted\""), "{text}");
+    // Whichever endpoint resent them, the sinker's bodies count as sunk, main's do not.
+    let sunk = |c: &str| {
+        sample(
+            &text,
+            &format!("datakit_io_dataway_sink_point_total{{category=\"{c}\",status=\"OK\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((sunk("logging"), sunk("metric")), (10.0, 0.0), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -633,7 +633,12 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
     let req = write_request(shared, category, body, false);
     let outcome = cli.send(&req).await;
     shared.record_api(path, &outcome);
-    shared.record_points(category, outcome.status(), body);
+    shared.record_points(
+        category,
+        outcome.status(),
+        body,
+        shared.opts.sinker.is_some(),
+    );
     match &outcome.result {
         Ok(r) if r.status.is_success() => false,
         Ok(r) if !outcome.is_retryable_failure() => {
@@ -670,7 +675,14 @@ impl Shared {
             .observe(&[path, &status], o.elapsed.as_secs_f64() * 1000.0);
     }
 
-    fn record_points(&self, category: Category, status: Option<StatusCode>, body: &Body) {
+    /// Counts a body sent; `sunk` bodies (a sinker's) also count as sunk points.
+    fn record_points(
+        &self,
+        category: Category,
+        status: Option<StatusCode>,
+        body: &Body,
+        sunk: bool,
+    ) {
         let status = status_label(status);
         let labels = [category.name(), status.as_str()];
         self.metrics
@@ -681,7 +693,7 @@ impl Shared {
             .point_bytes_total
             .with_label_values(&labels)
             .inc_by(body.payload.len() as u64);
-        if self.opts.sinker.is_some() {
+        if sunk {
             self.metrics
                 .sink_point_total
                 .with_label_values(&labels)
@@ -746,6 +758,6 @@ impl FileSink {
         m.api_request_total.with_label_values(&[api, &label]).inc();
         m.api_latency
             .observe(&[api, &label], start.elapsed().as_secs_f64() * 1000.0);
-        shared.record_points(category, status, body);
+        shared.record_points(category, status, body, shared.opts.sinker.is_some());
     }
 }

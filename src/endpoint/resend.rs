@@ -102,7 +102,8 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
         body.gzipped,
         body.points as u64,
         body.payload.clone(),
-    );
+    )
+    .sunk(shared.opts.sinker.is_some());
     let c = cache.clone();
     let error = match tokio::task::spawn_blocking(move || c.cache.push(&record)).await {
         Ok(Ok(())) => {
@@ -202,7 +203,7 @@ pub(super) async fn run(
             o = cli.send_once(&req) => o,
         };
         shared.record_api(path, &outcome);
-        shared.record_points(record.category, outcome.status(), &body);
+        shared.record_points(record.category, outcome.status(), &body, record.sunk);
         let c = cache.clone();
         let settled = match &outcome.result {
             Ok(r) if r.status.is_success() => {

@@ -3,7 +3,9 @@
 //!
 //! Layout, version 1 (integers little-endian):
 //! `version: u8 = 1 | crc32: u32 (of everything after it) | created_ms: i64 | points: u64 |
-//!  gzipped: u8 | category length: u8 | category name | payload`.
+//!  flags: u8 | category length: u8 | category name | payload`. Flags: bit 0 gzipped,
+//! bit 1 sunk (the body was a sinker's); the first records written had only bit 0, so
+//! they read as not sunk, which is what they were unless a sinker stored them.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +22,9 @@ pub struct Record {
     pub category: Category,
     /// Whether `payload` is gzipped (sent with `Content-Encoding: gzip`).
     pub gzipped: bool,
+    /// Whether a sinker's endpoint stored it (its resend counts as sunk points, whichever
+    /// endpoint of the same URL resends it).
+    pub sunk: bool,
     /// Points in the body (`X-Points`).
     pub points: u64,
     /// When it was first cached, ms since the Unix epoch.
@@ -41,10 +46,17 @@ impl Record {
         Record {
             category,
             gzipped,
+            sunk: false,
             points,
             created_ms: now_ms(),
             payload,
         }
+    }
+
+    /// Marks the record as a sinker's body (see [`Record::sunk`]).
+    pub fn sunk(mut self, sunk: bool) -> Record {
+        self.sunk = sunk;
+        self
     }
 
     /// How long ago it was cached.
@@ -59,7 +71,7 @@ impl Record {
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.created_ms.to_le_bytes());
         out.extend_from_slice(&self.points.to_le_bytes());
-        out.push(u8::from(self.gzipped));
+        out.push(u8::from(self.gzipped) | (u8::from(self.sunk) << 1));
         out.push(name.len() as u8);
         out.extend_from_slice(name);
         out.extend_from_slice(&self.payload);
@@ -82,7 +94,7 @@ impl Record {
         }
         let created_ms = i64::from_le_bytes(b[5..13].try_into().expect("8 bytes"));
         let points = u64::from_le_bytes(b[13..21].try_into().expect("8 bytes"));
-        let gzipped = b[21] != 0;
+        let (gzipped, sunk) = (b[21] & 1 != 0, b[21] & 2 != 0);
         let n = b[22] as usize;
         let Some(name) = b.get(FIXED..FIXED + n) else {
             return bad("truncated category");
@@ -96,6 +108,7 @@ impl Record {
         Decoded::Ok(Record {
             category,
             gzipped,
+            sunk,
             points,
             created_ms,
             payload: Bytes::copy_from_slice(&b[FIXED + n..]),
@@ -124,9 +137,36 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let r = sample();
-        match Record::decode(&r.encode()) {
-            Decoded::Ok(back) => assert_eq!(back, r),
+        for r in [sample(), sample().sunk(true)] {
+            match Record::decode(&r.encode()) {
+                Decoded::Ok(back) => assert_eq!(back, r),
+                Decoded::Corrupt(why) => panic!("{why}"),
+            }
+        }
+    }
+
+    /// A record as the first version-1 writer laid it out (flags byte 0 or 1) still reads.
+    #[test]
+    fn records_written_before_the_sunk_flag_read_as_not_sunk() {
+        let created: i64 = 1_700_000_000_000;
+        let mut b = vec![1u8, 0, 0, 0, 0];
+        b.extend_from_slice(&created.to_le_bytes());
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.push(1); // gzipped
+        b.push(3);
+        b.extend_from_slice(b"rum");
+        b.extend_from_slice(b"payload");
+        let crc = crc32fast::hash(&b[5..]);
+        b[1..5].copy_from_slice(&crc.to_le_bytes());
+        match Record::decode(&b) {
+            Decoded::Ok(r) => {
+                assert!(r.gzipped && !r.sunk);
+                assert_eq!(
+                    (r.category, r.points, r.created_ms),
+                    (Category::Rum, 7, created)
+                );
+                assert_eq!(&r.payload[..], b"payload");
+            }
             Decoded::Corrupt(why) => panic!("{why}"),
         }
     }
