@@ -217,7 +217,10 @@ pub(super) async fn run(
                 tracing::warn!(endpoint = %shared.label, category = %record.category, status = %r.status, points = record.points, "Dataway refused a resent body; dropped");
                 Some(tokio::task::spawn_blocking(move || c.cache.reject(key, &record)).await)
             }
-            _ => None, // still failing: try again after the interval
+            _ => {
+                cache.cache.retry_later(); // still failing: try again after the interval
+                None
+            }
         };
         let go_on = match settled {
             Some(Ok(Ok(()))) => true,

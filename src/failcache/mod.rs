@@ -83,6 +83,10 @@ struct State {
     next: u64,
     records: u64,
     bytes: u64,
+    /// The record being resent (from [`FailCache::head`] until it is removed or
+    /// [`FailCache::retry_later`]): not evicted meanwhile, or a body that is delivered
+    /// would also be counted as dropped.
+    in_flight: Option<u64>,
 }
 
 /// What happened to the oldest record when it was looked at.
@@ -214,9 +218,21 @@ impl FailCache {
             table
                 .insert(key, bytes.as_slice())
                 .map_err(|e| err(e.to_string()))?;
-            // Over capacity: the oldest go first (the newest data is the most useful).
+            // Over capacity: the oldest go first (the newest data is the most useful),
+            // except the one being resent.
             while total > self.limits.max_capacity && records > 1 {
-                let Some((_, v)) = table.pop_first().map_err(|e| err(e.to_string()))? else {
+                let mut victim = None;
+                for entry in table.range(..key).map_err(|e| err(e.to_string()))? {
+                    let k = entry.map_err(|e| err(e.to_string()))?.0.value();
+                    if Some(k) != st.in_flight {
+                        victim = Some(k);
+                        break;
+                    }
+                }
+                let Some(victim) = victim else {
+                    break;
+                };
+                let Some(v) = table.remove(victim).map_err(|e| err(e.to_string()))? else {
                     break;
                 };
                 let v = v.value();
@@ -263,6 +279,7 @@ impl FailCache {
             };
             match first {
                 (key, Decoded::Ok(r)) if r.age() <= self.limits.drop_expired_after => {
+                    self.lock().in_flight = Some(key);
                     return Ok(Head::Ready(key, r));
                 }
                 (key, Decoded::Ok(r)) => {
@@ -300,9 +317,18 @@ impl FailCache {
             st.records = st.records.saturating_sub(1);
             st.bytes = st.bytes.saturating_sub(len);
         }
+        if st.in_flight == Some(key) {
+            st.in_flight = None;
+        }
         drop(st);
         self.publish();
         Ok(())
+    }
+
+    /// The resend of the head failed and waits: the head may be evicted again if the
+    /// cache fills up meanwhile.
+    pub fn retry_later(&self) {
+        self.lock().in_flight = None;
     }
 
     /// Drops a record the server refused for good (a 4xx): counted, not resent.

@@ -81,6 +81,40 @@ fn when_full_the_oldest_go_and_are_counted() {
 }
 
 #[test]
+fn the_record_being_resent_is_not_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = rec(1).encode().len() as u64;
+    let (c, m) = open(&dir.path().join("ep.redb"), limits(one * 3));
+    for n in 1..=3 {
+        c.push(&rec(n)).unwrap();
+    }
+    let Head::Ready(k, r) = c.head().unwrap() else {
+        panic!("empty")
+    };
+    assert_eq!(r.points, 1);
+    // While 1 is being resent, the cache fills: 2 and 3 go, 1 stays.
+    c.push(&rec(4)).unwrap();
+    c.push(&rec(5)).unwrap();
+    assert_eq!(dropped(&m, "full"), 2);
+    c.remove(k).unwrap(); // 1 delivered: never counted as dropped
+    assert_eq!(
+        m.dropped_points_total
+            .with_label_values(&["metric", "failcache_full"])
+            .get(),
+        2 + 3
+    );
+    // A failed resend gives up the protection: the oldest goes first again.
+    let Head::Ready(_, r) = c.head().unwrap() else {
+        panic!("empty")
+    };
+    assert_eq!(r.points, 4);
+    c.retry_later();
+    c.push(&rec(6)).unwrap();
+    c.push(&rec(7)).unwrap();
+    assert_eq!(drain(&c), [5, 6, 7]);
+}
+
+#[test]
 fn expired_records_are_dropped_not_resent() {
     let dir = tempfile::tempdir().unwrap();
     let (c, m) = open(
