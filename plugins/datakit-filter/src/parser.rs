@@ -803,6 +803,30 @@ impl Parser<'_> {
     }
 
     fn list(&mut self, op: &str) -> Result<Vec<Lit>, ParseError> {
+        self.bracketed(op, |p| p.value("expected a value in the list"))
+    }
+
+    fn regex_list(&mut self, op: &str) -> Result<Vec<RegexLit>, ParseError> {
+        self.bracketed(op, |p| {
+            let t = p.peek()?;
+            let Tok::Str(s) = &t.tok else {
+                return Err(p.unexpected(&t, "expected a quoted regex in the list"));
+            };
+            let lit = RegexLit {
+                pattern: s.clone(),
+                pos: Pos::at(p.lx.src, t.at),
+            };
+            p.bump();
+            Ok(lit)
+        })
+    }
+
+    /// `[item, item, ...]` after the operator `op` (empty and trailing-comma lists allowed).
+    fn bracketed<T>(
+        &mut self,
+        op: &str,
+        mut item: impl FnMut(&mut Self) -> Result<T, ParseError>,
+    ) -> Result<Vec<T>, ParseError> {
         self.expect(Tok::LBracket, &format!("expected '[' after '{op}'"))?;
         let mut items = Vec::new();
         loop {
@@ -810,37 +834,7 @@ impl Parser<'_> {
                 self.bump();
                 return Ok(items);
             }
-            items.push(self.value("expected a value in the list")?);
-            let t = self.peek()?;
-            match t.tok {
-                Tok::Comma => {
-                    self.bump();
-                }
-                Tok::RBracket => {}
-                _ => return Err(self.unexpected(&t, "expected ',' or ']' in the list")),
-            }
-        }
-    }
-
-    fn regex_list(&mut self, op: &str) -> Result<Vec<RegexLit>, ParseError> {
-        self.expect(Tok::LBracket, &format!("expected '[' after '{op}'"))?;
-        let mut items = Vec::new();
-        loop {
-            let t = self.peek()?;
-            match &t.tok {
-                Tok::RBracket => {
-                    self.bump();
-                    return Ok(items);
-                }
-                Tok::Str(s) => {
-                    items.push(RegexLit {
-                        pattern: s.clone(),
-                        pos: Pos::at(self.lx.src, t.at),
-                    });
-                    self.bump();
-                }
-                _ => return Err(self.unexpected(&t, "expected a quoted regex in the list")),
-            }
+            items.push(item(self)?);
             let t = self.peek()?;
             match t.tok {
                 Tok::Comma => {
