@@ -31,7 +31,7 @@ fn assert_exactly_once(mock: &MockDataway, n: u64, who: &str) {
 fn resent(mock: &MockDataway) -> usize {
     mock.requests()
         .iter()
-        .filter(|r| (200..300).contains(&r.status) && r.header("x-fail-cache-retry") == Some("1"))
+        .filter(|r| r.ok() && r.header("x-fail-cache-retry") == Some("1"))
         .count()
 }
 
@@ -351,7 +351,7 @@ async fn at_the_shutdown_deadline_undelivered_points_go_to_the_cache_and_out_aft
     let resent_points: usize = dw
         .requests()
         .iter()
-        .filter(|r| (200..300).contains(&r.status) && r.header("x-fail-cache-retry") == Some("1"))
+        .filter(|r| r.ok() && r.header("x-fail-cache-retry") == Some("1"))
         .map(|r| r.x_points())
         .sum();
     assert_eq!(resent_points, 30);

@@ -101,7 +101,7 @@ async fn metrics_after_a_known_workload() {
     let wire = |path: &str, status: u16| -> f64 {
         // The first (500) attempt sent the same bytes as the OK one: count the final one only.
         reqs.iter()
-            .filter(|r| r.path == path && r.status == status)
+            .filter(|r| r.path == path && r.status == Some(status))
             .map(|r| r.body.len())
             .sum::<usize>() as f64
     };

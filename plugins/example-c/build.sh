@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the C example plugin into a WebAssembly component.
 # Usage: ./build.sh OUT.wasm
+#        ./build.sh --check     (only checks that the toolchain is here; exit 1 and why if not)
 #
 # Needs clang-19, lld-19 (wasm-ld), wasi-libc and libclang-rt-19-dev-wasm32
 # (Debian/Ubuntu: apt-get install clang-19 lld-19 wasi-libc libclang-rt-19-dev-wasm32),
@@ -20,6 +21,7 @@ command -v wasm-ld-19 >/dev/null 2>&1 || die "wasm-ld-19 not found (apt-get inst
     die "clang's wasm32 builtins not found (apt-get install libclang-rt-19-dev-wasm32)"
 linker=${WASM_COMPONENT_LD:-$(dirname "$(rustc --print target-libdir 2>/dev/null || echo .)")/bin/wasm-component-ld}
 [ -x "$linker" ] || die "wasm-component-ld not found at '$linker' (install Rust via rustup, or set WASM_COMPONENT_LD)"
+[ "$out" = "--check" ] && exit 0
 
 # -mexec-model=reactor: a library-like module (no main) whose exports the host calls.
 # -fuse-ld: clang runs wasm-component-ld like wasm-ld (and tells it where wasm-ld is).

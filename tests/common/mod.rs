@@ -24,6 +24,7 @@ use dataway::endpoint::DrainReport;
 use dataway::metrics::Metrics;
 
 pub mod plugins;
+pub mod process;
 
 /// How the mock answers one request.
 #[derive(Debug, Clone)]
@@ -49,14 +50,22 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// The body with gzip undone, if it was gzipped.
     pub text: String,
-    /// The status the mock answered.
-    pub status: u16,
+    /// The status the mock answered; `None` while the answer is still pending (a slow
+    /// reply), or if the client gave up before it.
+    pub status: Option<u16>,
+    /// When the request arrived.
     pub at: Instant,
+    /// When the mock answered it.
+    pub answered_at: Option<Instant>,
 }
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// Answered with a 2xx.
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
     }
     pub fn x_points(&self) -> usize {
         self.header("x-points")
@@ -67,12 +76,12 @@ impl Recorded {
 
 #[derive(Default)]
 struct MockState {
+    /// Every request in arrival order, recorded as it arrives; its status is filled in
+    /// when the mock answers (so an attempt the client abandons is still seen).
     requests: Mutex<Vec<Recorded>>,
     script: Mutex<VecDeque<Reply>>,
     default: Mutex<Option<Reply>>,
     changed: Notify,
-    /// Requests that have arrived, answered or not (a slow reply is recorded when answered).
-    arrived: std::sync::atomic::AtomicUsize,
 }
 
 /// A mock Dataway server on 127.0.0.1.
@@ -127,20 +136,30 @@ impl MockDataway {
         *self.state.default.lock().unwrap() = reply;
     }
 
-    /// Requests that have arrived so far, including those still waiting for a slow reply.
+    /// Requests that have arrived so far, including those still waiting for a slow reply
+    /// and those the client abandoned.
     pub fn arrived(&self) -> usize {
-        self.state.arrived.load(std::sync::atomic::Ordering::SeqCst)
+        self.state.requests.lock().unwrap().len()
     }
 
+    /// Every request so far in arrival order, answered or not (see [`Recorded::status`]).
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Only the requests the mock has answered, in arrival order.
+    pub fn answered(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.status.is_some())
+            .collect()
     }
 
     /// Points in write requests answered 2xx.
     pub fn points_accepted(&self) -> usize {
         self.requests()
             .iter()
-            .filter(|r| (200..300).contains(&r.status) && r.path.starts_with("/v1/write/"))
+            .filter(|r| r.ok() && r.path.starts_with("/v1/write/"))
             .map(Recorded::x_points)
             .sum()
     }
@@ -149,7 +168,7 @@ impl MockDataway {
     pub fn lines_accepted(&self) -> Vec<String> {
         self.requests()
             .iter()
-            .filter(|r| (200..300).contains(&r.status) && r.path.starts_with("/v1/write/"))
+            .filter(|r| r.ok() && r.path.starts_with("/v1/write/"))
             .flat_map(|r| r.text.lines().map(String::from).collect::<Vec<_>>())
             .collect()
     }
@@ -187,7 +206,35 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    st.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let gz = headers
+        .get("content-encoding")
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let text = if gz {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut s)
+            .expect("gzip body");
+        s
+    } else {
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    // Recorded on arrival: a request whose answer the client never waits for still counts.
+    let index = {
+        let mut requests = st.requests.lock().unwrap();
+        requests.push(Recorded {
+            peer,
+            method,
+            path: uri.path().to_string(),
+            query: uri.query().map(String::from),
+            headers,
+            body: body.to_vec(),
+            text,
+            status: None,
+            at: Instant::now(),
+            answered_at: None,
+        });
+        requests.len() - 1
+    };
     st.changed.notify_waiters();
     let reply = st
         .script
@@ -203,29 +250,11 @@ async fn handle(
             200
         }
     };
-    let gz = headers
-        .get("content-encoding")
-        .is_some_and(|v| v.as_bytes() == b"gzip");
-    let text = if gz {
-        let mut s = String::new();
-        flate2::read::GzDecoder::new(&body[..])
-            .read_to_string(&mut s)
-            .expect("gzip body");
-        s
-    } else {
-        String::from_utf8_lossy(&body).into_owned()
-    };
-    st.requests.lock().unwrap().push(Recorded {
-        peer,
-        method,
-        path: uri.path().to_string(),
-        query: uri.query().map(String::from),
-        headers,
-        body: body.to_vec(),
-        text,
-        status,
-        at: Instant::now(),
-    });
+    {
+        let mut requests = st.requests.lock().unwrap();
+        requests[index].status = Some(status);
+        requests[index].answered_at = Some(Instant::now());
+    }
     st.changed.notify_waiters();
     let code = StatusCode::from_u16(status).unwrap();
     let msg = format!("mock says {status}");
@@ -273,12 +302,55 @@ pub fn config_for(urls: &[String], extra_dataway: &str, extra: &str) -> Config {
     let text = format!("[dataway]\nurls = [{urls}]\n{dataway}\n{extra}");
     let mut cfg = Config::from_toml(&text, "test").unwrap();
     cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
-    // Each daemon its own fail-cache, never the working directory.
+    // Each daemon its own fail-cache and WAL, never the working directory; compiled plugins
+    // in the test build's cache, never the user's ~/.cache.
     if cfg.dataway.fail_cache.path == dataway::config::FailCacheConfig::default().path {
-        cfg.dataway.fail_cache.path = tempfile::tempdir().unwrap().keep();
+        cfg.dataway.fail_cache.path = scratch_dir("failcache");
+    }
+    if cfg.dataway.wal.path == dataway::config::WalConfig::default().path {
+        cfg.dataway.wal.path = scratch_dir("wal");
+    }
+    if cfg.dataway.sinker_limits.cache_dir.is_none() {
+        cfg.dataway.sinker_limits.cache_dir = Some(plugin_cache_dir());
     }
     cfg.validate().unwrap();
     cfg
+}
+
+/// The compiled-plugin cache every test shares: inside the build directory, so tests never
+/// write to the user's `~/.cache` and `cargo clean` removes it.
+pub fn plugin_cache_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache")
+}
+
+/// A new empty directory for one test's files, under
+/// `<target>/tmp/scratch/<pid>/`. Never in `/tmp` or the working directory; the folders of
+/// test processes that have ended are removed by the next process that asks for one, so
+/// runs do not pile up (a directory a test still needs after its daemon stops, e.g. to
+/// restart on the same fail-cache, lives as long as the test process).
+pub fn scratch_dir(what: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    let root = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scratch");
+    SWEPT.call_once(|| {
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let alive = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if !alive {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    });
+    let dir = root.join(std::process::id().to_string()).join(format!(
+        "{what}-{}",
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 impl TestDaemon {
@@ -335,37 +407,140 @@ pub fn lines(measurement: &str, n: usize, start: usize) -> String {
         .join("\n")
 }
 
-/// The value of one sample in the Prometheus text, e.g.
-/// `sample(&text, "datakit_io_dataway_point_total{category=\"metric\",status=\"OK\"}")`.
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map(|v| v.trim().parse().unwrap())
+/// One sample of the Prometheus text exposition: metric name, labels (sorted), value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
 }
 
-/// Polls the daemon's metrics until `series` has `value` (metrics are recorded just after
-/// the mock answers, so a test that saw the request must still wait for the count).
-/// Gives up after 20 s: a timeout for a stuck daemon, not a speed requirement.
+/// Parses `name{k="v",...}` (labels in any order, `\"` and `\\` escapes) into the name and
+/// its labels; the rest of the text after the selector is returned too.
+fn parse_selector(s: &str) -> (String, std::collections::BTreeMap<String, String>, &str) {
+    let s = s.trim_start();
+    let name_end = s.find(['{', ' ']).unwrap_or(s.len());
+    let name = s[..name_end].to_string();
+    let mut labels = std::collections::BTreeMap::new();
+    let mut rest = &s[name_end..];
+    if let Some(body) = rest.strip_prefix('{') {
+        let mut chars = body.char_indices().peekable();
+        let mut end = body.len();
+        loop {
+            // key
+            while chars.peek().is_some_and(|(_, c)| *c == ',' || *c == ' ') {
+                chars.next();
+            }
+            let Some(&(ks, c)) = chars.peek() else { break };
+            if c == '}' {
+                end = ks + 1;
+                break;
+            }
+            let mut ke = ks;
+            while let Some(&(i, c)) = chars.peek() {
+                if c == '=' {
+                    ke = i;
+                    break;
+                }
+                chars.next();
+            }
+            let key = body[ks..ke].trim().to_string();
+            chars.next(); // '='
+            assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "label value in {s}");
+            let mut value = String::new();
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next().map(|(_, c)| c) {
+                        Some('n') => value.push('\n'),
+                        Some(o) => value.push(o),
+                        None => break,
+                    },
+                    '"' => break,
+                    o => value.push(o),
+                }
+            }
+            labels.insert(key, value);
+        }
+        rest = &body[end.min(body.len())..];
+    }
+    (name, labels, rest)
+}
+
+/// Every sample in a Prometheus text exposition (comments skipped).
+pub fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, labels, rest) = parse_selector(l);
+            let value = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_else(|| panic!("no value in {l}"));
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().unwrap_or_else(|e| panic!("{e}: {l}")),
+            };
+            Sample {
+                name,
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+/// The value of one series in the Prometheus text, or `None` if it is absent; `series` is
+/// `name` or `name{label="value",...}` with the labels in any order, and must name every
+/// label of the series (so a wrong or missing label never matches), e.g.
+/// `sample(&text, "datakit_io_dataway_point_total{status=\"OK\",category=\"metric\"}")`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    let (name, labels, _) = parse_selector(series);
+    let found: Vec<_> = samples(text)
+        .into_iter()
+        .filter(|s| s.name == name && s.labels == labels)
+        .collect();
+    assert!(found.len() <= 1, "{series} matches {found:?}");
+    found.first().map(|s| s.value)
+}
+
+/// The samples named `name` whose labels include every `(key, value)` in `subset`.
+pub fn samples_matching(text: &str, name: &str, subset: &[(&str, &str)]) -> Vec<Sample> {
+    samples(text)
+        .into_iter()
+        .filter(|s| {
+            s.name == name
+                && subset
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+/// Polls the daemon's metrics until `series` is present with `value` (metrics are recorded
+/// just after the mock answers, so a test that saw the request must still wait for the
+/// count). Absent is not 0: waiting for 0 needs the series to exist. Gives up after 20 s:
+/// a timeout for a stuck daemon, not a speed requirement.
 pub async fn wait_metric(metrics: &Metrics, series: &str, value: f64) -> bool {
     wait_metric_until(metrics, series, |v| v == value).await
 }
 
-/// Like [`wait_metric`], until `series` is at least `min` (a missing series counts as 0).
+/// Like [`wait_metric`], until `series` is present and at least `min`.
 pub async fn wait_metric_at_least(metrics: &Metrics, series: &str, min: f64) -> bool {
     wait_metric_until(metrics, series, |v| v >= min).await
 }
 
 async fn wait_metric_until(metrics: &Metrics, series: &str, ok: impl Fn(f64) -> bool) -> bool {
-    for _ in 0..2000 {
-        if ok(sample(&metrics.encode_text(), series).unwrap_or(0.0)) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if sample(&metrics.encode_text(), series).is_some_and(&ok) {
             return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    false
 }
 
 /// seq -> how many times it arrived at `mock` (2xx write requests; lines from `lines()`).
