@@ -30,6 +30,12 @@ impl DaemonProcess {
             .env_remove("ENV_DATAWAY_TIMEOUT")
             .env_remove("ENV_DATAWAY_HTTP_PROXY")
             .env_remove("RUST_LOG")
+            // The default compiled-plugin cache is $XDG_CACHE_HOME/dataway/plugins: keep it
+            // in the build directory, never the user's ~/.cache.
+            .env(
+                "XDG_CACHE_HOME",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
