@@ -345,10 +345,9 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
             }
         }
     });
-    let dir = root.join(std::process::id().to_string()).join(format!(
-        "{what}-{}",
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
+    let dir = root
+        .join(std::process::id().to_string())
+        .join(format!("{what}-{}", NEXT.fetch_add(1, Ordering::SeqCst)));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -446,7 +445,11 @@ fn parse_selector(s: &str) -> (String, std::collections::BTreeMap<String, String
             }
             let key = body[ks..ke].trim().to_string();
             chars.next(); // '='
-            assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "label value in {s}");
+            assert_eq!(
+                chars.next().map(|(_, c)| c),
+                Some('"'),
+                "label value in {s}"
+            );
             let mut value = String::new();
             while let Some((_, c)) = chars.next() {
                 match c {

@@ -65,7 +65,9 @@ impl DaemonProcess {
         };
         let line = p
             .wait_log(Duration::from_secs(60), |l| {
-                l.lines().find(|x| x.contains("ingest server listening")).map(String::from)
+                l.lines()
+                    .find(|x| x.contains("ingest server listening"))
+                    .map(String::from)
             })
             .unwrap_or_else(|| panic!("dataway did not report its address:\n{}", p.log()));
         p.addr = line
