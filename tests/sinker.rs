@@ -1237,6 +1237,18 @@ async fn a_missing_plugins_dir_is_quiet_and_picked_up_when_made() {
     assert!(s.wait_points(2, Duration::from_secs(20)).await);
     p.signal("TERM");
     assert!(p.wait(Duration::from_secs(30)).success());
+    // Plain values in the log, not Rust's debug text (`plugin=Some("late.wasm")`).
+    let log = p.log();
+    let started = log
+        .lines()
+        .find(|l| l.contains("sinker started"))
+        .unwrap_or_else(|| panic!("no `sinker started` line:\n{log}"));
+    assert!(
+        started.contains("sinker=late categories=metric plugin=late.wasm"),
+        "{started}"
+    );
+    let loaded = log.lines().find(|l| l.contains("plugin loaded")).unwrap();
+    assert!(loaded.contains(" previous=none "), "{loaded}");
     assert_once(&main, 0..2, "main before the directory existed");
     assert_once(&s, 10..12, "the drop-in sinker");
 }
