@@ -196,7 +196,10 @@ pub enum FailureKind {
     OutOfMemory,
     /// The result did not have one element per point.
     BadResult,
-    /// `init` returned an error for the config (a new instance could not be made).
+    /// `init` returned an error for the config (a new instance could not be made). Only a
+    /// plugin whose `init` is not deterministic gets here: [`Runtime::load`] has already
+    /// run it with the same config, and a plugin has no clock, randomness or WASI to vary
+    /// on, so no test fixture can produce it.
     InitRefused,
     /// The plugin is quarantined; it was not called.
     Quarantined,
