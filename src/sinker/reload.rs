@@ -432,10 +432,10 @@ impl Reloader {
     }
 
     /// Starts watching `plugins_dir` now (so no change made after this call is missed)
-    /// and rescans on every change, and every [`POLL`], until `stop`.
+    /// and rescans on every change, and every `POLL` (30 s), until `stop`.
     ///
     /// A `plugins_dir` that does not exist is normal (the default `plugins` before anyone
-    /// drops a plugin): it is looked for every [`LOOK_FOR_DIR`] and watched and scanned
+    /// drops a plugin): it is looked for every `LOOK_FOR_DIR` (1 s) and watched and scanned
     /// once it appears; so is one that is deleted and made again.
     pub fn spawn_watch(
         self: Arc<Self>,
