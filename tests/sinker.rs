@@ -169,13 +169,18 @@ async fn sink_metrics_count_as_datakit_does() {
     );
     let text = m.encode_text();
     let sha = sha256_hex(&std::fs::read(plugins.path().join("names.wasm")).unwrap());
-    assert!(
-        text.contains(&format!(
-            "dataway_sinker_plugin_info{{sha256=\"{sha}\",sinker=\"a\"}} 1"
-        )),
+    assert_eq!(
+        sample(
+            &text,
+            &format!("dataway_sinker_plugin_info{{sinker=\"a\",sha256=\"{sha}\"}}")
+        ),
+        Some(1.0),
         "{text}"
     );
-    assert!(text.contains("dataway_sinker_call_seconds_count{sinker=\"a\"} 1"));
+    assert_eq!(
+        sample(&text, "dataway_sinker_call_seconds_count{sinker=\"a\"}"),
+        Some(1.0)
+    );
     d.stop().await;
 }
 
@@ -454,14 +459,16 @@ async fn hot_reload_under_load_loses_and_duplicates_nothing() {
     let text = d.metrics.encode_text();
     // Swap 6 put v1 back.
     let sha = sha256_hex(&std::fs::read(&v1).unwrap());
-    assert!(
-        text.contains(&format!(
-            "dataway_sinker_plugin_info{{sha256=\"{sha}\",sinker=\"r\"}} 1"
-        )),
+    assert_eq!(
+        sample(
+            &text,
+            &format!("dataway_sinker_plugin_info{{sinker=\"r\",sha256=\"{sha}\"}}")
+        ),
+        Some(1.0),
         "the last version (v1) serves"
     );
     assert_eq!(
-        text.matches("dataway_sinker_plugin_info{").count(),
+        samples_matching(&text, "dataway_sinker_plugin_info", &[]).len(),
         1,
         "one version at a time"
     );
@@ -499,9 +506,7 @@ async fn a_bad_file_keeps_the_old_version_and_a_deleted_one_disables_the_sinker(
     assert_eq!(d.post("metric", pts("cpu", 3, 20)).await.status(), 200);
     assert!(main.wait_points(3, Duration::from_secs(10)).await);
     assert!(
-        !d.metrics
-            .encode_text()
-            .contains("dataway_sinker_plugin_info{"),
+        samples_matching(&d.metrics.encode_text(), "dataway_sinker_plugin_info", &[]).is_empty(),
         "no version serves"
     );
 
@@ -581,16 +586,19 @@ async fn drop_in_sinkers_come_and_go_without_restart() {
     assert_eq!(d.post("metric", pts("disk", 2, 40)).await.status(), 200);
     assert!(s.wait_points(6, Duration::from_secs(10)).await);
     assert_eq!(
-        d.metrics
-            .encode_text()
-            .matches("dataway_sinker_plugin_info{")
-            .count(),
+        samples_matching(&d.metrics.encode_text(), "dataway_sinker_plugin_info", &[]).len(),
         1,
         "one version serves"
     );
 
+    let before = d.metrics.encode_text();
+    assert!(
+        sample(&before, "dataway_sinker_quarantined{sinker=\"dropin\"}").is_some(),
+        "{before}"
+    );
+    // Removing the sidecar removes the sinker (its plugin file may stay: alone it is no
+    // sinker).
     std::fs::remove_file(dir.join("dropin.toml")).unwrap();
-    std::fs::remove_file(dir.join("dropin.wasm")).unwrap();
     wait_for_metric(
         &d,
         "dataway_sinker_reloads_total{result=\"removed\",sinker=\"dropin\"}",
@@ -603,13 +611,30 @@ async fn drop_in_sinkers_come_and_go_without_restart() {
     assert_eq!(d.stop().await.abandoned_points, 0);
     assert_once(&s, (0..4).chain(40..42), "drop-in sinker");
     assert_once(&main, (10..14).chain(20..24), "main");
-    assert!(
-        !text.contains("dataway_sinker_plugin_info{sinker=\"dropin\"")
-            && !text.contains("dataway_sinker_quarantined{sinker=\"dropin\"}"),
-        "a removed sinker's gauges are gone:\n{text}"
+    // It served before (a sample that can fail to be absent), and its gauges are gone now.
+    assert_eq!(
+        samples_matching(
+            &before,
+            "dataway_sinker_plugin_info",
+            &[("sinker", "dropin")]
+        )
+        .len(),
+        1,
+        "{before}"
     );
     assert!(
-        !text.contains("sinker=\"notes\""),
+        samples_matching(&text, "dataway_sinker_plugin_info", &[("sinker", "dropin")]).is_empty(),
+        "a removed sinker's version is gone:\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "dataway_sinker_quarantined{sinker=\"dropin\"}"),
+        None,
+        "a removed sinker's quarantine gauge is gone:\n{text}"
+    );
+    assert!(
+        samples(&text)
+            .iter()
+            .all(|x| x.labels.get("sinker").map(String::as_str) != Some("notes")),
         "notes.toml is not a sinker"
     );
 }
@@ -702,10 +727,12 @@ async fn a_looping_plugin_does_not_stall_other_requests() {
     );
 }
 
-/// A write refused for lack of room is resent by its client: its routing must not be
-/// counted until it is accepted.
+/// A write refused for lack of room is resent by its client: nothing of it may reach any
+/// endpoint (all or nothing across endpoints: the main one is full, the sinker's is free,
+/// and the sinker's share of a refused write must not be delivered there), and its routing
+/// must not be counted until it is accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_write_is_not_counted_as_sunk() {
+async fn a_refused_write_leaves_nothing_at_a_free_endpoint_and_is_not_counted() {
     let plugins = tempfile::tempdir().unwrap();
     copy_plugin(plugins.path(), &rust_plugin("example-rust"), "names.wasm");
     let (main, s) = (MockDataway::start().await, MockDataway::start().await);
@@ -719,16 +746,21 @@ async fn a_refused_write_is_not_counted_as_sunk() {
         &sinker("a", "[\"metric\"]", Some("names.wasm"), "cpu", &s.url("t")),
     );
     let d = TestDaemon::start(cfg).await;
-    let mut accepted = 0;
+    let mut accepted_writes = Vec::new();
     let mut refused = 0;
-    for i in 0..5 {
-        let body = [pts("cpu", 2, i * 10), pts("disk", 3, i * 10 + 5)].join("\n");
+    for i in 0..5u64 {
+        let body = [
+            pts("cpu", 2, i as usize * 10),
+            pts("disk", 3, i as usize * 10 + 5),
+        ]
+        .join("\n");
         match d.post("metric", body).await.status().as_u16() {
-            200 => accepted += 1,
+            200 => accepted_writes.push(i),
             503 => refused += 1,
             other => panic!("unexpected {other}"),
         }
     }
+    let accepted = accepted_writes.len();
     assert!(refused > 0, "the main queue should have filled up");
     let m = |series: &str| metric(&d, series);
     assert_eq!(
@@ -752,5 +784,471 @@ async fn a_refused_write_is_not_counted_as_sunk() {
         m("dataway_sinker_calls_total{result=\"ok\",sinker=\"a\"}"),
         5.0
     );
-    d.stop().await;
+    // Drained: everything accepted has been delivered, so what is not there never will be.
+    assert_eq!(d.stop().await.abandoned_points, 0);
+    let cpu = accepted_writes.iter().flat_map(|i| i * 10..i * 10 + 2);
+    let disk = accepted_writes.iter().flat_map(|i| i * 10 + 5..i * 10 + 8);
+    assert_once(&s, cpu, "the free sinker endpoint: accepted writes only");
+    assert_once(&main, disk, "main: accepted writes only");
+    assert!(
+        s.requests().iter().all(|r| r.ok()) && main.requests().iter().all(|r| r.ok()),
+        "every request that arrived was answered 2xx (seqs() counts those only)"
+    );
+}
+
+/// A metric that must be present (absent is a failure, not 0).
+fn present(d: &TestDaemon, series: &str) -> f64 {
+    let text = d.metrics.encode_text();
+    sample(&text, series).unwrap_or_else(|| {
+        panic!(
+            "{series} is absent:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("dataway_sinker"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })
+}
+
+/// Plugins get no WASI: a plugin that reads a file, the environment or the wall clock
+/// traps (the imports its toolchain linked in are traps), the failure is counted, and its
+/// batch goes to the main endpoints. Each mode would match every point had it got
+/// anything, so a leak would also show up at the sinker's endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_gets_no_filesystem_environment_or_clock() {
+    let dir = scratch_dir("plugins");
+    copy_plugin(&dir, &rust_plugin("hostile"), "hostile.wasm");
+    let (main, trash) = (MockDataway::start().await, MockDataway::start().await);
+    let modes = ["fs", "env", "clock"];
+    let extra: String = modes
+        .iter()
+        .map(|m| sinker(m, "[\"metric\"]", Some("hostile.wasm"), m, &trash.url("t")))
+        .collect();
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!(
+            "plugins_dir = \"{}\"\n[dataway.sinker_limits]\ntimeout = \"5s\"",
+            dir.display()
+        ),
+        &extra,
+    );
+    let d = TestDaemon::start(cfg).await;
+    for m in modes {
+        assert_eq!(
+            present(
+                &d,
+                &format!("dataway_sinker_reloads_total{{result=\"ok\",sinker=\"{m}\"}}")
+            ),
+            1.0,
+            "{m}: loads (it only reaches for the host when called)"
+        );
+    }
+    assert_eq!(d.post("metric", pts("cpu", 5, 0)).await.status(), 200);
+    assert!(main.wait_points(5, Duration::from_secs(10)).await);
+    let text = d.metrics.encode_text();
+    assert_eq!(d.stop().await.abandoned_points, 0);
+    for m in modes {
+        let calls = samples_matching(&text, "dataway_sinker_calls_total", &[("sinker", m)]);
+        assert_eq!(
+            calls
+                .iter()
+                .map(|s| (s.labels["result"].as_str(), s.value))
+                .collect::<Vec<_>>(),
+            [("trap", 1.0)],
+            "{m}: one call, counted as a trap"
+        );
+    }
+    assert_once(&main, 0..5, "main");
+    assert!(trash.requests().is_empty(), "no plugin matched anything");
+}
+
+/// A plugin whose table is larger than `max_table_elements` is refused when it is
+/// instantiated (the table is made at that size), counted, and the sinker stays disabled;
+/// the same plugin within the limit serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_over_max_table_elements_is_refused_and_counted() {
+    let dir = scratch_dir("plugins");
+    copy_plugin(&dir, &rust_plugin("hostile"), "hostile.wasm");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let start = |limit: usize| {
+        config_for(
+            &[main.url("t")],
+            &format!(
+                "plugins_dir = \"{}\"\n[dataway.sinker_limits]\nmax_table_elements = {limit}",
+                dir.display()
+            ),
+            &sinker("t", "[\"metric\"]", Some("hostile.wasm"), "ok", &s.url("t")),
+        )
+    };
+    // A Rust plugin's function table has more than one element.
+    let d = TestDaemon::start(start(1)).await;
+    assert!(
+        present(
+            &d,
+            "dataway_sinker_reloads_total{result=\"init_trap\",sinker=\"t\"}"
+        ) >= 1.0
+    );
+    assert_eq!(d.post("metric", pts("cpu", 3, 0)).await.status(), 200);
+    assert!(main.wait_points(3, Duration::from_secs(10)).await);
+    assert_eq!(d.stop().await.abandoned_points, 0);
+    // The default limit: it loads and takes the points.
+    let d = TestDaemon::start(start(100_000)).await;
+    assert_eq!(
+        present(
+            &d,
+            "dataway_sinker_reloads_total{result=\"ok\",sinker=\"t\"}"
+        ),
+        1.0
+    );
+    assert_eq!(d.post("metric", pts("cpu", 3, 10)).await.status(), 200);
+    assert!(s.wait_points(3, Duration::from_secs(10)).await);
+    assert_eq!(d.stop().await.abandoned_points, 0);
+    assert_once(&main, 0..3, "main while the table was too large");
+    assert_once(&s, 10..13, "sinker within the limit");
+}
+
+/// A plugin file that exists but cannot be read (here a directory named like one; the
+/// tests run as root, so permissions would not stop a read) is counted as `read_error`,
+/// and its sinker stays disabled: the points go to the main endpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_plugin_file_is_a_read_error() {
+    let dir = scratch_dir("plugins");
+    std::fs::create_dir(dir.join("rule.wasm")).unwrap();
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!("plugins_dir = \"{}\"", dir.display()),
+        &sinker("r", "[\"metric\"]", Some("rule.wasm"), "cpu", &s.url("t")),
+    );
+    let d = TestDaemon::start(cfg).await;
+    assert!(
+        present(
+            &d,
+            "dataway_sinker_reloads_total{result=\"read_error\",sinker=\"r\"}"
+        ) >= 1.0
+    );
+    assert_eq!(d.post("metric", pts("cpu", 3, 0)).await.status(), 200);
+    assert!(main.wait_points(3, Duration::from_secs(10)).await);
+    assert_eq!(d.stop().await.abandoned_points, 0);
+    assert_once(&main, 0..3, "main");
+    assert!(s.requests().is_empty());
+}
+
+/// An executable shell script at `path` with `body` (after `#!/bin/sh`).
+fn script(path: &Path, body: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_path_buf()
+}
+
+/// The daemon's own executable, as `dataway run` uses for compiling plugins.
+fn dataway_exe() -> &'static str {
+    env!("CARGO_BIN_EXE_dataway")
+}
+
+/// A config with one sinker on `rule.wasm` (example-rust, `cpu`) in `dir`, and the
+/// compiled-plugin cache in `cache` (`""`: no cache).
+fn compile_cfg(
+    dir: &Path,
+    cache: &str,
+    main: &MockDataway,
+    s: &MockDataway,
+) -> dataway::config::Config {
+    config_for(
+        &[main.url("t")],
+        &format!(
+            "plugins_dir = \"{}\"\n[dataway.sinker_limits]\ncache_dir = \"{cache}\"",
+            dir.display()
+        ),
+        &sinker("r", "[\"metric\"]", Some("rule.wasm"), "cpu", &s.url("t")),
+    )
+}
+
+/// A compiler process that cannot be run, or that fails for a reason that is not the
+/// plugin's (the executable replaced by something else), makes the daemon compile in
+/// its own process: the plugin loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_compiler_falls_back_to_compiling_in_process() {
+    let dir = scratch_dir("plugins");
+    copy_plugin(&dir, &rust_plugin("example-rust"), "rule.wasm");
+    let bin = scratch_dir("bin");
+    let not_dataway = script(
+        &bin.join("not-dataway"),
+        "echo 'usage: not-dataway' >&2\nexit 2",
+    );
+    for compiler in [bin.join("no-such-file"), not_dataway] {
+        let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+        let d = TestDaemon::start_with_compiler(compile_cfg(&dir, "", &main, &s), compiler.clone())
+            .await;
+        assert_eq!(
+            present(
+                &d,
+                "dataway_sinker_reloads_total{result=\"ok\",sinker=\"r\"}"
+            ),
+            1.0,
+            "{}",
+            compiler.display()
+        );
+        assert_eq!(d.post("metric", pts("cpu", 2, 0)).await.status(), 200);
+        assert!(s.wait_points(2, Duration::from_secs(10)).await);
+        assert_eq!(d.stop().await.abandoned_points, 0);
+    }
+}
+
+/// A compiler process that dies (a signal, as the OOM killer sends) is not retried in the
+/// daemon's own process: the load is counted as `compiler_error`, the sinker stays
+/// disabled, and the same file is tried again on the next scan, which then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compiler_that_dies_is_a_compiler_error_and_is_tried_again_on_the_next_scan() {
+    let dir = scratch_dir("plugins");
+    copy_plugin(&dir, &rust_plugin("example-rust"), "rule.wasm");
+    let bin = scratch_dir("bin");
+    let healed = bin.join("healed");
+    let compiler = script(
+        &bin.join("compiler"),
+        &format!(
+            "[ -e '{}' ] && exec '{}' \"$@\"\nkill -KILL $$",
+            healed.display(),
+            dataway_exe()
+        ),
+    );
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cache = scratch_dir("plugin-cache");
+    let cfg = compile_cfg(&dir, &cache.display().to_string(), &main, &s);
+    let d = TestDaemon::start_with_compiler(cfg, compiler).await;
+    let series = |r: &str| format!("dataway_sinker_reloads_total{{result=\"{r}\",sinker=\"r\"}}");
+    assert!(present(&d, &series("compiler_error")) >= 1.0);
+    assert_eq!(sample(&d.metrics.encode_text(), &series("ok")), None);
+    assert_eq!(d.post("metric", pts("cpu", 2, 0)).await.status(), 200);
+    assert!(main.wait_points(2, Duration::from_secs(10)).await);
+
+    // The compiler works again; any change in the directory makes a scan, which retries
+    // the same, unchanged file.
+    std::fs::write(&healed, "").unwrap();
+    std::fs::write(dir.join("nudge"), "").unwrap();
+    wait_for_metric(&d, &series("ok"), 1.0).await;
+    assert_eq!(d.post("metric", pts("cpu", 2, 10)).await.status(), 200);
+    assert!(s.wait_points(2, Duration::from_secs(10)).await);
+    assert_eq!(d.stop().await.abandoned_points, 0);
+    assert_once(&main, 0..2, "main while the compiler was broken");
+    assert_once(&s, 10..12, "sinker once it loaded");
+}
+
+/// The compiled plugin is kept in `cache_dir` and loaded from there after a restart: the
+/// compiler is not run again and the cache file is not rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compiled_cache_is_reused_across_restarts() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = scratch_dir("plugins");
+    copy_plugin(&dir, &rust_plugin("example-rust"), "rule.wasm");
+    let bin = scratch_dir("bin");
+    let runs = bin.join("runs");
+    // Counts its runs, then is the real compiler.
+    let compiler = script(
+        &bin.join("compiler"),
+        &format!(
+            "echo run >> '{}'\nexec '{}' \"$@\"",
+            runs.display(),
+            dataway_exe()
+        ),
+    );
+    let cache = scratch_dir("plugin-cache");
+    let cached_files = || -> Vec<(std::path::PathBuf, u64, i64, i64)> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                (e.path(), m.ino(), m.mtime(), m.mtime_nsec())
+            })
+            .collect()
+    };
+    let compiler_runs = || {
+        std::fs::read_to_string(&runs)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let mut first = Vec::new();
+    for restart in 0..2 {
+        let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+        let cfg = compile_cfg(&dir, &cache.display().to_string(), &main, &s);
+        let d = TestDaemon::start_with_compiler(cfg, compiler.clone()).await;
+        assert_eq!(
+            present(
+                &d,
+                "dataway_sinker_reloads_total{result=\"ok\",sinker=\"r\"}"
+            ),
+            1.0
+        );
+        assert_eq!(d.post("metric", pts("cpu", 2, 0)).await.status(), 200);
+        assert!(s.wait_points(2, Duration::from_secs(10)).await);
+        assert_eq!(d.stop().await.abandoned_points, 0);
+        assert_eq!(compiler_runs(), 1, "start {restart}: compiled once, ever");
+        let files = cached_files();
+        assert_eq!(
+            files.len(),
+            1,
+            "one compiled plugin in the cache: {files:?}"
+        );
+        if restart == 0 {
+            first = files;
+        } else {
+            assert_eq!(files, first, "the cache file was not rewritten");
+        }
+    }
+}
+
+/// A config file for the real binary (`DaemonProcess`): ingest on port 0, its data in
+/// scratch directories, compiled plugins in the tests' cache; `extra` goes after
+/// `[dataway.sinker_limits]` (sinkers, more limits).
+fn config_file(
+    main: &MockDataway,
+    plugins_dir: &Path,
+    limits: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let dir = scratch_dir("config");
+    let path = dir.join("dataway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[dataway]\nurls = [\"{}\"]\nplugins_dir = \"{}\"\n\
+             [dataway.fail_cache]\npath = \"{}\"\n[dataway.wal]\npath = \"{}\"\n\
+             [dataway.sinker_limits]\ncache_dir = \"{}\"\n{limits}\n{extra}\n\
+             [ingest]\nlisten = \"127.0.0.1:0\"\n",
+            main.url("t"),
+            plugins_dir.display(),
+            dir.join("failcache").display(),
+            dir.join("wal").display(),
+            plugin_cache_dir().display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn post_to(url: String, body: String) -> u16 {
+    reqwest::Client::new()
+        .post(url)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// A plugin that logs in a loop reaches the daemon's log at most 50 lines per 10 s; the
+/// batch itself is still judged (the flood mode matches every point).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_flooding_the_log_is_rate_limited() {
+    let dir = scratch_dir("plugins");
+    copy_plugin(&dir, &rust_plugin("hostile"), "hostile.wasm");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_file(
+        &main,
+        &dir,
+        "timeout = \"10s\"",
+        &sinker(
+            "flood",
+            "[\"metric\"]",
+            Some("hostile.wasm"),
+            "log-flood",
+            &s.url("t"),
+        ),
+    );
+    // The limiter's window starts when the plugin is loaded, which is after this.
+    let before_load = std::time::Instant::now();
+    let mut p = common::process::DaemonProcess::start(&cfg, &[]);
+    assert!(p.log().contains("plugin loaded"), "{}", p.log());
+    // One batch: the plugin writes 10 000 lines in one call.
+    assert_eq!(
+        post_to(p.url("/v1/write/metric"), pts("cpu", 3, 0)).await,
+        200
+    );
+    let called = std::time::Instant::now();
+    assert!(s.wait_points(3, Duration::from_secs(20)).await);
+    p.signal("TERM");
+    assert!(p.wait(Duration::from_secs(30)).success());
+    let log = p.log();
+    let flood: Vec<&str> = log.lines().filter(|l| l.contains("flood line")).collect();
+    assert!(
+        flood
+            .first()
+            .is_some_and(|l| l.contains("flood line 0") && l.contains("sinker=flood")),
+        "the first lines get through, tagged with the sinker: {:?}",
+        flood.first()
+    );
+    // The window (10 s) starts when the plugin is loaded; the call may straddle two
+    // windows only if it came 10 s or more after that.
+    let windows = if called.duration_since(before_load) < Duration::from_secs(10) {
+        1
+    } else {
+        2
+    };
+    assert!(
+        flood.len() == 50 * windows || (windows == 2 && flood.len() >= 50 && flood.len() <= 100),
+        "{} plugin lines reached the log in {windows} window(s)",
+        flood.len()
+    );
+    assert_once(&s, 0..3, "the flooding plugin's sinker");
+}
+
+/// The default `plugins_dir` does not exist until someone makes it: that is normal, so
+/// the start says nothing about it at info level or above; and a directory made later
+/// is watched from then on (a drop-in sinker put in it starts without a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_plugins_dir_is_quiet_and_picked_up_when_made() {
+    let dir = scratch_dir("parent").join("plugins");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_file(&main, &dir, "", "");
+    let mut p = common::process::DaemonProcess::start(&cfg, &[]);
+    assert_eq!(
+        post_to(p.url("/v1/write/metric"), pts("cpu", 2, 0)).await,
+        200
+    );
+    assert!(main.wait_points(2, Duration::from_secs(20)).await);
+    let start_log = p.log();
+    assert!(
+        !start_log.contains("plugins_dir") && !start_log.contains("No path was found"),
+        "nothing said about the missing plugins_dir:\n{start_log}"
+    );
+
+    // Made later, with a drop-in sinker in it (plugin first, then its sidecar).
+    std::fs::create_dir(&dir).unwrap();
+    copy_plugin(&dir, &rust_plugin("example-rust"), "late.wasm");
+    std::fs::write(
+        dir.join("late.toml"),
+        format!(
+            "categories = [\"metric\"]\nconfig = \"cpu\"\nurls = [\"{}\"]\n",
+            s.url("t")
+        ),
+    )
+    .unwrap();
+    p.wait_log(Duration::from_secs(20), |l| {
+        l.contains("drop-in sinker added").then_some(())
+    })
+    .unwrap_or_else(|| panic!("the drop-in sinker was not added:\n{}", p.log()));
+    assert_eq!(
+        post_to(p.url("/v1/write/metric"), pts("cpu", 2, 10)).await,
+        200
+    );
+    assert!(s.wait_points(2, Duration::from_secs(20)).await);
+    p.signal("TERM");
+    assert!(p.wait(Duration::from_secs(30)).success());
+    // Plain values in the log, not Rust's debug text (`plugin=Some("late.wasm")`).
+    let log = p.log();
+    let started = log
+        .lines()
+        .find(|l| l.contains("sinker started"))
+        .unwrap_or_else(|| panic!("no `sinker started` line:\n{log}"));
+    assert!(
+        started.contains("sinker=late categories=metric plugin=late.wasm"),
+        "{started}"
+    );
+    let loaded = log.lines().find(|l| l.contains("plugin loaded")).unwrap();
+    assert!(loaded.contains(" previous=none "), "{loaded}");
+    assert_once(&main, 0..2, "main before the directory existed");
+    assert_once(&s, 10..12, "the drop-in sinker");
 }

@@ -139,7 +139,7 @@ impl Sinker {
                     .with_label_values(&[name, e.kind.label()])
                     .inc();
                 if e.kind != FailureKind::Quarantined && plugin.admit_failure_log() {
-                    tracing::warn!(sinker = name, points = points.len(), error = %e, "sinker plugin failed; its batch goes to the main endpoints");
+                    tracing::warn!(sinker = %name, points = points.len(), error = %e, "sinker plugin failed; its batch goes to the main endpoints");
                 }
                 vec![false; points.len()]
             }

@@ -102,17 +102,17 @@ pub fn tracing_log(sinker: &str) -> LogFn {
         let sinker = &*sinker;
         if suppressed > 0 {
             tracing::warn!(
-                sinker,
+                sinker = %sinker,
                 suppressed,
                 "plugin log lines suppressed (rate limit)"
             );
         }
         match level {
-            LogLevel::Trace => tracing::trace!(sinker, "plugin: {msg}"),
-            LogLevel::Debug => tracing::debug!(sinker, "plugin: {msg}"),
-            LogLevel::Info => tracing::info!(sinker, "plugin: {msg}"),
-            LogLevel::Warn => tracing::warn!(sinker, "plugin: {msg}"),
-            LogLevel::Error => tracing::error!(sinker, "plugin: {msg}"),
+            LogLevel::Trace => tracing::trace!(sinker = %sinker, "plugin: {msg}"),
+            LogLevel::Debug => tracing::debug!(sinker = %sinker, "plugin: {msg}"),
+            LogLevel::Info => tracing::info!(sinker = %sinker, "plugin: {msg}"),
+            LogLevel::Warn => tracing::warn!(sinker = %sinker, "plugin: {msg}"),
+            LogLevel::Error => tracing::error!(sinker = %sinker, "plugin: {msg}"),
         }
     })
 }
@@ -196,7 +196,10 @@ pub enum FailureKind {
     OutOfMemory,
     /// The result did not have one element per point.
     BadResult,
-    /// `init` returned an error for the config (a new instance could not be made).
+    /// `init` returned an error for the config (a new instance could not be made). Only a
+    /// plugin whose `init` is not deterministic gets here: [`Runtime::load`] has already
+    /// run it with the same config, and a plugin has no clock, randomness or WASI to vary
+    /// on, so no test fixture can produce it.
     InitRefused,
     /// The plugin is quarantined; it was not called.
     Quarantined,
@@ -668,12 +671,13 @@ impl Health {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `None` while quarantined; after the period, the first caller is the trial.
-    fn admit(&self) -> Option<Admission> {
+    /// `None` while quarantined; after the period, the first caller is the trial. `now`
+    /// is passed in (as to every method here) so tests can step time instead of sleeping.
+    fn admit(&self, now: Instant) -> Option<Admission> {
         let mut h = self.lock();
         let trial = match h.until {
             None => false,
-            Some(until) if Instant::now() < until || h.probing => return None,
+            Some(until) if now < until || h.probing => return None,
             Some(_) => {
                 h.probing = true;
                 true
@@ -685,13 +689,12 @@ impl Health {
         })
     }
 
-    fn quarantined(&self) -> bool {
+    fn quarantined(&self, now: Instant) -> bool {
         let h = self.lock();
-        h.until
-            .is_some_and(|until| Instant::now() < until || h.probing)
+        h.until.is_some_and(|until| now < until || h.probing)
     }
 
-    fn record(&self, admitted: &Admission, ok: bool, limits: &Limits) {
+    fn record(&self, admitted: &Admission, ok: bool, limits: &Limits, now: Instant) {
         let mut h = self.lock();
         if admitted.generation != h.generation {
             return; // started before the last quarantine or recovery: old news
@@ -714,7 +717,7 @@ impl Health {
                 .quarantine_min
                 .saturating_mul(1u32 << h.strikes.min(20))
                 .min(limits.quarantine_max);
-            h.until = Some(Instant::now() + period);
+            h.until = Some(now + period);
             h.strikes += 1;
             h.failures = 0;
             h.generation += 1;
@@ -735,7 +738,7 @@ impl Plugin {
 
     /// Whether the plugin is in quarantine right now.
     pub fn quarantined(&self) -> bool {
-        self.inner.health.quarantined()
+        self.inner.health.quarantined(Instant::now())
     }
 
     /// Asks the plugin which of `points` match. `Ok` has exactly one element per point.
@@ -745,7 +748,7 @@ impl Plugin {
         points: &Arc<Vec<Point>>,
     ) -> Result<Vec<bool>, CallError> {
         let inner = &self.inner;
-        let Some(admitted) = inner.health.admit() else {
+        let Some(admitted) = inner.health.admit(Instant::now()) else {
             return Err(CallError {
                 kind: FailureKind::Quarantined,
                 message: "plugin is quarantined after repeated failures".into(),
@@ -761,7 +764,7 @@ impl Plugin {
         });
         inner
             .health
-            .record(&admitted, result.is_ok(), &inner.limits);
+            .record(&admitted, result.is_ok(), &inner.limits, Instant::now());
         result
     }
 }
@@ -913,42 +916,77 @@ mod tests {
     fn quarantine_ignores_calls_in_flight_and_lets_one_trial_through() {
         let h = Health::default();
         let l = limits(2, 30);
-        // Three calls in flight; two fail: quarantined, one strike.
-        let (a, b, c) = (h.admit().unwrap(), h.admit().unwrap(), h.admit().unwrap());
-        h.record(&a, false, &l);
-        h.record(&b, false, &l);
-        assert!(h.quarantined());
-        assert!(h.admit().is_none());
+        // The test's clock: it moves only when the test says so.
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Three calls in flight; two fail: quarantined for 30 ms, one strike.
+        let (a, b, c) = (
+            h.admit(t0).unwrap(),
+            h.admit(t0).unwrap(),
+            h.admit(t0).unwrap(),
+        );
+        h.record(&a, false, &l, t0);
+        h.record(&b, false, &l, t0);
+        assert!(h.quarantined(t0));
+        assert!(h.admit(t0).is_none());
         // The third ends later: neither its failure adds a strike nor a success lifts it.
-        h.record(&c, true, &l);
-        assert!(h.quarantined());
+        h.record(&c, true, &l, ms(1));
+        assert!(h.quarantined(ms(1)));
         assert_eq!(h.lock().strikes, 1);
-        std::thread::sleep(Duration::from_millis(40));
+        // Still refused just before the period ends.
+        assert!(h.admit(ms(29)).is_none());
         // After the period: one trial, everyone else still refused while it runs.
-        let trial = h.admit().unwrap();
+        let trial = h.admit(ms(30)).unwrap();
         assert!(trial.trial);
-        assert!(h.admit().is_none());
-        // The trial fails: quarantined again, twice as long.
-        h.record(&trial, false, &l);
-        let until = h.lock().until.unwrap();
-        assert!(until > Instant::now() + Duration::from_millis(40));
+        assert!(h.admit(ms(31)).is_none());
+        assert!(h.quarantined(ms(31)), "quarantined while the trial runs");
+        // The trial fails at 35 ms: quarantined again, twice as long (until 95 ms).
+        h.record(&trial, false, &l, ms(35));
+        assert_eq!(h.lock().until, Some(ms(95)));
         assert_eq!(h.lock().strikes, 2);
+        assert!(h.admit(ms(94)).is_none());
+        assert!(h.admit(ms(95)).unwrap().trial);
     }
 
     #[test]
     fn a_successful_trial_ends_the_quarantine_and_resets_the_backoff() {
         let h = Health::default();
         let l = limits(1, 10);
-        let a = h.admit().unwrap();
-        h.record(&a, false, &l);
-        assert!(h.admit().is_none());
-        std::thread::sleep(Duration::from_millis(20));
-        let trial = h.admit().unwrap();
-        h.record(&trial, true, &l);
-        assert!(!h.quarantined());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let a = h.admit(t0).unwrap();
+        h.record(&a, false, &l, t0);
+        assert!(h.admit(ms(9)).is_none());
+        let trial = h.admit(ms(10)).unwrap();
+        h.record(&trial, true, &l, ms(11));
+        assert!(!h.quarantined(ms(11)));
         assert_eq!(h.lock().strikes, 0);
-        let next = h.admit().unwrap();
+        let next = h.admit(ms(11)).unwrap();
         assert!(!next.trial);
+        // The backoff starts over: the next quarantine is 10 ms again, not 20.
+        h.record(&next, false, &l, ms(12));
+        assert_eq!(h.lock().until, Some(ms(22)));
+    }
+
+    #[test]
+    fn the_quarantine_period_doubles_up_to_its_cap() {
+        let h = Health::default();
+        let l = Limits {
+            quarantine_after: 1,
+            quarantine_min: Duration::from_secs(1),
+            quarantine_max: Duration::from_secs(5),
+            ..Limits::default()
+        };
+        let mut now = Instant::now();
+        let mut periods = Vec::new();
+        for _ in 0..5 {
+            let a = h.admit(now).unwrap();
+            h.record(&a, false, &l, now);
+            let until = h.lock().until.unwrap();
+            periods.push((until - now).as_secs());
+            now = until;
+        }
+        assert_eq!(periods, [1, 2, 4, 5, 5]);
     }
 
     #[test]

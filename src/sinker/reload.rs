@@ -31,6 +31,8 @@ use crate::metrics::Metrics;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// A rescan runs this often even without events (network filesystems send none).
 const POLL: Duration = Duration::from_secs(30);
+/// How often a `plugins_dir` that does not exist is looked for (a `stat`: cheap).
+const LOOK_FOR_DIR: Duration = Duration::from_secs(1);
 
 /// Watches `plugins_dir` and applies what it finds to the live sinkers.
 pub struct Reloader {
@@ -126,7 +128,11 @@ impl Reloader {
         } else {
             Condition::All
         };
-        tracing::info!(sinker = %s.name, categories = ?s.categories, plugin = ?s.plugin, "sinker started");
+        // Plain values in the log: `categories=metric,logging plugin=rule.wasm`, not Rust's
+        // debug text (`Some("rule.wasm")`).
+        let categories = s.categories.join(",");
+        let plugin = s.plugin.as_deref().unwrap_or("none");
+        tracing::info!(sinker = %s.name, categories = %categories, plugin = %plugin, "sinker started");
         Ok(Sinker::new(
             s.name.clone(),
             s.parsed_categories(),
@@ -189,10 +195,10 @@ impl Reloader {
                     self.swap(sinker, Condition::Disabled);
                     self.count(name, "removed");
                     self.set_info(name, old.as_deref(), None);
-                    tracing::warn!(sinker = name, path = %path.display(), "plugin file gone ({e}); its points go to the main endpoints until it returns");
+                    tracing::warn!(sinker = %name, path = %path.display(), "plugin file gone ({e}); its points go to the main endpoints until it returns");
                 } else if t.rejected.is_none() {
                     t.rejected = Some(String::new());
-                    tracing::warn!(sinker = name, path = %path.display(), "plugin file not found ({e}); its points go to the main endpoints until it appears");
+                    tracing::warn!(sinker = %name, path = %path.display(), "plugin file not found ({e}); its points go to the main endpoints until it appears");
                 }
                 return;
             }
@@ -208,7 +214,7 @@ impl Reloader {
             Ok(b) => b,
             Err(e) => {
                 self.count(name, "read_error");
-                tracing::warn!(sinker = name, path = %path.display(), "cannot read plugin: {e}");
+                tracing::warn!(sinker = %name, path = %path.display(), "cannot read plugin: {e}");
                 return;
             }
         };
@@ -241,7 +247,8 @@ impl Reloader {
                 drop(state);
                 self.set_info(name, old.as_deref(), Some(&sha));
                 self.count(name, "ok");
-                tracing::info!(sinker = name, path = %path.display(), sha256 = %&sha[..12], previous = ?old.map(|o| o[..12].to_string()), took = ?started.elapsed(), "plugin loaded");
+                let previous = old.as_deref().map_or("none", |o| &o[..12]);
+                tracing::info!(sinker = %name, path = %path.display(), sha256 = %&sha[..12], previous = %previous, took = ?started.elapsed(), "plugin loaded");
             }
             Err(e) => {
                 if matches!(e, plugin::LoadError::Compiler(_)) {
@@ -254,9 +261,9 @@ impl Reloader {
                 drop(state);
                 self.count(name, e.kind());
                 if serving {
-                    tracing::error!(sinker = name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the previous version keeps serving: {e}");
+                    tracing::error!(sinker = %name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the previous version keeps serving: {e}");
                 } else {
-                    tracing::error!(sinker = name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the sinker stays disabled: {e}");
+                    tracing::error!(sinker = %name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the sinker stays disabled: {e}");
                 }
             }
         }
@@ -340,7 +347,7 @@ impl Reloader {
                 let _ = self.metrics.sinker_quarantined.remove_label_values(&[name]);
                 self.count(name, "removed");
                 tracing::info!(
-                    sinker = name,
+                    sinker = %name,
                     "drop-in sinker removed; its endpoints deliver what they hold"
                 );
                 dataway.retire(old);
@@ -402,15 +409,9 @@ impl Reloader {
         bad.push((name, text));
     }
 
-    /// Starts watching `plugins_dir` now (so no change made after this call is missed)
-    /// and rescans on every change, and every [`POLL`], until `stop`.
-    pub fn spawn_watch(
-        self: Arc<Self>,
-        dataway: Arc<Dataway>,
-        stop: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let watcher = notify_debouncer_full::new_debouncer(
+    /// A watcher on `plugins_dir` that sends `()` on every change (not on reads).
+    fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<()>) -> notify::Result<Debouncer> {
+        let mut d = notify_debouncer_full::new_debouncer(
             DEBOUNCE,
             None,
             move |res: notify_debouncer_full::DebounceEventResult| {
@@ -425,27 +426,55 @@ impl Reloader {
                     let _ = tx.send(());
                 }
             },
-        )
-        .and_then(|mut d| {
-            d.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
-            Ok(d)
-        });
-        let watcher = match watcher {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::info!(dir = %self.dir.display(), "not watching plugins_dir ({e}); rescanning every {POLL:?}");
-                None
+        )?;
+        d.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(d)
+    }
+
+    /// Starts watching `plugins_dir` now (so no change made after this call is missed)
+    /// and rescans on every change, and every `POLL` (30 s), until `stop`.
+    ///
+    /// A `plugins_dir` that does not exist is normal (the default `plugins` before anyone
+    /// drops a plugin): it is looked for every `LOOK_FOR_DIR` (1 s) and watched and scanned
+    /// once it appears; so is one that is deleted and made again.
+    pub fn spawn_watch(
+        self: Arc<Self>,
+        dataway: Arc<Dataway>,
+        stop: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        // `Err(())`: the directory exists but cannot be watched; the poll alone serves it.
+        let attach = move |me: &Reloader| -> Result<Option<Debouncer>, ()> {
+            if !me.dir.is_dir() {
+                return Ok(None);
             }
+            me.watch(tx.clone()).map(Some).map_err(|e| {
+                tracing::info!(dir = %me.dir.display(), "not watching plugins_dir ({e}); rescanning every {POLL:?}");
+            })
         };
+        let mut watcher = attach(&self);
+        if matches!(watcher, Ok(None)) {
+            tracing::debug!(dir = %self.dir.display(), "plugins_dir does not exist (yet): no plugins until it is made");
+        }
         tokio::spawn(async move {
-            let _watcher = watcher;
             let mut poll = tokio::time::interval(POLL);
             poll.tick().await;
+            let mut look = tokio::time::interval(LOOK_FOR_DIR);
+            look.tick().await;
             loop {
+                let missing = matches!(watcher, Ok(None));
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     Some(()) = rx.recv() => { while rx.try_recv().is_ok() {} }
                     _ = poll.tick() => {}
+                    _ = look.tick(), if missing => {
+                        // Watch first, then scan: nothing made in between is missed.
+                        watcher = attach(&self);
+                        if matches!(watcher, Ok(None)) {
+                            continue;
+                        }
+                        tracing::info!(dir = %self.dir.display(), "plugins_dir appeared; watching it");
+                    }
                 }
                 let me = self.clone();
                 let dw = dataway.clone();
@@ -456,10 +485,19 @@ impl Reloader {
                     _ = stop.cancelled() => return,
                     _ = scan => {}
                 }
+                // Deleted: the watch died with it; look for the directory again.
+                if matches!(watcher, Ok(Some(_))) && !self.dir.is_dir() {
+                    watcher = Ok(None);
+                }
             }
         })
     }
 }
+
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
 
 /// `$XDG_CACHE_HOME/dataway/plugins` or `~/.cache/dataway/plugins`. Not inside
 /// `plugins_dir`: a compiled plugin is native code that runs outside the sandbox, so the

@@ -5,7 +5,9 @@
 //! `trap` panics; `stack` recurses without end; `wrong-len` returns one result too few;
 //! `log-flood` writes 10 000 log lines then matches everything; `init-trap` panics in
 //! init; `init-error` refuses its config; `every-other` matches even-numbered points;
-//! `boom` matches every point but traps on a batch holding a `boom` measurement.
+//! `boom` matches every point but traps on a batch holding a `boom` measurement;
+//! `fs`, `env` and `clock` try to read a file, the environment and the wall clock, and
+//! match every point only if that gave them anything (the host must make it trap).
 
 use std::cell::Cell;
 
@@ -24,6 +26,9 @@ enum Mode {
     LogFlood,
     EveryOther,
     Boom,
+    Fs,
+    Env,
+    Clock,
 }
 
 thread_local! {
@@ -51,6 +56,9 @@ impl Guest for Plugin {
             "log-flood" => Mode::LogFlood,
             "every-other" => Mode::EveryOther,
             "boom" => Mode::Boom,
+            "fs" => Mode::Fs,
+            "env" => Mode::Env,
+            "clock" => Mode::Clock,
             "init-trap" => panic!("hostile plugin: trap in init"),
             "init-loop" => loop {
                 std::hint::black_box(0);
@@ -92,6 +100,27 @@ impl Guest for Plugin {
                     panic!("hostile plugin: boom");
                 }
                 vec![true; n]
+            }
+            // Each matches everything if the sandbox let anything through, so a leak shows
+            // up as points at the sinker, not only as a missing trap.
+            Mode::Fs => {
+                let got = std::fs::read("/etc/hostname").is_ok()
+                    || std::fs::read_dir("/").is_ok_and(|mut d| d.next().is_some())
+                    || std::fs::read_dir(".").is_ok_and(|mut d| d.next().is_some());
+                vec![got; n]
+            }
+            Mode::Env => {
+                let got = std::env::vars_os().next().is_some()
+                    || std::env::args_os().next().is_some()
+                    || std::env::current_dir().is_ok();
+                vec![got; n]
+            }
+            Mode::Clock => {
+                let now = std::time::SystemTime::now();
+                let got = now
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .is_ok_and(|d| d.as_secs() > 0);
+                vec![got; n]
             }
         }
     }
