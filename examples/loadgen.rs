@@ -95,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
 
     // The daemon: `DATAWAY_BIN`, or the release binary next to this example.
     let bin = match std::env::var_os("DATAWAY_BIN") {
-        Some(b) => std::path::PathBuf::from(b),
+        // Absolute: the daemon runs in another directory (below).
+        Some(b) => std::path::absolute(b)?,
         None => {
             let exe = std::env::current_exe()?;
             exe.parent()
@@ -120,9 +121,13 @@ async fn main() -> anyhow::Result<()> {
                 .replace(';', "\n")
         ),
     )?;
+    // Run in the temporary directory: the relative default paths (fail-cache, WAL) land
+    // there even with an older DATAWAY_BIN that resolves them against its working directory,
+    // and never in the repository.
     let mut child = Command::new(&bin)
         .args(["run", "-c"])
         .arg(&cfg)
+        .current_dir(dir.path())
         .stdout(Stdio::null())
         .spawn()?;
     let pid = child.id();

@@ -148,6 +148,8 @@ mod tests {
             ("security", "S", "/v1/write/security"),
             ("profiling", "P", "/v1/write/profiling"),
         ];
+        // zip stops at the shorter: a category missing from either list would go unchecked.
+        assert_eq!(Category::ALL.len(), table.len());
         for (c, (name, alias, path)) in Category::ALL.into_iter().zip(table) {
             assert_eq!(c.name(), name);
             assert_eq!(c.alias(), alias);

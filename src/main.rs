@@ -1,6 +1,6 @@
 //! The `dataway` command: `run` the daemon, `check` a configuration.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             match rt.block_on(run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
+                    // Once, on stderr where the log goes too: not also as a log line.
                     eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
@@ -155,16 +155,78 @@ fn print_check(cfg: &Config) -> ExitCode {
     }
     println!("config ok");
     println!("ingest: http://{}/v1/write/<category>", cfg.ingest.listen);
-    for (i, u) in cfg.dataway.urls.iter().enumerate() {
+    let d = &cfg.dataway;
+    let endpoint = |u: &str| {
         let url = EndpointUrl::parse(u).expect("validated");
-        let role = if i == 0 {
-            " (also serves the other APIs)"
-        } else {
-            ""
-        };
-        println!("endpoint[{i}]: {url}{role}");
+        match &url {
+            EndpointUrl::File { dir } => {
+                format!("{url} (appends to {}/<category>.lp)", absolute(dir))
+            }
+            EndpointUrl::Http { .. } => url.to_string(),
+        }
+    };
+    for (i, u) in d.urls.iter().enumerate() {
+        println!("endpoint[{i}]: {}", endpoint(u));
+    }
+    // DataKit's rule: other APIs go to the first endpoint; a directory cannot answer them.
+    match EndpointUrl::parse(&d.urls[0]) {
+        Ok(EndpointUrl::Http { .. }) => println!("other APIs (/v1/query/raw, ...): endpoint[0]"),
+        _ => println!(
+            "other APIs (/v1/query/raw, ...): none (endpoint[0] is a file:// directory; list \
+             the Dataway server's URL first in dataway.urls to forward them)"
+        ),
+    }
+    for s in &d.sinkers {
+        for (i, u) in s.urls.iter().enumerate() {
+            println!("sinker `{}` endpoint[{i}]: {}", s.name, endpoint(u));
+        }
+    }
+    for (what, place) in data_dirs(cfg) {
+        println!("{what}: {place}");
     }
     ExitCode::SUCCESS
+}
+
+/// A path as the daemon would use it: relative ones are relative to the working directory.
+fn absolute(p: &Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Where the daemon keeps things on disk, for `check` and the start-up log.
+fn data_dirs(cfg: &Config) -> Vec<(&'static str, String)> {
+    let d = &cfg.dataway;
+    let fail_cache = if d.fail_cache.enabled {
+        format!(
+            "{} (one file per HTTP endpoint)",
+            absolute(&d.fail_cache.path)
+        )
+    } else {
+        "off".to_string()
+    };
+    let wal = if d.wal.enabled {
+        absolute(&d.wal.path.join("wal.redb"))
+    } else {
+        "off".to_string()
+    };
+    let mut plugins = absolute(&d.plugins_dir);
+    if !d.plugins_dir.is_dir() {
+        plugins.push_str(" (does not exist: no plugins)");
+    }
+    let cache = match &d.sinker_limits.cache_dir {
+        Some(p) if p.as_os_str().is_empty() => "off".to_string(),
+        Some(p) => absolute(p),
+        None => dataway::sinker::reload::default_cache_dir()
+            .map_or_else(|| "off (no HOME)".to_string(), |p| absolute(&p)),
+    };
+    vec![
+        ("fail-cache", fail_cache),
+        ("wal", wal),
+        ("plugins", plugins),
+        ("compiled plugins", cache),
+    ]
 }
 
 /// `RUST_LOG` wins over the config's level, so an operator can turn on debug without
@@ -189,6 +251,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 cfg.ingest.listen
             )
         })?;
+    let dirs: Vec<String> = data_dirs(&cfg)
+        .into_iter()
+        .map(|(what, place)| format!("{what}: {place}"))
+        .collect();
+    tracing::info!("data on disk: {}", dirs.join("; "));
     let daemon = Daemon::start_with(cfg, std::env::current_exe().ok())?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));

@@ -10,15 +10,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::endpoint::EndpointUrl;
 
+mod duration;
 mod sinker;
 pub use sinker::{SinkerConfig, SinkerLimitsConfig};
 
 /// The whole daemon configuration.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Where points go and how they are sent.
@@ -30,7 +31,7 @@ pub struct Config {
 }
 
 /// `[dataway]`: the endpoints and the sender's behaviour (DataKit's names).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatawayConfig {
     /// Endpoint URLs. `https://host[:port]?token=tkn_…` sends to a Dataway server (the URL's
@@ -38,23 +39,23 @@ pub struct DatawayConfig {
     /// protocol it would have sent to `DIR/<category>.lp`. Every point goes to every URL.
     pub urls: Vec<String>,
     /// Timeout of one HTTP attempt (connect + send + response).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub timeout: Duration,
     /// Proxy for every HTTP endpoint, with its scheme (`http://proxy:3128`).
     pub http_proxy: Option<String>,
     /// Idle connections kept per host in the pool.
     pub max_idle_conns_per_host: usize,
     /// How long an idle pooled connection is kept.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub idle_timeout: Duration,
     /// Retries after the first attempt for a retryable failure (transport error, 429, 5xx
     /// except 501). 3 means up to 4 attempts, as DataKit 1.7+.
     pub max_retry_count: u32,
     /// First backoff delay; it doubles on each retry, with jitter.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub retry_delay: Duration,
     /// Upper bound of one backoff delay, including a server's `Retry-After`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub max_retry_delay: Duration,
     /// Gzip request bodies (`Content-Encoding: gzip`).
     pub gzip: bool,
@@ -68,7 +69,7 @@ pub struct DatawayConfig {
     /// all endpoints. When it is full, ingest answers 503 with `Retry-After`.
     pub max_pending_bytes: usize,
     /// On SIGINT/SIGTERM, how long queued data may take to be delivered before exit.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// Sinkers: each takes the points its condition matches to its own endpoints; points
     /// no sinker matches go to `urls`.
@@ -86,7 +87,7 @@ pub struct DatawayConfig {
 
 /// `[dataway.wal]`: with it on, ingest answers 200 only after the points are fsynced, and
 /// after a crash every acknowledged point is delivered (at least once).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WalConfig {
     /// Off by default: each write then waits for an fsync (BENCHMARKS.md has the cost).
@@ -105,7 +106,7 @@ impl Default for WalConfig {
 }
 
 /// `[dataway.fail_cache]`: per-endpoint on-disk queues of bodies that failed after retries.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailCacheConfig {
     /// Keep failed bodies and resend them (`false`: they are dropped and counted).
@@ -115,10 +116,10 @@ pub struct FailCacheConfig {
     /// Bytes kept per endpoint; past it the oldest bodies are dropped (counted).
     pub max_capacity: u64,
     /// Bodies older than this are dropped instead of resent (counted).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub drop_expired_after: Duration,
     /// After a resend fails, how long before the next try.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration")]
     pub clean_interval: Duration,
 }
 
@@ -161,7 +162,7 @@ impl Default for DatawayConfig {
 }
 
 /// `[ingest]`: the local write API (DataKit's `/v1/write/<category>` on port 9529).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestConfig {
     /// Address to listen on. Keep it on loopback unless `token` is set.
@@ -183,7 +184,7 @@ impl Default for IngestConfig {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Default level filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing
@@ -214,11 +215,20 @@ pub enum ConfigError {
     },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("environment variable `{var}`: {reason}")]
+    Env { var: &'static str, reason: String },
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+fn env_error(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Env {
+        var,
         reason: reason.into(),
     }
 }
@@ -233,7 +243,8 @@ impl Config {
         })
     }
 
-    /// Loads a config file (or the embedded defaults when `path` is `None`), applies the
+    /// Loads a config file (or the embedded defaults when `path` is `None`), makes the file's
+    /// relative paths relative to its folder ([`Config::resolve_paths`]), applies the
     /// `ENV_DATAWAY*` overrides read through `env`, and validates the result.
     pub fn load(
         path: Option<&Path>,
@@ -241,11 +252,15 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut cfg = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                let read_error = |source| ConfigError::Read {
                     path: p.to_path_buf(),
                     source,
-                })?;
-                Config::from_toml(&text, &p.display().to_string())?
+                };
+                let text = std::fs::read_to_string(p).map_err(read_error)?;
+                let mut cfg = Config::from_toml(&text, &p.display().to_string())?;
+                let file = std::path::absolute(p).map_err(read_error)?;
+                cfg.resolve_paths(file.parent().unwrap_or(Path::new("/")));
+                cfg
             }
             None => Config::default(),
         };
@@ -254,27 +269,49 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Joins every relative path of the config to `base` (the config file's folder), so
+    /// where data goes does not depend on where the daemon was started: `file://` URLs
+    /// (main and sinkers), `plugins_dir`, the fail-cache and WAL paths and the compiled
+    /// plugin cache. The embedded defaults are not resolved: they are relative to the
+    /// working directory.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let d = &mut self.dataway;
+        resolve_file_urls(&mut d.urls, base);
+        for s in &mut d.sinkers {
+            resolve_file_urls(&mut s.urls, base);
+        }
+        for p in [&mut d.plugins_dir, &mut d.fail_cache.path, &mut d.wal.path] {
+            resolve(p, base);
+        }
+        if let Some(p) = &mut d.sinker_limits.cache_dir {
+            resolve(p, base);
+        }
+    }
+
     /// Applies DataKit's environment overrides: `ENV_DATAWAY` (comma-separated URLs),
-    /// `ENV_DATAWAY_TIMEOUT` (e.g. `30s`), `ENV_DATAWAY_HTTP_PROXY`.
+    /// `ENV_DATAWAY_TIMEOUT` (e.g. `30s`), `ENV_DATAWAY_HTTP_PROXY`. A bad value is an
+    /// error naming the variable, not the key it replaces.
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = env("ENV_DATAWAY").filter(|v| !v.trim().is_empty()) {
-            self.dataway.urls = v
+            let urls: Vec<String> = v
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(String::from)
                 .collect();
+            for u in &urls {
+                EndpointUrl::parse(u).map_err(|e| env_error("ENV_DATAWAY", e.to_string()))?;
+            }
+            self.dataway.urls = urls;
         }
         if let Some(v) = env("ENV_DATAWAY_TIMEOUT").filter(|v| !v.trim().is_empty()) {
-            self.dataway.timeout = humantime::parse_duration(v.trim()).map_err(|e| {
-                invalid(
-                    "ENV_DATAWAY_TIMEOUT",
-                    format!("`{v}` is not a duration ({e}); write it like `30s` or `1m`"),
-                )
-            })?;
+            self.dataway.timeout =
+                duration::parse(&v).map_err(|e| env_error("ENV_DATAWAY_TIMEOUT", e))?;
         }
         if let Some(v) = env("ENV_DATAWAY_HTTP_PROXY").filter(|v| !v.trim().is_empty()) {
-            self.dataway.http_proxy = Some(v.trim().to_string());
+            let v = v.trim();
+            validate_proxy(v).map_err(|reason| env_error("ENV_DATAWAY_HTTP_PROXY", reason))?;
+            self.dataway.http_proxy = Some(v.to_string());
         }
         Ok(())
     }
@@ -377,10 +414,46 @@ impl Config {
                 ));
             }
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level)
-            .map_err(|e| invalid("log.level", format!("`{}`: {e}", self.log.level)))?;
+        validate_log_level(&self.log.level).map_err(|reason| invalid("log.level", reason))?;
         Ok(())
     }
+}
+
+fn resolve(p: &mut PathBuf, base: &Path) {
+    if p.is_relative() && !p.as_os_str().is_empty() {
+        *p = base.join(&*p);
+    }
+}
+
+fn resolve_file_urls(urls: &mut [String], base: &Path) {
+    for u in urls {
+        if let Some(dir) = u.strip_prefix("file://")
+            && !dir.is_empty()
+            && Path::new(dir).is_relative()
+        {
+            *u = format!("file://{}", base.join(dir).display());
+        }
+    }
+}
+
+/// A plain level (any case) or tracing directives (`info,dataway=debug`). A bare word that
+/// is not a level is refused: tracing would read `verbose` as a target name and then log
+/// nothing at all.
+fn validate_log_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let how = "use error, warn, info, debug, trace or off, or directives like `info,dataway=debug`";
+    if level.trim().is_empty() {
+        return Err(format!("is empty: {how}"));
+    }
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !d.contains('=') && !LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)) {
+            return Err(format!("`{d}` is not a level: {how}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(level)
+        .map(drop)
+        .map_err(|e| format!("`{level}`: {e}; {how}"))
 }
 
 /// A proxy must carry its scheme: DataKit silently ignored `proxy:3128` (`lessons.md` #8).

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, DatawayConfig, invalid};
 use crate::category::Category;
@@ -16,7 +16,7 @@ use crate::endpoint::{EndpointOptions, EndpointUrl};
 use crate::sinker::Limits;
 
 /// One sinker.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SinkerConfig {
     /// Unique name; it labels the sinker's metrics and log lines.
@@ -40,7 +40,11 @@ pub struct SinkerConfig {
     #[serde(default)]
     pub filters: Option<toml::Value>,
     /// Overrides `dataway.timeout` for this sinker's endpoints.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(
+        default,
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub timeout: Option<Duration>,
     /// Overrides `dataway.http_proxy` (with its scheme).
     #[serde(default)]
@@ -60,7 +64,9 @@ pub struct SinkerConfig {
 }
 
 impl SinkerConfig {
-    /// Parses a drop-in sidecar; its name and plugin come from the file name.
+    /// Parses a drop-in sidecar; its name and plugin come from the file name, and its
+    /// relative `file://` URLs are relative to its folder (as a config file's are to its own);
+    /// `origin` is the sidecar's path.
     pub fn from_sidecar(text: &str, name: &str, origin: &str) -> Result<SinkerConfig, ConfigError> {
         let mut s: SinkerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
@@ -74,6 +80,9 @@ impl SinkerConfig {
         }
         s.name = name.to_string();
         s.plugin = Some(format!("{name}.wasm"));
+        if let Some(dir) = std::path::Path::new(origin).parent() {
+            super::resolve_file_urls(&mut s.urls, dir);
+        }
         Ok(s)
     }
 
@@ -193,11 +202,11 @@ impl SinkerConfig {
 }
 
 /// `[dataway.sinker_limits]`: the sandbox every plugin runs in.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SinkerLimitsConfig {
     /// Longest one call into a plugin may run; past it the batch counts as not matched.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub timeout: Duration,
     /// Memory cap of one plugin instance, in bytes.
     pub max_memory: usize,
@@ -210,10 +219,10 @@ pub struct SinkerLimitsConfig {
     /// Consecutive failed calls before a plugin is quarantined (not called).
     pub quarantine_after: u32,
     /// First quarantine period; doubles on each further failure, up to `quarantine_max`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub quarantine_min: Duration,
     /// Longest quarantine period.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "super::duration")]
     pub quarantine_max: Duration,
     /// Where compiled plugins are cached across restarts (a Python component takes
     /// seconds to compile). Compiled plugins are native code: this directory must be

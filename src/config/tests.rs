@@ -286,3 +286,267 @@ fn a_drop_in_sidecar_takes_name_and_plugin_from_its_file_name() {
         "{err}"
     );
 }
+
+/// The whole config as TOML, for comparing configs (durations in one canonical form).
+fn as_toml(cfg: &Config) -> toml::Value {
+    toml::Value::try_from(cfg).expect("a config serialises")
+}
+
+/// A README default as TOML: `30s` and `info` are strings there, `64` and `true` are not.
+fn readme_value(raw: &str) -> String {
+    if toml::from_str::<toml::Table>(&format!("k = {raw}")).is_ok() {
+        raw.to_string()
+    } else {
+        format!("{raw:?}")
+    }
+}
+
+/// `section.key` set to `value` (TOML) on top of the defaults: equal to the defaults iff the
+/// value is the default. `none` means the key is absent from the default config.
+fn assert_documented_default(section: &str, key: &str, value: &str, origin: &str) {
+    let defaults = as_toml(&Config::default());
+    let default = section
+        .split('.')
+        .chain([key])
+        .try_fold(&defaults, |v, k| v.get(k));
+    if value == "none" {
+        assert!(
+            default.is_none(),
+            "{origin}: [{section}] {key} is documented as none but defaults to {default:?}"
+        );
+        return;
+    }
+    let text = format!("[{section}]\n{key} = {}\n", readme_value(value));
+    let cfg = Config::from_toml(&text, origin).unwrap_or_else(|e| panic!("{origin}: {e}"));
+    assert_eq!(
+        as_toml(&cfg),
+        defaults,
+        "{origin}: [{section}] {key} is documented as {value} but defaults to {default:?}"
+    );
+}
+
+/// Every row of the README's defaults table (*Configuration*) against `Config::default()`.
+#[test]
+fn the_readme_defaults_table_is_the_default_config() {
+    let readme = include_str!("../../README.md");
+    let table = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Configuration section");
+    let mut section = String::new();
+    let mut rows = 0;
+    for line in table.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line
+            .split(" | ")
+            .map(|c| c.trim_matches(['|', ' ']))
+            .collect();
+        // `[dataway.fail_cache] enabled` starts a section; `path` continues the last one.
+        let key_cell = cells[0];
+        let key = match key_cell.strip_prefix("`[") {
+            Some(rest) => {
+                let (s, k) = rest.split_once("] ").expect("`[section] key`");
+                section = s.to_string();
+                k
+            }
+            None => key_cell,
+        }
+        .trim_matches('`');
+        let value = match cells[1].split('`').nth(1) {
+            Some(v) => v,
+            None => cells[1],
+        };
+        assert!(!section.is_empty(), "a row before any [section]: {line}");
+        assert_documented_default(&section, key, value, &format!("README row `{line}`"));
+        rows += 1;
+    }
+    assert!(
+        rows >= 25,
+        "only {rows} rows found: did the table's format change?"
+    );
+}
+
+/// The README's `[dataway.sinker_limits]` block says "defaults shown": they are.
+#[test]
+fn the_readme_sinker_limits_are_the_defaults() {
+    let readme = include_str!("../../README.md");
+    let block = readme
+        .split("[dataway.sinker_limits]")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("README shows [dataway.sinker_limits]");
+    let mut keys = 0;
+    for line in block.lines().map(str::trim) {
+        let Some((key, rest)) = line.split_once(" = ") else {
+            continue;
+        };
+        if key.starts_with('#') {
+            continue;
+        }
+        let value = rest.split(" #").next().unwrap().trim();
+        let text = format!("[dataway.sinker_limits]\n{key} = {value}\n");
+        let cfg = Config::from_toml(&text, "README").unwrap();
+        assert_eq!(
+            as_toml(&cfg),
+            as_toml(&Config::default()),
+            "README: sinker_limits.{key} = {value} is not the default"
+        );
+        keys += 1;
+    }
+    assert!(keys >= 8, "only {keys} limits found");
+}
+
+/// `examples/dataway.toml` says "every key, with its default": loading it gives the defaults.
+#[test]
+fn the_example_config_holds_the_defaults() {
+    let text = include_str!("../../examples/dataway.toml");
+    let cfg = Config::from_toml(text, "examples/dataway.toml").unwrap();
+    assert_eq!(as_toml(&cfg), as_toml(&Config::default()));
+}
+
+#[test]
+fn a_bad_log_level_is_an_error_naming_log_level() {
+    for bad in ["verbose", "warning", "info,loud", "dataway=verbose", ""] {
+        let err = load_str(&format!("[log]\nlevel = {bad:?}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("log.level") && err.contains("debug"),
+            "{bad:?}: {err}"
+        );
+    }
+    for good in [
+        "info",
+        "INFO",
+        "Warn",
+        "off",
+        "info,dataway=debug",
+        "dataway::sinker=trace",
+    ] {
+        let cfg = load_str(&format!("[log]\nlevel = {good:?}\n"))
+            .unwrap_or_else(|e| panic!("{good:?}: {e}"));
+        assert_eq!(cfg.log.level, good);
+    }
+    // The plain levels are read as levels, in any case, not as target names.
+    let filter = tracing_subscriber::EnvFilter::new("WARN");
+    assert_eq!(
+        filter.max_level_hint(),
+        Some(tracing_subscriber::filter::LevelFilter::WARN)
+    );
+}
+
+#[test]
+fn a_bad_duration_shows_how_to_write_one() {
+    for text in [
+        "[dataway]\ntimeout = \"30x\"\n",
+        "[dataway]\ntimeout = 30\n",
+        "[dataway.fail_cache]\nclean_interval = \"soon\"\n",
+        "[dataway.sinker_limits]\ntimeout = \"1 fortnight\"\n",
+        "[[dataway.sinkers]]\nname = \"s\"\ncategories = [\"M\"]\nurls = [\"file://x\"]\ntimeout = \"x\"\n",
+    ] {
+        let err = load_str(text).unwrap_err().to_string();
+        assert!(
+            err.contains("`30s`") && err.contains("`500ms`"),
+            "{text:?}: {err}"
+        );
+    }
+    let bad = |k: &str| (k == "ENV_DATAWAY_TIMEOUT").then(|| "soon".to_string());
+    let err = Config::load(None, bad).unwrap_err().to_string();
+    assert!(
+        err.contains("ENV_DATAWAY_TIMEOUT") && err.contains("`30s`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_environment_values_name_the_variable() {
+    let proxy = |k: &str| (k == "ENV_DATAWAY_HTTP_PROXY").then(|| "proxy:3128".to_string());
+    let err = Config::load(None, proxy).unwrap_err().to_string();
+    assert!(
+        err.contains("ENV_DATAWAY_HTTP_PROXY") && err.contains("http://"),
+        "{err}"
+    );
+    assert!(!err.contains("dataway.http_proxy"), "{err}");
+    let urls = |k: &str| (k == "ENV_DATAWAY").then(|| "file://a,ftp://b".to_string());
+    let err = Config::load(None, urls).unwrap_err().to_string();
+    assert!(
+        err.contains("ENV_DATAWAY") && err.contains("ftp://b"),
+        "{err}"
+    );
+    assert!(!err.contains("dataway.urls"), "{err}");
+}
+
+/// Relative paths of a config file are relative to its folder, not to where the daemon
+/// was started; absolute ones, `http` URLs, the environment's URLs and "" are kept.
+#[test]
+fn relative_paths_resolve_against_the_config_files_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let file = etc.join("dataway.toml");
+    std::fs::write(
+        &file,
+        r#"
+        [dataway]
+        urls = ["file://out", "file:///abs/out", "http://127.0.0.1:1?token=tkn_x"]
+        plugins_dir = "plugins"
+        [[dataway.sinkers]]
+        name = "s"
+        categories = ["M"]
+        urls = ["file://sink"]
+        [dataway.fail_cache]
+        path = "data/failcache"
+        [dataway.wal]
+        path = "/var/lib/dataway/wal"
+        [dataway.sinker_limits]
+        cache_dir = "cache"
+        "#,
+    )
+    .unwrap();
+    let cfg = Config::load(Some(&file), no_env).unwrap();
+    let d = &cfg.dataway;
+    let at = |p: &str| etc.join(p);
+    assert_eq!(
+        d.urls,
+        [
+            format!("file://{}", at("out").display()),
+            "file:///abs/out".to_string(),
+            "http://127.0.0.1:1?token=tkn_x".to_string(),
+        ]
+    );
+    assert_eq!(
+        d.sinkers[0].urls,
+        [format!("file://{}", at("sink").display())]
+    );
+    assert_eq!(d.plugins_dir, at("plugins"));
+    assert_eq!(d.fail_cache.path, at("data/failcache"));
+    assert_eq!(d.wal.path, Path::new("/var/lib/dataway/wal"));
+    assert_eq!(d.sinker_limits.cache_dir.as_deref(), Some(&*at("cache")));
+
+    // "" turns the compiled cache off: it stays "".
+    std::fs::write(&file, "[dataway.sinker_limits]\ncache_dir = \"\"\n").unwrap();
+    let cfg = Config::load(Some(&file), no_env).unwrap();
+    assert_eq!(cfg.dataway.sinker_limits.cache_dir, Some(PathBuf::new()));
+    // The defaults in a file are resolved too; URLs from the environment are not.
+    let env = |k: &str| (k == "ENV_DATAWAY").then(|| "file://env-out".to_string());
+    let cfg = Config::load(Some(&file), env).unwrap();
+    assert_eq!(cfg.dataway.urls, ["file://env-out"]);
+    assert_eq!(cfg.dataway.fail_cache.path, at("dataway-data/failcache"));
+    assert_eq!(cfg.dataway.plugins_dir, at("plugins"));
+    // Without a file, the embedded defaults stay relative to the working directory.
+    let cfg = Config::load(None, no_env).unwrap();
+    assert_eq!(
+        cfg.dataway.fail_cache.path,
+        Path::new("dataway-data/failcache")
+    );
+    assert_eq!(cfg.dataway.urls, ["file://dataway-out"]);
+
+    // A drop-in sidecar's file:// URLs are relative to its folder.
+    let s = SinkerConfig::from_sidecar(
+        "categories = [\"L\"]\nurls = [\"file://x\", \"file:///y\"]\n",
+        "nginx",
+        "/etc/dataway/plugins/nginx.toml",
+    )
+    .unwrap();
+    assert_eq!(s.urls, ["file:///etc/dataway/plugins/x", "file:///y"]);
+}

@@ -153,7 +153,10 @@ pub enum StartError {
 /// Why an "other API" request got no answer from the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("endpoint {0} is a directory (file://) and serves no API")]
+    #[error(
+        "other APIs go to the first endpoint of dataway.urls, and {0} is a file:// directory: \
+         list the Dataway server's URL first to forward them"
+    )]
     NotHttp(EndpointUrl),
     #[error("endpoint {endpoint}: {message}")]
     Transport {

@@ -23,7 +23,15 @@ impl DaemonProcess {
     /// stuck start, not a speed requirement) for it to report its ingest address. Write
     /// `listen = "127.0.0.1:0"` under `[ingest]` in `cfg`.
     pub fn start(cfg: &Path, env: &[(&str, &str)]) -> DaemonProcess {
+        DaemonProcess::start_in(cfg, None, env)
+    }
+
+    /// As [`DaemonProcess::start`], in the working directory `cwd` if given.
+    pub fn start_in(cfg: &Path, cwd: Option<&Path>, env: &[(&str, &str)]) -> DaemonProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataway"));
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
         cmd.args(["run", "-c"])
             .arg(cfg)
             .env_remove("ENV_DATAWAY")
