@@ -129,7 +129,10 @@ async fn metrics_after_a_known_workload() {
     );
     let latency =
         s("datakit_io_dataway_api_latency_sum{api=\"/v1/write/metric\",status=\"OK\"}").unwrap();
-    assert!(latency >= 20.0, "latency {latency} ms, under the 20ms backoff");
+    assert!(
+        latency >= 20.0,
+        "latency {latency} ms, under the 20ms backoff"
+    );
     for q in ["0.5", "0.9", "0.99"] {
         let v = s(&format!(
             "datakit_io_dataway_api_latency{{api=\"/v1/write/metric\",status=\"OK\",quantile=\"{q}\"}}"
@@ -219,8 +222,14 @@ async fn latency_quantiles_by_value() {
     // values, which bounds the sum from both sides.
     let sum = sample(&text, &series("datakit_io_dataway_api_latency_sum")).unwrap();
     assert!(sum >= 4.0 * MID + TOP, "sum {sum}");
-    assert!(sum >= q50 + 3.0 * MID + q90 + q99, "sum {sum}, quantiles {q50} {q90} {q99}");
-    assert!(sum <= 5.0 * q50 + 4.0 * q90 + q99, "sum {sum}, quantiles {q50} {q90} {q99}");
+    assert!(
+        sum >= q50 + 3.0 * MID + q90 + q99,
+        "sum {sum}, quantiles {q50} {q90} {q99}"
+    );
+    assert!(
+        sum <= 5.0 * q50 + 4.0 * q90 + q99,
+        "sum {sum}, quantiles {q50} {q90} {q99}"
+    );
     d.stop().await;
 }
 
@@ -247,7 +256,10 @@ async fn failcache_bytes_summary_by_value() {
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while records(&d.metrics.encode_text()) != 2.0 {
-        assert!(tokio::time::Instant::now() < deadline, "bodies never cached");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bodies never cached"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     dw.set_default(None);
