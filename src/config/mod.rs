@@ -43,6 +43,11 @@ pub struct DatawayConfig {
     pub timeout: Duration,
     /// Proxy for every HTTP endpoint, with its scheme (`http://proxy:3128`).
     pub http_proxy: Option<String>,
+    /// PEM file of CA certificates trusted for `https://` endpoints (sinkers' too), on top of
+    /// the built-in Mozilla roots: for a Dataway behind a private CA. Not DataKit's: DataKit
+    /// (Go) trusts the system store and `SSL_CERT_FILE`; this daemon ignores both. DataKit's
+    /// `tls_insecure` (no verification at all) is deliberately not offered.
+    pub tls_ca_file: Option<PathBuf>,
     /// Idle connections kept per host in the pool.
     pub max_idle_conns_per_host: usize,
     /// How long an idle pooled connection is kept.
@@ -141,6 +146,7 @@ impl Default for DatawayConfig {
             urls: vec!["file://dataway-out".to_string()],
             timeout: Duration::from_secs(30),
             http_proxy: None,
+            tls_ca_file: None,
             max_idle_conns_per_host: 64,
             idle_timeout: Duration::from_secs(90),
             max_retry_count: 3,
@@ -286,6 +292,9 @@ impl Config {
         if let Some(p) = &mut d.sinker_limits.cache_dir {
             resolve(p, base);
         }
+        if let Some(p) = &mut d.tls_ca_file {
+            resolve(p, base);
+        }
     }
 
     /// Applies DataKit's environment overrides: `ENV_DATAWAY` (comma-separated URLs),
@@ -331,6 +340,9 @@ impl Config {
         }
         if let Some(p) = &d.http_proxy {
             validate_proxy(p).map_err(|reason| invalid("dataway.http_proxy", reason))?;
+        }
+        if let Some(f) = &d.tls_ca_file {
+            validate_ca_file(f).map_err(|reason| invalid("dataway.tls_ca_file", reason))?;
         }
         if d.timeout.is_zero() {
             return Err(invalid("dataway.timeout", "must be more than 0s"));
@@ -454,6 +466,34 @@ fn validate_log_level(level: &str) -> Result<(), String> {
         .parse(level)
         .map(drop)
         .map_err(|e| format!("`{level}`: {e}; {how}"))
+}
+
+/// The CA file must hold at least one certificate that can be a trust anchor: checked here
+/// so that a wrong file is a config error, not a failure of every request.
+fn validate_ca_file(f: &Path) -> Result<(), String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(f).map_err(|e| format!("cannot read `{}`: {e}", f.display()))?;
+    let mut certs = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("`{}` is not valid PEM ({e})", f.display()))?;
+        webpki::anchor_from_trusted_cert(&cert).map_err(|e| {
+            format!(
+                "certificate {} in `{}` is not a usable CA certificate ({e})",
+                certs + 1,
+                f.display()
+            )
+        })?;
+        certs += 1;
+    }
+    if certs == 0 {
+        return Err(format!(
+            "`{}` holds no certificate; give a PEM file with `-----BEGIN CERTIFICATE-----` \
+             blocks (the CA that signed the Dataway server's certificate)",
+            f.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A proxy must carry its scheme: DataKit silently ignored `proxy:3128` (`lessons.md` #8).

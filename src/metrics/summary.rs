@@ -85,6 +85,26 @@ struct Inner {
     series: RwLock<HashMap<u64, Vec<Arc<Series>>>>,
     /// Whether a wrong number of label values has already been reported.
     warned_arity: AtomicBool,
+    clock: Clock,
+}
+
+/// Where a summary reads the time: the system's monotonic clock, or in unit tests one the
+/// test advances, so the sliding window is tested without sleeping.
+#[derive(Clone)]
+enum Clock {
+    System,
+    #[cfg(test)]
+    Manual(Arc<Mutex<Instant>>),
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        match self {
+            Clock::System => Instant::now(),
+            #[cfg(test)]
+            Clock::Manual(t) => *t.lock().unwrap_or_else(PoisonError::into_inner),
+        }
+    }
 }
 
 /// One label set's summary.
@@ -142,6 +162,17 @@ impl SummaryVec {
         max_age: Duration,
         age_buckets: u32,
     ) -> prometheus::Result<Self> {
+        Self::with_clock(name, help, label_names, max_age, age_buckets, Clock::System)
+    }
+
+    fn with_clock(
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+        max_age: Duration,
+        age_buckets: u32,
+        clock: Clock,
+    ) -> prometheus::Result<Self> {
         if label_names.contains(&QUANTILE_LABEL) {
             return Err(prometheus::Error::Msg(format!(
                 "summary {name}: label name \"{QUANTILE_LABEL}\" is reserved"
@@ -173,6 +204,7 @@ impl SummaryVec {
                 hasher: RandomState::new(),
                 series: RwLock::new(HashMap::new()),
                 warned_arity: AtomicBool::new(false),
+                clock,
             }),
         })
     }
@@ -199,7 +231,7 @@ impl SummaryVec {
             return;
         }
         let series = inner.series_for(label_values);
-        let now = Instant::now();
+        let now = inner.clock.now();
         let mut state = series.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.rotate(now, inner.stream_duration);
         state.count += 1;
@@ -269,7 +301,7 @@ impl Inner {
                 sum: 0.0,
                 streams: (0..self.age_buckets).map(|_| None).collect(),
                 head: 0,
-                head_expires: Instant::now() + self.stream_duration,
+                head_expires: self.clock.now() + self.stream_duration,
             }),
         }
     }
@@ -328,7 +360,7 @@ impl Collector for SummaryVec {
             map.values().flatten().cloned().collect()
         };
         series.sort_by(|a, b| a.values.cmp(&b.values));
-        let now = Instant::now();
+        let now = inner.clock.now();
         let metrics = series
             .iter()
             .map(|s| {
@@ -512,35 +544,84 @@ datakit_io_dataway_api_latency_count{api=\"/v1/write/metric\",status=\"OK\"} 3
         assert_eq!((log.sample_count(), log.sample_sum()), (2, 0.75));
     }
 
-    #[test]
-    fn window_expires_quantiles_but_not_count() {
-        let s = SummaryVec::with_window(
-            "datakit_io_flush_failcache_bytes",
+    /// A clock that moves only when the test advances it.
+    struct ManualClock(Arc<Mutex<Instant>>);
+
+    impl ManualClock {
+        fn advance(&self, d: Duration) {
+            *self.0.lock().unwrap() += d;
+        }
+    }
+
+    /// A summary with the default window (10 minutes in 5 steps) on a manual clock.
+    fn on_manual_clock(name: &str, labels: &[&str]) -> (SummaryVec, ManualClock) {
+        let t = Arc::new(Mutex::new(Instant::now()));
+        let s = SummaryVec::with_clock(
+            name,
             "help",
-            &["category"],
-            Duration::from_millis(200),
-            2,
+            labels,
+            DEFAULT_MAX_AGE,
+            DEFAULT_AGE_BUCKETS,
+            Clock::Manual(t.clone()),
         )
         .unwrap();
+        (s, ManualClock(t))
+    }
+
+    fn quantile_values(s: &Summary) -> Vec<f64> {
+        s.get_quantile().iter().map(Quantile::value).collect()
+    }
+
+    const NS: Duration = Duration::from_nanos(1);
+    const MIN: Duration = Duration::from_mins(1);
+
+    #[test]
+    fn exact_quantiles_of_small_samples() {
+        // Too few observations for any rank error: each quantile is one exact observation.
+        let s = latency();
+        for v in [7.0, 3.0, 10.0, 1.0, 5.0, 9.0, 2.0, 8.0, 6.0, 4.0] {
+            s.observe(&["ten", "OK"], v);
+        }
+        let ten = summary_of(&s, &["ten", "OK"]);
+        assert_eq!(quantile_values(&ten), [5.0, 9.0, 10.0]);
+        assert_eq!((ten.sample_count(), ten.sample_sum()), (10, 55.0));
+
+        for v in [8.5, 0.25] {
+            s.observe(&["two", "OK"], v);
+        }
+        let two = summary_of(&s, &["two", "OK"]);
+        assert_eq!(quantile_values(&two), [0.25, 8.5, 8.5]);
+        assert_eq!((two.sample_count(), two.sample_sum()), (2, 8.75));
+
+        s.observe(&["one", "OK"], 1234.5);
+        let one = summary_of(&s, &["one", "OK"]);
+        assert_eq!(quantile_values(&one), [1234.5; 3]);
+        assert_eq!((one.sample_count(), one.sample_sum()), (1, 1234.5));
+    }
+
+    #[test]
+    fn window_expires_quantiles_but_not_count() {
+        let (s, clock) = on_manual_clock("datakit_io_flush_failcache_bytes", &["category"]);
         s.observe(&["metric"], 100.0);
         s.observe(&["metric"], 300.0);
+        // Seen for exactly max_age (10 minutes), then gone from the quantiles.
+        clock.advance(10 * MIN - NS);
         let before = summary_of(&s, &["metric"]);
-        assert!(before.get_quantile().iter().all(|q| !q.value().is_nan()));
-
-        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(quantile_values(&before), [100.0, 300.0, 300.0]);
+        clock.advance(NS);
         let after = summary_of(&s, &["metric"]);
-        assert!(after.get_quantile().iter().all(|q| q.value().is_nan()));
+        assert!(quantile_values(&after).iter().all(|v| v.is_nan()));
         assert_eq!((after.sample_count(), after.sample_sum()), (2, 400.0));
 
         // Observations after expiry are seen again.
         s.observe(&["metric"], 7.0);
         let again = summary_of(&s, &["metric"]);
-        assert!(again.get_quantile().iter().all(|q| q.value() == 7.0));
+        assert_eq!(quantile_values(&again), [7.0; 3]);
         assert_eq!((again.sample_count(), again.sample_sum()), (3, 407.0));
 
         let r = Registry::new();
         r.register(Box::new(s)).unwrap();
-        std::thread::sleep(Duration::from_millis(350));
+        clock.advance(10 * MIN);
         let text = encode(&r);
         assert!(
             text.contains(
@@ -548,20 +629,34 @@ datakit_io_dataway_api_latency_count{api=\"/v1/write/metric\",status=\"OK\"} 3
             ),
             "{text}"
         );
+        assert!(
+            text.contains("datakit_io_flush_failcache_bytes_count{category=\"metric\"} 3\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn window_slides_one_bucket_at_a_time() {
-        let s =
-            SummaryVec::with_window("slide", "help", &[], Duration::from_millis(400), 2).unwrap();
+        let (s, clock) = on_manual_clock("slide", &[]);
+        let q = |s: &SummaryVec| quantile_values(&summary_of(s, &[]));
         s.observe(&[], 1.0);
-        // Past the first expiry (200ms) but not the second: the head is now the stream that
-        // started with the vector, which still holds the first observation.
-        std::thread::sleep(Duration::from_millis(250));
+        clock.advance(3 * MIN);
         s.observe(&[], 2.0);
-        let q = summary_of(&s, &[]);
-        assert_eq!(q.get_quantile()[2].value(), 2.0);
-        assert_eq!(q.get_quantile()[0].value(), 1.0);
+        // Buckets expire every 2 minutes; the oldest one (read by queries) has both.
+        assert_eq!(q(&s), [1.0, 2.0, 2.0]);
+        clock.advance(7 * MIN - NS);
+        assert_eq!(q(&s), [1.0, 2.0, 2.0]);
+        // At 10 minutes the first observation leaves; the second, made after the first
+        // expiry, is in the bucket that becomes the oldest.
+        clock.advance(NS);
+        assert_eq!(q(&s), [2.0; 3]);
+        clock.advance(2 * MIN - NS);
+        assert_eq!(q(&s), [2.0; 3]);
+        // At 12 minutes that bucket expires too: the second observation was seen for 9.
+        clock.advance(NS);
+        assert!(q(&s).iter().all(|v| v.is_nan()));
+        let all = summary_of(&s, &[]);
+        assert_eq!((all.sample_count(), all.sample_sum()), (2, 3.0));
     }
 
     #[test]
