@@ -511,6 +511,14 @@ async fn a_restarted_drop_in_sinker_keeps_its_fail_cache() {
         s.wait_for(Duration::from_secs(20), |m| resends_arrived(m) >= 1)
             .await
     );
+    let old = d
+        .dataway
+        .sinkers()
+        .snapshot()
+        .iter()
+        .find(|s| s.name() == "sink")
+        .cloned()
+        .expect("the sinker runs");
     // Restart the sinker (same URL): the new endpoints share the old one's cache at once.
     std::fs::write(dir.join("sink.toml"), sidecar("cpu,mem")).unwrap();
     reloaded(2.0).await;
@@ -520,6 +528,12 @@ async fn a_restarted_drop_in_sinker_keeps_its_fail_cache() {
         wait_metric(&d.metrics, &records(&s), 2.0).await,
         "{}",
         d.metrics.encode_text()
+    );
+    // The old sinker is closed and let go (its endpoints joined, their resend task
+    // ended) before the server comes back: whatever is resent now, the new one sends.
+    assert!(
+        poll(|| old.endpoints()[0].is_closing() && std::sync::Arc::strong_count(&old) == 1).await,
+        "the old sinker was retired"
     );
     s.set_default(None);
     assert!(s.wait_points(10, Duration::from_secs(20)).await);
