@@ -28,11 +28,62 @@ fn assert_exactly_once(mock: &MockDataway, n: u64, who: &str) {
     assert_eq!(got.len() as u64, n, "{who}: unexpected points");
 }
 
+/// Resends from the fail-cache that `mock` accepted.
 fn resent(mock: &MockDataway) -> usize {
     mock.requests()
         .iter()
         .filter(|r| r.ok() && r.header("x-fail-cache-retry") == Some("1"))
         .count()
+}
+
+/// Points in the resends that `mock` accepted.
+fn resent_points(mock: &MockDataway) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.ok() && r.header("x-fail-cache-retry") == Some("1"))
+        .map(|r| r.x_points())
+        .sum()
+}
+
+/// Resends from the fail-cache that reached `mock`, answered or not.
+fn resends_arrived(mock: &MockDataway) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.header("x-fail-cache-retry") == Some("1"))
+        .count()
+}
+
+/// The endpoint label of `mock` in the daemon's metrics (its token redacted).
+fn endpoint(mock: &MockDataway) -> String {
+    format!("http://{}?token=***", mock.addr)
+}
+
+/// `dataway_failcache_dropped_total` of the endpoint at `mock` for `reason`.
+fn cache_dropped(mock: &MockDataway, reason: &str) -> String {
+    format!(
+        "dataway_failcache_dropped_total{{endpoint=\"{}\",reason=\"{reason}\"}}",
+        endpoint(mock)
+    )
+}
+
+/// `dataway_failcache_disk_bytes` of the endpoint at `mock`.
+fn disk_bytes(mock: &MockDataway) -> String {
+    format!(
+        "dataway_failcache_disk_bytes{{endpoint=\"{}\"}}",
+        endpoint(mock)
+    )
+}
+
+/// The size on disk of the fail-cache records holding the distinct bodies that reached
+/// `mock` (a record: 23 bytes of header, the category name, the body as sent).
+fn record_bytes(mock: &MockDataway, category: &str) -> f64 {
+    let mut bodies: Vec<Vec<u8>> = mock.requests().into_iter().map(|r| r.body).collect();
+    bodies.sort();
+    bodies.dedup();
+    bodies
+        .iter()
+        .map(|b| (23 + category.len() + b.len()) as f64)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,20 +102,36 @@ async fn an_outage_under_load_loses_nothing_and_duplicates_nothing() {
         }
     }
     assert!(dw.wait_points(200, Duration::from_secs(20)).await);
-    let records = "dataway_failcache_records{endpoint=";
     let m = d.metrics.clone();
     d.stop().await;
     assert_exactly_once(&dw, 200, "endpoint");
-    assert!(resent(&dw) > 0, "some bodies came from the fail-cache");
+    let (bodies, points) = (resent(&dw), resent_points(&dw));
+    assert!(bodies > 0, "some bodies came from the fail-cache");
     let text = m.encode_text();
-    let left: f64 = text
-        .lines()
-        .filter(|l| l.starts_with(records))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
-    assert_eq!(left, 0.0, "the cache drained:\n{text}");
-    assert!(
-        text.contains("datakit_io_flush_failcache_bytes_count{category=\"metric\"}"),
+    assert_eq!(
+        sample(&text, &records(&dw)),
+        Some(0.0),
+        "the cache drained:\n{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_flush_failcache_bytes_count{category=\"metric\"}"
+        ),
+        Some(bodies as f64),
+        "one observation per body resent:\n{text}"
+    );
+    // Each point counted once, by its first send: the resent ones as failed.
+    let points_by = |status: &str| {
+        sample(
+            &text,
+            &format!("datakit_io_dataway_point_total{{category=\"metric\",status=\"{status}\"}}"),
+        )
+    };
+    assert_eq!(points_by("OK"), Some((200 - points) as f64), "{text}");
+    assert_eq!(
+        points_by("Service Unavailable"),
+        Some(points as f64),
         "{text}"
     );
 }
@@ -119,11 +186,23 @@ async fn a_sinker_endpoint_down_then_up_loses_nothing() {
             200
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every body has failed its retries and waits in the sinker endpoint's cache.
+    assert!(
+        wait_metric(&d.metrics, &records(&sink), 5.0).await,
+        "{}",
+        d.metrics.encode_text()
+    );
+    assert_eq!(sink.points_accepted(), 0);
     sink.set_default(None);
     assert!(sink.wait_points(50, Duration::from_secs(20)).await);
+    assert!(wait_metric(&d.metrics, &records(&sink), 0.0).await);
     d.stop().await;
     assert_exactly_once(&sink, 50, "sinker endpoint");
+    assert_eq!(
+        (resent(&sink), resent_points(&sink)),
+        (5, 50),
+        "all of it came from the fail-cache"
+    );
     assert!(
         main.requests().is_empty(),
         "sunk points are not sent to main"
@@ -144,12 +223,25 @@ async fn what_is_cached_at_shutdown_is_sent_after_a_restart() {
         wait_metric(&d.metrics, &records(&dw), 4.0).await,
         "four bodies cached"
     );
+    // Their size on disk: each body as sent, plus the record header.
+    let bytes = record_bytes(&dw, "metric");
+    assert!(
+        wait_metric(&d.metrics, &disk_bytes(&dw), bytes).await,
+        "{bytes} bytes on disk:\n{}",
+        d.metrics.encode_text()
+    );
     d.stop().await;
     assert_eq!(dw.points_accepted(), 0);
 
     dw.set_default(None);
     let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", &fc), "")).await;
+    // Found again at the start.
+    assert_eq!(
+        sample(&d.metrics.encode_text(), &disk_bytes(&dw)),
+        Some(bytes)
+    );
     assert!(dw.wait_points(20, Duration::from_secs(20)).await);
+    assert!(wait_metric(&d.metrics, &disk_bytes(&dw), 0.0).await);
     d.stop().await;
     assert_exactly_once(&dw, 20, "after restart");
     assert_eq!(resent(&dw), 4);
@@ -222,15 +314,19 @@ async fn a_sinker_on_the_main_url_shares_its_fail_cache() {
     let text = m.encode_text();
     assert_exactly_once(&dw, 20, "shared cache");
     assert!(!text.contains("reason=\"retries_exhausted\""), "{text}");
-    // Whichever endpoint resent them, the sinker's bodies count as sunk, main's do not.
-    let sunk = |c: &str| {
+    assert_eq!(resent(&dw), 4, "every body came from the one cache");
+    // Points count once, by their first send (which failed): the sinker's as sunk, main's
+    // not; the resends are not counted again.
+    let sunk = |c: &str, status: &str| {
         sample(
             &text,
-            &format!("datakit_io_dataway_sink_point_total{{category=\"{c}\",status=\"OK\"}}"),
+            &format!("datakit_io_dataway_sink_point_total{{category=\"{c}\",status=\"{status}\"}}"),
         )
-        .unwrap_or(0.0)
     };
-    assert_eq!((sunk("logging"), sunk("metric")), (10.0, 0.0), "{text}");
+    assert_eq!(sunk("logging", "Service Unavailable"), Some(10.0), "{text}");
+    assert_eq!(sunk("logging", "OK"), None, "{text}");
+    assert_eq!(sunk("metric", "Service Unavailable"), None, "{text}");
+    assert_eq!(sunk("metric", "OK"), None, "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,19 +358,9 @@ async fn when_the_cache_is_full_the_oldest_bodies_go_and_are_counted() {
     let full = async {
         for _ in 0..2000 {
             let text = m.encode_text();
-            let dropped = text
-                .lines()
-                .find(|l| {
-                    l.starts_with("dataway_failcache_dropped_total{")
-                        && l.contains("reason=\"full\"")
-                })
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .unwrap_or(0);
-            let kept = text
-                .lines()
-                .find(|l| l.starts_with("dataway_failcache_records{"))
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .unwrap_or(0);
+            // None dropped yet is an absent series; a wrong label would never add up.
+            let dropped = sample(&text, &cache_dropped(&dw, "full")).unwrap_or(0.0) as u64;
+            let kept = sample(&text, &records(&dw)).unwrap_or(0.0) as u64;
             if dropped + kept == BATCHES {
                 return (dropped, kept);
             }
@@ -372,11 +458,9 @@ async fn the_daemon_starts_on_a_damaged_cache_file_and_counts_it() {
     assert!(dw.wait_points(5, Duration::from_secs(10)).await);
     let text = d.metrics.encode_text();
     d.stop().await;
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("dataway_failcache_dropped_total{")
-                && l.contains("reason=\"corrupt_file\"")
-                && l.ends_with(" 1")),
+    assert_eq!(
+        sample(&text, &cache_dropped(&dw, "corrupt_file")),
+        Some(1.0),
         "{text}"
     );
     let aside = std::fs::read_dir(cache.path())
@@ -421,18 +505,319 @@ async fn a_restarted_drop_in_sinker_keeps_its_fail_cache() {
     };
     reloaded(1.0).await;
     assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    // The first sinker's endpoint has kept its body, and is resending it.
+    assert!(wait_metric(&d.metrics, &records(&s), 1.0).await);
+    assert!(
+        s.wait_for(Duration::from_secs(20), |m| resends_arrived(m) >= 1)
+            .await
+    );
+    let old = d
+        .dataway
+        .sinkers()
+        .snapshot()
+        .iter()
+        .find(|s| s.name() == "sink")
+        .cloned()
+        .expect("the sinker runs");
     // Restart the sinker (same URL): the new endpoints share the old one's cache at once.
     std::fs::write(dir.join("sink.toml"), sidecar("cpu,mem")).unwrap();
     reloaded(2.0).await;
     assert_eq!(d.post("metric", lines("mem", 5, 5)).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The new endpoint's failed body is in the same file as the old one's.
+    assert!(
+        wait_metric(&d.metrics, &records(&s), 2.0).await,
+        "{}",
+        d.metrics.encode_text()
+    );
+    // The old sinker is closed and let go (its endpoints joined, their resend task
+    // ended) before the server comes back: whatever is resent now, the new one sends.
+    assert!(
+        poll(|| old.endpoints()[0].is_closing() && std::sync::Arc::strong_count(&old) == 1).await,
+        "the old sinker was retired"
+    );
     s.set_default(None);
     assert!(s.wait_points(10, Duration::from_secs(20)).await);
     let text = d.metrics.encode_text();
     d.stop().await;
     assert_exactly_once(&s, 10, "restarted sinker");
+    // Both bodies came out of the cache, the old sinker's too, though its endpoint was
+    // closed at the restart: the new one took over resending from the shared file.
+    assert_eq!(
+        (resent(&s), resent_points(&s)),
+        (2, 10),
+        "both bodies resent from the cache"
+    );
+    let resends: Vec<String> = s
+        .requests()
+        .iter()
+        .filter(|r| r.ok() && r.header("x-fail-cache-retry") == Some("1"))
+        .map(|r| r.text.clone())
+        .collect();
+    assert!(
+        resends[0].contains("seq=0i") && resends[1].contains("seq=5i"),
+        "oldest first: {resends:?}"
+    );
     assert!(
         !text.contains("reason=\"retries_exhausted\""),
         "nothing was dropped for lack of a cache:\n{text}"
     );
+}
+
+/// A resend the server refuses (4xx) would be refused again: it is dropped and counted,
+/// and the records behind it drain (it does not hold the head of the cache).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_resend_is_dropped_and_counted_and_the_rest_drains() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("workers = 1", ""), "")).await;
+    for i in 0..2 {
+        assert_eq!(d.post("metric", lines("cpu", 5, i * 5)).await.status(), 200);
+    }
+    assert!(wait_metric(&d.metrics, &records(&dw), 2.0).await);
+    // The next request is the resend of the oldest body: refused. Then the server is back.
+    dw.script([Reply::Status(400)]);
+    dw.set_default(None);
+    assert!(dw.wait_points(5, Duration::from_secs(20)).await);
+    assert!(wait_metric(&d.metrics, &records(&dw), 0.0).await);
+    let dropped = "dataway_dropped_points_total{category=\"metric\",reason=\"failcache_rejected\"}";
+    assert!(
+        wait_metric(&d.metrics, dropped, 5.0).await,
+        "{}",
+        d.metrics.encode_text()
+    );
+    assert!(wait_metric(&d.metrics, &cache_dropped(&dw, "rejected"), 1.0).await);
+    d.stop().await;
+    let refused: Vec<_> = dw
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == Some(400))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].header("x-fail-cache-retry"), Some("1"));
+    assert!(refused[0].text.contains("seq=0i"), "the oldest body");
+    // The refused body is never sent again; the one behind it arrives once.
+    let got = seqs(&dw);
+    assert!((0..5).all(|s| !got.contains_key(&s)), "{got:?}");
+    assert!((5..10).all(|s| got.get(&s) == Some(&1)), "{got:?}");
+    assert_eq!(resent_points(&dw), 5);
+}
+
+/// A body older than `drop_expired_after` is dropped and counted instead of resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_past_drop_expired_after_is_dropped_and_counted_not_resent() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let d = TestDaemon::start(config_for(
+        &[dw.url("t")],
+        &fast("", "drop_expired_after = \"300ms\""),
+        "",
+    ))
+    .await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    // Resent while the server is down, until it is too old.
+    let dropped = "dataway_dropped_points_total{category=\"metric\",reason=\"failcache_expired\"}";
+    assert!(
+        wait_metric(&d.metrics, dropped, 5.0).await,
+        "{}",
+        d.metrics.encode_text()
+    );
+    assert!(wait_metric(&d.metrics, &cache_dropped(&dw, "expired"), 1.0).await);
+    assert!(wait_metric(&d.metrics, &records(&dw), 0.0).await);
+    assert!(wait_metric(&d.metrics, &disk_bytes(&dw), 0.0).await);
+    // The server is back: new points go, the expired ones never do.
+    dw.set_default(None);
+    assert_eq!(d.post("metric", lines("cpu", 5, 5)).await.status(), 200);
+    assert!(dw.wait_points(5, Duration::from_secs(20)).await);
+    d.stop().await;
+    let got = seqs(&dw);
+    assert!((0..5).all(|s| !got.contains_key(&s)), "{got:?}");
+    assert_eq!(resent(&dw), 0);
+}
+
+/// A `file://` endpoint has no fail-cache: what it cannot write is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_endpoint_that_cannot_write_drops_and_counts() {
+    // The directory would be inside a regular file: not creatable, even for root.
+    let blocker = scratch_dir("file-endpoint").join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let url = format!("file://{}", blocker.join("out").display());
+    let d = TestDaemon::start(config_for(&[url], "", "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    let dropped = "dataway_dropped_points_total{category=\"metric\",reason=\"file_error\"}";
+    assert!(
+        wait_metric(&d.metrics, dropped, 5.0).await,
+        "{}",
+        d.metrics.encode_text()
+    );
+    let text = d.metrics.encode_text();
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_dataway_point_total{category=\"metric\",status=\"unknown\"}"
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    d.stop().await;
+    assert!(blocker.is_file());
+}
+
+/// `datakit_io_dataway_point_total` counts each point once, by the status its send ended
+/// with (after retries), as DataKit does: resends from the fail-cache, failed or not, do
+/// not count it again (a point of a long outage once showed up 5 times as failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_do_not_count_points_again() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", ""), "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    let failed_resends = |m: &MockDataway| {
+        m.requests()
+            .iter()
+            .filter(|r| r.header("x-fail-cache-retry") == Some("1") && r.status == Some(503))
+            .count()
+    };
+    // Several resends fail...
+    assert!(
+        dw.wait_for(Duration::from_secs(20), |m| failed_resends(m) >= 3)
+            .await
+    );
+    // ...then one succeeds.
+    dw.set_default(None);
+    assert!(dw.wait_points(5, Duration::from_secs(20)).await);
+    assert!(wait_metric(&d.metrics, &records(&dw), 0.0).await);
+    let m = d.metrics.clone();
+    d.stop().await; // joins the resend task: every count is in
+    let text = m.encode_text();
+    let failed = failed_resends(&dw);
+    assert_eq!(resends_arrived(&dw), failed + 1);
+    let series = |name: &str, status: &str| {
+        sample(
+            &text,
+            &format!("{name}{{category=\"metric\",status=\"{status}\"}}"),
+        )
+    };
+    let points = "datakit_io_dataway_point_total";
+    assert_eq!(series(points, "Service Unavailable"), Some(5.0), "{text}");
+    assert_eq!(series(points, "OK"), None, "{text}");
+    // Bytes likewise: the one body, once.
+    let first = &dw.requests()[0];
+    assert_eq!(
+        series(
+            "datakit_io_dataway_point_bytes_total",
+            "Service Unavailable"
+        ),
+        Some(first.body.len() as f64),
+        "{text}"
+    );
+    // The delivery from the cache shows in the fail-cache summary, and every request,
+    // resends included, in the API counter.
+    assert_eq!(
+        sample(
+            &text,
+            "datakit_io_flush_failcache_bytes_count{category=\"metric\"}"
+        ),
+        Some(1.0)
+    );
+    let api = |status: &str| {
+        sample(
+            &text,
+            &format!(
+                "datakit_io_dataway_api_request_total{{api=\"/v1/write/metric\",status=\"{status}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        api("Service Unavailable"),
+        Some((1 + failed) as f64),
+        "{text}"
+    );
+    assert_eq!(api("OK"), Some(1.0), "{text}");
+}
+
+/// A server that holds every request until the test lets it answer with `status`.
+struct HeldServer {
+    addr: std::net::SocketAddr,
+    arrived: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    release: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl HeldServer {
+    async fn start(status: u16) -> HeldServer {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let arrived = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let (a, r) = (arrived.clone(), release.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (a, r) = (a.clone(), r.clone());
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                r.acquire().await.unwrap().forget();
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        HeldServer {
+            addr,
+            arrived,
+            release,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}?token=t", self.addr)
+    }
+
+    async fn wait_arrived(&self, n: usize) -> bool {
+        poll(|| self.arrived.load(std::sync::atomic::Ordering::SeqCst) >= n).await
+    }
+}
+
+/// Polls `f` until it holds, for up to 20 s (a limit for a stuck daemon).
+async fn poll(f: impl Fn() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// A body whose retries end during the drain goes to the fail-cache, and the drain report
+/// (the `stopped ... kept_in_fail_cache=N` line) says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cached_during_the_drain_is_reported_as_kept() {
+    let server = HeldServer::start(503).await;
+    let d = TestDaemon::start(config_for(
+        &[server.url()],
+        "max_retry_count = 0\ntimeout = \"60s\"\nworkers = 1\nshutdown_timeout = \"30s\"\n\
+         [dataway.fail_cache]\nclean_interval = \"1h\"",
+        "",
+    ))
+    .await;
+    assert_eq!(d.post("metric", lines("cpu", 5, 0)).await.status(), 200);
+    assert!(server.wait_arrived(1).await);
+    // Stop while the server holds the only attempt; answer it 503 once the drain began.
+    let (dataway, metrics) = (d.dataway.clone(), d.metrics.clone());
+    let stopping = tokio::spawn(d.stop());
+    assert!(poll(|| dataway.endpoints()[0].is_closing()).await);
+    server.release.add_permits(1);
+    let report = stopping.await.unwrap();
+    assert_eq!(
+        sample(
+            &metrics.encode_text(),
+            &format!(
+                "dataway_failcache_records{{endpoint=\"http://{}?token=***\"}}",
+                server.addr
+            )
+        ),
+        Some(1.0),
+        "the body is in the fail-cache"
+    );
+    assert_eq!(report.abandoned_points, 0);
+    assert_eq!(report.persisted_points, 5, "kept for the next start");
 }

@@ -1,48 +1,55 @@
-//! The WAL: after kill -9, every acknowledged point is delivered (at least once).
+//! The WAL: after kill -9, every acknowledged point is delivered (at least once); what was
+//! delivered leaves the log; a replay never holds ingest shut.
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::process::DaemonProcess;
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Writes `d.toml` in `dir` with `body` and an ingest on port 0 (the daemon reports it).
+fn config_file(dir: &Path, body: &str) -> PathBuf {
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!("{body}\n[ingest]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    cfg
 }
 
-fn start(cfg: &std::path::Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(cfg.with_extension("log"))
-        .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_dataway"))
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+async fn post(daemon: &DaemonProcess, category: &str, body: String) -> u16 {
+    reqwest::Client::new()
+        .post(daemon.url(&format!("/v1/write/{category}")))
+        .body(body)
+        .send()
+        .await
         .unwrap()
+        .status()
+        .as_u16()
 }
 
-async fn post_when_up(base: &str, body: String) -> u16 {
-    let cli = reqwest::Client::new();
-    for _ in 0..1500 {
-        if let Ok(r) = cli
-            .post(format!("{base}/v1/write/metric"))
-            .body(body.clone())
-            .send()
-            .await
-        {
-            return r.status().as_u16();
+/// SIGTERM, and the exit status must be success within 30 s (a limit for a hung daemon).
+fn stop(mut daemon: DaemonProcess) -> String {
+    daemon.signal("TERM");
+    let st = daemon.wait(Duration::from_secs(30));
+    assert!(st.success(), "{st}:\n{}", daemon.log());
+    daemon.log()
+}
+
+/// The entries the WAL at `dir` holds, once the stopped daemon's last tasks have let the
+/// file go (one holder at a time; up to 20 s, a limit for a stuck task).
+fn wal_entries(dir: &Path) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match dataway::wal::Wal::open(&dir.join("wal.redb")) {
+            Ok(wal) => return wal.pending().unwrap().len(),
+            Err(e) if std::time::Instant::now() >= deadline => panic!("open the WAL: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("daemon never came up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,45 +58,37 @@ async fn after_kill_9_every_acknowledged_point_is_delivered() {
     // The server hangs: nothing is delivered, everything acknowledged is only in memory
     // and in the WAL when the daemon is killed.
     dw.set_default(Some(Reply::Slow(Duration::from_secs(60))));
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = dir.path().join("d.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let dir = scratch_dir("wal-kill9");
+    let cfg = config_file(
+        &dir,
+        &format!(
             "[dataway]\nurls = [\"{}\"]\ntimeout = \"60s\"\nretry_delay = \"20ms\"\n\
              [dataway.wal]\nenabled = true\npath = \"{}\"\n\
-             [dataway.fail_cache]\npath = \"{}\"\nclean_interval = \"100ms\"\n\
-             [ingest]\nlisten = \"127.0.0.1:{port}\"\n",
+             [dataway.fail_cache]\npath = \"{}\"\nclean_interval = \"100ms\"",
             dw.url("t"),
-            dir.path().join("wal").display(),
-            dir.path().join("fc").display(),
+            dir.join("wal").display(),
+            dir.join("fc").display(),
         ),
-    )
-    .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut daemon = start(&cfg);
+    );
+    let mut daemon = DaemonProcess::start(&cfg, &[]);
     // 80 writes: more than one page (64) of the replay.
     for i in 0..80 {
-        assert_eq!(post_when_up(&base, lines("cpu", 3, i * 3)).await, 200);
+        assert_eq!(post(&daemon, "metric", lines("cpu", 3, i * 3)).await, 200);
     }
-    daemon.kill().unwrap(); // SIGKILL: no drain, no shutdown code runs
-    daemon.wait().unwrap();
+    daemon.kill(); // SIGKILL: no drain, no shutdown code runs
     assert_eq!(dw.points_accepted(), 0);
 
     dw.set_default(None);
-    let mut daemon = start(&cfg);
+    let daemon = DaemonProcess::start(&cfg, &[]);
     // One more write after the restart, to show the daemon serves while it replays.
-    assert_eq!(post_when_up(&base, lines("cpu", 25, 240)).await, 200);
+    assert_eq!(post(&daemon, "metric", lines("cpu", 25, 240)).await, 200);
     let all = dw
         .wait_for(Duration::from_secs(30), |m| {
-            let got = m.lines_accepted();
-            (0..265).all(|s| got.iter().any(|l| l.contains(&format!("seq={s}i"))))
+            let got = seqs(m);
+            (0..265).all(|s| got.contains_key(&s))
         })
         .await;
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    daemon.wait().unwrap();
-    let log = std::fs::read_to_string(cfg.with_extension("log")).unwrap_or_default();
+    let log = stop(daemon);
     assert!(
         all,
         "every acknowledged point arrives after the restart; got {} points in {} requests:\n{log}",
@@ -104,7 +103,7 @@ async fn after_kill_9_every_acknowledged_point_is_delivered() {
 async fn what_a_stop_abandons_is_replayed_from_the_wal() {
     let dw = MockDataway::start().await;
     dw.set_default(Some(Reply::Slow(Duration::from_secs(30))));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch_dir("wal");
     let cfg = || {
         config_for(
             &[dw.url("t")],
@@ -112,7 +111,7 @@ async fn what_a_stop_abandons_is_replayed_from_the_wal() {
                 "workers = 1\ntimeout = \"60s\"\nshutdown_timeout = \"300ms\"\n\
                  [dataway.fail_cache]\nenabled = false\n\
                  [dataway.wal]\nenabled = true\npath = \"{}\"",
-                dir.path().display()
+                dir.display()
             ),
             "",
         )
@@ -124,16 +123,157 @@ async fn what_a_stop_abandons_is_replayed_from_the_wal() {
     let report = d.stop().await;
     assert_eq!(report.abandoned_points, 0, "kept in the WAL, not abandoned");
     assert_eq!(report.persisted_points, 20);
+    assert_eq!(wal_entries(&dir), 4);
     dw.set_default(None);
     let d = TestDaemon::start(cfg()).await;
     assert!(
         dw.wait_for(Duration::from_secs(20), |m| {
-            let got = m.lines_accepted();
-            (0..20).all(|s| got.iter().any(|l| l.contains(&format!("seq={s}i"))))
+            let got = seqs(m);
+            (0..20).all(|s| got.contains_key(&s))
         })
         .await,
         "replayed: {} points",
         dw.points_accepted()
     );
     d.stop().await;
+}
+
+/// A write's entry leaves the WAL once every endpoint has delivered it or put it in its
+/// fail-cache: after three runs of the real binary (SIGTERM each time) the log is empty
+/// after every stop and each point arrived exactly once at each endpoint. An entry that
+/// is never removed (a leaked ticket) would be replayed at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_writes_leave_the_wal_and_are_not_sent_again_after_restarts() {
+    let (up, flaky) = (MockDataway::start().await, MockDataway::start().await);
+    // One endpoint is down at first: its bodies go through its fail-cache.
+    flaky.set_default(Some(Reply::Status(503)));
+    let dir = scratch_dir("wal-removed");
+    let wal = dir.join("wal");
+    let cfg = config_file(
+        &dir,
+        &format!(
+            "[dataway]\nurls = [\"{}\", \"{}\"]\nmax_retry_count = 1\nretry_delay = \"10ms\"\n\
+             [dataway.wal]\nenabled = true\npath = \"{}\"\n\
+             [dataway.fail_cache]\npath = \"{}\"\nclean_interval = \"100ms\"",
+            up.url("a"),
+            flaky.url("b"),
+            wal.display(),
+            dir.join("fc").display(),
+        ),
+    );
+    let cached = format!(
+        "dataway_failcache_records{{endpoint=\"http://{}?token=***\"}}",
+        flaky.addr
+    );
+
+    // Run 1: delivered to one endpoint, cached then resent at the other.
+    let daemon = DaemonProcess::start(&cfg, &[]);
+    for i in 0..10 {
+        assert_eq!(post(&daemon, "metric", lines("cpu", 3, i * 3)).await, 200);
+    }
+    assert!(up.wait_points(30, Duration::from_secs(20)).await);
+    let metrics = daemon.url("/metrics");
+    let mut all_cached = false;
+    for _ in 0..2000 {
+        let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+        if sample(&text, &cached) == Some(10.0) {
+            all_cached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(all_cached, "{}", daemon.log());
+    flaky.set_default(None);
+    assert!(flaky.wait_points(30, Duration::from_secs(20)).await);
+    let log = stop(daemon);
+    assert_eq!(wal_entries(&wal), 0, "delivered or cached: removed\n{log}");
+
+    // Run 2: nothing to replay; new writes are removed too.
+    let daemon = DaemonProcess::start(&cfg, &[]);
+    assert_eq!(post(&daemon, "metric", lines("cpu", 3, 30)).await, 200);
+    assert!(up.wait_points(33, Duration::from_secs(20)).await);
+    assert!(flaky.wait_points(33, Duration::from_secs(20)).await);
+    let log = stop(daemon);
+    assert!(!log.contains("replaying the WAL"), "{log}");
+    assert_eq!(wal_entries(&wal), 0, "{log}");
+
+    // Run 3: still nothing.
+    let log = stop(DaemonProcess::start(&cfg, &[]));
+    assert!(!log.contains("replaying the WAL"), "{log}");
+    assert_eq!(wal_entries(&wal), 0, "{log}");
+    for (mock, who) in [(&up, "up"), (&flaky, "flaky")] {
+        let got = seqs(mock);
+        for s in 0..33u64 {
+            assert_eq!(got.get(&s), Some(&1), "{who}: seq {s}");
+        }
+        assert_eq!(got.len(), 33, "{who}");
+    }
+}
+
+/// Entries left in the WAL are replayed at start while an endpoint hangs: the replay waits
+/// for room in that endpoint's queue, and ingest meanwhile answers new writes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_stuck_on_a_down_endpoint_does_not_hold_ingest_shut() {
+    let (down, sink) = (MockDataway::start().await, MockDataway::start().await);
+    // Hangs for a minute: nothing it is sent is done before the test ends.
+    down.set_default(Some(Reply::Slow(Duration::from_secs(60))));
+    let wal = scratch_dir("wal-replay");
+    let cfg = |extra_dataway: &str, extra: &str| {
+        config_for(
+            &[down.url("t")],
+            &format!(
+                "workers = 1\ntimeout = \"60s\"\nshutdown_timeout = \"300ms\"\n{extra_dataway}\n\
+                 [dataway.fail_cache]\nenabled = false\n\
+                 [dataway.wal]\nenabled = true\npath = \"{}\"",
+                wal.display()
+            ),
+            extra,
+        )
+    };
+    // Run 1 leaves 5 writes in the WAL.
+    let d = TestDaemon::start(cfg("", "")).await;
+    for i in 0..5 {
+        assert_eq!(d.post("metric", lines("cpu", 2, i * 2)).await.status(), 200);
+    }
+    assert_eq!(d.stop().await.persisted_points, 10);
+    assert_eq!(wal_entries(&wal), 5);
+    let before = down.arrived();
+
+    // Run 2: one batch in flight and one queued fill the down endpoint; the replay of the
+    // other three waits. Logging goes to a sinker whose endpoint is up.
+    let sinker = format!(
+        "[[dataway.sinkers]]\nname = \"logs\"\ncategories = [\"logging\"]\nurls = [\"{}\"]\n",
+        sink.url("s")
+    );
+    let d = TestDaemon::start(cfg("queue_size = 1", &sinker)).await;
+    let queued = format!(
+        "dataway_queue_batches{{endpoint=\"http://{}?token=***\"}}",
+        down.addr
+    );
+    assert!(
+        wait_metric(&d.metrics, &queued, 1.0).await,
+        "{}",
+        d.metrics.encode_text()
+    );
+    assert!(
+        down.wait_for(Duration::from_secs(20), |m| m.arrived() == before + 1)
+            .await
+    );
+    // A new write is answered while the replay is stuck (a stuck replay lasts the
+    // endpoint's minute; 10 s is a limit, not a speed requirement).
+    let answered = reqwest::Client::new()
+        .post(d.url("/v1/write/logging"))
+        .body(lines("nginx", 3, 100))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("ingest answers during the replay");
+    assert_eq!(answered.status(), 200);
+    assert!(sink.wait_points(3, Duration::from_secs(20)).await);
+    // The replay was still waiting: one request at the down endpoint, one batch queued.
+    assert_eq!(down.arrived(), before + 1);
+    assert_eq!(sample(&d.metrics.encode_text(), &queued), Some(1.0));
+    d.stop().await;
+    // What was not delivered is still in the WAL for the next start.
+    assert_eq!(wal_entries(&wal), 5);
 }

@@ -170,7 +170,9 @@ pub enum ApiError {
 pub struct DrainReport {
     /// Points abandoned because the deadline came first.
     pub abandoned_points: usize,
-    /// Points not delivered by the deadline but kept (fail-cache or WAL) for the next start.
+    /// Points not delivered during the drain but kept (fail-cache, or the WAL without
+    /// one) for the next start: those the deadline interrupted or found queued, and those
+    /// whose retries ended during the drain.
     pub persisted_points: usize,
 }
 
@@ -189,7 +191,9 @@ struct Shared {
     /// Bodies that failed after retries, for this endpoint only (HTTP endpoints).
     /// Shared with the other endpoints of the same URL and token, if any.
     cache: std::sync::OnceLock<Arc<resend::SharedCache>>,
-    /// Points put into the fail-cache at the shutdown deadline (for the drain report).
+    /// Points kept for the next start (fail-cache or WAL) since the endpoint was closed:
+    /// at the shutdown deadline, or because their retries ended during the drain (for
+    /// the drain report).
     persisted: AtomicUsize,
 }
 
@@ -318,6 +322,11 @@ impl Endpoint {
         self.closing.cancel();
     }
 
+    /// Whether [`Endpoint::close`] was called (the drain has begun).
+    pub fn is_closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
     /// The token that, once cancelled, stops delivering and keeps what is left (the
     /// shutdown deadline). Cancel it for every endpoint at once so they persist in parallel.
     pub fn deadline_token(&self) -> CancellationToken {
@@ -411,9 +420,9 @@ async fn dispatch(
             batch.points.len(),
             in_flight.clone(),
         );
-        let abort = abort.clone();
+        let (closing, abort) = (closing.clone(), abort.clone());
         tasks.spawn(async move {
-            deliver(&shared, batch, guard, &abort).await;
+            deliver(&shared, batch, guard, &closing, &abort).await;
             drop(worker);
         });
     }
@@ -534,10 +543,13 @@ impl Drop for InFlight {
 
 /// Encodes one batch into bodies and sends them one after another. At the shutdown
 /// deadline (`abort`) the bodies not yet delivered go to the fail-cache, if there is one.
+/// Once the endpoint is `closing`, a body whose retries end is also kept for the next
+/// start, and counted so in the drain report.
 async fn deliver(
     shared: &Arc<Shared>,
     batch: Arc<Batch>,
     mut guard: InFlight,
+    closing: &CancellationToken,
     abort: &CancellationToken,
 ) {
     let gzip = shared.opts.gzip && matches!(shared.sender, Sender::Http(_));
@@ -571,10 +583,17 @@ async fn deliver(
                 match sent {
                     Some(false) => {}
                     Some(true) => {
-                        if !resend::keep(shared, category, &body).await
-                            && let Some(t) = &_wal
-                        {
+                        let kept = if resend::keep(shared, category, &body).await {
+                            true
+                        } else if let Some(t) = &_wal {
                             t.keep(); // not cached: replay it from the WAL
+                            true
+                        } else {
+                            false
+                        };
+                        // During the drain, the body is one the next start sends.
+                        if kept && closing.is_cancelled() {
+                            shared.persisted.fetch_add(body.points, Ordering::Relaxed);
                         }
                     }
                     None => {

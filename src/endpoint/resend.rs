@@ -202,8 +202,11 @@ pub(super) async fn run(
             _ = abort.cancelled() => return,
             o = cli.send_once(&req) => o,
         };
+        // A resend is a request (`api_request_total`), but its points were counted once
+        // already, by the send that put them here: DataKit does not count fail-cache
+        // resends in `dataway_point_total` either (`WithCacheClean`), so a long outage does
+        // not count the same points again on every retry.
         shared.record_api(path, &outcome);
-        shared.record_points(record.category, outcome.status(), &body, record.sunk);
         let c = cache.clone();
         let settled = match &outcome.result {
             Ok(r) if r.status.is_success() => {

@@ -29,6 +29,10 @@ use crate::metrics::Metrics;
 
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 
+/// The time, in ms since the Unix epoch, that record ages are measured against: the
+/// system clock, or one a test advances.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
 /// Limits of one endpoint's cache.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -76,6 +80,7 @@ pub struct FailCache {
     label: String,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -132,6 +137,7 @@ impl FailCache {
             label,
             metrics,
             state: Mutex::new(State::default()),
+            clock: Arc::new(record::now_ms),
         };
         cache.load_state().map_err(err)?;
         Ok(cache)
@@ -158,6 +164,12 @@ impl FailCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Measures record ages against `clock` instead of the system clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> FailCache {
+        self.clock = clock;
+        self
     }
 
     /// Records and bytes held now.
@@ -277,13 +289,14 @@ impl FailCache {
                     Some((k, v)) => (k.value(), Record::decode(v.value())),
                 }
             };
+            let now = (self.clock)();
             match first {
-                (key, Decoded::Ok(r)) if r.age() <= self.limits.drop_expired_after => {
+                (key, Decoded::Ok(r)) if r.age_at(now) <= self.limits.drop_expired_after => {
                     self.lock().in_flight = Some(key);
                     return Ok(Head::Ready(key, r));
                 }
                 (key, Decoded::Ok(r)) => {
-                    tracing::warn!(endpoint = %self.label, category = %r.category, points = r.points, age = ?r.age(), "fail-cache record expired; dropped");
+                    tracing::warn!(endpoint = %self.label, category = %r.category, points = r.points, age = ?r.age_at(now), "fail-cache record expired; dropped");
                     self.remove(key)?;
                     self.drop_count("expired", Some(&r));
                 }

@@ -22,8 +22,8 @@ pub struct Record {
     pub category: Category,
     /// Whether `payload` is gzipped (sent with `Content-Encoding: gzip`).
     pub gzipped: bool,
-    /// Whether a sinker's endpoint stored it (its resend counts as sunk points, whichever
-    /// endpoint of the same URL resends it).
+    /// Whether a sinker's endpoint stored it. Resends are not counted in the point
+    /// metrics (as in DataKit), so nothing reads it today; it records who stored the body.
     pub sunk: bool,
     /// Points in the body (`X-Points`).
     pub points: u64,
@@ -59,9 +59,9 @@ impl Record {
         self
     }
 
-    /// How long ago it was cached.
-    pub fn age(&self) -> Duration {
-        Duration::from_millis((now_ms() - self.created_ms).max(0) as u64)
+    /// How long before `now_ms` (ms since the Unix epoch) it was cached.
+    pub fn age_at(&self, now_ms: i64) -> Duration {
+        Duration::from_millis((now_ms - self.created_ms).max(0) as u64)
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -116,7 +116,7 @@ impl Record {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

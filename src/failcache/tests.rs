@@ -114,22 +114,51 @@ fn the_record_being_resent_is_not_evicted() {
     assert_eq!(drain(&c), [5, 6, 7]);
 }
 
+/// Time is the test's: a record is kept up to `drop_expired_after` and dropped past it,
+/// however long the fsynced commits take.
 #[test]
 fn expired_records_are_dropped_not_resent() {
+    use std::sync::atomic::{AtomicI64, Ordering};
     let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicI64::new(1_800_000_000_000));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || now.load(Ordering::SeqCst))
+    };
     let (c, m) = open(
         &dir.path().join("ep.redb"),
         Limits {
             max_capacity: 1 << 20,
-            drop_expired_after: Duration::from_millis(50),
+            drop_expired_after: Duration::from_secs(60),
         },
     );
-    let mut old = rec(1);
-    old.created_ms -= 60_000;
-    c.push(&old).unwrap();
-    c.push(&rec(2)).unwrap();
+    let c = c.with_clock(clock);
+    let at = |n: u64| {
+        let mut r = rec(n);
+        r.created_ms = now.load(Ordering::SeqCst);
+        r
+    };
+    c.push(&at(1)).unwrap();
+    now.fetch_add(30_000, Ordering::SeqCst);
+    c.push(&at(2)).unwrap();
+    now.fetch_add(30_000, Ordering::SeqCst);
+    // 1 is exactly 60 s old: still kept.
+    let Head::Ready(_, r) = c.head().unwrap() else {
+        panic!("empty")
+    };
+    assert_eq!(r.points, 1);
+    c.retry_later();
+    assert_eq!(dropped(&m, "expired"), 0);
+    now.fetch_add(1, Ordering::SeqCst);
+    // Now 1 is past it, 2 is not.
     assert_eq!(drain(&c), [2]);
     assert_eq!(dropped(&m, "expired"), 1);
+    assert_eq!(
+        m.dropped_points_total
+            .with_label_values(&["metric", "failcache_expired"])
+            .get(),
+        1
+    );
 }
 
 #[test]

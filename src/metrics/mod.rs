@@ -108,12 +108,12 @@ impl Metrics {
             ),
             point_total: counter(
                 "datakit_io_dataway_point_total",
-                "Dataway uploaded points, partitioned by category and send status (HTTP status)",
+                "Dataway uploaded points, partitioned by category and send status (HTTP status of the send, after its retries; fail-cache resends are not counted again)",
                 &["category", "status"],
             ),
             point_bytes_total: counter(
                 "datakit_io_dataway_point_bytes_total",
-                "Dataway uploaded points bytes, partitioned by category and point send status (HTTP status)",
+                "Dataway uploaded points bytes, partitioned by category and point send status (HTTP status of the send, after its retries; fail-cache resends are not counted again)",
                 &["category", "status"],
             ),
             sink_total: counter(
@@ -123,7 +123,7 @@ impl Metrics {
             ),
             sink_point_total: counter(
                 "datakit_io_dataway_sink_point_total",
-                "Dataway sink points, partitioned by category and point send status (HTTP status)",
+                "Dataway sink points, partitioned by category and point send status (HTTP status of the send, after its retries; fail-cache resends are not counted again)",
                 &["category", "status"],
             ),
             not_sink_point_total: counter(

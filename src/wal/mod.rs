@@ -99,6 +99,23 @@ impl Drop for Ticket {
     }
 }
 
+impl Drop for Wal {
+    /// Removals whose task never ran (the runtime shut down first; its closure held the
+    /// last reference) are done now, or those delivered writes would be replayed.
+    fn drop(&mut self) {
+        let r = self.removals.get_mut().unwrap_or_else(|e| e.into_inner());
+        let ids = std::mem::take(&mut r.0);
+        if !ids.is_empty()
+            && let Err(e) = self.remove(&ids)
+        {
+            tracing::warn!(
+                writes = ids.len(),
+                "could not remove delivered writes from the WAL (they will be replayed): {e}"
+            );
+        }
+    }
+}
+
 /// A write encoded for the log, not yet on disk.
 pub struct Prepared(Record);
 
