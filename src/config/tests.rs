@@ -490,6 +490,7 @@ fn relative_paths_resolve_against_the_config_files_folder() {
         [dataway]
         urls = ["file://out", "file:///abs/out", "http://127.0.0.1:1?token=tkn_x"]
         plugins_dir = "plugins"
+        tls_ca_file = "ca.pem"
         [[dataway.sinkers]]
         name = "s"
         categories = ["M"]
@@ -503,6 +504,11 @@ fn relative_paths_resolve_against_the_config_files_folder() {
         "#,
     )
     .unwrap();
+    // A real CA certificate next to the config file: validation reads it from there.
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(etc.join("ca.pem"), ca.self_signed(&key).unwrap().pem()).unwrap();
     let cfg = Config::load(Some(&file), no_env).unwrap();
     let d = &cfg.dataway;
     let at = |p: &str| etc.join(p);
@@ -522,6 +528,7 @@ fn relative_paths_resolve_against_the_config_files_folder() {
     assert_eq!(d.fail_cache.path, at("data/failcache"));
     assert_eq!(d.wal.path, Path::new("/var/lib/dataway/wal"));
     assert_eq!(d.sinker_limits.cache_dir.as_deref(), Some(&*at("cache")));
+    assert_eq!(d.tls_ca_file.as_deref(), Some(&*at("ca.pem")));
 
     // "" turns the compiled cache off: it stays "".
     std::fs::write(&file, "[dataway.sinker_limits]\ncache_dir = \"\"\n").unwrap();
