@@ -412,6 +412,24 @@ fn check_loads_every_plugin_and_fails_on_a_broken_one() {
     let (code, out) = dataway_in(None, &["check", "-c", cfg.to_str().unwrap()], &[]);
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("names.toml") && out.contains("urls"), "{out}");
+    // A good drop-in is loaded and its endpoints listed, tokens redacted.
+    std::fs::write(
+        plugins.join("names.toml"),
+        "categories = [\"metric\"]\nconfig = \"cpu\"\nurls = [\"https://sink.example.com?token=tkn_dropin_secret\"]\n",
+    )
+    .unwrap();
+    let (code, out) = dataway_in(None, &["check", "-c", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("drop-in sinker `names` (metric): plugin") && out.contains("ok (sha256"),
+        "{out}"
+    );
+    assert!(
+        out.contains("drop-in sinker `names` endpoint[0]: https://sink.example.com?token=tkn_***"),
+        "{out}"
+    );
+    assert!(!out.contains("tkn_dropin_secret"), "{out}");
+    std::fs::remove_file(plugins.join("names.toml")).unwrap();
 
     // Config errors name the sinker key.
     std::fs::write(

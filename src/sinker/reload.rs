@@ -566,7 +566,15 @@ pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
                         .and_then(|s| s.validate(&origin).map(|()| s))
                         .map_err(|e| e.to_string())
                 })
-                .and_then(|s| load(&s).map(|l| format!("drop-in {l}")));
+                .and_then(|s| {
+                    // Its endpoints too (tokens redacted), as `check` lists configured ones.
+                    let mut line = format!("drop-in {}", load(&s)?);
+                    for (i, u) in s.urls.iter().enumerate() {
+                        let url = EndpointUrl::parse(u).map_err(|e| format!("{origin}: {e}"))?;
+                        line += &format!("\ndrop-in sinker `{name}` endpoint[{i}]: {url}");
+                    }
+                    Ok(line)
+                });
             out.push(result);
         }
     }
