@@ -19,6 +19,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -132,7 +133,7 @@ async fn write(
     Path(category): Path<String>,
     query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let (label, response) = match category.parse::<Category>() {
         Ok(c) => (c.name(), write_points(&st, c, query, &headers, body).await),
@@ -150,7 +151,7 @@ async fn write_points(
     category: Category,
     query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
     headers: &HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !authorized(&st.config, headers) {
         return error(
@@ -167,7 +168,7 @@ async fn write_points(
     };
     let body = match body {
         Ok(b) => b,
-        Err(e) => return error(e.status(), e.body_text()),
+        Err(e) => return body_error(e, st.config.max_body),
     };
     let raw = match decode_body(headers, body, st.config.max_body) {
         Ok(b) => b,
@@ -221,6 +222,19 @@ async fn write_points(
         }
         Err(WriteError::Full) => unavailable("send queues are full; retry later", 1),
         Err(WriteError::Closed) => unavailable("shutting down", 5),
+    }
+}
+
+/// A body that could not be read; over `max_body` it says which setting to raise (axum's
+/// own text, "Failed to buffer the request body", does not).
+fn body_error(e: BytesRejection, max: usize) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is over ingest.max_body ({max} bytes)"),
+        )
+    } else {
+        error(e.status(), e.body_text())
     }
 }
 
@@ -308,7 +322,7 @@ async fn forward(
     uri: axum::http::Uri,
     RawQuery(query): RawQuery,
     mut headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !authorized(&st.config, &headers) {
         return error(
@@ -316,6 +330,10 @@ async fn forward(
             "missing or wrong `Authorization: Bearer <token>`",
         );
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_error(e, st.config.max_body),
+    };
     for h in HOP_HEADERS {
         headers.remove(h);
     }
