@@ -1,13 +1,14 @@
 //! The daemon: one configuration in, a running ingest server and dataway out, stopped by a
 //! cancellation token.
 //!
-//! Shutdown order matters: first the ingest server stops taking requests (and finishes the
-//! ones in progress, whose points are then queued), then the dataway drains its queues
-//! within `shutdown_timeout`; what is still undelivered then is reported and counted.
+//! Shutdown order matters: first ingest answers new writes 503 (still listening, so clients
+//! see why) and finishes the ones in progress, whose points are then queued; then the
+//! dataway drains its queues; both within `shutdown_timeout`. What is still undelivered then
+//! is reported and counted, and only then does the listener close.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +85,10 @@ impl Daemon {
         })
     }
 
-    /// Serves ingest on `listener` until `shutdown` is cancelled, then drains.
+    /// Serves ingest on `listener` until `shutdown` is cancelled, then drains: new writes
+    /// get 503 (the listener stays open, `/metrics` and `/health` answer), writes in
+    /// progress finish and are queued, the queues are delivered, all within
+    /// `shutdown_timeout`; then the listener closes.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -95,6 +99,7 @@ impl Daemon {
             metrics: self.metrics.clone(),
             config: self.config.ingest.clone(),
             started: Instant::now(),
+            drain: ingest::Drain::default(),
         });
         // Replay alongside serving: with an endpoint down, replaying can take as long as
         // its retries, and ingest must not wait for that. A stop ends it (the entries not
@@ -103,19 +108,61 @@ impl Daemon {
             tokio::spawn(replay_wal(wal, self.dataway.clone()));
         }
         tracing::info!(listen = %listener.local_addr()?, "ingest server listening");
-        ingest::serve(listener, state, shutdown).await?;
+        let close = CancellationToken::new();
+        let mut server = tokio::spawn(ingest::serve(listener, state.clone(), close.clone()));
+        // The server only ends on its own if it failed: drain what was accepted anyway.
+        let ended = tokio::select! {
+            _ = shutdown.cancelled() => None,
+            r = &mut server => Some(r),
+        };
+        let grace = self.config.dataway.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + grace;
+        state.drain.start();
+        tracing::info!(
+            ?grace,
+            "stopping: new writes get 503; finishing the writes in progress and draining the queues"
+        );
+        // Their points must be queued before the queues close, or they would get a 503 after
+        // all. A client still uploading at the deadline gets one.
+        let in_progress = state.drain.in_progress();
+        if in_progress > 0 {
+            tracing::info!(
+                requests = in_progress,
+                "waiting for the requests in progress"
+            );
+        }
+        if tokio::time::timeout_at(deadline, state.drain.idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("writes still in progress at the shutdown deadline are refused");
+        }
         self.stop_watching.cancel();
         let _ = self.watcher.await;
-        tracing::info!(grace = ?self.config.dataway.shutdown_timeout, "ingest stopped; draining queues");
         let report = self
             .dataway
-            .shutdown(self.config.dataway.shutdown_timeout)
+            .shutdown(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
         tracing::info!(
             abandoned_points = report.abandoned_points,
             kept_in_fail_cache = report.persisted_points,
             "stopped"
         );
+        close.cancel();
+        let served = match ended {
+            Some(r) => r,
+            // Only answers of /metrics, /health and 503s can still be open: a second is plenty.
+            None => match tokio::time::timeout(Duration::from_secs(1), &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        served
+            .map_err(|e| anyhow::anyhow!("ingest server: {e}"))?
+            .map_err(|e| anyhow::anyhow!("ingest server: {e}"))?;
         Ok(report)
     }
 }

@@ -263,21 +263,30 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The first SIGINT/SIGTERM starts a graceful stop; a second one exits at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    for n in 0.. {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        if n == 0 {
-            tracing::info!("signal received: stopping (again to exit at once)");
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: exiting without draining");
-            std::process::exit(130);
+/// The first SIGINT/SIGTERM starts a graceful stop; a second one exits at once (128 + the
+/// signal's number, as a shell reports a process killed by it). The handlers are installed
+/// before this returns, so a signal sent as soon as the daemon says it listens is not lost
+/// to the default action.
+fn watch_signals(shutdown: CancellationToken) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        for n in 0.. {
+            let (name, code) = tokio::select! {
+                _ = int.recv() => ("SIGINT", 130),
+                _ = term.recv() => ("SIGTERM", 143),
+            };
+            if n == 0 {
+                tracing::info!(
+                    signal = name,
+                    "signal received: stopping (again to exit at once)"
+                );
+                shutdown.cancel();
+            } else {
+                tracing::warn!(signal = name, "second signal: exiting without draining");
+                std::process::exit(code);
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::process::DaemonProcess;
 use common::{MockDataway, Reply, TestDaemon, config_for, lines, sample, wait_metric};
 
 const TOKEN: &str = "tkn_0123456789abcdef0123456789abcdef";
@@ -212,15 +213,25 @@ async fn retries_give_up_after_max_retry_count() {
 #[tokio::test]
 async fn a_hanging_server_times_out_and_the_retry_succeeds() {
     let dw = MockDataway::start().await;
-    dw.script([Reply::Slow(Duration::from_secs(3))]);
+    // Far longer than the test waits: only a per-attempt timeout gets the data through.
+    let hang = Duration::from_secs(60);
+    dw.script([Reply::Slow(hang)]);
     let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "timeout = \"300ms\"", "")).await;
     assert_eq!(d.post("metric", lines("cpu", 2, 0)).await.status(), 200);
-    // The slow reply is recorded after its sleep; the retry lands well before.
     let ok = "datakit_io_dataway_api_request_total{api=\"/v1/write/metric\",status=\"OK\"}";
     assert!(wait_metric(&d.metrics, ok, 1.0).await);
-    // Delivered by the retry while the first attempt's server was still sleeping: the
-    // client gave up on it at the timeout.
-    assert_eq!(dw.requests().len(), 1);
+    // Two attempts arrived: the one the client gave up on at its timeout, and the retry
+    // that delivered while the first was still unanswered.
+    let reqs = dw.requests();
+    assert_eq!(dw.arrived(), 2, "{reqs:?}");
+    assert_eq!(
+        reqs[0].status, None,
+        "the hanging attempt is still unanswered"
+    );
+    assert!(reqs[1].ok());
+    assert_eq!(reqs[1].body, reqs[0].body);
+    let delivered = reqs[1].answered_at.unwrap() - reqs[0].at;
+    assert!(delivered < hang / 4, "delivered after {delivered:?}");
     // The timed-out attempt was not counted as a request of its own, but its time was.
     let text = d.metrics.encode_text();
     let sum = "datakit_io_dataway_api_latency_sum{api=\"/v1/write/metric\",status=\"OK\"}";
@@ -397,4 +408,175 @@ async fn http_proxy_carries_every_request() {
     assert_eq!(r.query.as_deref(), Some("token=tkn_p"));
     assert_eq!(r.header("host"), Some("dataway.invalid:9528"));
     d.stop().await;
+}
+
+#[tokio::test]
+async fn backoff_doubles_from_retry_delay_and_is_capped_by_max_retry_delay() {
+    let dw = MockDataway::start().await;
+    dw.script(std::iter::repeat_n(Reply::Status(503), 6));
+    let d = TestDaemon::start(config_for(
+        &[dw.url(TOKEN)],
+        "retry_delay = \"200ms\"\nmax_retry_delay = \"800ms\"\nmax_retry_count = 6\nworkers = 1",
+        "",
+    ))
+    .await;
+    assert_eq!(d.post("metric", lines("cpu", 3, 0)).await.status(), 200);
+    assert!(dw.wait_points(3, WAIT).await);
+    let reqs = dw.requests();
+    assert_eq!(reqs.len(), 7, "1 attempt + 6 retries");
+    let gaps: Vec<Duration> = reqs.windows(2).map(|w| w[1].at - w[0].at).collect();
+    // Each wait is at least its backoff: 200 ms doubling, up to the 800 ms cap (jitter only
+    // adds; the exact spread is src/httpcli's unit test).
+    let ms = Duration::from_millis;
+    for (i, (gap, least)) in gaps.iter().zip([200, 400, 800, 800, 800, 800]).enumerate() {
+        assert!(*gap >= ms(least), "wait {i} {gap:?} < {least} ms: {gaps:?}");
+    }
+    // Uncapped, the last wait alone would be 6.4 s or more (200 ms doubled five times).
+    assert!(gaps.iter().all(|g| *g < ms(4000)), "{gaps:?}");
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn retry_after_longer_than_max_retry_delay_is_capped() {
+    let dw = MockDataway::start().await;
+    dw.script([Reply::RetryAfter(503, 60)]);
+    let d = TestDaemon::start(config_for(&[dw.url(TOKEN)], "max_retry_delay = \"1s\"", "")).await;
+    assert_eq!(d.post("metric", lines("cpu", 1, 0)).await.status(), 200);
+    assert!(dw.wait_points(1, Duration::from_secs(20)).await);
+    let reqs = dw.requests();
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at - reqs[0].at;
+    // retry_delay is 20 ms: Retry-After was honoured up to the cap, and not past it.
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert!(
+        gap < Duration::from_secs(20),
+        "waited for Retry-After: {gap:?}"
+    );
+    d.stop().await;
+}
+
+/// A socket bound to a loopback port but not listening: connecting to it is refused, and
+/// `listen` later opens the same port (no free-port race).
+fn refusing_socket() -> tokio::net::TcpSocket {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    sock
+}
+
+/// Polls `/metrics` at `url` until `series` satisfies `done` (20 s at most: a limit for a
+/// stuck daemon), and returns its last value.
+async fn scrape_until(url: &str, series: &str, done: impl Fn(Option<f64>) -> bool) -> Option<f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+        let v = sample(&text, series);
+        if done(v) || std::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn count_lines(log: &str, all: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| all.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+// DaemonProcess waits block a thread: the mock needs another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_refused_connections_is_retried_and_delivered() {
+    let sock = refusing_socket();
+    let addr = sock.local_addr().unwrap();
+    let token = "tkn_outage_0123456789abcdef0123456";
+    let cfg = common::config_file(
+        &[format!("http://{addr}?token={token}")],
+        "retry_delay = \"20ms\"\nmax_retry_delay = \"100ms\"\nmax_retry_count = 100\nworkers = 1",
+        "",
+    );
+    // Even at trace level, for every crate, no token may reach the log.
+    let p = DaemonProcess::start(&cfg, &[("RUST_LOG", "trace")]);
+    let cli = reqwest::Client::new();
+    let r = cli
+        .post(p.url("/v1/write/metric"))
+        .body(lines("cpu", 5, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Seen refused three times, then the server comes up on that port.
+    let refused = |log: &str| (count_lines(log, &["retrying", "connect error"]) >= 3).then_some(());
+    let log = p.wait_log(Duration::from_secs(20), refused);
+    assert!(log.is_some(), "no refused attempts logged:\n{}", p.log());
+    let dw = MockDataway::serve_on(sock.listen(64).unwrap()).await;
+    assert!(dw.wait_points(5, Duration::from_secs(20)).await);
+    assert_eq!(dw.arrived(), 1, "a refused attempt never arrives");
+    assert!(common::seqs(&dw).values().all(|&n| n == 1));
+    let ok = "datakit_io_dataway_api_request_total{api=\"/v1/write/metric\",status=\"OK\"}";
+    let counted = scrape_until(&p.url("/metrics"), ok, |v| v.is_some()).await;
+    assert_eq!(counted, Some(1.0), "one request across the outage");
+    let mut p = p;
+    p.signal("TERM");
+    assert!(p.wait(Duration::from_secs(30)).success());
+    let log = p.log();
+    assert!(log.contains("token=tkn_***"), "endpoint not logged:\n{log}");
+    assert!(!log.contains(token), "token in the log:\n{log}");
+}
+
+// DaemonProcess waits block a thread: the mock needs another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_errors_never_log_the_token_and_other_apis_answer_502() {
+    // The first endpoint refuses connections, the second never answers in time.
+    let sock = refusing_socket();
+    let refused = format!(
+        "http://{}?token=tkn_refused_0123456789abcdef01",
+        sock.local_addr().unwrap()
+    );
+    let hanging = MockDataway::start().await;
+    hanging.set_default(Some(Reply::Slow(Duration::from_secs(60))));
+    let cfg = common::config_file(
+        &[refused, hanging.url("tkn_hanging_0123456789abcdef01")],
+        "timeout = \"300ms\"\nmax_retry_count = 1\nshutdown_timeout = \"2s\"",
+        "",
+    );
+    let mut p = DaemonProcess::start(&cfg, &[("RUST_LOG", "trace")]);
+    let cli = reqwest::Client::new();
+    let r = cli
+        .post(p.url("/v1/write/metric"))
+        .body(lines("cpu", 2, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The first endpoint serves the other APIs: unreachable, they answer 502 saying why.
+    let r = cli
+        .post(p.url("/v1/query/raw"))
+        .body("{\"queries\":[]}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("connect error") && body.contains("token=tkn_***"),
+        "{body}"
+    );
+    assert!(!body.contains("tkn_refused"), "{body}");
+    // Both endpoints' failures are logged with their cause.
+    let failed = |log: &str| {
+        (count_lines(log, &["delivery failed after retries", "connect error"]) >= 1
+            && count_lines(log, &["delivery failed after retries", "timeout"]) >= 1)
+            .then_some(())
+    };
+    let seen = p.wait_log(Duration::from_secs(20), failed);
+    assert!(seen.is_some(), "transport errors not logged:\n{}", p.log());
+    p.signal("TERM");
+    assert!(p.wait(Duration::from_secs(30)).success());
+    let log = p.log();
+    assert!(!log.contains("tkn_refused"), "token in the log:\n{log}");
+    assert!(!log.contains("tkn_hanging"), "token in the log:\n{log}");
+    assert!(
+        hanging.arrived() >= 2,
+        "the hanging endpoint was tried and retried"
+    );
 }

@@ -54,6 +54,38 @@ impl HttpOptions {
     }
 }
 
+impl HttpOptions {
+    /// The backoff's waits between attempts, one per retry: `retry_delay`, doubling up to
+    /// `max_retry_delay`, each plus a random jitter of up to as much again.
+    fn backoff(&self) -> impl Iterator<Item = Duration> + use<> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.retry_delay)
+            .with_max_delay(self.max_retry_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .with_jitter_seed(jitter_seed())
+            .with_max_times(self.max_retry_count as usize)
+            .build()
+    }
+
+    /// The wait before the next attempt: the server's `Retry-After` when it gave one (at
+    /// least `retry_delay`), else the backoff's; never more than `max_retry_delay`, so a
+    /// server asking for an hour cannot stall the queue that long.
+    fn delay(&self, backoff: Duration, retry_after: Option<Duration>) -> Duration {
+        retry_after
+            .map_or(backoff, |ra| ra.max(self.retry_delay))
+            .min(self.max_retry_delay)
+    }
+}
+
+/// A fresh seed for each backoff's jitter. Without its `std` feature, backon seeds every
+/// backoff with one constant: all bodies, and all daemons, would retry in lockstep.
+fn jitter_seed() -> u64 {
+    use std::hash::BuildHasher;
+    // Each `RandomState` has its own keys (random per thread, then counted up).
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
+}
+
 /// One request, ready to send as many times as needed.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -160,13 +192,7 @@ impl HttpCli {
     /// bounds the total time by dropping the future (shutdown) if it must.
     pub async fn send(&self, req: &Request) -> Outcome {
         let start = Instant::now();
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(self.opts.retry_delay)
-            .with_max_delay(self.opts.max_retry_delay)
-            .with_factor(2.0)
-            .with_jitter()
-            .with_max_times(self.opts.max_retry_count as usize)
-            .build();
+        let mut backoff = self.opts.backoff();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -183,8 +209,7 @@ impl HttpCli {
                     elapsed: start.elapsed(),
                 };
             };
-            let delay = retry_after.map_or(delay, |ra| ra.max(self.opts.retry_delay));
-            let delay = delay.min(self.opts.max_retry_delay);
+            let delay = self.opts.delay(delay, retry_after);
             match &result {
                 Ok(r) => {
                     tracing::debug!(url = %crate::endpoint::redact(&req.url), status = %r.status, attempt = attempts, ?delay, "retrying")
@@ -281,6 +306,56 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    fn opts(retry_delay_ms: u64, max_retry_delay_ms: u64, max_retry_count: u32) -> HttpOptions {
+        HttpOptions {
+            timeout: Duration::from_secs(5),
+            proxy: None,
+            max_idle_conns_per_host: 1,
+            idle_timeout: Duration::from_secs(90),
+            max_retry_count,
+            retry_delay: Duration::from_millis(retry_delay_ms),
+            max_retry_delay: Duration::from_millis(max_retry_delay_ms),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_from_retry_delay_with_jitter_and_stops_at_the_cap() {
+        let o = opts(200, 1000, 6);
+        let ms = Duration::from_millis;
+        // Without jitter: 200, 400, 800, then the cap. Jitter adds up to as much again,
+        // and the cap holds for the total.
+        let bounds = [
+            (200, 400),
+            (400, 800),
+            (800, 1000),
+            (1000, 1000),
+            (1000, 1000),
+        ];
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let delays: Vec<_> = o.backoff().map(|d| o.delay(d, None)).collect();
+            assert_eq!(delays.len(), 6, "one wait per retry: {delays:?}");
+            for (d, (lo, hi)) in delays.iter().zip(bounds) {
+                assert!(*d >= ms(lo) && *d <= ms(hi), "{delays:?}");
+            }
+            assert_eq!(delays[5], ms(1000));
+            firsts.insert(delays[0]);
+        }
+        // Jitter: a hundred clients failing at once do not all retry at the same moment.
+        assert!(firsts.len() > 10, "{firsts:?}");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_between_retry_delay_and_the_cap() {
+        let o = opts(200, 1000, 3);
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        assert_eq!(o.delay(ms(300), Some(s(3600))), ms(1000));
+        assert_eq!(o.delay(ms(300), Some(ms(700))), ms(700));
+        assert_eq!(o.delay(ms(300), Some(s(0))), ms(200));
+        assert_eq!(o.delay(ms(300), None), ms(300));
     }
 
     #[test]

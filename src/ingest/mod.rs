@@ -12,20 +12,28 @@
 //!
 //! Also: `GET /metrics` (Prometheus), `GET /v1/ping` and `GET /health`, and the "other APIs"
 //! of `protocol.md`, forwarded to the first endpoint with its token.
+//!
+//! Stopping ([`Drain`]): the server keeps listening while the daemon drains, so clients get
+//! a 503 they can act on rather than a refused connection, and operators can still read
+//! `/metrics`; writes and forwards that started before the stop finish normally.
 
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on, post};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::category::Category;
@@ -60,15 +68,75 @@ pub struct IngestState {
     pub metrics: Arc<Metrics>,
     pub config: IngestConfig,
     pub started: Instant,
+    pub drain: Drain,
+}
+
+/// The stop of ingest: once [`Drain::start`] is called, new writes and forwards are answered
+/// 503, while those already in progress finish (their points are queued);
+/// [`Drain::idle`] tells when they have.
+#[derive(Debug)]
+pub struct Drain {
+    draining: AtomicBool,
+    in_progress: watch::Sender<usize>,
+}
+
+impl Default for Drain {
+    fn default() -> Drain {
+        Drain {
+            draining: AtomicBool::new(false),
+            in_progress: watch::Sender::new(0),
+        }
+    }
+}
+
+/// A write or forward in progress; the count drops when it is dropped.
+struct InProgress<'a>(&'a Drain);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.in_progress.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Drain {
+    /// From now on, new writes and forwards are answered 503.
+    pub fn start(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Writes and forwards in progress.
+    pub fn in_progress(&self) -> usize {
+        *self.in_progress.borrow()
+    }
+
+    /// Waits until no write or forward that started before [`Drain::start`] is in progress.
+    pub async fn idle(&self) {
+        let mut rx = self.in_progress.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Counts a request in, or `None` once draining. Counted before the check, so that
+    /// [`Drain::idle`] either waits for this request or the request sees the drain.
+    fn enter(&self) -> Option<InProgress<'_>> {
+        self.in_progress.send_modify(|n| *n += 1);
+        let guard = InProgress(self);
+        (!self.is_draining()).then_some(guard)
+    }
 }
 
 /// The HTTP routes.
 pub fn router(state: Arc<IngestState>) -> Router {
-    let mut r = Router::new()
+    // Writes and forwards are refused once draining; /metrics, /v1/ping and /health keep
+    // answering so the drain can be watched.
+    let writes = Router::new()
         .route("/v1/write/{category}", post(write))
-        .route("/metrics", get(metrics))
-        .route("/v1/ping", get(ping))
-        .route("/health", get(health));
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit_write));
+    let mut forwards = Router::new();
     for (method, path) in OTHER_APIS {
         let filter = match *method {
             "GET" => MethodFilter::GET,
@@ -77,21 +145,79 @@ pub fn router(state: Arc<IngestState>) -> Router {
         };
         // Two methods on one path merge. `/v1/write/rum/replay` is static, so axum prefers
         // it over `/v1/write/{category}`.
-        r = r.route(path, on(filter, forward));
+        forwards = forwards.route(path, on(filter, forward));
     }
-    r.layer(DefaultBodyLimit::max(state.config.max_body))
+    let forwards =
+        forwards.route_layer(middleware::from_fn_with_state(state.clone(), admit_forward));
+    writes
+        .merge(forwards)
+        .route("/metrics", get(metrics))
+        .route("/v1/ping", get(ping))
+        .route("/health", get(health))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            close_when_draining,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.max_body))
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled, then finishes the requests in progress.
+/// Serves until `close` is cancelled, then stops listening and finishes the requests in
+/// progress. Cancel it after the drain ([`Drain`]), not at the stop signal: until then new
+/// writes must get a 503, not a refused connection.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<IngestState>,
-    shutdown: CancellationToken,
+    close: CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .with_graceful_shutdown(close.cancelled_owned())
         .await
+}
+
+/// Lets a write in, counted until its answer, unless ingest is draining. Runs as soon as
+/// the request head arrives, so a body still uploading at the stop is let finish.
+async fn admit_write(State(st): State<Arc<IngestState>>, req: Request, next: Next) -> Response {
+    let Some(_in_progress) = st.drain.enter() else {
+        let response = stopping();
+        // Counted as `write` counts its own answers.
+        let category = req.uri().path().trim_start_matches("/v1/write/");
+        let label = category.parse::<Category>().map_or("unknown", |c| c.name());
+        st.metrics
+            .ingest_requests_total
+            .with_label_values(&[label, response.status().as_str()])
+            .inc();
+        return response;
+    };
+    next.run(req).await
+}
+
+/// As [`admit_write`], for the other APIs.
+async fn admit_forward(State(st): State<Arc<IngestState>>, req: Request, next: Next) -> Response {
+    match st.drain.enter() {
+        Some(_in_progress) => next.run(req).await,
+        None => stopping(),
+    }
+}
+
+fn stopping() -> Response {
+    unavailable("shutting down; retry later or on another instance", 5)
+}
+
+/// While draining, every answer closes its connection: a client must not keep a
+/// keep-alive connection to a daemon that is going away.
+async fn close_when_draining(
+    State(st): State<Arc<IngestState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(req).await;
+    if st.drain.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[derive(Deserialize)]
@@ -132,7 +258,7 @@ async fn write(
     Path(category): Path<String>,
     query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let (label, response) = match category.parse::<Category>() {
         Ok(c) => (c.name(), write_points(&st, c, query, &headers, body).await),
@@ -150,7 +276,7 @@ async fn write_points(
     category: Category,
     query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
     headers: &HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !authorized(&st.config, headers) {
         return error(
@@ -167,7 +293,7 @@ async fn write_points(
     };
     let body = match body {
         Ok(b) => b,
-        Err(e) => return error(e.status(), e.body_text()),
+        Err(e) => return body_error(e, st.config.max_body),
     };
     let raw = match decode_body(headers, body, st.config.max_body) {
         Ok(b) => b,
@@ -221,6 +347,19 @@ async fn write_points(
         }
         Err(WriteError::Full) => unavailable("send queues are full; retry later", 1),
         Err(WriteError::Closed) => unavailable("shutting down", 5),
+    }
+}
+
+/// A body that could not be read; over `max_body` it says which setting to raise (axum's
+/// own text, "Failed to buffer the request body", does not).
+fn body_error(e: BytesRejection, max: usize) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is over ingest.max_body ({max} bytes)"),
+        )
+    } else {
+        error(e.status(), e.body_text())
     }
 }
 
@@ -308,7 +447,7 @@ async fn forward(
     uri: axum::http::Uri,
     RawQuery(query): RawQuery,
     mut headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !authorized(&st.config, &headers) {
         return error(
@@ -316,6 +455,10 @@ async fn forward(
             "missing or wrong `Authorization: Bearer <token>`",
         );
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return body_error(e, st.config.max_body),
+    };
     for h in HOP_HEADERS {
         headers.remove(h);
     }

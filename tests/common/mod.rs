@@ -580,3 +580,72 @@ impl TestDaemon {
         }
     }
 }
+
+impl MockDataway {
+    /// A mock on a listener the test made (e.g. from a socket that was bound, refusing
+    /// connections, before it started listening: an outage that ends on the same port).
+    pub async fn serve_on(listener: TcpListener) -> MockDataway {
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(MockState::default());
+        let stop = CancellationToken::new();
+        let st = state.clone();
+        let app = Router::new().fallback(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                  m: Method,
+                  u: Uri,
+                  h: HeaderMap,
+                  b: Bytes| {
+                let st = st.clone();
+                async move { handle(st, peer, m, u, h, b).await }
+            },
+        );
+        let s = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(s.cancelled_owned())
+            .await
+            .unwrap();
+        });
+        MockDataway { addr, state, stop }
+    }
+}
+
+/// A config file for [`process::DaemonProcess`]: these endpoint URLs, `extra_dataway` keys
+/// of `[dataway]` (no sub-tables), `extra_ingest` keys of `[ingest]`; ingest on port 0,
+/// fail-cache, WAL and plugins in scratch dirs, test-friendly retry timings unless set.
+pub fn config_file(urls: &[String], extra_dataway: &str, extra_ingest: &str) -> std::path::PathBuf {
+    let dir = scratch_dir("config");
+    let urls = urls
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut dataway = String::new();
+    for (k, v) in [
+        ("retry_delay", "\"20ms\""),
+        ("max_retry_delay", "\"2s\""),
+        ("timeout", "\"5s\""),
+    ] {
+        if !extra_dataway.lines().any(|l| l.trim_start().starts_with(k)) {
+            dataway.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    let path = |what: &str| dir.join(what).display().to_string();
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let text = format!(
+        "[dataway]\nurls = [{urls}]\nplugins_dir = \"{}\"\n{dataway}{extra_dataway}\n\
+         [dataway.fail_cache]\npath = \"{}\"\n[dataway.wal]\npath = \"{}\"\n\
+         [dataway.sinker_limits]\ncache_dir = \"{}\"\n\
+         [ingest]\nlisten = \"127.0.0.1:0\"\n{extra_ingest}\n",
+        path("plugins"),
+        path("failcache"),
+        path("wal"),
+        plugin_cache_dir().display(),
+    );
+    let file = dir.join("dataway.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
