@@ -317,6 +317,7 @@ mod tests {
             max_retry_count,
             retry_delay: Duration::from_millis(retry_delay_ms),
             max_retry_delay: Duration::from_millis(max_retry_delay_ms),
+            tls_ca_file: None,
         }
     }
 
