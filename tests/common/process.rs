@@ -15,6 +15,8 @@ pub struct DaemonProcess {
     /// Where ingest listens, as the daemon reported it.
     pub addr: SocketAddr,
     log: Arc<(Mutex<String>, Condvar)>,
+    /// Set once stderr is closed (the process ended): waiting for more log is pointless.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -55,20 +57,26 @@ impl DaemonProcess {
         // Drain stderr for the whole life of the process: a full pipe would block its logging.
         let stderr = child.stderr.take().unwrap();
         let l = log.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = closed.clone();
         let reader = std::thread::spawn(move || {
+            let (text, cv) = &*l;
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let (text, cv) = &*l;
                 let mut text = text.lock().unwrap();
                 text.push_str(&line);
                 text.push('\n');
                 cv.notify_all();
             }
+            let _held = text.lock().unwrap();
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+            cv.notify_all();
         });
         let mut p = DaemonProcess {
             child: Some(child),
             addr: "0.0.0.0:0".parse().unwrap(),
             log,
+            closed,
             reader: Some(reader),
         };
         let line = p
@@ -101,7 +109,7 @@ impl DaemonProcess {
     }
 
     /// Waits until `f` finds something in the log (re-checked on every new line), up to
-    /// `timeout`.
+    /// `timeout`, or until the process has ended (e.g. on a config error).
     pub fn wait_log<T>(&self, timeout: Duration, f: impl Fn(&str) -> Option<T>) -> Option<T> {
         let (text, cv) = &*self.log;
         let deadline = Instant::now() + timeout;
@@ -109,6 +117,9 @@ impl DaemonProcess {
         loop {
             if let Some(v) = f(&text) {
                 return Some(v);
+            }
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             text = cv.wait_timeout(text, left).unwrap().0;
