@@ -1128,17 +1128,6 @@ fn config_file(
     path
 }
 
-async fn post_to(url: String, body: String) -> u16 {
-    reqwest::Client::new()
-        .post(url)
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// A plugin that logs in a loop reaches the daemon's log at most 50 lines per 10 s; the
 /// batch itself is still judged (the flood mode matches every point).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1163,10 +1152,7 @@ async fn a_plugin_flooding_the_log_is_rate_limited() {
     let mut p = common::process::DaemonProcess::start(&cfg, &[]);
     assert!(p.log().contains("plugin loaded"), "{}", p.log());
     // One batch: the plugin writes 10 000 lines in one call.
-    assert_eq!(
-        post_to(p.url("/v1/write/metric"), pts("cpu", 3, 0)).await,
-        200
-    );
+    assert_eq!(p.post("metric", pts("cpu", 3, 0)).await, 200);
     let called = std::time::Instant::now();
     assert!(s.wait_points(3, Duration::from_secs(20)).await);
     p.signal("TERM");
@@ -1204,10 +1190,7 @@ async fn a_missing_plugins_dir_is_quiet_and_picked_up_when_made() {
     let (main, s) = (MockDataway::start().await, MockDataway::start().await);
     let cfg = config_file(&main, &dir, "", "");
     let mut p = common::process::DaemonProcess::start(&cfg, &[]);
-    assert_eq!(
-        post_to(p.url("/v1/write/metric"), pts("cpu", 2, 0)).await,
-        200
-    );
+    assert_eq!(p.post("metric", pts("cpu", 2, 0)).await, 200);
     assert!(main.wait_points(2, Duration::from_secs(20)).await);
     let start_log = p.log();
     assert!(
@@ -1230,10 +1213,7 @@ async fn a_missing_plugins_dir_is_quiet_and_picked_up_when_made() {
         l.contains("drop-in sinker added").then_some(())
     })
     .unwrap_or_else(|| panic!("the drop-in sinker was not added:\n{}", p.log()));
-    assert_eq!(
-        post_to(p.url("/v1/write/metric"), pts("cpu", 2, 10)).await,
-        200
-    );
+    assert_eq!(p.post("metric", pts("cpu", 2, 10)).await, 200);
     assert!(s.wait_points(2, Duration::from_secs(20)).await);
     p.signal("TERM");
     assert!(p.wait(Duration::from_secs(30)).success());

@@ -20,17 +20,6 @@ fn config_file(dir: &Path, body: &str) -> PathBuf {
     cfg
 }
 
-async fn post(daemon: &DaemonProcess, category: &str, body: String) -> u16 {
-    reqwest::Client::new()
-        .post(daemon.url(&format!("/v1/write/{category}")))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// SIGTERM, and the exit status must be success within 30 s (a limit for a hung daemon).
 fn stop(mut daemon: DaemonProcess) -> String {
     daemon.signal("TERM");
@@ -73,7 +62,7 @@ async fn after_kill_9_every_acknowledged_point_is_delivered() {
     let mut daemon = DaemonProcess::start(&cfg, &[]);
     // 80 writes: more than one page (64) of the replay.
     for i in 0..80 {
-        assert_eq!(post(&daemon, "metric", lines("cpu", 3, i * 3)).await, 200);
+        assert_eq!(daemon.post("metric", lines("cpu", 3, i * 3)).await, 200);
     }
     daemon.kill(); // SIGKILL: no drain, no shutdown code runs
     assert_eq!(dw.points_accepted(), 0);
@@ -81,7 +70,7 @@ async fn after_kill_9_every_acknowledged_point_is_delivered() {
     dw.set_default(None);
     let daemon = DaemonProcess::start(&cfg, &[]);
     // One more write after the restart, to show the daemon serves while it replays.
-    assert_eq!(post(&daemon, "metric", lines("cpu", 25, 240)).await, 200);
+    assert_eq!(daemon.post("metric", lines("cpu", 25, 240)).await, 200);
     let all = dw
         .wait_for(Duration::from_secs(30), |m| {
             let got = seqs(m);
@@ -169,7 +158,7 @@ async fn delivered_writes_leave_the_wal_and_are_not_sent_again_after_restarts() 
     // Run 1: delivered to one endpoint, cached then resent at the other.
     let daemon = DaemonProcess::start(&cfg, &[]);
     for i in 0..10 {
-        assert_eq!(post(&daemon, "metric", lines("cpu", 3, i * 3)).await, 200);
+        assert_eq!(daemon.post("metric", lines("cpu", 3, i * 3)).await, 200);
     }
     assert!(up.wait_points(30, Duration::from_secs(20)).await);
     let metrics = daemon.url("/metrics");
@@ -190,7 +179,7 @@ async fn delivered_writes_leave_the_wal_and_are_not_sent_again_after_restarts() 
 
     // Run 2: nothing to replay; new writes are removed too.
     let daemon = DaemonProcess::start(&cfg, &[]);
-    assert_eq!(post(&daemon, "metric", lines("cpu", 3, 30)).await, 200);
+    assert_eq!(daemon.post("metric", lines("cpu", 3, 30)).await, 200);
     assert!(up.wait_points(33, Duration::from_secs(20)).await);
     assert!(flaky.wait_points(33, Duration::from_secs(20)).await);
     let log = stop(daemon);

@@ -93,32 +93,7 @@ pub struct MockDataway {
 
 impl MockDataway {
     pub async fn start() -> MockDataway {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(MockState::default());
-        let stop = CancellationToken::new();
-        let st = state.clone();
-        let app = Router::new().fallback(
-            move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
-                  m: Method,
-                  u: Uri,
-                  h: HeaderMap,
-                  b: Bytes| {
-                let st = st.clone();
-                async move { handle(st, peer, m, u, h, b).await }
-            },
-        );
-        let s = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(s.cancelled_owned())
-            .await
-            .unwrap();
-        });
-        MockDataway { addr, state, stop }
+        MockDataway::serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap()).await
     }
 
     /// The endpoint URL with a token.

@@ -99,6 +99,18 @@ impl DaemonProcess {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Posts line protocol to `/v1/write/<category>` and returns the status code.
+    pub async fn post(&self, category: &str, body: String) -> u16 {
+        reqwest::Client::new()
+            .post(self.url(&format!("/v1/write/{category}")))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
