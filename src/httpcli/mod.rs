@@ -63,7 +63,6 @@ impl HttpOptions {
             .with_max_delay(self.max_retry_delay)
             .with_factor(2.0)
             .with_jitter()
-            .with_jitter_seed(jitter_seed())
             .with_max_times(self.max_retry_count as usize)
             .build()
     }
@@ -76,14 +75,6 @@ impl HttpOptions {
             .map_or(backoff, |ra| ra.max(self.retry_delay))
             .min(self.max_retry_delay)
     }
-}
-
-/// A fresh seed for each backoff's jitter. Without its `std` feature, backon seeds every
-/// backoff with one constant: all bodies, and all daemons, would retry in lockstep.
-fn jitter_seed() -> u64 {
-    use std::hash::BuildHasher;
-    // Each `RandomState` has its own keys (random per thread, then counted up).
-    std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
 /// One request, ready to send as many times as needed.
