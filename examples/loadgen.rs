@@ -41,6 +41,26 @@ fn body(batch: usize, start: usize) -> String {
     s
 }
 
+/// CPU seconds (user + system) the process has used so far, from /proc/PID/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    // Clock ticks per second: 100 on Linux unless the kernel says otherwise.
+    let hz: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)) / hz
+}
+
 fn rss_kib(pid: u32, key: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -140,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let rss_idle = rss_kib(pid, "VmRSS:");
+    let cpu_before = cpu_secs(pid);
 
     let t = Instant::now();
     let bodies = Arc::new(bodies);
@@ -180,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         t.await?;
     }
     let hwm = rss_kib(pid, "VmHWM:");
+    let daemon_cpu = cpu_secs(pid) - cpu_before;
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -207,6 +229,12 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "ratio pipeline/gzip:  {:.2}",
         (points / secs) / ((requests * batch) as f64 / gzip_secs)
+    );
+    println!(
+        "daemon CPU:           {daemon_cpu:.2} s user+sys, {:.2} us per delivered point (gzip alone: {:.2} us per point, ratio {:.1})",
+        daemon_cpu * 1e6 / points,
+        gzip_secs * 1e6 / (requests * batch) as f64,
+        daemon_cpu / gzip_secs
     );
     println!(
         "daemon RSS:           idle {} MiB, peak sampled {} MiB, VmHWM {} MiB",
