@@ -329,9 +329,12 @@ pub fn scratch_dir(what: &str) -> std::path::PathBuf {
 
 impl TestDaemon {
     pub async fn start(cfg: Config) -> TestDaemon {
+        TestDaemon::start_daemon(Daemon::start(cfg).unwrap()).await
+    }
+
+    async fn start_daemon(daemon: Daemon) -> TestDaemon {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let daemon = Daemon::start(cfg).unwrap();
         let metrics = daemon.metrics.clone();
         let dataway = daemon.dataway.clone();
         let shutdown = CancellationToken::new();
@@ -539,20 +542,7 @@ impl TestDaemon {
     /// As [`TestDaemon::start`], with plugins compiled by `compiler compile-plugin …` in a
     /// child process, as `dataway run` does with its own executable.
     pub async fn start_with_compiler(cfg: Config, compiler: std::path::PathBuf) -> TestDaemon {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let daemon = Daemon::start_with(cfg, Some(compiler)).unwrap();
-        let metrics = daemon.metrics.clone();
-        let dataway = daemon.dataway.clone();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(daemon.run(listener, shutdown.clone()));
-        TestDaemon {
-            addr,
-            metrics,
-            dataway,
-            shutdown,
-            task,
-        }
+        TestDaemon::start_daemon(Daemon::start_with(cfg, Some(compiler)).unwrap()).await
     }
 }
 
