@@ -250,16 +250,15 @@ pub struct TestDaemon {
     task: tokio::task::JoinHandle<anyhow::Result<DrainReport>>,
 }
 
-/// A config TOML with test-friendly timings and the given endpoint URLs.
-pub fn config_for(urls: &[String], extra_dataway: &str, extra: &str) -> Config {
+/// `[dataway]` with these endpoint URLs, test-friendly timings unless `extra_dataway`
+/// sets its own, then `extra_dataway` (which may end in a sub-table).
+fn dataway_section(urls: &[String], extra_dataway: &str) -> String {
     let urls = urls
         .iter()
         .map(|u| format!("\"{u}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    // Test-friendly timings, unless the test sets its own.
-    // The defaults go first: `extra_dataway` may end in a sub-table.
-    let mut dataway = String::new();
+    let mut text = format!("[dataway]\nurls = [{urls}]\n");
     for (k, v) in [
         ("retry_delay", "\"20ms\""),
         ("max_retry_delay", "\"2s\""),
@@ -270,11 +269,17 @@ pub fn config_for(urls: &[String], extra_dataway: &str, extra: &str) -> Config {
             .lines()
             .take_while(|l| !l.trim_start().starts_with('['));
         if !own.any(|l| l.trim_start().starts_with(k)) {
-            dataway.push_str(&format!("{k} = {v}\n"));
+            text.push_str(&format!("{k} = {v}\n"));
         }
     }
-    dataway.push_str(extra_dataway);
-    let text = format!("[dataway]\nurls = [{urls}]\n{dataway}\n{extra}");
+    text.push_str(extra_dataway);
+    text.push('\n');
+    text
+}
+
+/// A config with test-friendly timings and the given endpoint URLs.
+pub fn config_for(urls: &[String], extra_dataway: &str, extra: &str) -> Config {
+    let text = format!("{}{extra}", dataway_section(urls, extra_dataway));
     let mut cfg = Config::from_toml(&text, "test").unwrap();
     cfg.ingest.listen = "127.0.0.1:0".parse().unwrap();
     // Each daemon its own fail-cache and WAL, never the working directory; compiled plugins
@@ -583,28 +588,14 @@ impl MockDataway {
 /// fail-cache, WAL and plugins in scratch dirs, test-friendly retry timings unless set.
 pub fn config_file(urls: &[String], extra_dataway: &str, extra_ingest: &str) -> std::path::PathBuf {
     let dir = scratch_dir("config");
-    let urls = urls
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut dataway = String::new();
-    for (k, v) in [
-        ("retry_delay", "\"20ms\""),
-        ("max_retry_delay", "\"2s\""),
-        ("timeout", "\"5s\""),
-    ] {
-        if !extra_dataway.lines().any(|l| l.trim_start().starts_with(k)) {
-            dataway.push_str(&format!("{k} = {v}\n"));
-        }
-    }
     let path = |what: &str| dir.join(what).display().to_string();
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
     let text = format!(
-        "[dataway]\nurls = [{urls}]\nplugins_dir = \"{}\"\n{dataway}{extra_dataway}\n\
+        "{}plugins_dir = \"{}\"\n\
          [dataway.fail_cache]\npath = \"{}\"\n[dataway.wal]\npath = \"{}\"\n\
          [dataway.sinker_limits]\ncache_dir = \"{}\"\n\
          [ingest]\nlisten = \"127.0.0.1:0\"\n{extra_ingest}\n",
+        dataway_section(urls, extra_dataway),
         path("plugins"),
         path("failcache"),
         path("wal"),
