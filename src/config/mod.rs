@@ -66,6 +66,15 @@ pub struct DatawayConfig {
     pub gzip: bool,
     /// A body is cut before its uncompressed line protocol would exceed this many bytes.
     pub max_raw_body_size: usize,
+    /// Wire format of uploads: `v1` line protocol, `v2` DataKit's protobuf
+    /// (`com.guance.Point`).
+    pub content_encoding: ContentEncoding,
+    /// DataKit's server-side sinker routing: with `enable_sinker`, points are grouped by
+    /// the values of these tag/field keys (plus the global tags), each group sent as its
+    /// own body carrying the `X-Global-Tags` header.
+    pub global_customer_keys: Vec<String>,
+    /// Turns on the server-side routing of `global_customer_keys`.
+    pub enable_sinker: bool,
     /// Bodies in flight at once per endpoint.
     pub workers: usize,
     /// Batches waiting per endpoint before writers are told to back off.
@@ -88,6 +97,17 @@ pub struct DatawayConfig {
     pub fail_cache: FailCacheConfig,
     /// Acknowledge writes only once they are on disk.
     pub wal: WalConfig,
+}
+
+/// The wire format of uploads (`dataway.content_encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentEncoding {
+    /// Line protocol.
+    #[default]
+    V1,
+    /// DataKit's protobuf (`com.guance.Point` batches).
+    V2,
 }
 
 /// `[dataway.wal]`: with it on, ingest answers 200 only after the points are fsynced, and
@@ -154,6 +174,9 @@ impl Default for DatawayConfig {
             max_retry_delay: Duration::from_secs(30),
             gzip: true,
             max_raw_body_size: 1024 * 1024,
+            content_encoding: ContentEncoding::V1,
+            global_customer_keys: Vec::new(),
+            enable_sinker: false,
             workers: 4,
             queue_size: 256,
             max_pending_bytes: 64 * 1024 * 1024,
