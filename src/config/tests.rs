@@ -174,16 +174,12 @@ fn sinkers_are_read_with_overrides_and_their_config_as_json() {
         vec![Category::Metric, Category::Logging]
     );
     assert_eq!(s.plugin_config(), r#"{"filters":["{ host = 'web-1' }"]}"#);
-    let opts = s.endpoint_options(&cfg.dataway);
-    assert_eq!(opts.http.timeout, Duration::from_secs(2));
-    assert!(!opts.gzip);
-    assert_eq!(opts.sinker.as_deref(), Some("web"));
-    // Not overridden: the main value.
+    // The overrides' effect on endpoints is tested in `endpoint` (config imports nothing
+    // above it).
+    assert_eq!(s.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(s.gzip, Some(false));
     let all = &cfg.dataway.sinkers[1];
-    assert_eq!(
-        all.endpoint_options(&cfg.dataway).http.timeout,
-        Duration::from_secs(9)
-    );
+    assert_eq!(all.timeout, None);
     assert_eq!(all.parsed_categories(), vec![Category::Metric]);
     assert_eq!(all.plugin_config(), "");
 }
