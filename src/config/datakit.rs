@@ -159,6 +159,16 @@ const IGNORED_DATAWAY: &[(&str, &str)] = &[
     ),
 ];
 
+/// `[dataway.wal]` keys only DataKit has.
+const DATAKIT_ONLY_WAL: &[&str] = &[
+    "max_capacity_gb",
+    "fail_cache_clean_interval",
+    "workers",
+    "mem_cap",
+    "no_pos",
+    "no_drop_categories",
+];
+
 /// `[dataway.wal]` keys of DataKit's that have no meaning here, and why.
 const IGNORED_WAL: &[(&str, &str)] = &[
     (
@@ -199,11 +209,11 @@ fn dialect(root: &Table) -> Option<String> {
             return Some(format!("it has DataKit's `dataway.{k}`"));
         }
     }
+    // `path` alone is in both; the others are DataKit's only.
     if let Some(wal) = d.get("wal").and_then(Value::as_table)
-        && !wal.is_empty()
-        && !wal.contains_key("enabled")
+        && let Some(k) = wal.keys().find(|k| DATAKIT_ONLY_WAL.contains(&k.as_str()))
     {
-        return Some("its `[dataway.wal]` is DataKit's (no `enabled`)".to_string());
+        return Some(format!("it has DataKit's `dataway.wal.{k}`"));
     }
     None
 }
@@ -482,7 +492,9 @@ fn dataway(d: &mut Table, dk: bool, notes: &mut Notes) -> Result<(), ConfigError
             notes.ignore(&format!("dataway.{k}"), why);
         }
     }
-    if let Some(Value::Table(wal)) = d.get("wal")
+    // In a DataKit file, a `[dataway.wal]` without our `enabled` is DataKit's.
+    if dk
+        && let Some(Value::Table(wal)) = d.get("wal")
         && !wal.contains_key("enabled")
     {
         let Some(Value::Table(wal)) = d.remove("wal") else {
