@@ -89,9 +89,9 @@ async fn a_datakit_1_6_conf_routes_as_its_filters_say() {
     let file = install("datakit-1.6.conf", &addrs, true);
     let daemon = DaemonProcess::start(&file, &[]);
 
-    let metrics = "cpu,cpu=cpu-total,host=h usage=1i\ncpu,cpu=cpu0,host=h usage=2i\n";
+    let metrics = "cpu,cpu=cpu-total,host=h usage=1i 1700000000000000000\ncpu,cpu=cpu0,host=h usage=2i 1700000000000000000\n";
     assert_eq!(daemon.post("metric", metrics.to_string()).await, 200);
-    let logs = "nginx,host=h message=\"GET /\"\nmysql,host=h message=\"slow\"\n";
+    let logs = "nginx,host=h message=\"GET /\" 1700000000000000000\nmysql,host=h message=\"slow\" 1700000000000000000\n";
     assert_eq!(daemon.post("logging", logs.to_string()).await, 200);
 
     assert!(cpu_sink.wait_points(1, WAIT).await, "{}", daemon.log());
@@ -102,8 +102,8 @@ async fn a_datakit_1_6_conf_routes_as_its_filters_say() {
         l.sort();
         l
     };
-    assert_eq!(only(&cpu_sink), vec!["cpu,cpu=cpu-total,host=h usage=1i"]);
-    assert_eq!(only(&nginx_sink), vec!["nginx,host=h message=\"GET /\""]);
+    assert_eq!(only(&cpu_sink), vec!["cpu,cpu=cpu-total,host=h usage=1i 1700000000000000000"]);
+    assert_eq!(only(&nginx_sink), vec!["nginx,host=h message=\"GET /\" 1700000000000000000"]);
     let main_lines = only(&main);
     assert_eq!(main_lines.len(), 2, "{main_lines:?}");
     assert!(main_lines[0].starts_with("cpu,cpu=cpu0"), "{main_lines:?}");
@@ -197,12 +197,12 @@ async fn env_sinker_routes_points() {
         env_sink.url("tkn_env000000000000000000000000000")
     );
     let daemon = DaemonProcess::start(&file, &[("ENV_SINKER", &env_sinker)]);
-    let metrics = "mem,host=web-1 used=1i\nmem,host=web-2 used=2i\n";
+    let metrics = "mem,host=web-1 used=1i 1700000000000000000\nmem,host=web-2 used=2i 1700000000000000000\n";
     assert_eq!(daemon.post("metric", metrics.to_string()).await, 200);
     assert!(env_sink.wait_points(1, WAIT).await, "{}", daemon.log());
     assert!(main.wait_points(1, WAIT).await, "{}", daemon.log());
-    assert_eq!(env_sink.lines_accepted(), vec!["mem,host=web-1 used=1i"]);
-    assert_eq!(main.lines_accepted(), vec!["mem,host=web-2 used=2i"]);
+    assert_eq!(env_sink.lines_accepted(), vec!["mem,host=web-1 used=1i 1700000000000000000"]);
+    assert_eq!(main.lines_accepted(), vec!["mem,host=web-2 used=2i 1700000000000000000"]);
     assert_eq!(s1.arrived() + s2.arrived(), 0);
 }
 
