@@ -102,8 +102,14 @@ async fn a_datakit_1_6_conf_routes_as_its_filters_say() {
         l.sort();
         l
     };
-    assert_eq!(only(&cpu_sink), vec!["cpu,cpu=cpu-total,host=h usage=1i 1700000000000000000"]);
-    assert_eq!(only(&nginx_sink), vec!["nginx,host=h message=\"GET /\" 1700000000000000000"]);
+    assert_eq!(
+        only(&cpu_sink),
+        vec!["cpu,cpu=cpu-total,host=h usage=1i 1700000000000000000"]
+    );
+    assert_eq!(
+        only(&nginx_sink),
+        vec!["nginx,host=h message=\"GET /\" 1700000000000000000"]
+    );
     let main_lines = only(&main);
     assert_eq!(main_lines.len(), 2, "{main_lines:?}");
     assert!(main_lines[0].starts_with("cpu,cpu=cpu0"), "{main_lines:?}");
@@ -124,7 +130,10 @@ async fn a_datakit_1_6_conf_routes_as_its_filters_say() {
         assert_eq!(count(&log, warning), 1, "{warning:?} once in:\n{log}");
     }
     assert!(log.contains("`cgroup`") && log.contains("`io`"), "{log}");
-    assert!(!log.contains("tkn_main0000"), "a token reached the log:\n{log}");
+    assert!(
+        !log.contains("tkn_main0000"),
+        "a token reached the log:\n{log}"
+    );
 }
 
 /// The `datakit.conf` current DataKit writes on install (`content_encoding = "v2"`,
@@ -149,7 +158,12 @@ fn check_of_a_current_datakit_conf_lists_mapped_and_ignored_keys() {
     ] {
         assert_eq!(count(&out, line), 1, "{line:?} once in:\n{out}");
     }
-    for section in ["`point_pool`", "`remote_job`", "`resource_limit`", "`logging`"] {
+    for section in [
+        "`point_pool`",
+        "`remote_job`",
+        "`resource_limit`",
+        "`logging`",
+    ] {
         assert!(out.contains(section), "{section} not listed:\n{out}");
     }
     assert!(!out.contains("tkn_main0000"), "token shown:\n{out}");
@@ -160,10 +174,9 @@ fn check_of_a_current_datakit_conf_lists_mapped_and_ignored_keys() {
 #[test]
 fn an_unknown_key_fails_naming_it() {
     let file = install("datakit-1.6.conf", &[], false);
-    let text = std::fs::read_to_string(&file).unwrap().replace(
-        "[dataway]\n",
-        "[dataway]\n  enable_turbo = true\n",
-    );
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("[dataway]\n", "[dataway]\n  enable_turbo = true\n");
     std::fs::write(&file, text).unwrap();
     let (code, out, err) = dataway(&["check", "-c", file.to_str().unwrap()], &[]);
     assert_eq!(code, Some(2), "{out}\n{err}");
@@ -179,7 +192,10 @@ fn an_unknown_key_fails_naming_it() {
     .unwrap();
     let (code, _, err) = dataway(&["check", "-c", old.to_str().unwrap()], &[]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("sinks.sink[0].target") && err.contains("influxdb"), "{err}");
+    assert!(
+        err.contains("sinks.sink[0].target") && err.contains("influxdb"),
+        "{err}"
+    );
 }
 
 /// `ENV_SINKER` (DataKit's JSON array of sinkers) adds a sinker over the file, with
@@ -197,12 +213,19 @@ async fn env_sinker_routes_points() {
         env_sink.url("tkn_env000000000000000000000000000")
     );
     let daemon = DaemonProcess::start(&file, &[("ENV_SINKER", &env_sinker)]);
-    let metrics = "mem,host=web-1 used=1i 1700000000000000000\nmem,host=web-2 used=2i 1700000000000000000\n";
+    let metrics =
+        "mem,host=web-1 used=1i 1700000000000000000\nmem,host=web-2 used=2i 1700000000000000000\n";
     assert_eq!(daemon.post("metric", metrics.to_string()).await, 200);
     assert!(env_sink.wait_points(1, WAIT).await, "{}", daemon.log());
     assert!(main.wait_points(1, WAIT).await, "{}", daemon.log());
-    assert_eq!(env_sink.lines_accepted(), vec!["mem,host=web-1 used=1i 1700000000000000000"]);
-    assert_eq!(main.lines_accepted(), vec!["mem,host=web-2 used=2i 1700000000000000000"]);
+    assert_eq!(
+        env_sink.lines_accepted(),
+        vec!["mem,host=web-1 used=1i 1700000000000000000"]
+    );
+    assert_eq!(
+        main.lines_accepted(),
+        vec!["mem,host=web-2 used=2i 1700000000000000000"]
+    );
     assert_eq!(s1.arrived() + s2.arrived(), 0);
 }
 
@@ -210,8 +233,8 @@ async fn env_sinker_routes_points() {
 /// above load: the excerpt cannot drift from a file that works.
 #[test]
 fn the_readme_migration_excerpt_is_part_of_a_tested_fixture() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let section = readme
         .split("\n## Migrating from DataKit\n")
         .nth(1)

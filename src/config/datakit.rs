@@ -179,10 +179,7 @@ const IGNORED_WAL: &[(&str, &str)] = &[
         "mem_cap",
         "the in-memory queue is bounded by `dataway.queue_size` and `max_pending_bytes`",
     ),
-    (
-        "no_pos",
-        "the fail-cache keeps its own read position",
-    ),
+    ("no_pos", "the fail-cache keeps its own read position"),
     (
         "no_drop_categories",
         "a full fail-cache drops its oldest bodies whatever their category (counted in `dataway_failcache_dropped_total`)",
@@ -260,13 +257,20 @@ pub fn translate(root: &mut Table) -> Result<Notes, ConfigError> {
 
 /// `[http_api] listen` becomes the ingest address; the rest of `[http_api]` is DataKit's
 /// server (RUM, TLS, rate limits, …) and ignored.
-fn http_api(root: &mut Table, notes: &mut Notes, others: &mut Vec<String>) -> Result<(), ConfigError> {
+fn http_api(
+    root: &mut Table,
+    notes: &mut Notes,
+    others: &mut Vec<String>,
+) -> Result<(), ConfigError> {
     let Some(Value::Table(mut api)) = root.remove("http_api") else {
         return Err(invalid("http_api", "must be a table ([http_api])"));
     };
     if let Some(listen) = api.remove("listen") {
         let Value::String(listen) = listen else {
-            return Err(invalid("http_api.listen", "must be a string like \"localhost:9529\""));
+            return Err(invalid(
+                "http_api.listen",
+                "must be a string like \"localhost:9529\"",
+            ));
         };
         let ingest = root
             .entry("ingest")
@@ -280,8 +284,7 @@ fn http_api(root: &mut Table, notes: &mut Notes, others: &mut Vec<String>) -> Re
                 "`ingest.listen` is given too, and it is the one used",
             );
         } else if !listen.trim().is_empty() {
-            let addr = listen_addr(&listen)
-                .map_err(|reason| invalid("http_api.listen", reason))?;
+            let addr = listen_addr(&listen).map_err(|reason| invalid("http_api.listen", reason))?;
             notes.map(format!(
                 "`http_api.listen = \"{listen}\"` → `ingest.listen = \"{addr}\"`"
             ));
@@ -323,12 +326,20 @@ fn listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
 /// DataKit 1.4's `[[sinks.sink]]`: `target = "dataway"` ones become sinkers.
 fn sinks(root: &mut Table, notes: &mut Notes) -> Result<(), ConfigError> {
     let Some(Value::Table(mut sinks)) = root.remove("sinks") else {
-        return Err(invalid("sinks", "must be a table ([sinks] with [[sinks.sink]])"));
+        return Err(invalid(
+            "sinks",
+            "must be a table ([sinks] with [[sinks.sink]])",
+        ));
     };
     let list = match sinks.remove("sink") {
         None => Vec::new(),
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(invalid("sinks.sink", "must be an array of tables ([[sinks.sink]])")),
+        Some(_) => {
+            return Err(invalid(
+                "sinks.sink",
+                "must be an array of tables ([[sinks.sink]])",
+            ));
+        }
     };
     if let Some(k) = sinks.keys().next() {
         return Err(invalid(
@@ -366,7 +377,9 @@ fn sinks(root: &mut Table, notes: &mut Notes) -> Result<(), ConfigError> {
         {
             s.insert("name".into(), id);
         }
-        notes.map(format!("`{key}` (target dataway) → a `[[dataway.sinkers]]`"));
+        notes.map(format!(
+            "`{key}` (target dataway) → a `[[dataway.sinkers]]`"
+        ));
         converted.push(Value::Table(s));
     }
     if converted.is_empty() {
@@ -382,17 +395,17 @@ fn sinks(root: &mut Table, notes: &mut Notes) -> Result<(), ConfigError> {
         .entry("sinkers")
         .or_insert_with(|| Value::Array(Vec::new()));
     let Value::Array(sinkers) = sinkers else {
-        return Err(invalid("dataway.sinkers", "must be an array of tables ([[dataway.sinkers]])"));
+        return Err(invalid(
+            "dataway.sinkers",
+            "must be an array of tables ([[dataway.sinkers]])",
+        ));
     };
     sinkers.extend(converted);
     Ok(())
 }
 
 fn sub_table<'a>(d: &'a mut Table, key: &str, path: &str) -> Result<&'a mut Table, ConfigError> {
-    match d
-        .entry(key)
-        .or_insert_with(|| Value::Table(Table::new()))
-    {
+    match d.entry(key).or_insert_with(|| Value::Table(Table::new())) {
         Value::Table(t) => Ok(t),
         _ => Err(invalid(path, "must be a table")),
     }
@@ -405,14 +418,22 @@ fn is_empty_string(v: &Value) -> bool {
 /// `[dataway]`; `dk`: the file is DataKit's dialect.
 fn dataway(d: &mut Table, dk: bool, notes: &mut Notes) -> Result<(), ConfigError> {
     // Empty strings are DataKit's "not set" (its template writes `http_proxy = ""`).
-    for k in ["http_proxy", "timeout", "timeout_v2", "url", "content_encoding"] {
+    for k in [
+        "http_proxy",
+        "timeout",
+        "timeout_v2",
+        "url",
+        "content_encoding",
+    ] {
         if d.get(k).is_some_and(is_empty_string) {
             d.remove(k);
         }
     }
     if let Some(v) = d.remove("timeout_v2") {
         if d.contains_key("timeout") {
-            notes.map("`dataway.timeout_v2` → `dataway.timeout` (it wins over the deprecated `timeout`)");
+            notes.map(
+                "`dataway.timeout_v2` → `dataway.timeout` (it wins over the deprecated `timeout`)",
+            );
         } else {
             notes.map("`dataway.timeout_v2` → `dataway.timeout`");
         }
@@ -424,7 +445,10 @@ fn dataway(d: &mut Table, dk: bool, notes: &mut Notes) -> Result<(), ConfigError
             .and_then(Value::as_array)
             .is_some_and(|a| !a.is_empty());
         if has_urls {
-            notes.ignore("dataway.url", "`urls` is given, and DataKit uses it then too");
+            notes.ignore(
+                "dataway.url",
+                "`urls` is given, and DataKit uses it then too",
+            );
         } else {
             notes.map("`dataway.url` (deprecated) → `dataway.urls = [url]`");
             d.insert("urls".into(), Value::Array(vec![v]));
@@ -442,7 +466,9 @@ fn dataway(d: &mut Table, dk: bool, notes: &mut Notes) -> Result<(), ConfigError
             }
         };
         if ours != enc {
-            notes.map(format!("`dataway.content_encoding = \"{enc}\"` → `\"{ours}\"`"));
+            notes.map(format!(
+                "`dataway.content_encoding = \"{enc}\"` → `\"{ours}\"`"
+            ));
         }
         d.insert("content_encoding".into(), Value::String(ours.into()));
     }
@@ -475,7 +501,10 @@ fn dataway(d: &mut Table, dk: bool, notes: &mut Notes) -> Result<(), ConfigError
                 .get("max_idle_conns_per_host")
                 .and_then(Value::as_integer)
                 .unwrap_or(super::DatawayConfig::default().max_idle_conns_per_host as i64);
-            d.insert("max_idle_conns_per_host".into(), Value::Integer(per_host.min(n)));
+            d.insert(
+                "max_idle_conns_per_host".into(),
+                Value::Integer(per_host.min(n)),
+            );
             notes.map(format!(
                 "`dataway.max_idle_conns = {n}` → `max_idle_conns_per_host = {}` (one pool per endpoint)",
                 per_host.min(n)
@@ -524,7 +553,12 @@ fn datakit_wal(d: &mut Table, mut wal: Table, notes: &mut Notes) -> Result<(), C
             .as_float()
             .or_else(|| v.as_integer().map(|i| i as f64))
             .filter(|g| *g > 0.0)
-            .ok_or_else(|| invalid("dataway.wal.max_capacity_gb", "must be a number of GB above 0, like 2.0"))?;
+            .ok_or_else(|| {
+                invalid(
+                    "dataway.wal.max_capacity_gb",
+                    "must be a number of GB above 0, like 2.0",
+                )
+            })?;
         let bytes = (gb * (1u64 << 30) as f64) as i64;
         fc.insert("max_capacity".into(), Value::Integer(bytes));
         notes.map(format!(
@@ -532,11 +566,11 @@ fn datakit_wal(d: &mut Table, mut wal: Table, notes: &mut Notes) -> Result<(), C
              (per endpoint; DataKit's is per category)"
         ));
     }
-    if let Some(v) = wal.remove("path") {
-        if !is_empty_string(&v) {
-            fc.insert("path".into(), v);
-            notes.map("`dataway.wal.path` → `dataway.fail_cache.path`");
-        }
+    if let Some(v) = wal.remove("path")
+        && !is_empty_string(&v)
+    {
+        fc.insert("path".into(), v);
+        notes.map("`dataway.wal.path` → `dataway.fail_cache.path`");
     }
     if let Some(v) = wal.remove("fail_cache_clean_interval") {
         fc.insert("clean_interval".into(), v);
@@ -564,7 +598,12 @@ fn datakit_wal(d: &mut Table, mut wal: Table, notes: &mut Notes) -> Result<(), C
 
 /// One sinker table in DataKit's keys (or ours, or a mix) → ours. `index` is its position
 /// (for the derived name), `key` where it is (for errors).
-pub(super) fn sinker(s: &mut Table, index: usize, key: &str, notes: &mut Notes) -> Result<(), ConfigError> {
+pub(super) fn sinker(
+    s: &mut Table,
+    index: usize,
+    key: &str,
+    notes: &mut Notes,
+) -> Result<(), ConfigError> {
     for k in ["url", "proxy", "token", "name"] {
         if s.get(k).is_some_and(is_empty_string) {
             s.remove(k);
@@ -613,7 +652,9 @@ pub(super) fn sinker(s: &mut Table, index: usize, key: &str, notes: &mut Notes) 
         let p = if p.contains("://") {
             p
         } else {
-            notes.map(format!("`{key}.proxy = \"{p}\"` → `http_proxy = \"http://{p}\"`"));
+            notes.map(format!(
+                "`{key}.proxy = \"{p}\"` → `http_proxy = \"http://{p}\"`"
+            ));
             format!("http://{p}")
         };
         s.insert("http_proxy".into(), Value::String(p));

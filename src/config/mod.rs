@@ -479,7 +479,10 @@ impl Config {
                 .ok()
                 .filter(|g: &f64| *g > 0.0)
                 .ok_or_else(|| {
-                    env_error("ENV_DATAWAY_WAL_CAPACITY", format!("`{v}` is not a number of GB, like 2.0"))
+                    env_error(
+                        "ENV_DATAWAY_WAL_CAPACITY",
+                        format!("`{v}` is not a number of GB, like 2.0"),
+                    )
                 })?;
             d.fail_cache.max_capacity = (gb * (1u64 << 30) as f64) as u64;
         }
@@ -490,13 +493,34 @@ impl Config {
             d.fail_cache.clean_interval = t;
         }
         for (var, why) in [
-            ("ENV_DATAWAY_ENABLE_HTTPTRACE", "DataKit's HTTP trace metrics have no equivalent here"),
-            ("ENV_DATAWAY_NTP_INTERVAL", "this daemon never changes the points' timestamps"),
-            ("ENV_DATAWAY_NTP_DIFF", "this daemon never changes the points' timestamps"),
-            ("ENV_DATAWAY_DISABLE_NTP", "this daemon never changes the points' timestamps"),
-            ("ENV_DATAWAY_WAL_WORKERS", "upload concurrency is `dataway.workers` per endpoint"),
-            ("ENV_DATAWAY_WAL_MEM_CAPACITY", "the queue is bounded by `dataway.queue_size` and `max_pending_bytes`"),
-            ("ENV_DATAWAY_WAL_NO_DROP_CATEGORIES", "a full fail-cache drops its oldest bodies whatever their category"),
+            (
+                "ENV_DATAWAY_ENABLE_HTTPTRACE",
+                "DataKit's HTTP trace metrics have no equivalent here",
+            ),
+            (
+                "ENV_DATAWAY_NTP_INTERVAL",
+                "this daemon never changes the points' timestamps",
+            ),
+            (
+                "ENV_DATAWAY_NTP_DIFF",
+                "this daemon never changes the points' timestamps",
+            ),
+            (
+                "ENV_DATAWAY_DISABLE_NTP",
+                "this daemon never changes the points' timestamps",
+            ),
+            (
+                "ENV_DATAWAY_WAL_WORKERS",
+                "upload concurrency is `dataway.workers` per endpoint",
+            ),
+            (
+                "ENV_DATAWAY_WAL_MEM_CAPACITY",
+                "the queue is bounded by `dataway.queue_size` and `max_pending_bytes`",
+            ),
+            (
+                "ENV_DATAWAY_WAL_NO_DROP_CATEGORIES",
+                "a full fail-cache drops its oldest bodies whatever their category",
+            ),
         ] {
             if get(var).is_some() {
                 notes
@@ -512,7 +536,9 @@ impl Config {
                 let s: SinkerConfig = t
                     .try_into()
                     .map_err(|e: toml::de::Error| env_error("ENV_SINKER", e.to_string()))?;
-                notes.mapped.push(format!("`ENV_SINKER` → sinker `{}`", s.name));
+                notes
+                    .mapped
+                    .push(format!("`ENV_SINKER` → sinker `{}`", s.name));
                 d.sinkers.push(s);
             }
         }

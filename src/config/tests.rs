@@ -590,7 +590,10 @@ fn datakit_dataway_keys_map_onto_ours() {
     assert_eq!(d.timeout, Duration::from_secs(5), "timeout_v2 wins");
     assert_eq!(d.http_proxy, None, "empty is not set");
     assert_eq!(d.max_retry_count, 3, "4 attempts");
-    assert_eq!(d.max_idle_conns_per_host, 16, "64 (DataKit's 0) capped by 16");
+    assert_eq!(
+        d.max_idle_conns_per_host, 16,
+        "64 (DataKit's 0) capped by 16"
+    );
     assert_eq!(d.max_raw_body_size, defaults.max_raw_body_size);
     assert_eq!(d.content_encoding, ContentEncoding::V2);
     assert!(d.tls_insecure && d.enable_sinker);
@@ -599,10 +602,24 @@ fn datakit_dataway_keys_map_onto_ours() {
     assert_eq!(d.fail_cache.max_capacity, 1 << 29);
     assert_eq!(d.fail_cache.path, PathBuf::from("/var/cache/dw-wal"));
     assert_eq!(d.fail_cache.clean_interval, Duration::from_secs(30));
-    assert!(!d.wal.enabled, "DataKit's WAL is not an acknowledgement WAL");
-    assert!(notes.dialect.as_deref().unwrap().contains("DataKit's `dataway."), "{notes:?}");
+    assert!(
+        !d.wal.enabled,
+        "DataKit's WAL is not an acknowledgement WAL"
+    );
+    assert!(
+        notes
+            .dialect
+            .as_deref()
+            .unwrap()
+            .contains("DataKit's `dataway."),
+        "{notes:?}"
+    );
     let ignored = notes.ignored.join("\n");
-    for key in ["dataway.enable_httptrace", "dataway.ntp", "dataway.wal.workers"] {
+    for key in [
+        "dataway.enable_httptrace",
+        "dataway.ntp",
+        "dataway.wal.workers",
+    ] {
         assert_eq!(ignored.matches(&format!("`{key}`")).count(), 1, "{ignored}");
     }
     assert_eq!(notes.ignored.len(), 3, "{ignored}");
@@ -693,7 +710,10 @@ fn datakit_1_4_sinks_become_sinkers_and_other_targets_are_refused() {
     )
     .unwrap_err()
     .to_string();
-    assert!(err.contains("sinks.sink[0].target") && err.contains("logstash"), "{err}");
+    assert!(
+        err.contains("sinks.sink[0].target") && err.contains("logstash"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -718,13 +738,22 @@ fn a_whole_datakit_conf_takes_the_ingest_address_and_ignores_the_rest_in_one_war
     assert_eq!(cfg.ingest.listen.to_string(), "0.0.0.0:19529");
     assert_eq!(notes.ignored.len(), 1, "{notes:?}");
     let w = &notes.ignored[0];
-    for k in ["default_enabled_inputs", "protect_mode", "logging", "election", "http_api"] {
+    for k in [
+        "default_enabled_inputs",
+        "protect_mode",
+        "logging",
+        "election",
+        "http_api",
+    ] {
         assert!(w.contains(k), "{w}");
     }
     let err = Config::from_toml("[http_api]\nlisten = \"/tmp/dk.sock\"\n", "test")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("http_api.listen") && err.contains("Unix socket"), "{err}");
+    assert!(
+        err.contains("http_api.listen") && err.contains("Unix socket"),
+        "{err}"
+    );
     // A key of neither schema is still an error naming it, in a DataKit file too.
     let err = Config::from_toml("protect_mode = true\n[dataway]\nturbo = 1\n", "test")
         .unwrap_err()
@@ -752,7 +781,11 @@ fn datakit_environment_variables_apply_over_the_file() {
             r#"[{"categories":["L"],"filters":["{ source = 'nginx' }"],"url":"http://127.0.0.1:9600?token=tkn_env","proxy":""}]"#,
         ),
     ];
-    let env = |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+    let env = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    };
     let mut notes = Notes::default();
     let mut cfg = Config::default();
     cfg.apply_env_noted(env, &mut notes).unwrap();

@@ -32,9 +32,9 @@ use crate::httpcli::{self, HttpCli, HttpOptions, Outcome, Request, Response};
 use crate::metrics::{Metrics, status_label};
 use crate::point::Point;
 
+pub use crate::endpoint_url::{BadUrl, EndpointUrl, redact};
 pub use request_builder::{Body, build_bodies};
 pub use resend::OpenCaches;
-pub use crate::endpoint_url::{BadUrl, EndpointUrl, redact};
 
 /// The `User-Agent` every request carries: `dataway/<version> (<os>; <arch>)`.
 pub fn user_agent() -> String {
@@ -855,10 +855,17 @@ mod options_tests {
         assert_eq!(opts.http.timeout, Duration::from_secs(2));
         assert!(!opts.gzip);
         assert_eq!(opts.sinker.as_deref(), Some("web"));
-        assert!(opts.http.accept_invalid_certs, "tls_insecure is the main one's");
+        assert!(
+            opts.http.accept_invalid_certs,
+            "tls_insecure is the main one's"
+        );
         let all = EndpointOptions::for_sinker(&d.sinkers[1], d);
         assert_eq!(all.http.timeout, Duration::from_secs(9));
         assert!(all.gzip);
-        assert!(!EndpointOptions::from_config(&Config::default().dataway).http.accept_invalid_certs);
+        assert!(
+            !EndpointOptions::from_config(&Config::default().dataway)
+                .http
+                .accept_invalid_certs
+        );
     }
 }
