@@ -42,6 +42,14 @@ impl Daemon {
     /// As [`Daemon::start`]; with `plugin_compiler` (the `dataway` executable) plugins are
     /// compiled in a short-lived child process, so the compiler's memory is not kept.
     pub fn start_with(config: Config, plugin_compiler: Option<PathBuf>) -> anyhow::Result<Daemon> {
+        if config.dataway.tls_insecure {
+            // Loud and at every start: anyone on the path can read and change the data.
+            tracing::warn!(
+                "dataway.tls_insecure is on: the TLS certificates of https:// endpoints are NOT \
+                 verified, so anyone on the network path can impersonate Dataway and read or \
+                 change the data; give the CA in dataway.tls_ca_file instead"
+            );
+        }
         let metrics = Arc::new(Metrics::new());
         // Sinker and main endpoints with the same URL share one fail-cache file.
         let caches = Arc::new(OpenCaches::default());

@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataway;
 pub mod endpoint;
+pub mod endpoint_url;
 pub mod failcache;
 pub mod httpcli;
 pub mod ingest;

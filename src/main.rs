@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use dataway::Category;
-use dataway::config::Config;
+use dataway::config::{Config, Notes};
 use dataway::daemon::Daemon;
 use dataway::endpoint::EndpointUrl;
 
@@ -29,14 +29,15 @@ enum Command {
     /// Run the daemon. Without -c it runs on the embedded defaults: ingest on
     /// 127.0.0.1:9529, points written to ./dataway-out/<category>.lp.
     Run {
-        /// Configuration file (TOML).
+        /// Configuration file (TOML): ours, or DataKit's datakit.conf as it is.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
     /// Validate a configuration, its sinkers and their plugins, and print the resolved
     /// endpoints (tokens redacted).
     Check {
-        /// Configuration file (TOML); the embedded defaults when omitted.
+        /// Configuration file (TOML; ours or DataKit's datakit.conf); the embedded defaults
+        /// when omitted.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -71,8 +72,8 @@ enum SinkerCommand {
     },
 }
 
-fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
-    Config::load(path.map(PathBuf::as_path), |k| std::env::var(k).ok()).map_err(|e| {
+fn load(path: Option<&PathBuf>) -> Result<(Config, Notes), ExitCode> {
+    Config::load_noted(path.map(PathBuf::as_path), |k| std::env::var(k).ok()).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load(config.as_ref()) {
-            Ok(cfg) => print_check(&cfg),
+            Ok((cfg, notes)) => print_check(&cfg, &notes),
             Err(code) => code,
         },
         Command::CompilePlugin {
@@ -119,11 +120,12 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            let cfg = match load(config.as_ref()) {
+            let (cfg, notes) = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             init_logging(&cfg.log.level);
+            log_notes(&notes);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -140,7 +142,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_check(cfg: &Config) -> ExitCode {
+/// What loading did to DataKit's keys, once each: the mapping as info, the ignored keys as
+/// warnings.
+fn log_notes(notes: &Notes) {
+    if let Some(why) = &notes.dialect {
+        tracing::info!("reading the config as DataKit's datakit.conf: {why}");
+    }
+    for m in &notes.mapped {
+        tracing::info!("DataKit key mapped: {m}");
+    }
+    for w in &notes.ignored {
+        tracing::warn!("{w}");
+    }
+}
+
+/// `dataway check`'s account of DataKit's keys: the format, what was mapped, what ignored.
+fn print_notes(notes: &Notes) {
+    match &notes.dialect {
+        Some(why) => println!("format: DataKit datakit.conf ({why})"),
+        None => println!("format: dataway"),
+    }
+    for m in &notes.mapped {
+        println!("mapped: {m}");
+    }
+    for w in &notes.ignored {
+        println!("ignored: {w}");
+    }
+}
+
+fn print_check(cfg: &Config, notes: &Notes) -> ExitCode {
+    print_notes(notes);
     let sinkers = dataway::sinker::reload::check(&cfg.dataway);
     let bad = sinkers.iter().filter(|r| r.is_err()).count();
     for r in &sinkers {
@@ -180,6 +211,12 @@ fn print_check(cfg: &Config) -> ExitCode {
         for (i, u) in s.urls.iter().enumerate() {
             println!("sinker `{}` endpoint[{i}]: {}", s.name, endpoint(u));
         }
+    }
+    if d.tls_insecure {
+        println!(
+            "tls: certificates of https:// endpoints are NOT verified (dataway.tls_insecure); \
+             give the CA in dataway.tls_ca_file instead"
+        );
     }
     for (what, place) in data_dirs(cfg) {
         println!("{what}: {place}");

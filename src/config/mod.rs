@@ -2,9 +2,15 @@
 //! `ENV_DATAWAY*` environment overrides DataKit users already set in their deployments.
 //!
 //! In: a TOML string (or none: the embedded defaults) and an environment lookup.
-//! Out: a validated [`Config`], or a [`ConfigError`] that names the key and says why.
-//! Every key that is accepted does something: unknown keys are errors (DataKit silently
-//! accepted keys that had no effect, `lessons.md` #8).
+//! Out: a validated [`Config`] and the [`Notes`] of what DataKit keys were mapped or
+//! ignored, or a [`ConfigError`] that names the key and says why. A DataKit
+//! `datakit.conf` loads as it is ([`datakit`] maps its schema onto ours); every key of ours
+//! does something, a DataKit key that means nothing here loads with a warning naming it,
+//! and a key neither has is an error (DataKit silently accepted keys that had no effect,
+//! `lessons.md` #8).
+//!
+//! Plain data: this module imports nothing above it (`endpoint`, `sinker`, `httpcli` read
+//! it, never the reverse); URLs are checked with the leaf [`crate::endpoint_url`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,11 +18,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::endpoint::EndpointUrl;
+use crate::endpoint_url::EndpointUrl;
 
+pub mod datakit;
 mod duration;
 mod sinker;
-pub use sinker::{SinkerConfig, SinkerLimitsConfig};
+pub use datakit::Notes;
+pub use sinker::{DEFAULT_PLUGIN_MAX_STACK, SinkerConfig, SinkerLimitsConfig};
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -45,9 +53,12 @@ pub struct DatawayConfig {
     pub http_proxy: Option<String>,
     /// PEM file of CA certificates trusted for `https://` endpoints (sinkers' too), on top of
     /// the built-in Mozilla roots: for a Dataway behind a private CA. Not DataKit's: DataKit
-    /// (Go) trusts the system store and `SSL_CERT_FILE`; this daemon ignores both. DataKit's
-    /// `tls_insecure` (no verification at all) is deliberately not offered.
+    /// (Go) trusts the system store and `SSL_CERT_FILE`; this daemon ignores both.
     pub tls_ca_file: Option<PathBuf>,
+    /// DataKit's `tls_insecure`: accept any certificate from `https://` endpoints (sinkers'
+    /// too), i.e. no verification at all. The daemon warns at every start while it is on;
+    /// prefer `tls_ca_file`.
+    pub tls_insecure: bool,
     /// Idle connections kept per host in the pool.
     pub max_idle_conns_per_host: usize,
     /// How long an idle pooled connection is kept.
@@ -167,6 +178,7 @@ impl Default for DatawayConfig {
             timeout: Duration::from_secs(30),
             http_proxy: None,
             tls_ca_file: None,
+            tls_insecure: false,
             max_idle_conns_per_host: 64,
             idle_timeout: Duration::from_secs(90),
             max_retry_count: 3,
@@ -266,10 +278,26 @@ impl Config {
     /// Parses TOML text; `origin` names it in errors (a file path, or `<embedded>`).
     /// Does not apply the environment or validate: see [`Config::load`].
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::from_toml_noted(text, origin).map(|(c, _)| c)
+    }
+
+    /// As [`Config::from_toml`], with what was done to DataKit's keys.
+    pub fn from_toml_noted(text: &str, origin: &str) -> Result<(Config, Notes), ConfigError> {
+        let parse_error = |e| ConfigError::Parse {
             origin: origin.to_string(),
             source: Box::new(e),
-        })
+        };
+        let mut root: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let before = root.clone();
+        let notes = datakit::translate(&mut root)?;
+        // Untouched (our own format): parse the text itself, so errors point at the line.
+        let cfg = if root == before {
+            toml::from_str(text)
+        } else {
+            root.try_into()
+        }
+        .map_err(parse_error)?;
+        Ok((cfg, notes))
     }
 
     /// Loads a config file (or the embedded defaults when `path` is `None`), makes the file's
@@ -279,23 +307,32 @@ impl Config {
         path: Option<&Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        let mut cfg = match path {
+        Config::load_noted(path, env).map(|(c, _)| c)
+    }
+
+    /// As [`Config::load`], with what was done to DataKit's keys and variables: the
+    /// caller shows [`Notes::ignored`] as warnings (once each).
+    pub fn load_noted(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, Notes), ConfigError> {
+        let (mut cfg, mut notes) = match path {
             Some(p) => {
                 let read_error = |source| ConfigError::Read {
                     path: p.to_path_buf(),
                     source,
                 };
                 let text = std::fs::read_to_string(p).map_err(read_error)?;
-                let mut cfg = Config::from_toml(&text, &p.display().to_string())?;
+                let (mut cfg, notes) = Config::from_toml_noted(&text, &p.display().to_string())?;
                 let file = std::path::absolute(p).map_err(read_error)?;
                 cfg.resolve_paths(file.parent().unwrap_or(Path::new("/")));
-                cfg
+                (cfg, notes)
             }
-            None => Config::default(),
+            None => (Config::default(), Notes::default()),
         };
-        cfg.apply_env(env)?;
+        cfg.apply_env_noted(env, &mut notes)?;
         cfg.validate()?;
-        Ok(cfg)
+        Ok((cfg, notes))
     }
 
     /// Joins every relative path of the config to `base` (the config file's folder), so
@@ -320,11 +357,29 @@ impl Config {
         }
     }
 
-    /// Applies DataKit's environment overrides: `ENV_DATAWAY` (comma-separated URLs),
-    /// `ENV_DATAWAY_TIMEOUT` (e.g. `30s`), `ENV_DATAWAY_HTTP_PROXY`. A bad value is an
-    /// error naming the variable, not the key it replaces.
+    /// Applies DataKit's environment overrides (see [`Config::apply_env_noted`]).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(v) = env("ENV_DATAWAY").filter(|v| !v.trim().is_empty()) {
+        self.apply_env_noted(env, &mut Notes::default())
+    }
+
+    /// Applies the environment variables DataKit reads for its upload, over the file as
+    /// DataKit does: `ENV_DATAWAY` (comma-separated URLs), `ENV_DATAWAY_TIMEOUT`,
+    /// `ENV_DATAWAY_HTTP_PROXY`, `ENV_DATAWAY_MAX_IDLE_CONNS[_PER_HOST]`,
+    /// `ENV_DATAWAY_IDLE_TIMEOUT`, `ENV_DATAWAY_MAX_RETRY_COUNT` (attempts, as DataKit),
+    /// `ENV_DATAWAY_RETRY_DELAY`, `ENV_DATAWAY_TLS_INSECURE`, `ENV_DATAWAY_CONTENT_ENCODING`,
+    /// `ENV_DATAWAY_DISABLE_GZIP`, `ENV_DATAWAY_MAX_RAW_BODY_SIZE`,
+    /// `ENV_DATAWAY_ENABLE_SINKER`, `ENV_SINKER_GLOBAL_CUSTOMER_KEYS`, `ENV_SINKER` (sinkers
+    /// appended to the file's), the WAL ones onto the fail-cache, and warns about the ones
+    /// with no meaning here. DataKit's switches are on for any non-empty value. A bad value
+    /// is an error naming the variable, not the key it replaces.
+    pub fn apply_env_noted(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+        notes: &mut Notes,
+    ) -> Result<(), ConfigError> {
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let d = &mut self.dataway;
+        if let Some(v) = get("ENV_DATAWAY") {
             let urls: Vec<String> = v
                 .split(',')
                 .map(str::trim)
@@ -334,16 +389,158 @@ impl Config {
             for u in &urls {
                 EndpointUrl::parse(u).map_err(|e| env_error("ENV_DATAWAY", e.to_string()))?;
             }
-            self.dataway.urls = urls;
+            d.urls = urls;
         }
-        if let Some(v) = env("ENV_DATAWAY_TIMEOUT").filter(|v| !v.trim().is_empty()) {
-            self.dataway.timeout =
-                duration::parse(&v).map_err(|e| env_error("ENV_DATAWAY_TIMEOUT", e))?;
+        let duration = |var: &'static str| -> Result<Option<Duration>, ConfigError> {
+            get(var)
+                .map(|v| duration::parse(&v).map_err(|e| env_error(var, e)))
+                .transpose()
+        };
+        let number = |var: &'static str| -> Result<Option<u64>, ConfigError> {
+            get(var)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| env_error(var, format!("`{v}` is not a whole number")))
+                })
+                .transpose()
+        };
+        if let Some(t) = duration("ENV_DATAWAY_TIMEOUT")? {
+            d.timeout = t;
         }
-        if let Some(v) = env("ENV_DATAWAY_HTTP_PROXY").filter(|v| !v.trim().is_empty()) {
+        if let Some(v) = get("ENV_DATAWAY_HTTP_PROXY") {
             let v = v.trim();
             validate_proxy(v).map_err(|reason| env_error("ENV_DATAWAY_HTTP_PROXY", reason))?;
-            self.dataway.http_proxy = Some(v.to_string());
+            d.http_proxy = Some(v.to_string());
+        }
+        if let Some(n) = number("ENV_DATAWAY_MAX_IDLE_CONNS_PER_HOST")? {
+            d.max_idle_conns_per_host = n as usize;
+        }
+        if let Some(n) = number("ENV_DATAWAY_MAX_IDLE_CONNS")?.filter(|n| *n > 0) {
+            // One pool per endpoint: DataKit's total cap is a cap per host here.
+            d.max_idle_conns_per_host = d.max_idle_conns_per_host.min(n as usize);
+        }
+        if let Some(t) = duration("ENV_DATAWAY_IDLE_TIMEOUT")? {
+            d.idle_timeout = t;
+        }
+        if let Some(n) = number("ENV_DATAWAY_MAX_RETRY_COUNT")? {
+            // DataKit's count is of attempts (1 to 10), ours of retries after the first.
+            if n == 0 {
+                return Err(env_error(
+                    "ENV_DATAWAY_MAX_RETRY_COUNT",
+                    "counts attempts (as DataKit): give 1 (no retry) to 10",
+                ));
+            }
+            d.max_retry_count = n.min(10) as u32 - 1;
+        }
+        if let Some(t) = duration("ENV_DATAWAY_RETRY_DELAY")? {
+            d.retry_delay = t;
+            d.max_retry_delay = d.max_retry_delay.max(t);
+        }
+        if get("ENV_DATAWAY_TLS_INSECURE").is_some() {
+            d.tls_insecure = true;
+        }
+        if let Some(v) = get("ENV_DATAWAY_CONTENT_ENCODING") {
+            d.content_encoding = match v.trim().to_ascii_lowercase().as_str() {
+                "v1" | "line-protocol" => ContentEncoding::V1,
+                "v2" | "protobuf" => ContentEncoding::V2,
+                _ => {
+                    return Err(env_error(
+                        "ENV_DATAWAY_CONTENT_ENCODING",
+                        format!("`{v}`: give v1 (line protocol) or v2 (protobuf)"),
+                    ));
+                }
+            };
+        }
+        if get("ENV_DATAWAY_DISABLE_GZIP").is_some() {
+            d.gzip = false;
+        }
+        if let Some(n) = number("ENV_DATAWAY_MAX_RAW_BODY_SIZE")? {
+            d.max_raw_body_size = n as usize;
+        }
+        if get("ENV_DATAWAY_ENABLE_SINKER").is_some() {
+            d.enable_sinker = true;
+        }
+        if let Some(v) = get("ENV_SINKER_GLOBAL_CUSTOMER_KEYS") {
+            d.global_customer_keys = v
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(t) = duration("ENV_DATAWAY_DROP_EXPIRED_PACKAGE_AT")? {
+            d.fail_cache.drop_expired_after = t;
+        }
+        if let Some(v) = get("ENV_DATAWAY_WAL_CAPACITY") {
+            let gb: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|g: &f64| *g > 0.0)
+                .ok_or_else(|| {
+                    env_error(
+                        "ENV_DATAWAY_WAL_CAPACITY",
+                        format!("`{v}` is not a number of GB, like 2.0"),
+                    )
+                })?;
+            d.fail_cache.max_capacity = (gb * (1u64 << 30) as f64) as u64;
+        }
+        if let Some(v) = get("ENV_DATAWAY_WAL_PATH") {
+            d.fail_cache.path = PathBuf::from(v.trim());
+        }
+        if let Some(t) = duration("ENV_DATAWAY_WAL_FAIL_CACHE_CLEAN_INTERVAL")? {
+            d.fail_cache.clean_interval = t;
+        }
+        for (var, why) in [
+            (
+                "ENV_DATAWAY_ENABLE_HTTPTRACE",
+                "DataKit's HTTP trace metrics have no equivalent here",
+            ),
+            (
+                "ENV_DATAWAY_NTP_INTERVAL",
+                "this daemon never changes the points' timestamps",
+            ),
+            (
+                "ENV_DATAWAY_NTP_DIFF",
+                "this daemon never changes the points' timestamps",
+            ),
+            (
+                "ENV_DATAWAY_DISABLE_NTP",
+                "this daemon never changes the points' timestamps",
+            ),
+            (
+                "ENV_DATAWAY_WAL_WORKERS",
+                "upload concurrency is `dataway.workers` per endpoint",
+            ),
+            (
+                "ENV_DATAWAY_WAL_MEM_CAPACITY",
+                "the queue is bounded by `dataway.queue_size` and `max_pending_bytes`",
+            ),
+            (
+                "ENV_DATAWAY_WAL_NO_DROP_CATEGORIES",
+                "a full fail-cache drops its oldest bodies whatever their category",
+            ),
+        ] {
+            if get(var).is_some() {
+                notes
+                    .ignored
+                    .push(format!("environment variable `{var}` is ignored: {why}"));
+            }
+        }
+        if let Some(v) = get("ENV_SINKER") {
+            let first = d.sinkers.len();
+            let tables = datakit::sinkers_from_env(&v, first, notes)
+                .map_err(|reason| env_error("ENV_SINKER", reason))?;
+            for t in tables {
+                let s: SinkerConfig = t
+                    .try_into()
+                    .map_err(|e: toml::de::Error| env_error("ENV_SINKER", e.to_string()))?;
+                notes
+                    .mapped
+                    .push(format!("`ENV_SINKER` → sinker `{}`", s.name));
+                d.sinkers.push(s);
+            }
         }
         Ok(())
     }

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, DatawayConfig, invalid};
+use super::{ConfigError, invalid};
 use crate::category::Category;
-use crate::endpoint::{EndpointOptions, EndpointUrl};
-use crate::sinker::Limits;
+use crate::endpoint_url::EndpointUrl;
 
 /// One sinker.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
@@ -35,8 +34,9 @@ pub struct SinkerConfig {
     /// The sinker's endpoints: the points it matches go to every one of them.
     #[serde(default)]
     pub urls: Vec<String>,
-    /// DataKit's `filters` key. Not used directly: it is refused with a message saying
-    /// how to write the same rule (`plugin = "datakit_filter.wasm"`, `config = [...]`).
+    /// DataKit's `filters` key. In the config file it becomes `plugin =
+    /// "datakit_filter.wasm"` + `config = [filters]` before this is read ([`super::datakit`]);
+    /// a drop-in sidecar's is refused (its condition is its own `.wasm`).
     #[serde(default)]
     pub filters: Option<toml::Value>,
     /// Overrides `dataway.timeout` for this sinker's endpoints.
@@ -108,31 +108,6 @@ impl SinkerConfig {
         }
     }
 
-    /// The endpoint options: the main ones with this sinker's overrides.
-    pub fn endpoint_options(&self, main: &DatawayConfig) -> EndpointOptions {
-        let mut opts = EndpointOptions::from_config(main);
-        if let Some(t) = self.timeout {
-            opts.http.timeout = t;
-        }
-        if let Some(p) = &self.http_proxy {
-            opts.http.proxy = Some(p.clone());
-        }
-        if let Some(n) = self.max_retry_count {
-            opts.http.max_retry_count = n;
-        }
-        if let Some(g) = self.gzip {
-            opts.gzip = g;
-        }
-        if let Some(w) = self.workers {
-            opts.workers = w;
-        }
-        if let Some(q) = self.queue_size {
-            opts.queue_size = q;
-        }
-        opts.sinker = Some(self.name.clone());
-        opts
-    }
-
     /// Checks the sinker; `key` is where it is (`dataway.sinkers[0]`, or a sidecar's path).
     pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
         if self.name.is_empty() {
@@ -152,10 +127,12 @@ impl SinkerConfig {
             ));
         }
         if self.filters.is_some() {
+            // In the config file `filters` is read by `datakit` (as the built-in filter's
+            // config); only a drop-in sidecar gets here.
             return Err(invalid(
                 format!("{key}.filters"),
-                "DataKit's filters are the config of the datakit-filter plugin here: write \
-                 plugin = \"datakit_filter.wasm\" and config = [\"{ ... }\"] instead",
+                "a drop-in's condition is its own NAME.wasm: `filters` belongs in the config \
+                 file's [[dataway.sinkers]] (there it means the built-in datakit_filter.wasm)",
             ));
         }
         if self.categories.is_empty() {
@@ -231,37 +208,26 @@ pub struct SinkerLimitsConfig {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// Default cap of a plugin call's wasm stack, in bytes.
+pub const DEFAULT_PLUGIN_MAX_STACK: usize = 1 << 20;
+
 impl Default for SinkerLimitsConfig {
     fn default() -> Self {
-        let l = Limits::default();
         SinkerLimitsConfig {
-            timeout: l.timeout,
-            max_memory: l.max_memory,
-            max_table_elements: l.max_table_elements,
-            max_idle_instances: l.max_idle_instances,
-            max_stack: crate::sinker::plugin::DEFAULT_MAX_STACK,
-            quarantine_after: l.quarantine_after,
-            quarantine_min: l.quarantine_min,
-            quarantine_max: l.quarantine_max,
+            timeout: Duration::from_millis(100),
+            max_memory: 64 << 20,
+            max_table_elements: 100_000,
+            max_idle_instances: 8,
+            max_stack: DEFAULT_PLUGIN_MAX_STACK,
+            quarantine_after: 3,
+            quarantine_min: Duration::from_secs(1),
+            quarantine_max: Duration::from_secs(300),
             cache_dir: None,
         }
     }
 }
 
 impl SinkerLimitsConfig {
-    /// The limits the WASM host applies.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            timeout: self.timeout,
-            max_memory: self.max_memory,
-            max_table_elements: self.max_table_elements,
-            max_idle_instances: self.max_idle_instances,
-            quarantine_after: self.quarantine_after,
-            quarantine_min: self.quarantine_min,
-            quarantine_max: self.quarantine_max,
-        }
-    }
-
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let key = "dataway.sinker_limits";
         if self.timeout.is_zero() {

@@ -60,10 +60,11 @@ fn datakit_key_names_are_read() {
 
 #[test]
 fn unknown_key_is_an_error_naming_it() {
-    let err = load_str("[dataway]\nurl = \"http://x\"\n")
+    // `url` is DataKit's (deprecated) key; `urll` neither schema has.
+    let err = load_str("[dataway]\nurll = \"http://x\"\n")
         .unwrap_err()
         .to_string();
-    assert!(err.contains("unknown field `url`"), "{err}");
+    assert!(err.contains("unknown field `urll`"), "{err}");
     assert!(err.contains("test.toml"), "{err}");
     let err = load_str("[sinker]\n").unwrap_err().to_string();
     assert!(err.contains("unknown field `sinker`"), "{err}");
@@ -174,16 +175,12 @@ fn sinkers_are_read_with_overrides_and_their_config_as_json() {
         vec![Category::Metric, Category::Logging]
     );
     assert_eq!(s.plugin_config(), r#"{"filters":["{ host = 'web-1' }"]}"#);
-    let opts = s.endpoint_options(&cfg.dataway);
-    assert_eq!(opts.http.timeout, Duration::from_secs(2));
-    assert!(!opts.gzip);
-    assert_eq!(opts.sinker.as_deref(), Some("web"));
-    // Not overridden: the main value.
+    // The overrides' effect on endpoints is tested in `endpoint` (config imports nothing
+    // above it).
+    assert_eq!(s.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(s.gzip, Some(false));
     let all = &cfg.dataway.sinkers[1];
-    assert_eq!(
-        all.endpoint_options(&cfg.dataway).http.timeout,
-        Duration::from_secs(9)
-    );
+    assert_eq!(all.timeout, None);
     assert_eq!(all.parsed_categories(), vec![Category::Metric]);
     assert_eq!(all.plugin_config(), "");
 }
@@ -192,10 +189,6 @@ fn sinkers_are_read_with_overrides_and_their_config_as_json() {
 fn bad_sinkers_name_the_key() {
     let base = "[dataway]\nurls = [\"file://m\"]\n[[dataway.sinkers]]\n";
     let cases = [
-        (
-            "categories = [\"metric\"]\nurls = [\"file://s\"]\n",
-            "dataway.sinkers[0].name",
-        ),
         (
             "name = \"a b\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\n",
             "dataway.sinkers[0].name",
@@ -232,10 +225,11 @@ fn bad_sinkers_name_the_key() {
             "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\n[[dataway.sinkers]]\nname = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://t\"]\n",
             "dataway.sinkers[1].name",
         ),
-        // DataKit's key is `filters`; here the rule is the plugin's config: say so by refusing it.
+        // DataKit's `filters` is the built-in filter's config: with another plugin it is
+        // ambiguous.
         (
-            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\nfilters = [\"{ a = 1 }\"]\n",
-            "filters",
+            "name = \"s\"\ncategories = [\"metric\"]\nurls = [\"file://s\"]\nplugin = \"x.wasm\"\nfilters = [\"{ a = 1 }\"]\n",
+            "dataway.sinkers[0].filters",
         ),
     ];
     for (sinker, key) in cases {
@@ -556,4 +550,258 @@ fn relative_paths_resolve_against_the_config_files_folder() {
     )
     .unwrap();
     assert_eq!(s.urls, ["file:///etc/dataway/plugins/x", "file:///y"]);
+}
+
+/// DataKit's `[dataway]` keys (a file with any key only DataKit has is read as DataKit's).
+#[test]
+fn datakit_dataway_keys_map_onto_ours() {
+    let (cfg, notes) = Config::from_toml_noted(
+        r#"
+        [dataway]
+        urls = ["https://openway.example.com?token=tkn_0123456789abcdef0123456789abcdef"]
+        timeout = "10s"
+        timeout_v2 = "5s"
+        http_proxy = ""
+        max_retry_count = 4
+        retry_delay = "200ms"
+        max_idle_conns = 16
+        max_idle_conns_per_host = 0
+        max_raw_body_size = 0
+        content_encoding = "Protobuf"
+        enable_httptrace = true
+        tls_insecure = true
+        drop_expired_package_at = "24h"
+        global_customer_keys = ["project"]
+        enable_sinker = true
+        [dataway.ntp]
+        interval = "5m"
+        diff = "30s"
+        [dataway.wal]
+        max_capacity_gb = 0.5
+        path = "/var/cache/dw-wal"
+        fail_cache_clean_interval = "30s"
+        workers = 4
+        "#,
+        "test",
+    )
+    .unwrap();
+    let d = &cfg.dataway;
+    let defaults = DatawayConfig::default();
+    assert_eq!(d.timeout, Duration::from_secs(5), "timeout_v2 wins");
+    assert_eq!(d.http_proxy, None, "empty is not set");
+    assert_eq!(d.max_retry_count, 3, "4 attempts");
+    assert_eq!(
+        d.max_idle_conns_per_host, 16,
+        "64 (DataKit's 0) capped by 16"
+    );
+    assert_eq!(d.max_raw_body_size, defaults.max_raw_body_size);
+    assert_eq!(d.content_encoding, ContentEncoding::V2);
+    assert!(d.tls_insecure && d.enable_sinker);
+    assert_eq!(d.global_customer_keys, vec!["project"]);
+    assert_eq!(d.fail_cache.drop_expired_after, Duration::from_secs(86_400));
+    assert_eq!(d.fail_cache.max_capacity, 1 << 29);
+    assert_eq!(d.fail_cache.path, PathBuf::from("/var/cache/dw-wal"));
+    assert_eq!(d.fail_cache.clean_interval, Duration::from_secs(30));
+    assert!(
+        !d.wal.enabled,
+        "DataKit's WAL is not an acknowledgement WAL"
+    );
+    assert!(
+        notes
+            .dialect
+            .as_deref()
+            .unwrap()
+            .contains("DataKit's `dataway."),
+        "{notes:?}"
+    );
+    let ignored = notes.ignored.join("\n");
+    for key in [
+        "dataway.enable_httptrace",
+        "dataway.ntp",
+        "dataway.wal.workers",
+    ] {
+        assert_eq!(ignored.matches(&format!("`{key}`")).count(), 1, "{ignored}");
+    }
+    assert_eq!(notes.ignored.len(), 3, "{ignored}");
+    cfg.validate().unwrap();
+}
+
+/// Our own format keeps our meanings: `max_retry_count` counts retries, 0 stays 0.
+#[test]
+fn our_own_format_is_not_read_as_datakit() {
+    let (cfg, notes) = Config::from_toml_noted(
+        "[dataway]\nurls = [\"file://x\"]\nmax_retry_count = 4\n[dataway.wal]\nenabled = true\n",
+        "test",
+    )
+    .unwrap();
+    assert_eq!(notes, Notes::default());
+    assert_eq!(cfg.dataway.max_retry_count, 4);
+    assert!(cfg.dataway.wal.enabled);
+}
+
+#[test]
+fn datakit_sinkers_map_to_ours_with_filters_as_the_builtin_filter() {
+    let (cfg, notes) = Config::from_toml_noted(
+        r#"
+        [dataway]
+        urls = ["http://127.0.0.1:9528?token=tkn_main"]
+        [[dataway.sinkers]]
+        categories = ["M", "CO"]
+        filters = ["{ host = 'web-1' }", "{ cpu = 'cpu-total' }"]
+        url = "https://sink.example.com:8443"
+        token = "tkn_sink"
+        proxy = "10.0.0.1:3128"
+        [[dataway.sinkers]]
+        categories = ["L"]
+        url = "http://127.0.0.1:9529?token=tkn_other"
+        proxy = ""
+        "#,
+        "test",
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    let s = &cfg.dataway.sinkers[0];
+    assert_eq!(s.name, "sinker0-sink.example.com-8443");
+    assert_eq!(s.urls, vec!["https://sink.example.com:8443?token=tkn_sink"]);
+    assert_eq!(s.http_proxy.as_deref(), Some("http://10.0.0.1:3128"));
+    assert_eq!(s.plugin.as_deref(), Some("datakit_filter.wasm"));
+    assert_eq!(
+        s.plugin_config(),
+        r#"["{ host = 'web-1' }","{ cpu = 'cpu-total' }"]"#
+    );
+    assert_eq!(
+        s.parsed_categories(),
+        vec![Category::Metric, Category::CustomObject]
+    );
+    let t = &cfg.dataway.sinkers[1];
+    assert_eq!(t.name, "sinker1-127.0.0.1-9529");
+    assert_eq!(t.plugin, None, "no filters: every point of its categories");
+    assert_eq!(t.http_proxy, None);
+    assert!(
+        notes.mapped.iter().all(|m| !m.contains("tkn_")),
+        "a token in the notes: {notes:?}"
+    );
+}
+
+#[test]
+fn datakit_1_4_sinks_become_sinkers_and_other_targets_are_refused() {
+    let (cfg, _) = Config::from_toml_noted(
+        r#"
+        [dataway]
+        urls = ["http://127.0.0.1:9528?token=t"]
+        [sinks]
+          [[sinks.sink]]
+            categories = ["M"]
+            filters = ["{host='user-ubuntu'}"]
+            target = "dataway"
+            token = "tkn_1"
+            url = "http://127.0.0.1:9530"
+        "#,
+        "test",
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    let s = &cfg.dataway.sinkers[0];
+    assert_eq!(s.urls, vec!["http://127.0.0.1:9530?token=tkn_1"]);
+    assert_eq!(s.plugin.as_deref(), Some("datakit_filter.wasm"));
+    let err = Config::from_toml(
+        "[sinks]\n[[sinks.sink]]\ntarget = \"logstash\"\ncategories = [\"L\"]\n",
+        "test",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("sinks.sink[0].target") && err.contains("logstash"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_whole_datakit_conf_takes_the_ingest_address_and_ignores_the_rest_in_one_warning() {
+    let (cfg, notes) = Config::from_toml_noted(
+        r#"
+        default_enabled_inputs = ["cpu"]
+        protect_mode = true
+        [http_api]
+          listen = "0.0.0.0:19529"
+          rum_origin_ip_header = "X-Forwarded-For"
+        [dataway]
+          urls = ["http://127.0.0.1:9528?token=t"]
+        [logging]
+          level = "info"
+        [election]
+          enable = false
+        "#,
+        "test",
+    )
+    .unwrap();
+    assert_eq!(cfg.ingest.listen.to_string(), "0.0.0.0:19529");
+    assert_eq!(notes.ignored.len(), 1, "{notes:?}");
+    let w = &notes.ignored[0];
+    for k in [
+        "default_enabled_inputs",
+        "protect_mode",
+        "logging",
+        "election",
+        "http_api",
+    ] {
+        assert!(w.contains(k), "{w}");
+    }
+    let err = Config::from_toml("[http_api]\nlisten = \"/tmp/dk.sock\"\n", "test")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("http_api.listen") && err.contains("Unix socket"),
+        "{err}"
+    );
+    // A key of neither schema is still an error naming it, in a DataKit file too.
+    let err = Config::from_toml("protect_mode = true\n[dataway]\nturbo = 1\n", "test")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("turbo"), "{err}");
+    let err = Config::from_toml("[dataway.wal]\nmax_capacity_gb = 1.0\nspeed = 2\n", "test")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dataway.wal.speed"), "{err}");
+}
+
+#[test]
+fn datakit_environment_variables_apply_over_the_file() {
+    let vars = [
+        ("ENV_DATAWAY_MAX_RETRY_COUNT", "1"),
+        ("ENV_DATAWAY_TLS_INSECURE", "on"),
+        ("ENV_DATAWAY_ENABLE_SINKER", "1"),
+        ("ENV_SINKER_GLOBAL_CUSTOMER_KEYS", "project, cluster"),
+        ("ENV_DATAWAY_CONTENT_ENCODING", "v2"),
+        ("ENV_DATAWAY_DISABLE_GZIP", "yes"),
+        ("ENV_DATAWAY_WAL_CAPACITY", "1.0"),
+        ("ENV_DATAWAY_NTP_INTERVAL", "5m"),
+        (
+            "ENV_SINKER",
+            r#"[{"categories":["L"],"filters":["{ source = 'nginx' }"],"url":"http://127.0.0.1:9600?token=tkn_env","proxy":""}]"#,
+        ),
+    ];
+    let env = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let mut notes = Notes::default();
+    let mut cfg = Config::default();
+    cfg.apply_env_noted(env, &mut notes).unwrap();
+    cfg.validate().unwrap();
+    let d = &cfg.dataway;
+    assert_eq!(d.max_retry_count, 0);
+    assert!(d.tls_insecure && d.enable_sinker && !d.gzip);
+    assert_eq!(d.global_customer_keys, vec!["project", "cluster"]);
+    assert_eq!(d.content_encoding, ContentEncoding::V2);
+    assert_eq!(d.fail_cache.max_capacity, 1 << 30);
+    assert_eq!(d.sinkers.len(), 1);
+    assert_eq!(d.sinkers[0].name, "sinker0-127.0.0.1-9600");
+    assert_eq!(d.sinkers[0].plugin.as_deref(), Some("datakit_filter.wasm"));
+    assert_eq!(notes.ignored.len(), 1, "{notes:?}");
+    assert!(notes.ignored[0].contains("ENV_DATAWAY_NTP_INTERVAL"));
+    let bad = |k: &str| (k == "ENV_SINKER").then(|| "{not json".to_string());
+    let err = Config::default().apply_env(bad).unwrap_err().to_string();
+    assert!(err.contains("ENV_SINKER"), "{err}");
 }

@@ -12,7 +12,6 @@
 
 mod request_builder;
 mod resend;
-mod url;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,9 +32,9 @@ use crate::httpcli::{self, HttpCli, HttpOptions, Outcome, Request, Response};
 use crate::metrics::{Metrics, status_label};
 use crate::point::Point;
 
+pub use crate::endpoint_url::{BadUrl, EndpointUrl, redact};
 pub use request_builder::{Body, build_bodies};
 pub use resend::OpenCaches;
-pub use url::{BadUrl, EndpointUrl, redact};
 
 /// The `User-Agent` every request carries: `dataway/<version> (<os>; <arch>)`.
 pub fn user_agent() -> String {
@@ -125,7 +124,17 @@ impl EndpointOptions {
     /// The options `[dataway]` describes.
     pub fn from_config(d: &crate::config::DatawayConfig) -> EndpointOptions {
         EndpointOptions {
-            http: HttpOptions::from_config(d),
+            http: HttpOptions {
+                timeout: d.timeout,
+                proxy: d.http_proxy.clone(),
+                tls_ca_file: d.tls_ca_file.clone(),
+                accept_invalid_certs: d.tls_insecure,
+                max_idle_conns_per_host: d.max_idle_conns_per_host,
+                idle_timeout: d.idle_timeout,
+                max_retry_count: d.max_retry_count,
+                retry_delay: d.retry_delay,
+                max_retry_delay: d.max_retry_delay,
+            },
             gzip: d.gzip,
             max_raw_body_size: d.max_raw_body_size,
             workers: d.workers,
@@ -140,6 +149,34 @@ impl EndpointOptions {
                 clean_interval: d.fail_cache.clean_interval,
             }),
         }
+    }
+
+    /// A sinker's endpoint options: the main ones with the sinker's overrides.
+    pub fn for_sinker(
+        s: &crate::config::SinkerConfig,
+        main: &crate::config::DatawayConfig,
+    ) -> EndpointOptions {
+        let mut opts = EndpointOptions::from_config(main);
+        if let Some(t) = s.timeout {
+            opts.http.timeout = t;
+        }
+        if let Some(p) = &s.http_proxy {
+            opts.http.proxy = Some(p.clone());
+        }
+        if let Some(n) = s.max_retry_count {
+            opts.http.max_retry_count = n;
+        }
+        if let Some(g) = s.gzip {
+            opts.gzip = g;
+        }
+        if let Some(w) = s.workers {
+            opts.workers = w;
+        }
+        if let Some(q) = s.queue_size {
+            opts.queue_size = q;
+        }
+        opts.sinker = Some(s.name.clone());
+        opts
     }
 }
 
@@ -781,5 +818,54 @@ impl FileSink {
         m.api_latency
             .observe(&[api, &label], start.elapsed().as_secs_f64() * 1000.0);
         shared.record_points(category, status, body, shared.opts.sinker.is_some());
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use std::time::Duration;
+
+    use super::EndpointOptions;
+    use crate::config::Config;
+
+    #[test]
+    fn a_sinker_overrides_the_main_options_it_names_and_keeps_the_others() {
+        let cfg = Config::from_toml(
+            r#"
+            [dataway]
+            urls = ["file://main"]
+            timeout = "9s"
+            tls_insecure = true
+            [[dataway.sinkers]]
+            name = "web"
+            categories = ["M"]
+            urls = ["file://sink"]
+            timeout = "2s"
+            gzip = false
+            [[dataway.sinkers]]
+            name = "all"
+            categories = ["metric"]
+            urls = ["file://all"]
+            "#,
+            "test",
+        )
+        .unwrap();
+        let d = &cfg.dataway;
+        let opts = EndpointOptions::for_sinker(&d.sinkers[0], d);
+        assert_eq!(opts.http.timeout, Duration::from_secs(2));
+        assert!(!opts.gzip);
+        assert_eq!(opts.sinker.as_deref(), Some("web"));
+        assert!(
+            opts.http.accept_invalid_certs,
+            "tls_insecure is the main one's"
+        );
+        let all = EndpointOptions::for_sinker(&d.sinkers[1], d);
+        assert_eq!(all.http.timeout, Duration::from_secs(9));
+        assert!(all.gzip);
+        assert!(
+            !EndpointOptions::from_config(&Config::default().dataway)
+                .http
+                .accept_invalid_certs
+        );
     }
 }

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 
-/// How the client connects and retries. Built from `[dataway]` (see `config`).
+/// How the client connects and retries. Its own options, not the config's: `endpoint`
+/// builds them from `[dataway]`, so this module knows nothing of the config's schema.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {
     /// Timeout of one attempt.
@@ -26,6 +27,8 @@ pub struct HttpOptions {
     pub proxy: Option<String>,
     /// PEM file of CA certificates trusted besides the built-in roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// Accept any server certificate (DataKit's `tls_insecure`): no verification at all.
+    pub accept_invalid_certs: bool,
     /// Idle connections kept per host.
     pub max_idle_conns_per_host: usize,
     /// Idle connection lifetime.
@@ -36,22 +39,6 @@ pub struct HttpOptions {
     pub retry_delay: Duration,
     /// Cap of one delay, `Retry-After` included.
     pub max_retry_delay: Duration,
-}
-
-impl HttpOptions {
-    /// The options `[dataway]` describes.
-    pub fn from_config(d: &crate::config::DatawayConfig) -> HttpOptions {
-        HttpOptions {
-            timeout: d.timeout,
-            proxy: d.http_proxy.clone(),
-            tls_ca_file: d.tls_ca_file.clone(),
-            max_idle_conns_per_host: d.max_idle_conns_per_host,
-            idle_timeout: d.idle_timeout,
-            max_retry_count: d.max_retry_count,
-            retry_delay: d.retry_delay,
-            max_retry_delay: d.max_retry_delay,
-        }
-    }
 }
 
 impl HttpOptions {
@@ -155,7 +142,9 @@ impl HttpCli {
             .connect_timeout(opts.timeout)
             .pool_max_idle_per_host(opts.max_idle_conns_per_host)
             .pool_idle_timeout(opts.idle_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // Off unless asked for; the daemon warns at start when it is on.
+            .danger_accept_invalid_certs(opts.accept_invalid_certs);
         b = match &opts.proxy {
             Some(p) => b.proxy(reqwest::Proxy::all(p)?),
             // No configured proxy means none: a daemon's destination must not change with
@@ -203,10 +192,10 @@ impl HttpCli {
             let delay = self.opts.delay(delay, retry_after);
             match &result {
                 Ok(r) => {
-                    tracing::debug!(url = %crate::endpoint::redact(&req.url), status = %r.status, attempt = attempts, ?delay, "retrying")
+                    tracing::debug!(url = %crate::endpoint_url::redact(&req.url), status = %r.status, attempt = attempts, ?delay, "retrying")
                 }
                 Err(e) => {
-                    tracing::debug!(url = %crate::endpoint::redact(&req.url), error = %without_url(e), attempt = attempts, ?delay, "retrying")
+                    tracing::debug!(url = %crate::endpoint_url::redact(&req.url), error = %without_url(e), attempt = attempts, ?delay, "retrying")
                 }
             }
             tokio::time::sleep(delay).await;
@@ -309,6 +298,7 @@ mod tests {
             retry_delay: Duration::from_millis(retry_delay_ms),
             max_retry_delay: Duration::from_millis(max_retry_delay_ms),
             tls_ca_file: None,
+            accept_invalid_certs: false,
         }
     }
 

@@ -51,8 +51,8 @@ const WIT_VERSION: &str = "0.1.0";
 /// purpose: the ticker wakes up this often for as long as the daemon runs.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Default cap of a plugin call's wasm stack.
-pub const DEFAULT_MAX_STACK: usize = 1 << 20;
+/// Default cap of a plugin call's wasm stack (the config owns the defaults).
+pub const DEFAULT_MAX_STACK: usize = crate::config::DEFAULT_PLUGIN_MAX_STACK;
 
 /// Sandbox limits applied to every plugin instance.
 #[derive(Debug, Clone)]
@@ -74,15 +74,23 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// The config's defaults (`[dataway.sinker_limits]`), which own the numbers.
     fn default() -> Self {
+        Limits::from_config(&crate::config::SinkerLimitsConfig::default())
+    }
+}
+
+impl Limits {
+    /// The limits `[dataway.sinker_limits]` describes.
+    pub fn from_config(c: &crate::config::SinkerLimitsConfig) -> Limits {
         Limits {
-            timeout: Duration::from_millis(100),
-            max_memory: 64 << 20,
-            max_table_elements: 100_000,
-            max_idle_instances: 8,
-            quarantine_after: 3,
-            quarantine_min: Duration::from_secs(1),
-            quarantine_max: Duration::from_secs(300),
+            timeout: c.timeout,
+            max_memory: c.max_memory,
+            max_table_elements: c.max_table_elements,
+            max_idle_instances: c.max_idle_instances,
+            quarantine_after: c.quarantine_after,
+            quarantine_min: c.quarantine_min,
+            quarantine_max: c.quarantine_max,
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Condition, Limits, Runtime, Sinker, plugin};
 use crate::config::{DatawayConfig, SinkerConfig};
 use crate::dataway::Dataway;
-use crate::endpoint::{Endpoint, EndpointUrl, OpenCaches, StartError};
+use crate::endpoint::{Endpoint, EndpointOptions, EndpointUrl, OpenCaches, StartError};
 use crate::metrics::Metrics;
 
 /// How long the directory must be quiet before a rescan.
@@ -89,7 +89,7 @@ impl Reloader {
         Ok(Reloader {
             dir: cfg.plugins_dir.clone(),
             runtime,
-            limits: cfg.sinker_limits.limits(),
+            limits: Limits::from_config(&cfg.sinker_limits),
             main: cfg.clone(),
             metrics,
             caches,
@@ -114,7 +114,7 @@ impl Reloader {
     }
 
     fn start_sinker(&self, s: &SinkerConfig) -> Result<Sinker, StartError> {
-        let opts = s.endpoint_options(&self.main);
+        let opts = EndpointOptions::for_sinker(s, &self.main);
         let endpoints = s
             .urls
             .iter()
@@ -528,7 +528,7 @@ pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
         Ok(r) => r,
         Err(e) => return vec![Err(format!("cannot start the wasm engine: {e:#}"))],
     };
-    let limits = cfg.sinker_limits.limits();
+    let limits = Limits::from_config(&cfg.sinker_limits);
     let quiet: plugin::LogFn = Arc::new(|_, _| {});
     let load = |s: &SinkerConfig| -> Result<String, String> {
         let what = format!("sinker `{}` ({})", s.name, s.categories.join(","));

@@ -1,5 +1,8 @@
 //! Endpoint URLs: where one endpoint sends, and how that is shown without leaking the token.
 //!
+//! A leaf module (it imports nothing of the crate but `category` in tests): `config` validates
+//! URLs with it, `endpoint` sends with it, `httpcli` redacts with it.
+//!
 //! DataKit's rule (`protocol.md`): the configured URL's path is ignored and its query (which
 //! holds `token=`) is appended to every API URL, so `https://h?token=t` writes metrics to
 //! `https://h/v1/write/metric?token=t`.

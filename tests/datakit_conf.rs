@@ -1,0 +1,258 @@
+//! DataKit's own `datakit.conf` files, unchanged but for addresses, run by the real binary
+//! against loopback stand-in Dataways: they load, route as their filters say, warn once per
+//! ignored key, and `dataway check` says what it mapped and ignored.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::MockDataway;
+use common::plugins::rust_plugin;
+use common::process::DaemonProcess;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn fixture(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/datakit")
+        .join(name);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The fixture with its three addresses (main `:9601`, sinkers `:9602`, `:9603`) pointed
+/// at `addrs` and DataKit's `localhost:9529` at port 0, written to a scratch dir as
+/// `datakit.conf`; with `filter_plugin`, the datakit-filter component is put in the
+/// default `plugins_dir` (`plugins/` next to the file).
+fn install(name: &str, addrs: &[String], filter_plugin: bool) -> PathBuf {
+    let mut text = fixture(name);
+    for (port, addr) in ["127.0.0.1:9601", "127.0.0.1:9602", "127.0.0.1:9603"]
+        .iter()
+        .zip(addrs)
+    {
+        assert!(text.contains(port), "{name} has no {port}");
+        text = text.replace(port, addr);
+    }
+    text = text.replace("listen = \"localhost:9529\"", "listen = \"localhost:0\"");
+    let dir = common::scratch_dir("datakit-conf");
+    if filter_plugin {
+        std::fs::create_dir_all(dir.join("plugins")).unwrap();
+        std::fs::copy(
+            rust_plugin("datakit-filter"),
+            dir.join("plugins/datakit_filter.wasm"),
+        )
+        .unwrap();
+    }
+    let file = dir.join("datakit.conf");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+/// `dataway ARGS` to its end, with `env` and none of the caller's DataKit variables:
+/// (exit code, stdout, stderr).
+fn dataway(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataway"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ENV_DATAWAY") || k.starts_with("ENV_SINKER") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .envs(env.iter().copied())
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// A stock DataKit 1.6 `datakit.conf` with two `[[dataway.sinkers]]` using `filters`:
+/// loads as it is and routes exactly as the filters say; each ignored key warns once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_datakit_1_6_conf_routes_as_its_filters_say() {
+    let main = MockDataway::start().await;
+    let cpu_sink = MockDataway::start().await;
+    let nginx_sink = MockDataway::start().await;
+    let addrs = [&main, &cpu_sink, &nginx_sink].map(|m| m.addr.to_string());
+    let file = install("datakit-1.6.conf", &addrs, true);
+    let daemon = DaemonProcess::start(&file, &[]);
+
+    let metrics = "cpu,cpu=cpu-total,host=h usage=1i 1700000000000000000\ncpu,cpu=cpu0,host=h usage=2i 1700000000000000000\n";
+    assert_eq!(daemon.post("metric", metrics.to_string()).await, 200);
+    let logs = "nginx,host=h message=\"GET /\" 1700000000000000000\nmysql,host=h message=\"slow\" 1700000000000000000\n";
+    assert_eq!(daemon.post("logging", logs.to_string()).await, 200);
+
+    assert!(cpu_sink.wait_points(1, WAIT).await, "{}", daemon.log());
+    assert!(nginx_sink.wait_points(1, WAIT).await, "{}", daemon.log());
+    assert!(main.wait_points(2, WAIT).await, "{}", daemon.log());
+    let only = |m: &MockDataway| {
+        let mut l = m.lines_accepted();
+        l.sort();
+        l
+    };
+    assert_eq!(
+        only(&cpu_sink),
+        vec!["cpu,cpu=cpu-total,host=h usage=1i 1700000000000000000"]
+    );
+    assert_eq!(
+        only(&nginx_sink),
+        vec!["nginx,host=h message=\"GET /\" 1700000000000000000"]
+    );
+    let main_lines = only(&main);
+    assert_eq!(main_lines.len(), 2, "{main_lines:?}");
+    assert!(main_lines[0].starts_with("cpu,cpu=cpu0"), "{main_lines:?}");
+    assert!(main_lines[1].starts_with("mysql"), "{main_lines:?}");
+    // The sinkers' paths and tokens are their own.
+    let r = &cpu_sink.requests()[0];
+    assert_eq!(r.path, "/v1/write/metric");
+    assert_eq!(
+        r.query.as_deref(),
+        Some("token=tkn_sinker100000000000000000000000")
+    );
+
+    let log = daemon.log();
+    for warning in [
+        "`dataway.enable_httptrace` is ignored",
+        "DataKit's other settings are ignored",
+    ] {
+        assert_eq!(count(&log, warning), 1, "{warning:?} once in:\n{log}");
+    }
+    assert!(log.contains("`cgroup`") && log.contains("`io`"), "{log}");
+    assert!(
+        !log.contains("tkn_main0000"),
+        "a token reached the log:\n{log}"
+    );
+}
+
+/// The `datakit.conf` current DataKit writes on install (`content_encoding = "v2"`,
+/// `[dataway.ntp]`, `[dataway.wal]`): `dataway check` says what was mapped, what ignored,
+/// and the endpoint with its token redacted.
+#[test]
+fn check_of_a_current_datakit_conf_lists_mapped_and_ignored_keys() {
+    let file = install("datakit-1.8x.conf", &["127.0.0.1:9601".to_string()], false);
+    let (code, out, err) = dataway(&["check", "-c", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    for line in [
+        "format: DataKit datakit.conf",
+        "mapped: `dataway.timeout_v2` → `dataway.timeout`",
+        "mapped: `dataway.max_retry_count = 1` (DataKit: attempts) → 0 retries",
+        "mapped: `http_api.listen = \"localhost:0\"` → `ingest.listen = \"127.0.0.1:0\"`",
+        "mapped: `dataway.wal.max_capacity_gb = 2` → `dataway.fail_cache.max_capacity = 2147483648`",
+        "ignored: `dataway.enable_httptrace` is ignored",
+        "ignored: `dataway.ntp` is ignored",
+        "ignored: DataKit's other settings are ignored",
+        "endpoint[0]: http://127.0.0.1:9601?token=tkn_***",
+        "config ok",
+    ] {
+        assert_eq!(count(&out, line), 1, "{line:?} once in:\n{out}");
+    }
+    for section in [
+        "`point_pool`",
+        "`remote_job`",
+        "`resource_limit`",
+        "`logging`",
+    ] {
+        assert!(out.contains(section), "{section} not listed:\n{out}");
+    }
+    assert!(!out.contains("tkn_main0000"), "token shown:\n{out}");
+}
+
+/// A key DataKit never had is still an error naming it; so is a sink target other than
+/// dataway.
+#[test]
+fn an_unknown_key_fails_naming_it() {
+    let file = install("datakit-1.6.conf", &[], false);
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("[dataway]\n", "[dataway]\n  enable_turbo = true\n");
+    std::fs::write(&file, text).unwrap();
+    let (code, out, err) = dataway(&["check", "-c", file.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("enable_turbo"), "{err}");
+
+    let dir = common::scratch_dir("datakit-sinks");
+    let old = dir.join("datakit.conf");
+    std::fs::write(
+        &old,
+        "[dataway]\nurls = [\"http://127.0.0.1:9601?token=t\"]\n\n[sinks]\n  [[sinks.sink]]\n    \
+         categories = [\"M\"]\n    target = \"influxdb\"\n    host = \"localhost:8086\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = dataway(&["check", "-c", old.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("sinks.sink[0].target") && err.contains("influxdb"),
+        "{err}"
+    );
+}
+
+/// `ENV_SINKER` (DataKit's JSON array of sinkers) adds a sinker over the file, with
+/// `filters` that route.
+#[tokio::test(flavor = "multi_thread")]
+async fn env_sinker_routes_points() {
+    let main = MockDataway::start().await;
+    let s1 = MockDataway::start().await;
+    let s2 = MockDataway::start().await;
+    let env_sink = MockDataway::start().await;
+    let addrs = [&main, &s1, &s2].map(|m| m.addr.to_string());
+    let file = install("datakit-1.6.conf", &addrs, true);
+    let env_sinker = format!(
+        r#"[{{"categories":["M"],"filters":["{{ host = 'web-1' }}"],"url":"{}"}}]"#,
+        env_sink.url("tkn_env000000000000000000000000000")
+    );
+    let daemon = DaemonProcess::start(&file, &[("ENV_SINKER", &env_sinker)]);
+    let metrics =
+        "mem,host=web-1 used=1i 1700000000000000000\nmem,host=web-2 used=2i 1700000000000000000\n";
+    assert_eq!(daemon.post("metric", metrics.to_string()).await, 200);
+    assert!(env_sink.wait_points(1, WAIT).await, "{}", daemon.log());
+    assert!(main.wait_points(1, WAIT).await, "{}", daemon.log());
+    assert_eq!(
+        env_sink.lines_accepted(),
+        vec!["mem,host=web-1 used=1i 1700000000000000000"]
+    );
+    assert_eq!(
+        main.lines_accepted(),
+        vec!["mem,host=web-2 used=2i 1700000000000000000"]
+    );
+    assert_eq!(s1.arrived() + s2.arrived(), 0);
+}
+
+/// The README's "Migrating from DataKit" excerpt is part of the 1.6 fixture that the tests
+/// above load: the excerpt cannot drift from a file that works.
+#[test]
+fn the_readme_migration_excerpt_is_part_of_a_tested_fixture() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Migrating from DataKit\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has a Migrating from DataKit section");
+    let excerpt: Vec<&str> = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("the section has a toml excerpt")
+        .lines()
+        .collect();
+    assert!(excerpt.len() >= 10, "{excerpt:?}");
+    let fixture = fixture("datakit-1.6.conf");
+    let lines: Vec<&str> = fixture.lines().collect();
+    assert!(
+        lines.windows(excerpt.len()).any(|w| w == excerpt),
+        "README's excerpt is not verbatim in tests/fixtures/datakit/datakit-1.6.conf:\n{}",
+        excerpt.join("\n")
+    );
+}
