@@ -108,6 +108,27 @@ pub struct DatawayConfig {
     pub fail_cache: FailCacheConfig,
     /// Acknowledge writes only once they are on disk.
     pub wal: WalConfig,
+    /// DataKit's global tag keys (the keys of its `[global_host_tags]` and
+    /// `[election.tags]`): with `enable_sinker`, a point's value of any of these keys
+    /// groups it as `global_customer_keys` do. Only the keys matter: DataKit adds the tags
+    /// to points where they are collected, and so must the writer here (this daemon adds
+    /// no tags to points).
+    pub global_tag_keys: Vec<String>,
+    /// DataKit's `sinker_header_version`: how the `enable_sinker` groups are labelled.
+    /// `v1`: `X-Global-Tags: k=v,k=v` as is; `v2`: `X-Global-Tags-V2` with each key and
+    /// value URL-encoded (for values holding `,`, `=` or characters a header cannot carry).
+    pub sinker_header_version: SinkerHeaderVersion,
+}
+
+/// The header that labels `enable_sinker` groups (`dataway.sinker_header_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkerHeaderVersion {
+    /// `X-Global-Tags: k=v,k=v`, keys and values as they are.
+    #[default]
+    V1,
+    /// `X-Global-Tags-V2: k=v,k=v`, keys and values URL-encoded (Go's `url.QueryEscape`).
+    V2,
 }
 
 /// The wire format of uploads (`dataway.content_encoding`).
@@ -198,6 +219,8 @@ impl Default for DatawayConfig {
             sinker_limits: SinkerLimitsConfig::default(),
             fail_cache: FailCacheConfig::default(),
             wal: WalConfig::default(),
+            global_tag_keys: Vec::new(),
+            sinker_header_version: SinkerHeaderVersion::V1,
         }
     }
 }

@@ -9,6 +9,11 @@
 //! reservations succeed: a request is never half-accepted, so a client retrying a refused
 //! write never causes duplicates.
 //!
+//! With `enable_sinker`, each part's points are then grouped by their `X-Global-Tags`
+//! value ([`crate::endpoint::grouping`]), once, here, before they are queued (where
+//! DataKit groups, in `Dataway.Write`): every endpoint of the part sends each group in
+//! bodies of its own with that header.
+//!
 //! Memory is bounded by one byte budget for everything accepted but not yet delivered
 //! (`max_pending_bytes`), plus each endpoint's queue length: when either is full a write is
 //! refused (`WriteError::Full`) and the ingest server answers 503 with `Retry-After`.
@@ -24,6 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::category::Category;
 use crate::config::DatawayConfig;
+use crate::endpoint::grouping::{Group, Grouper};
 use crate::endpoint::{
     ApiError, Batch, DrainReport, Endpoint, EndpointOptions, EndpointUrl, OpenCaches, StartError,
 };
@@ -54,6 +60,8 @@ pub struct Dataway {
     closed: AtomicBool,
     /// With `[dataway.wal]`: every accepted write is on disk before it is acknowledged.
     wal: Option<Arc<Wal>>,
+    /// With `enable_sinker`: groups each part's points by their `X-Global-Tags`.
+    grouper: Option<Grouper>,
 }
 
 /// How long a removed sinker's endpoints may take to deliver what they hold.
@@ -69,6 +77,8 @@ fn wal_failed(e: String) -> WriteError {
 struct Part<'a> {
     endpoints: &'a [Endpoint],
     points: Vec<Point>,
+    /// The runs of `points` sent with their own `X-Global-Tags` (empty: not grouped).
+    groups: Vec<Group>,
     charge: u32,
 }
 
@@ -95,7 +105,8 @@ impl Dataway {
             Arc::new(Sinkers::new(sinkers)),
             metrics,
             cfg.max_pending_bytes,
-        ))
+        )
+        .with_grouping(Grouper::from_config(cfg)))
     }
 
     /// A dataway over endpoints and sinkers already started, with a memory budget in bytes.
@@ -114,7 +125,14 @@ impl Dataway {
             budget_total: max_pending_bytes,
             closed: AtomicBool::new(false),
             wal: None,
+            grouper: None,
         }
+    }
+
+    /// Groups points for DataKit's server-side sinker routing (`enable_sinker`), or not.
+    pub fn with_grouping(mut self, grouper: Option<Grouper>) -> Dataway {
+        self.grouper = grouper;
+        self
     }
 
     /// Makes every write durable before it is acknowledged (see [`crate::wal`]).
@@ -273,21 +291,49 @@ impl Dataway {
         let split = sinker::split(set, category, points, &self.metrics);
         let mut parts: Vec<Part<'a>> = Vec::with_capacity(split.sunk.len() + 1);
         for (i, points) in split.sunk {
-            parts.push(self.part(set[i].endpoints(), points));
+            parts.extend(self.part(category, set[i].endpoints(), points));
         }
         if !split.rest.is_empty() {
-            parts.push(self.part(&self.endpoints, split.rest));
+            parts.extend(self.part(category, &self.endpoints, split.rest));
         }
         (parts, split.counts)
     }
 
-    fn part<'a>(&self, endpoints: &'a [Endpoint], points: Vec<Point>) -> Part<'a> {
+    /// The part of `points` for `endpoints`, grouped if `enable_sinker` is on; `None` when
+    /// grouping left no point to send.
+    fn part<'a>(
+        &self,
+        category: Category,
+        endpoints: &'a [Endpoint],
+        points: Vec<Point>,
+    ) -> Option<Part<'a>> {
+        let (points, groups) = match &self.grouper {
+            None => (points, Vec::new()),
+            Some(g) => {
+                let grouped = g.group(category, points);
+                if let Some((n, value)) = &grouped.invalid {
+                    tracing::warn!(%category, points = n, header = %g.header_name(), value = %value.escape_debug(), "points dropped: their routing keys' values hold a character an HTTP header cannot carry; set dataway.sinker_header_version = \"v2\" to send them URL-encoded");
+                    self.metrics
+                        .dropped_points_total
+                        .with_label_values(&[category.name(), "invalid_global_tags"])
+                        .inc_by(*n as u64);
+                }
+                self.metrics
+                    .grouped_request
+                    .observe(&[category.name()], grouped.groups.len() as f64);
+                (grouped.points, grouped.groups)
+            }
+        };
+        if points.is_empty() {
+            return None;
+        }
         let bytes: usize = points.iter().map(approx_size).sum();
-        Part {
+        Some(Part {
             endpoints,
             charge: bytes.clamp(1, u32::MAX as usize) as u32,
             points,
-        }
+            groups,
+        })
     }
 
     /// The budget a write takes: the size of every part, clamped so that even a write
@@ -365,8 +411,11 @@ fn enqueue(
             let c = (part.charge as usize).min(p.num_permits());
             p.split(c).expect("no more than held")
         };
-        let batch =
-            Arc::new(Batch::with_budget(category, part.points, share).with_wal(ticket.clone()));
+        let batch = Arc::new(
+            Batch::with_budget(category, part.points, share)
+                .with_groups(part.groups)
+                .with_wal(ticket.clone()),
+        );
         for slot in slots {
             slot.send(batch.clone());
         }

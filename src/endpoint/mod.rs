@@ -10,6 +10,7 @@
 //! [`Endpoint::join`] waits for the drain up to a deadline and then abandons what is left,
 //! counting it (`dataway_dropped_points_total{reason="shutdown"}`).
 
+pub mod grouping;
 mod request_builder;
 mod resend;
 
@@ -53,6 +54,9 @@ pub fn user_agent() -> String {
 pub struct Batch {
     pub category: Category,
     pub points: Vec<Point>,
+    /// With `enable_sinker`: the runs of `points` sent in bodies of their own, each with
+    /// its `X-Global-Tags` ([`grouping`]); empty otherwise.
+    pub groups: Vec<grouping::Group>,
     _budget: Option<OwnedSemaphorePermit>,
     /// The write's WAL entry, removed when every batch of the write is done with.
     _wal: Option<Arc<crate::wal::Ticket>>,
@@ -64,6 +68,7 @@ impl Batch {
         Batch {
             category,
             points,
+            groups: Vec::new(),
             _budget: None,
             _wal: None,
         }
@@ -78,6 +83,7 @@ impl Batch {
         Batch {
             category,
             points,
+            groups: Vec::new(),
             _budget: Some(permit),
             _wal: None,
         }
@@ -86,6 +92,12 @@ impl Batch {
     /// The write's WAL ticket: whoever still needs the write on disk holds a clone.
     pub fn wal(&self) -> Option<Arc<crate::wal::Ticket>> {
         self._wal.clone()
+    }
+
+    /// Sends `points` in these runs (from [`grouping::Grouper::group`]).
+    pub fn with_groups(mut self, groups: Vec<grouping::Group>) -> Batch {
+        self.groups = groups;
+        self
     }
 
     /// Holds `ticket` until the batch is dropped (its WAL entry outlives the batch).
@@ -523,8 +535,10 @@ async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
     }
     let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
     let b = batch.clone();
-    let Ok(bodies) =
-        tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip)).await
+    let Ok(bodies) = tokio::task::spawn_blocking(move || {
+        grouping::bodies(&b.points, &b.groups, |p| build_bodies(p, max_raw, gzip))
+    })
+    .await
     else {
         return false;
     };
@@ -593,14 +607,14 @@ async fn deliver(
     let max_raw = shared.opts.max_raw_body_size;
     // Encoding and gzip are CPU work: keep them off the async workers.
     let b = batch.clone();
-    let bodies =
-        match tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip)).await {
-            Ok(bodies) => bodies,
-            Err(e) => {
-                tracing::error!(endpoint = %shared.label, error = %e, "encoding a batch failed");
-                return;
-            }
-        };
+    let encode = move || grouping::bodies(&b.points, &b.groups, |p| build_bodies(p, max_raw, gzip));
+    let bodies = match tokio::task::spawn_blocking(encode).await {
+        Ok(bodies) => bodies,
+        Err(e) => {
+            tracing::error!(endpoint = %shared.label, error = %e, "encoding a batch failed");
+            return;
+        }
+    };
     // The points can go (their memory budget returns now); the WAL entry must stay until
     // the bodies are delivered or in the fail-cache.
     let _wal = batch.wal();
@@ -677,6 +691,9 @@ fn write_request(shared: &Shared, category: Category, body: &Body, from_cache: b
         HeaderName::from_static("x-points"),
         HeaderValue::from(body.points),
     );
+    for (name, value) in &body.headers {
+        headers.insert(name.clone(), value.clone());
+    }
     Request {
         method: Method::POST,
         url,

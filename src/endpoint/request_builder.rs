@@ -23,6 +23,9 @@ pub struct Body {
     pub points: usize,
     /// Whether `payload` is gzip.
     pub gzipped: bool,
+    /// Headers the body travels with, through retries and the fail-cache (the
+    /// `X-Global-Tags` of an `enable_sinker` group: see `grouping`).
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
 }
 
 /// Encodes `points` as line protocol, cut into bodies before `max_raw` bytes. A single
@@ -74,6 +77,7 @@ fn finish(raw: &[u8], points: usize, gzip: bool) -> Body {
         raw_len: raw.len(),
         points,
         gzipped: gzip,
+        headers: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 
+use reqwest::header::{HeaderName, HeaderValue};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -97,13 +98,24 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
     let Some(cache) = shared.cache.get().cloned() else {
         return false;
     };
+    let headers = body
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                bytes::Bytes::copy_from_slice(v.as_bytes()),
+            )
+        })
+        .collect();
     let record = Record::new(
         category,
         body.gzipped,
         body.points as u64,
         body.payload.clone(),
     )
-    .sunk(shared.opts.sinker.is_some());
+    .sunk(shared.opts.sinker.is_some())
+    .with_headers(headers);
     let c = cache.clone();
     let error = match tokio::task::spawn_blocking(move || c.cache.push(&record)).await {
         Ok(Ok(())) => {
@@ -192,6 +204,7 @@ pub(super) async fn run(
             raw_len: 0,
             points: record.points as usize,
             gzipped: record.gzipped,
+            headers: stored_headers(&shared.label, &record),
         };
         let path = record.category.write_path();
         let req = write_request(&shared, record.category, &body, true);
@@ -242,4 +255,22 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// The headers a record was stored with, as sent the first time. The record's checksum
+/// vouches for them; one that is not a valid header anyway is logged and left out.
+fn stored_headers(endpoint: &str, record: &Record) -> Vec<(HeaderName, HeaderValue)> {
+    record
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_bytes(v)) {
+                (Ok(k), Ok(v)) => Some((k, v)),
+                _ => {
+                    tracing::error!(%endpoint, header = %k, "fail-cache record holds an invalid header; resent without it");
+                    None
+                }
+            }
+        })
+        .collect()
 }

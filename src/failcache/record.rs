@@ -6,6 +6,13 @@
 //!  flags: u8 | category length: u8 | category name | payload`. Flags: bit 0 gzipped,
 //! bit 1 sunk (the body was a sinker's); the first records written had only bit 0, so
 //! they read as not sunk, which is what they were unless a sinker stored them.
+//!
+//! Version 2, only for a body that travels with headers of its own (the `X-Global-Tags`
+//! of an `enable_sinker` group), so that its resend carries them: version 1's layout with
+//! `header count: u8 | per header: name length: u8 | name | value length: u32 | value`
+//! between the category name and the payload. Bodies without such headers are still
+//! written as version 1, byte for byte; a binary that knows only version 1 skips a
+//! version-2 record as damaged rather than sending it without its routing header.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,6 +21,8 @@ use bytes::Bytes;
 use crate::category::Category;
 
 const VERSION: u8 = 1;
+/// Version 1 plus the body's own headers.
+const VERSION_HEADERS: u8 = 2;
 const FIXED: usize = 1 + 4 + 8 + 8 + 1 + 1;
 
 /// A body waiting to be resent.
@@ -31,6 +40,8 @@ pub struct Record {
     pub created_ms: i64,
     /// The body, byte for byte as first sent.
     pub payload: Bytes,
+    /// Headers of its own the body was sent with, resent with it (names in lower case).
+    pub headers: Vec<(String, Bytes)>,
 }
 
 /// A record read back.
@@ -50,7 +61,15 @@ impl Record {
             points,
             created_ms: now_ms(),
             payload,
+            headers: Vec::new(),
         }
+    }
+
+    /// The headers of its own the body was sent with (see [`Record::headers`]). At most
+    /// 255, names up to 255 bytes: HTTP headers of a body are far below both.
+    pub fn with_headers(mut self, headers: Vec<(String, Bytes)>) -> Record {
+        self.headers = headers;
+        self
     }
 
     /// Marks the record as a sinker's body (see [`Record::sunk`]).
@@ -67,13 +86,29 @@ impl Record {
     pub fn encode(&self) -> Vec<u8> {
         let name = self.category.name().as_bytes();
         let mut out = Vec::with_capacity(FIXED + name.len() + self.payload.len());
-        out.push(VERSION);
+        let version = if self.headers.is_empty() {
+            VERSION
+        } else {
+            VERSION_HEADERS
+        };
+        out.push(version);
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.created_ms.to_le_bytes());
         out.extend_from_slice(&self.points.to_le_bytes());
         out.push(u8::from(self.gzipped) | (u8::from(self.sunk) << 1));
         out.push(name.len() as u8);
         out.extend_from_slice(name);
+        if version == VERSION_HEADERS {
+            let headers = &self.headers[..self.headers.len().min(255)];
+            out.push(headers.len() as u8);
+            for (k, v) in headers {
+                let k = &k.as_bytes()[..k.len().min(255)];
+                out.push(k.len() as u8);
+                out.extend_from_slice(k);
+                out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                out.extend_from_slice(v);
+            }
+        }
         out.extend_from_slice(&self.payload);
         let crc = crc32fast::hash(&out[5..]);
         out[1..5].copy_from_slice(&crc.to_le_bytes());
@@ -85,7 +120,7 @@ impl Record {
         if b.len() < FIXED {
             return bad("truncated");
         }
-        if b[0] != VERSION {
+        if b[0] != VERSION && b[0] != VERSION_HEADERS {
             return Decoded::Corrupt(format!("unknown record version {}", b[0]));
         }
         let crc = u32::from_le_bytes(b[1..5].try_into().expect("4 bytes"));
@@ -105,13 +140,41 @@ impl Record {
         else {
             return bad("unknown category");
         };
+        let mut at = FIXED + n;
+        let mut headers = Vec::new();
+        if b[0] == VERSION_HEADERS {
+            let Some(&count) = b.get(at) else {
+                return bad("truncated headers");
+            };
+            at += 1;
+            for _ in 0..count {
+                let Some(&kn) = b.get(at) else {
+                    return bad("truncated headers");
+                };
+                let k = at + 1;
+                let Some(vn) = b.get(k + kn as usize..k + kn as usize + 4) else {
+                    return bad("truncated headers");
+                };
+                let v = k + kn as usize + 4;
+                let vn = u32::from_le_bytes(vn.try_into().expect("4 bytes")) as usize;
+                let (Ok(name), Some(value)) = (
+                    std::str::from_utf8(&b[k..k + kn as usize]),
+                    b.get(v..v.saturating_add(vn)),
+                ) else {
+                    return bad("bad header");
+                };
+                headers.push((name.to_string(), Bytes::copy_from_slice(value)));
+                at = v + vn;
+            }
+        }
         Decoded::Ok(Record {
             category,
             gzipped,
             sunk,
             points,
             created_ms,
-            payload: Bytes::copy_from_slice(&b[FIXED + n..]),
+            payload: Bytes::copy_from_slice(&b[at..]),
+            headers,
         })
     }
 }
@@ -135,9 +198,19 @@ mod tests {
         )
     }
 
+    fn with_global_tags() -> Record {
+        sample().with_headers(vec![
+            (
+                "x-global-tags".into(),
+                Bytes::from_static(b"app=a,category=logging"),
+            ),
+            ("x-empty".into(), Bytes::new()),
+        ])
+    }
+
     #[test]
     fn round_trips() {
-        for r in [sample(), sample().sunk(true)] {
+        for r in [sample(), sample().sunk(true), with_global_tags().sunk(true)] {
             match Record::decode(&r.encode()) {
                 Decoded::Ok(back) => assert_eq!(back, r),
                 Decoded::Corrupt(why) => panic!("{why}"),
@@ -171,11 +244,24 @@ mod tests {
         }
     }
 
+    /// Only a body with headers of its own needs version 2: the others stay readable by a
+    /// binary that knows version 1 only.
+    #[test]
+    fn version_2_only_for_bodies_with_headers() {
+        assert_eq!(sample().encode()[0], 1);
+        assert_eq!(with_global_tags().encode()[0], 2);
+    }
+
     #[test]
     fn any_flipped_byte_or_truncation_is_detected() {
-        let good = sample().encode();
+        for good in [sample().encode(), with_global_tags().encode()] {
+            flipped_or_truncated_is_corrupt(&good);
+        }
+    }
+
+    fn flipped_or_truncated_is_corrupt(good: &[u8]) {
         for i in 0..good.len() {
-            let mut b = good.clone();
+            let mut b = good.to_vec();
             b[i] ^= 0x40;
             assert!(
                 matches!(Record::decode(&b), Decoded::Corrupt(_)),

@@ -33,12 +33,16 @@ pub struct Metrics {
     pub not_sink_point_total: IntCounterVec,
     /// `datakit_io_flush_failcache_bytes{category}`: gzipped bytes resent from the fail-cache.
     pub failcache_bytes: SummaryVec,
+    /// `datakit_io_grouped_request{category}`: with `enable_sinker`, the number of
+    /// `X-Global-Tags` groups of each batch (DataKit observes it once per write).
+    pub grouped_request: SummaryVec,
     /// `dataway_ingest_requests_total{category,code}`: write requests by HTTP answer code.
     pub ingest_requests_total: IntCounterVec,
     /// `dataway_ingest_points_total{category}`: points accepted by the ingest server.
     pub ingest_points_total: IntCounterVec,
     /// `dataway_dropped_points_total{category,reason}`: points given up on, by why
-    /// (`rejected`: a 4xx answer; `retries_exhausted`; `shutdown`; `file_error`).
+    /// (`rejected`: a 4xx answer; `retries_exhausted`; `shutdown`; `file_error`;
+    /// `invalid_global_tags`: an `X-Global-Tags` value a header cannot carry).
     pub dropped_points_total: IntCounterVec,
     /// `dataway_queue_batches{endpoint}`: batches waiting in an endpoint's queue.
     pub queue_batches: IntGaugeVec,
@@ -134,6 +138,11 @@ impl Metrics {
             failcache_bytes: summary(
                 "datakit_io_flush_failcache_bytes",
                 "IO flush fail-cache bytes (in gzip) summary",
+                &["category"],
+            ),
+            grouped_request: summary(
+                "datakit_io_grouped_request",
+                "Grouped requests under sinker",
                 &["category"],
             ),
             ingest_requests_total: counter(
