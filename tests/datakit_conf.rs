@@ -150,6 +150,8 @@ fn check_of_a_current_datakit_conf_lists_mapped_and_ignored_keys() {
         "mapped: `dataway.max_retry_count = 1` (DataKit: attempts) → 0 retries",
         "mapped: `http_api.listen = \"localhost:0\"` → `ingest.listen = \"127.0.0.1:0\"`",
         "mapped: `dataway.wal.max_capacity_gb = 2` → `dataway.fail_cache.max_capacity = 2147483648`",
+        "mapped: `[global_host_tags]` keys `host`, `ip` → `dataway.global_tag_keys`",
+        "mapped: `[election.tags]` is empty",
         "ignored: `dataway.enable_httptrace` is ignored",
         "ignored: `dataway.ntp` is ignored",
         "ignored: DataKit's other settings are ignored",
@@ -158,14 +160,21 @@ fn check_of_a_current_datakit_conf_lists_mapped_and_ignored_keys() {
     ] {
         assert_eq!(count(&out, line), 1, "{line:?} once in:\n{out}");
     }
+    let summary = out
+        .lines()
+        .find(|l| l.contains("DataKit's other settings are ignored"))
+        .unwrap();
     for section in [
         "`point_pool`",
         "`remote_job`",
         "`resource_limit`",
         "`logging`",
+        "`election (all but `tags`)`",
     ] {
-        assert!(out.contains(section), "{section} not listed:\n{out}");
+        assert!(summary.contains(section), "{section} not listed:\n{out}");
     }
+    // Mapped, so not among the ignored.
+    assert!(!summary.contains("`global_host_tags`"), "{summary}");
     assert!(!out.contains("tkn_main0000"), "token shown:\n{out}");
 }
 
@@ -255,4 +264,70 @@ fn the_readme_migration_excerpt_is_part_of_a_tested_fixture() {
         "README's excerpt is not verbatim in tests/fixtures/datakit/datakit-1.6.conf:\n{}",
         excerpt.join("\n")
     );
+}
+
+/// A current `datakit.conf` with `enable_sinker = true`: the keys of its `[global_host_tags]`
+/// (`host`, `ip`) and of `ENV_GLOBAL_HOST_TAGS` group the points, each group in bodies of its
+/// own with DataKit's `X-Global-Tags`.
+#[tokio::test(flavor = "multi_thread")]
+async fn enable_sinker_groups_by_the_global_host_tag_keys_of_file_and_environment() {
+    let main = MockDataway::start().await;
+    let file = install("datakit-1.8x.conf", &[main.addr.to_string()], false);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let on = "enable_sinker        = true # disable sinker";
+    let text = text.replace("enable_sinker        = false # disable sinker", on);
+    assert!(text.contains(on));
+    std::fs::write(&file, text).unwrap();
+    let daemon = DaemonProcess::start(&file, &[("ENV_GLOBAL_HOST_TAGS", "cluster=c1")]);
+    let metrics = [
+        "cpu,host=h1,ip=10.0.0.1 usage=1i 1700000000000000000",
+        "cpu,cluster=c1,host=h1,ip=10.0.0.1 usage=2i 1700000000000000000",
+        "cpu,host=h2,other=x usage=3i 1700000000000000000",
+        "cpu,other=y usage=4i 1700000000000000000",
+        "mem,host=h2 used=5i 1700000000000000000",
+    ]
+    .join("\n");
+    assert_eq!(daemon.post("metric", metrics).await, 200);
+    assert!(main.wait_points(5, WAIT).await, "{}", daemon.log());
+    let mut got: Vec<(Option<String>, usize)> = main
+        .requests()
+        .iter()
+        .map(|r| (r.header("x-global-tags").map(String::from), r.x_points()))
+        .collect();
+    got.sort();
+    let want: Vec<(Option<String>, usize)> = [
+        ("", 1),
+        ("cluster=c1,host=h1,ip=10.0.0.1", 1),
+        ("host=h1,ip=10.0.0.1", 1),
+        ("host=h2", 2),
+    ]
+    .into_iter()
+    .map(|(h, n)| (Some(h.to_string()), n))
+    .collect();
+    assert_eq!(got, want, "{}", daemon.log());
+}
+
+/// `tls_insecure` (the file's, or DataKit's `ENV_DATAWAY_TLS_INSECURE`) is warned about at
+/// start by the real daemon; without it, no such warning.
+#[test]
+fn tls_insecure_is_warned_about_at_start() {
+    let warning = "dataway.tls_insecure is on";
+    let url = "http://127.0.0.1:9?token=tkn_x".to_string();
+    for (extra, env) in [
+        ("tls_insecure = true\n", &[][..]),
+        ("", &[("ENV_DATAWAY_TLS_INSECURE", "1")][..]),
+    ] {
+        let file = common::config_file(std::slice::from_ref(&url), extra, "");
+        let daemon = DaemonProcess::start(&file, env);
+        let log = daemon
+            .wait_log(WAIT, |l| l.contains(warning).then(|| l.to_string()))
+            .unwrap_or_else(|| panic!("no warning ({extra:?} {env:?}):\n{}", daemon.log()));
+        assert_eq!(count(&log, warning), 1, "{extra:?} {env:?}:\n{log}");
+        assert!(log.contains("NOT") && log.contains("tls_ca_file"), "{log}");
+    }
+    let file = common::config_file(&[url], "", "");
+    let daemon = DaemonProcess::start(&file, &[]);
+    // It would come before "ingest server listening", which `start` has waited for.
+    let log = daemon.log();
+    assert_eq!(count(&log, warning), 0, "{log}");
 }

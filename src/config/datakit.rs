@@ -107,7 +107,6 @@ const DATAKIT_ONLY_DATAWAY: &[&str] = &[
     "ip_family_policy",
     "ipv4_fallback_delay",
     "payload_obfuscation",
-    "sinker_header_version",
     "drop_expired_package_at",
 ];
 
@@ -152,10 +151,6 @@ const IGNORED_DATAWAY: &[(&str, &str)] = &[
     (
         "payload_obfuscation",
         "bodies are sent plain (gzipped when `gzip` is on), which Dataway accepts",
-    ),
-    (
-        "sinker_header_version",
-        "the `X-Global-Tags` header (version 1) is sent, which Dataway accepts",
     ),
 ];
 
@@ -223,6 +218,7 @@ pub fn translate(root: &mut Table) -> Result<Notes, ConfigError> {
     };
     let dk = notes.dialect.is_some();
     let mut others = Vec::new();
+    let mut tag_keys = Vec::new();
     let keys: Vec<String> = root.keys().cloned().collect();
     for k in keys {
         match k.as_str() {
@@ -230,6 +226,21 @@ pub fn translate(root: &mut Table) -> Result<Notes, ConfigError> {
             "log" if root[&k].is_table() => {}
             "http_api" => http_api(root, &mut notes, &mut others)?,
             "sinks" => sinks(root, &mut notes)?,
+            "global_host_tags" | "global_tags" | "global_env_tags" => {
+                let table = root.remove(&k).expect("a key of root");
+                tag_keys.extend(tag_table_keys(&k, &table, &mut notes)?);
+            }
+            "election" => {
+                let Some(Value::Table(mut election)) = root.remove(&k) else {
+                    return Err(invalid("election", "must be a table ([election])"));
+                };
+                if let Some(tags) = election.remove("tags") {
+                    tag_keys.extend(tag_table_keys("election.tags", &tags, &mut notes)?);
+                }
+                if !election.is_empty() {
+                    others.push("election (all but `tags`)".to_string());
+                }
+            }
             _ if k == "log" || DATAKIT_TOP_LEVEL.contains(&k.as_str()) => {
                 root.remove(&k);
                 others.push(k);
@@ -249,10 +260,72 @@ pub fn translate(root: &mut Table) -> Result<Notes, ConfigError> {
                 .join(", ")
         ));
     }
+    if !tag_keys.is_empty() {
+        let d = sub_table(root, "dataway", "dataway")?;
+        let list = d
+            .entry("global_tag_keys")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        let Value::Array(list) = list else {
+            return Err(invalid(
+                "dataway.global_tag_keys",
+                "must be an array of key names",
+            ));
+        };
+        for k in tag_keys {
+            if !list.iter().any(|v| v.as_str() == Some(&k)) {
+                list.push(Value::String(k));
+            }
+        }
+    }
     if let Some(Value::Table(d)) = root.get_mut("dataway") {
         dataway(d, dk, &mut notes)?;
     }
     Ok(notes)
+}
+
+/// The keys of one of DataKit's global tag tables (`[global_host_tags]`, its old name
+/// `[global_tags]`, `[election.tags]` and its old name `global_env_tags`). DataKit hands
+/// these tables to its Dataway as its global tags (`config/dataway.go`: `WithGlobalTags(
+/// GlobalHostTags, Election.Tags)`; its upgrade moves the old names there), and with
+/// `enable_sinker` a point's values of their keys label its group. Only the keys are used
+/// here: the values (`$datakit_hostname`, …) are what DataKit adds to the points it
+/// collects, and this daemon adds no tags to points.
+fn tag_table_keys(key: &str, table: &Value, notes: &mut Notes) -> Result<Vec<String>, ConfigError> {
+    let Value::Table(t) = table else {
+        return Err(invalid(
+            key,
+            format!("must be a table of tags ([{key}] with lines like `project = \"p1\"`)"),
+        ));
+    };
+    let keys: Vec<String> = t.keys().cloned().collect();
+    if keys.is_empty() {
+        notes.map(format!("`[{key}]` is empty: no global tag keys from it"));
+    } else {
+        notes.map(format!(
+            "`[{key}]` keys {} → `dataway.global_tag_keys` (they group points with `enable_sinker`)",
+            keys.iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(keys)
+}
+
+/// DataKit's `ParseGlobalTags` (`config/conf.go`) for `ENV_GLOBAL_HOST_TAGS` and its
+/// kin: `k=v,k=v`, each part split at `=`, a part without exactly one `=` skipped with a
+/// warning, keys taken as written (not trimmed). Returns the keys.
+pub fn global_tag_keys_from_env(var: &str, value: &str, notes: &mut Notes) -> Vec<String> {
+    let mut keys = Vec::new();
+    for part in value.split(',') {
+        match part.split('=').collect::<Vec<_>>()[..] {
+            [k, _] if !k.is_empty() => keys.push(k.to_string()),
+            _ => notes.ignored.push(format!(
+                "environment variable `{var}`: `{part}` is not `key=value` and is ignored (as DataKit does)"
+            )),
+        }
+    }
+    keys
 }
 
 /// `[http_api] listen` becomes the ingest address; the rest of `[http_api]` is DataKit's
@@ -299,7 +372,7 @@ fn http_api(
 
 /// DataKit's listen address: `host:port` with a name (`localhost:9529`), an IP
 /// (`0.0.0.0:9529`, `[::]:9529`), or a Unix socket path (not offered here).
-fn listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+pub(super) fn listen_addr(s: &str) -> Result<std::net::SocketAddr, String> {
     use std::net::ToSocketAddrs;
     let s = s.trim();
     if s.starts_with('/') {
@@ -429,15 +502,36 @@ fn dataway(d: &mut Table, dk: bool, notes: &mut Notes) -> Result<(), ConfigError
             d.remove(k);
         }
     }
+    // DataKit's daemon reads only `timeout_v2` (`Dataway.HTTPTimeout`); the deprecated
+    // `timeout` is read by its installer alone, which converts it to `timeout_v2` on
+    // upgrade. Here `timeout` is our own key, so alone it is used; next to `timeout_v2`
+    // it is ignored, as DataKit's daemon ignores it.
     if let Some(v) = d.remove("timeout_v2") {
         if d.contains_key("timeout") {
-            notes.map(
-                "`dataway.timeout_v2` → `dataway.timeout` (it wins over the deprecated `timeout`)",
+            notes.ignore(
+                "dataway.timeout",
+                "`timeout_v2` is given too, and DataKit uses `timeout_v2` (its installer alone reads the deprecated `timeout`)",
             );
-        } else {
-            notes.map("`dataway.timeout_v2` → `dataway.timeout`");
         }
+        notes.map("`dataway.timeout_v2` → `dataway.timeout`");
         d.insert("timeout".into(), v);
+    }
+    // DataKit: `v2` is `X-Global-Tags-V2`, anything else `X-Global-Tags`; "" is unset.
+    match d.get("sinker_header_version") {
+        Some(v) if is_empty_string(v) => {
+            d.remove("sinker_header_version");
+        }
+        Some(Value::String(s)) if s == "v1" || s == "v2" => {}
+        Some(v) => {
+            return Err(invalid(
+                "dataway.sinker_header_version",
+                format!(
+                    "{v}: give \"v1\" (X-Global-Tags: k=v,…) or \"v2\" (X-Global-Tags-V2, \
+                     keys and values URL-encoded); DataKit would silently send v1"
+                ),
+            ));
+        }
+        None => {}
     }
     if let Some(v) = d.remove("url") {
         let has_urls = d

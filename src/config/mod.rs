@@ -392,8 +392,9 @@ impl Config {
     /// `ENV_DATAWAY_RETRY_DELAY`, `ENV_DATAWAY_TLS_INSECURE`, `ENV_DATAWAY_CONTENT_ENCODING`,
     /// `ENV_DATAWAY_DISABLE_GZIP`, `ENV_DATAWAY_MAX_RAW_BODY_SIZE`,
     /// `ENV_DATAWAY_ENABLE_SINKER`, `ENV_SINKER_GLOBAL_CUSTOMER_KEYS`, `ENV_SINKER` (sinkers
-    /// appended to the file's), the WAL ones onto the fail-cache, and warns about the ones
-    /// with no meaning here. DataKit's switches are on for any non-empty value. A bad value
+    /// appended to the file's), the WAL ones onto the fail-cache, `ENV_HTTP_LISTEN` (the
+    /// ingest address), the global tag ones (`ENV_GLOBAL_HOST_TAGS`, …) whose keys join
+    /// `global_tag_keys`, and warns about the ones with no meaning here. DataKit's switches are on for any non-empty value. A bad value
     /// is an error naming the variable, not the key it replaces.
     pub fn apply_env_noted(
         &mut self,
@@ -401,7 +402,58 @@ impl Config {
         notes: &mut Notes,
     ) -> Result<(), ConfigError> {
         let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        // DataKit's `[http_api] listen` (`config/env.go`, `loadHTTPAPIEnvs`).
+        if let Some(v) = get("ENV_HTTP_LISTEN") {
+            let addr = datakit::listen_addr(&v).map_err(|e| env_error("ENV_HTTP_LISTEN", e))?;
+            notes.mapped.push(format!(
+                "`ENV_HTTP_LISTEN = \"{v}\"` → `ingest.listen = \"{addr}\"`"
+            ));
+            self.ingest.listen = addr;
+        }
         let d = &mut self.dataway;
+        // DataKit's global tags from the environment (`config/env.go`, `LoadEnvs` and
+        // `loadElectionEnvs`), added to the file's: the first set of each pair (the second
+        // is the deprecated name); the election ones only with `ENV_ENABLE_ELECTION`, which
+        // also brings `election_namespace` with `ENV_ENABLE_ELECTION_NAMESPACE_TAG`;
+        // `ENV_CLUSTER_NAME_K8S` adds `cluster_name_k8s`. Their keys group points with
+        // `enable_sinker`, as the file's `[global_host_tags]` keys do.
+        let mut tag_keys = Vec::new();
+        let mut tag_env = |pair: [&'static str; 2], notes: &mut Notes| {
+            if let Some((var, v)) = pair.iter().find_map(|var| get(var).map(|v| (*var, v))) {
+                let keys = datakit::global_tag_keys_from_env(var, &v, notes);
+                notes.mapped.push(format!(
+                    "`{var}` keys {} → `dataway.global_tag_keys`",
+                    keys.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                tag_keys.extend(keys);
+            }
+        };
+        tag_env(["ENV_GLOBAL_HOST_TAGS", "ENV_GLOBAL_TAGS"], notes);
+        if get("ENV_ENABLE_ELECTION").is_some() {
+            tag_env(["ENV_GLOBAL_ELECTION_TAGS", "ENV_GLOBAL_ENV_TAGS"], notes);
+            if get("ENV_ENABLE_ELECTION_NAMESPACE_TAG").is_some() {
+                tag_keys.push("election_namespace".to_string());
+                notes.mapped.push(
+                    "`ENV_ENABLE_ELECTION_NAMESPACE_TAG` → `election_namespace` in `dataway.global_tag_keys`"
+                        .to_string(),
+                );
+            }
+        }
+        if get("ENV_CLUSTER_NAME_K8S").is_some() {
+            tag_keys.push("cluster_name_k8s".to_string());
+            notes.mapped.push(
+                "`ENV_CLUSTER_NAME_K8S` → `cluster_name_k8s` in `dataway.global_tag_keys`"
+                    .to_string(),
+            );
+        }
+        for k in tag_keys {
+            if !d.global_tag_keys.contains(&k) {
+                d.global_tag_keys.push(k);
+            }
+        }
         if let Some(v) = get("ENV_DATAWAY") {
             let urls: Vec<String> = v
                 .split(',')
@@ -543,6 +595,10 @@ impl Config {
             (
                 "ENV_DATAWAY_WAL_NO_DROP_CATEGORIES",
                 "a full fail-cache drops its oldest bodies whatever their category",
+            ),
+            (
+                "ENV_HTTP_LISTEN_SOCKET",
+                "ingest listens on TCP only (`ingest.listen`, `ENV_HTTP_LISTEN`)",
             ),
         ] {
             if get(var).is_some() {

@@ -573,6 +573,7 @@ fn datakit_dataway_keys_map_onto_ours() {
         drop_expired_package_at = "24h"
         global_customer_keys = ["project"]
         enable_sinker = true
+        sinker_header_version = "v2"
         [dataway.ntp]
         interval = "5m"
         diff = "30s"
@@ -598,6 +599,7 @@ fn datakit_dataway_keys_map_onto_ours() {
     assert_eq!(d.content_encoding, ContentEncoding::V2);
     assert!(d.tls_insecure && d.enable_sinker);
     assert_eq!(d.global_customer_keys, vec!["project"]);
+    assert_eq!(d.sinker_header_version, SinkerHeaderVersion::V2);
     assert_eq!(d.fail_cache.drop_expired_after, Duration::from_secs(86_400));
     assert_eq!(d.fail_cache.max_capacity, 1 << 29);
     assert_eq!(d.fail_cache.path, PathBuf::from("/var/cache/dw-wal"));
@@ -616,13 +618,14 @@ fn datakit_dataway_keys_map_onto_ours() {
     );
     let ignored = notes.ignored.join("\n");
     for key in [
+        "dataway.timeout",
         "dataway.enable_httptrace",
         "dataway.ntp",
         "dataway.wal.workers",
     ] {
         assert_eq!(ignored.matches(&format!("`{key}`")).count(), 1, "{ignored}");
     }
-    assert_eq!(notes.ignored.len(), 3, "{ignored}");
+    assert_eq!(notes.ignored.len(), 4, "{ignored}");
     cfg.validate().unwrap();
 }
 
@@ -804,4 +807,224 @@ fn datakit_environment_variables_apply_over_the_file() {
     let bad = |k: &str| (k == "ENV_SINKER").then(|| "{not json".to_string());
     let err = Config::default().apply_env(bad).unwrap_err().to_string();
     assert!(err.contains("ENV_SINKER"), "{err}");
+}
+
+/// DataKit's daemon reads only `timeout_v2`; the deprecated `timeout` (read by its
+/// installer alone) is used here when it is the only one, as our own key.
+#[test]
+fn timeout_alone_is_used_and_timeout_v2_wins_over_it() {
+    let dk = |dataway: &str| {
+        Config::from_toml_noted(
+            &format!("protect_mode = true\n[dataway]\nurls = [\"file://x\"]\n{dataway}"),
+            "test",
+        )
+        .unwrap()
+    };
+    let (cfg, notes) = dk("timeout = \"7s\"\n");
+    assert_eq!(cfg.dataway.timeout, Duration::from_secs(7));
+    assert!(
+        !notes.ignored.join("\n").contains("dataway.timeout"),
+        "{notes:?}"
+    );
+    let (cfg, notes) = dk("timeout = \"7s\"\ntimeout_v2 = \"9s\"\n");
+    assert_eq!(cfg.dataway.timeout, Duration::from_secs(9));
+    let ignored = notes.ignored.join("\n");
+    assert!(
+        ignored.contains("`dataway.timeout` is ignored") && ignored.contains("timeout_v2"),
+        "{ignored}"
+    );
+    let (cfg, _) = dk("timeout_v2 = \"9s\"\ntimeout = \"\"\n");
+    assert_eq!(cfg.dataway.timeout, Duration::from_secs(9));
+}
+
+/// `sinker_header_version`: `v1`/`v2` as DataKit writes them; "" is unset; anything else
+/// (which DataKit would silently read as v1) is an error naming the key.
+#[test]
+fn sinker_header_version_is_mapped_and_a_bad_one_is_an_error() {
+    let load = |v: &str| {
+        Config::from_toml(
+            &format!("protect_mode = true\n[dataway]\nsinker_header_version = {v}\n"),
+            "test",
+        )
+    };
+    assert_eq!(
+        load("\"v2\"").unwrap().dataway.sinker_header_version,
+        SinkerHeaderVersion::V2
+    );
+    assert_eq!(
+        load("\"\"").unwrap().dataway.sinker_header_version,
+        SinkerHeaderVersion::V1
+    );
+    for bad in ["\"V2\"", "\"v3\"", "2"] {
+        let err = load(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("dataway.sinker_header_version") && err.contains("\"v2\""),
+            "{bad}: {err}"
+        );
+    }
+    // In our own format too.
+    let cfg = Config::from_toml("[dataway]\nsinker_header_version = \"v2\"\n", "test").unwrap();
+    assert_eq!(cfg.dataway.sinker_header_version, SinkerHeaderVersion::V2);
+}
+
+/// The keys of `[global_host_tags]`, its old name `[global_tags]`, `[election.tags]` and
+/// its old name `global_env_tags` are DataKit's global tag keys: they become
+/// `global_tag_keys`, and those sections are mapped, not in the ignored-sections summary.
+#[test]
+fn datakit_global_tags_sections_become_global_tag_keys() {
+    let (cfg, notes) = Config::from_toml_noted(
+        r#"
+        protect_mode = true
+        [dataway]
+          urls = ["file://x"]
+          enable_sinker = true
+        [global_host_tags]
+          ip   = "$datakit_ip"
+          host = "$datakit_hostname"
+        [global_tags]
+          region = "eu"
+          host = "dup"
+        [global_env_tags]
+          zone = "z1"
+        [election]
+          enable = false
+          namespace = "default"
+          [election.tags]
+            project = "my-project"
+        "#,
+        "test",
+    )
+    .unwrap();
+    cfg.validate().unwrap();
+    let mut keys = cfg.dataway.global_tag_keys.clone();
+    keys.sort();
+    assert_eq!(keys, ["host", "ip", "project", "region", "zone"]);
+    let mapped = notes.mapped.join("\n");
+    for m in [
+        "`[global_host_tags]` keys `host`, `ip` → `dataway.global_tag_keys`",
+        "`[global_tags]` keys",
+        "`[global_env_tags]` keys `zone`",
+        "`[election.tags]` keys `project`",
+    ] {
+        assert!(mapped.contains(m), "{m:?} not in:\n{mapped}");
+    }
+    assert_eq!(notes.ignored.len(), 1, "{notes:?}");
+    let summary = &notes.ignored[0];
+    assert!(summary.contains("protect_mode"), "{summary}");
+    assert!(summary.contains("election (all but `tags`)"), "{summary}");
+    for mapped_section in ["global_host_tags", "global_tags", "global_env_tags"] {
+        assert!(
+            !summary.contains(&format!("`{mapped_section}`")),
+            "{summary}"
+        );
+    }
+
+    // `[election]` with only `tags` is all mapped; keys of our own file stay, once.
+    let (cfg, notes) = Config::from_toml_noted(
+        "[dataway]\nglobal_tag_keys = [\"project\", \"own\"]\n[election.tags]\nproject = \"p\"\n",
+        "test",
+    )
+    .unwrap();
+    assert_eq!(cfg.dataway.global_tag_keys, ["project", "own"]);
+    assert!(notes.ignored.is_empty(), "{notes:?}");
+
+    let err = Config::from_toml("global_host_tags = \"host=h\"\n", "test")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`global_host_tags`") && err.contains("table"),
+        "{err}"
+    );
+}
+
+/// DataKit's environment for the ingest address and the global tags, and its sinker
+/// routing switches, over the file exactly as DataKit parses them (`config/env.go`).
+#[test]
+fn datakit_listen_tags_and_routing_environment_apply_over_the_file() {
+    let file = r#"
+        protect_mode = true
+        [http_api]
+          listen = "localhost:9529"
+        [dataway]
+          urls = ["file://x"]
+          global_customer_keys = ["from_file"]
+          enable_sinker = false
+        [global_host_tags]
+          host = "$datakit_hostname"
+        "#;
+    let run = |vars: &[(&str, &str)]| {
+        let (mut cfg, mut notes) = Config::from_toml_noted(file, "test").unwrap();
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        cfg.apply_env_noted(env, &mut notes).map(|()| (cfg, notes))
+    };
+    let (cfg, notes) = run(&[
+        ("ENV_HTTP_LISTEN", "0.0.0.0:19529"),
+        ("ENV_DATAWAY_ENABLE_SINKER", "on"),
+        ("ENV_SINKER_GLOBAL_CUSTOMER_KEYS", " project, ,cluster ,"),
+        // The first of a pair that is set wins (the second is the deprecated name).
+        ("ENV_GLOBAL_HOST_TAGS", "cluster=c1,bad,=x,zone=z"),
+        ("ENV_GLOBAL_TAGS", "old=o"),
+        // Without ENV_ENABLE_ELECTION DataKit reads no election variable.
+        ("ENV_GLOBAL_ELECTION_TAGS", "elected=e"),
+        ("ENV_ENABLE_ELECTION_NAMESPACE_TAG", "1"),
+        ("ENV_CLUSTER_NAME_K8S", "k8s-1"),
+        ("ENV_HTTP_LISTEN_SOCKET", "/var/run/datakit/datakit.sock"),
+    ])
+    .unwrap();
+    cfg.validate().unwrap();
+    let d = &cfg.dataway;
+    assert_eq!(cfg.ingest.listen.to_string(), "0.0.0.0:19529");
+    assert!(d.enable_sinker);
+    assert_eq!(
+        d.global_customer_keys,
+        ["project", "cluster"],
+        "replaced, trimmed"
+    );
+    assert_eq!(
+        d.global_tag_keys,
+        ["host", "cluster", "zone", "cluster_name_k8s"]
+    );
+    let ignored = notes.ignored.join("\n");
+    for w in [
+        "`ENV_GLOBAL_HOST_TAGS`: `bad` is not `key=value`",
+        "`ENV_GLOBAL_HOST_TAGS`: `=x` is not `key=value`",
+        "`ENV_HTTP_LISTEN_SOCKET` is ignored",
+    ] {
+        assert!(ignored.contains(w), "{w:?} not in:\n{ignored}");
+    }
+    let mapped = notes.mapped.join("\n");
+    assert!(
+        mapped.contains("`ENV_HTTP_LISTEN = \"0.0.0.0:19529\"` → `ingest.listen"),
+        "{mapped}"
+    );
+
+    let (cfg, _) = run(&[
+        ("ENV_ENABLE_ELECTION", "1"),
+        ("ENV_GLOBAL_ENV_TAGS", "env_old=1"),
+        ("ENV_ENABLE_ELECTION_NAMESPACE_TAG", "1"),
+        ("ENV_GLOBAL_TAGS", "old=o"),
+    ])
+    .unwrap();
+    assert_eq!(
+        cfg.dataway.global_tag_keys,
+        ["host", "old", "env_old", "election_namespace"]
+    );
+    assert!(
+        !cfg.dataway.enable_sinker,
+        "the file's, without the variable"
+    );
+    assert_eq!(cfg.dataway.global_customer_keys, ["from_file"]);
+    assert_eq!(cfg.ingest.listen.to_string(), "127.0.0.1:9529");
+
+    let err = run(&[("ENV_HTTP_LISTEN", "/tmp/dk.sock")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ENV_HTTP_LISTEN") && err.contains("Unix socket"),
+        "{err}"
+    );
 }
