@@ -33,7 +33,7 @@ use crate::httpcli::{self, HttpCli, HttpOptions, Outcome, Request, Response};
 use crate::metrics::{Metrics, status_label};
 use crate::point::Point;
 
-pub use request_builder::{Body, build_bodies};
+pub use request_builder::{Body, build_bodies, content_type};
 pub use resend::OpenCaches;
 pub use url::{BadUrl, EndpointUrl, redact};
 
@@ -102,6 +102,9 @@ pub struct EndpointOptions {
     pub http: HttpOptions,
     pub gzip: bool,
     pub max_raw_body_size: usize,
+    /// Wire format of the bodies: line protocol (v1) or DataKit's protobuf (v2).
+    /// `file://` endpoints always write line protocol.
+    pub content_encoding: crate::config::ContentEncoding,
     pub workers: usize,
     pub queue_size: usize,
     /// The sinker this endpoint belongs to (`None`: a main endpoint). A sinker's
@@ -128,6 +131,7 @@ impl EndpointOptions {
             http: HttpOptions::from_config(d),
             gzip: d.gzip,
             max_raw_body_size: d.max_raw_body_size,
+            content_encoding: d.content_encoding,
             workers: d.workers,
             queue_size: d.queue_size,
             sinker: None,
@@ -485,9 +489,10 @@ async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
         return false;
     }
     let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
+    let encoding = shared.encoding();
     let b = batch.clone();
     let Ok(bodies) =
-        tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip)).await
+        tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip, encoding)).await
     else {
         return false;
     };
@@ -554,10 +559,13 @@ async fn deliver(
 ) {
     let gzip = shared.opts.gzip && matches!(shared.sender, Sender::Http(_));
     let max_raw = shared.opts.max_raw_body_size;
+    let encoding = shared.encoding();
     // Encoding and gzip are CPU work: keep them off the async workers.
     let b = batch.clone();
     let bodies =
-        match tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip)).await {
+        match tokio::task::spawn_blocking(move || build_bodies(&b.points, max_raw, gzip, encoding))
+            .await
+        {
             Ok(bodies) => bodies,
             Err(e) => {
                 tracing::error!(endpoint = %shared.label, error = %e, "encoding a batch failed");
@@ -629,10 +637,7 @@ fn write_request(shared: &Shared, category: Category, body: &Body, from_cache: b
             HeaderValue::from_static("1"),
         );
     }
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/line-protocol"),
-    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(body.content_type()));
     if body.gzipped {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
@@ -687,6 +692,15 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
 }
 
 impl Shared {
+    /// The wire format of this endpoint's bodies: a `file://` endpoint appends line
+    /// protocol to `.lp` files whatever `content_encoding` says.
+    fn encoding(&self) -> crate::config::ContentEncoding {
+        match self.sender {
+            Sender::Http(_) => self.opts.content_encoding,
+            Sender::File(_) => crate::config::ContentEncoding::V1,
+        }
+    }
+
     fn record_api(&self, path: &str, o: &Outcome) {
         let status = status_label(o.status());
         let m = &self.metrics;

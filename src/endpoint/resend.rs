@@ -103,7 +103,8 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
         body.points as u64,
         body.payload.clone(),
     )
-    .sunk(shared.opts.sinker.is_some());
+    .sunk(shared.opts.sinker.is_some())
+    .protobuf(body.encoding == crate::config::ContentEncoding::V2);
     let c = cache.clone();
     let error = match tokio::task::spawn_blocking(move || c.cache.push(&record)).await {
         Ok(Ok(())) => {
@@ -192,6 +193,11 @@ pub(super) async fn run(
             raw_len: 0,
             points: record.points as usize,
             gzipped: record.gzipped,
+            encoding: if record.protobuf {
+                crate::config::ContentEncoding::V2
+            } else {
+                crate::config::ContentEncoding::V1
+            },
         };
         let path = record.category.write_path();
         let req = write_request(&shared, record.category, &body, true);

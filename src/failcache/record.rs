@@ -4,8 +4,11 @@
 //! Layout, version 1 (integers little-endian):
 //! `version: u8 = 1 | crc32: u32 (of everything after it) | created_ms: i64 | points: u64 |
 //!  flags: u8 | category length: u8 | category name | payload`. Flags: bit 0 gzipped,
-//! bit 1 sunk (the body was a sinker's); the first records written had only bit 0, so
-//! they read as not sunk, which is what they were unless a sinker stored them.
+//! bit 1 sunk (the body was a sinker's), bit 2 protobuf (a v2 body, resent with DataKit's
+//! protobuf `Content-Type`; without it, line protocol). Records written before a flag
+//! existed have it clear, which is what they were: the first records had only bit 0 (so
+//! they read as not sunk, unless a sinker stored them), and every body was line protocol
+//! until v2.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +28,8 @@ pub struct Record {
     /// Whether a sinker's endpoint stored it. Resends are not counted in the point
     /// metrics (as in DataKit), so nothing reads it today; it records who stored the body.
     pub sunk: bool,
+    /// Whether `payload` is a v2 (protobuf) body rather than line protocol.
+    pub protobuf: bool,
     /// Points in the body (`X-Points`).
     pub points: u64,
     /// When it was first cached, ms since the Unix epoch.
@@ -47,6 +52,7 @@ impl Record {
             category,
             gzipped,
             sunk: false,
+            protobuf: false,
             points,
             created_ms: now_ms(),
             payload,
@@ -56,6 +62,12 @@ impl Record {
     /// Marks the record as a sinker's body (see [`Record::sunk`]).
     pub fn sunk(mut self, sunk: bool) -> Record {
         self.sunk = sunk;
+        self
+    }
+
+    /// Marks the record as a v2 (protobuf) body (see [`Record::protobuf`]).
+    pub fn protobuf(mut self, protobuf: bool) -> Record {
+        self.protobuf = protobuf;
         self
     }
 
@@ -71,7 +83,9 @@ impl Record {
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.created_ms.to_le_bytes());
         out.extend_from_slice(&self.points.to_le_bytes());
-        out.push(u8::from(self.gzipped) | (u8::from(self.sunk) << 1));
+        out.push(
+            u8::from(self.gzipped) | (u8::from(self.sunk) << 1) | (u8::from(self.protobuf) << 2),
+        );
         out.push(name.len() as u8);
         out.extend_from_slice(name);
         out.extend_from_slice(&self.payload);
@@ -94,7 +108,7 @@ impl Record {
         }
         let created_ms = i64::from_le_bytes(b[5..13].try_into().expect("8 bytes"));
         let points = u64::from_le_bytes(b[13..21].try_into().expect("8 bytes"));
-        let (gzipped, sunk) = (b[21] & 1 != 0, b[21] & 2 != 0);
+        let (gzipped, sunk, protobuf) = (b[21] & 1 != 0, b[21] & 2 != 0, b[21] & 4 != 0);
         let n = b[22] as usize;
         let Some(name) = b.get(FIXED..FIXED + n) else {
             return bad("truncated category");
@@ -109,6 +123,7 @@ impl Record {
             category,
             gzipped,
             sunk,
+            protobuf,
             points,
             created_ms,
             payload: Bytes::copy_from_slice(&b[FIXED + n..]),
@@ -137,7 +152,12 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for r in [sample(), sample().sunk(true)] {
+        for r in [
+            sample(),
+            sample().sunk(true),
+            sample().protobuf(true),
+            sample().sunk(true).protobuf(true),
+        ] {
             match Record::decode(&r.encode()) {
                 Decoded::Ok(back) => assert_eq!(back, r),
                 Decoded::Corrupt(why) => panic!("{why}"),
@@ -160,7 +180,7 @@ mod tests {
         b[1..5].copy_from_slice(&crc.to_le_bytes());
         match Record::decode(&b) {
             Decoded::Ok(r) => {
-                assert!(r.gzipped && !r.sunk);
+                assert!(r.gzipped && !r.sunk && !r.protobuf);
                 assert_eq!(
                     (r.category, r.points, r.created_ms),
                     (Category::Rum, 7, created)
