@@ -298,6 +298,10 @@ async fn write_points(
         Ok(b) => b,
         Err(e) => return body_error(e, st.config.max_body),
     };
+    let format = match BodyFormat::of(headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let raw = match decode_body(headers, body, st.config.max_body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -306,10 +310,6 @@ async fn write_points(
     let opts = ParseOptions {
         precision,
         default_time: now_ns(),
-    };
-    let format = match BodyFormat::of(headers) {
-        Ok(f) => f,
-        Err(r) => return r,
     };
     let parse = move || match format {
         BodyFormat::LineProtocol => crate::point::parse(&raw, opts).map_err(BadBody::Lines),
