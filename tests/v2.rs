@@ -112,9 +112,13 @@ fn dkfilter() -> PathBuf {
             );
         // Built under another name and renamed, so an interrupted build is never taken.
         let partial = out.with_extension(format!("partial-{}", std::process::id()));
+        // Go's build cache too stays in the target dir (tests leave nothing outside it).
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let built = Command::new("bash")
             .arg(&script)
             .arg(&partial)
+            .env("GOCACHE", tmp.join("go-build"))
+            .env("GOPATH", tmp.join("go"))
             .output()
             .expect("running build.sh");
         assert!(
