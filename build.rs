@@ -6,7 +6,11 @@
 
 use std::process::Command;
 
+#[path = "build/proto.rs"]
+mod proto;
+
 fn main() {
+    proto::build();
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=plugins/example-c/build.sh");
     println!("cargo::rerun-if-changed=plugins/example-py/build.sh");

@@ -34,7 +34,7 @@ use crate::metrics::{Metrics, status_label};
 use crate::point::Point;
 
 pub use crate::endpoint_url::{BadUrl, EndpointUrl, redact};
-pub use request_builder::{Body, build_bodies};
+pub use request_builder::{Body, build_bodies, content_type};
 pub use resend::OpenCaches;
 
 /// The `User-Agent` every request carries: `dataway/<version> (<os>; <arch>)`.
@@ -113,6 +113,9 @@ pub struct EndpointOptions {
     pub http: HttpOptions,
     pub gzip: bool,
     pub max_raw_body_size: usize,
+    /// Wire format of the bodies: line protocol (v1) or DataKit's protobuf (v2).
+    /// `file://` endpoints always write line protocol.
+    pub content_encoding: crate::config::ContentEncoding,
     pub workers: usize,
     pub queue_size: usize,
     /// The sinker this endpoint belongs to (`None`: a main endpoint). A sinker's
@@ -149,6 +152,7 @@ impl EndpointOptions {
             },
             gzip: d.gzip,
             max_raw_body_size: d.max_raw_body_size,
+            content_encoding: d.content_encoding,
             workers: d.workers,
             queue_size: d.queue_size,
             sinker: None,
@@ -534,9 +538,12 @@ async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
         return false;
     }
     let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
+    let encoding = shared.encoding();
     let b = batch.clone();
     let Ok(bodies) = tokio::task::spawn_blocking(move || {
-        grouping::bodies(&b.points, &b.groups, |p| build_bodies(p, max_raw, gzip))
+        grouping::bodies(&b.points, &b.groups, |p| {
+            build_bodies(p, max_raw, gzip, encoding)
+        })
     })
     .await
     else {
@@ -605,9 +612,10 @@ async fn deliver(
 ) {
     let gzip = shared.opts.gzip && matches!(shared.sender, Sender::Http(_));
     let max_raw = shared.opts.max_raw_body_size;
+    let encoding = shared.encoding();
     // Encoding and gzip are CPU work: keep them off the async workers.
     let b = batch.clone();
-    let encode = move || grouping::bodies(&b.points, &b.groups, |p| build_bodies(p, max_raw, gzip));
+    let encode = move || grouping::bodies(&b.points, &b.groups, |p| build_bodies(p, max_raw, gzip, encoding));
     let bodies = match tokio::task::spawn_blocking(encode).await {
         Ok(bodies) => bodies,
         Err(e) => {
@@ -680,10 +688,7 @@ fn write_request(shared: &Shared, category: Category, body: &Body, from_cache: b
             HeaderValue::from_static("1"),
         );
     }
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/line-protocol"),
-    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(body.content_type()));
     if body.gzipped {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
@@ -741,6 +746,15 @@ async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Bo
 }
 
 impl Shared {
+    /// The wire format of this endpoint's bodies: a `file://` endpoint appends line
+    /// protocol to `.lp` files whatever `content_encoding` says.
+    fn encoding(&self) -> crate::config::ContentEncoding {
+        match self.sender {
+            Sender::Http(_) => self.opts.content_encoding,
+            Sender::File(_) => crate::config::ContentEncoding::V1,
+        }
+    }
+
     fn record_api(&self, path: &str, o: &Outcome) {
         let status = status_label(o.status());
         let m = &self.metrics;

@@ -1,8 +1,16 @@
 //! Turns a batch of points into request bodies for one endpoint.
 //!
-//! In: points of one category. Out: [`Body`]s, each a run of whole lines whose uncompressed
-//! size stays within `max_raw_body_size`, gzipped when asked. Bodies are `Bytes` so a retry
-//! (and, later, the fail-cache) resends exactly what the first attempt sent.
+//! In: points of one category. Out: [`Body`]s in the endpoint's wire format, gzipped when
+//! asked. Bodies are `Bytes` so a retry (and the fail-cache) resends exactly what the first
+//! attempt sent.
+//!
+//! * v1 (line protocol): each body is a run of whole lines whose uncompressed size stays
+//!   within `max_raw_body_size`.
+//! * v2 (DataKit's protobuf): each body is one `PBPoints` message, cut by DataKit's own
+//!   rule (`point::v2::encode_batches`: encoded size below `max_raw_body_size`).
+//!
+//! In both, a single point over the limit still goes, alone in its body: dropping it
+//! silently would be worse, and the server is the one to judge it.
 
 use std::io::Write;
 
@@ -10,14 +18,15 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use crate::point::Point;
+use crate::config::ContentEncoding;
+use crate::point::{Point, v2};
 
 /// One request body.
 #[derive(Debug, Clone)]
 pub struct Body {
     /// What goes on the wire (gzipped if `gzipped`).
     pub payload: Bytes,
-    /// Uncompressed line protocol size.
+    /// Uncompressed size.
     pub raw_len: usize,
     /// Points in this body (the `X-Points` header).
     pub points: usize,
@@ -26,12 +35,43 @@ pub struct Body {
     /// Headers the body travels with, through retries and the fail-cache (the
     /// `X-Global-Tags` of an `enable_sinker` group: see `grouping`).
     pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    /// Line protocol (v1) or protobuf (v2): the `Content-Type`.
+    pub encoding: ContentEncoding,
 }
 
-/// Encodes `points` as line protocol, cut into bodies before `max_raw` bytes. A single
-/// point larger than `max_raw` still goes, alone in its body: dropping it silently would be
-/// worse, and the server is the one to judge it.
-pub fn build_bodies(points: &[Point], max_raw: usize, gzip: bool) -> Vec<Body> {
+impl Body {
+    /// The `Content-Type` DataKit sends for this body's encoding.
+    pub fn content_type(&self) -> &'static str {
+        content_type(self.encoding)
+    }
+}
+
+/// The `Content-Type` DataKit sends for `encoding`.
+pub fn content_type(encoding: ContentEncoding) -> &'static str {
+    match encoding {
+        ContentEncoding::V1 => "application/line-protocol",
+        ContentEncoding::V2 => v2::CONTENT_TYPE,
+    }
+}
+
+/// Encodes `points` as `encoding`, cut into bodies by `max_raw` (see the module doc).
+pub fn build_bodies(
+    points: &[Point],
+    max_raw: usize,
+    gzip: bool,
+    encoding: ContentEncoding,
+) -> Vec<Body> {
+    match encoding {
+        ContentEncoding::V1 => build_lines(points, max_raw, gzip),
+        ContentEncoding::V2 => v2::encode_batches(points, max_raw)
+            .into_iter()
+            .map(|b| finish(&b.payload, b.points, gzip, ContentEncoding::V2))
+            .collect(),
+    }
+}
+
+/// Line protocol, cut into bodies before `max_raw` bytes.
+fn build_lines(points: &[Point], max_raw: usize, gzip: bool) -> Vec<Body> {
     let mut bodies = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(max_raw.min(1 << 20));
     let mut line: Vec<u8> = Vec::with_capacity(256);
@@ -45,7 +85,7 @@ pub fn build_bodies(points: &[Point], max_raw: usize, gzip: bool) -> Vec<Body> {
             line.len() + 1
         };
         if !buf.is_empty() && buf.len() + extra > max_raw {
-            bodies.push(finish(&buf, n, gzip));
+            bodies.push(finish(&buf, n, gzip, ContentEncoding::V1));
             buf.clear();
             n = 0;
         }
@@ -56,12 +96,12 @@ pub fn build_bodies(points: &[Point], max_raw: usize, gzip: bool) -> Vec<Body> {
         n += 1;
     }
     if n > 0 {
-        bodies.push(finish(&buf, n, gzip));
+        bodies.push(finish(&buf, n, gzip, ContentEncoding::V1));
     }
     bodies
 }
 
-fn finish(raw: &[u8], points: usize, gzip: bool) -> Body {
+fn finish(raw: &[u8], points: usize, gzip: bool, encoding: ContentEncoding) -> Body {
     let payload = if gzip {
         let mut enc = GzEncoder::new(
             Vec::with_capacity(raw.len() / 4 + 64),
@@ -78,6 +118,7 @@ fn finish(raw: &[u8], points: usize, gzip: bool) -> Body {
         points,
         gzipped: gzip,
         headers: Vec::new(),
+        encoding,
     }
 }
 
@@ -114,7 +155,7 @@ mod tests {
     #[test]
     fn gzip_body_decompresses_to_the_encoded_points() {
         let pts = points(100);
-        let bodies = build_bodies(&pts, 1 << 20, true);
+        let bodies = build_bodies(&pts, 1 << 20, true, ContentEncoding::V1);
         assert_eq!(bodies.len(), 1);
         let raw = gunzip(&bodies[0].payload);
         assert_eq!(raw.len(), bodies[0].raw_len);
@@ -128,7 +169,7 @@ mod tests {
     fn bodies_are_cut_before_the_raw_limit_and_keep_every_point_in_order() {
         let pts = points(1000);
         let limit = 4096;
-        let bodies = build_bodies(&pts, limit, false);
+        let bodies = build_bodies(&pts, limit, false, ContentEncoding::V1);
         assert!(bodies.len() > 1);
         assert_eq!(bodies.iter().map(|b| b.points).sum::<usize>(), 1000);
         let mut all = Vec::new();
@@ -151,10 +192,35 @@ mod tests {
         big[1]
             .fields
             .push(("blob".into(), FieldValue::Str("x".repeat(5000))));
-        let bodies = build_bodies(&big, 1024, false);
-        assert_eq!(
-            bodies.iter().map(|b| b.points).collect::<Vec<_>>(),
-            vec![1, 1, 1]
-        );
+        for enc in [ContentEncoding::V1, ContentEncoding::V2] {
+            let bodies = build_bodies(&big, 1024, false, enc);
+            assert_eq!(
+                bodies.iter().map(|b| b.points).collect::<Vec<_>>(),
+                vec![1, 1, 1]
+            );
+        }
+    }
+
+    #[test]
+    fn v2_bodies_are_gzipped_pbpoints_below_the_raw_limit() {
+        let pts = points(1000);
+        let limit = 4096;
+        let bodies = build_bodies(&pts, limit, true, ContentEncoding::V2);
+        assert!(bodies.len() > 1);
+        let mut all = Vec::new();
+        for b in &bodies {
+            assert_eq!(
+                b.content_type(),
+                "application/protobuf; proto=com.guance.Point"
+            );
+            assert!(b.gzipped);
+            let raw = gunzip(&b.payload);
+            assert_eq!(raw.len(), b.raw_len);
+            assert!(b.raw_len < limit, "{} >= {limit}", b.raw_len);
+            let got = v2::decode(&raw, OPTS).unwrap();
+            assert_eq!(got.len(), b.points);
+            all.extend(got);
+        }
+        assert_eq!(all, pts);
     }
 }

@@ -115,7 +115,8 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
         body.payload.clone(),
     )
     .sunk(shared.opts.sinker.is_some())
-    .with_headers(headers);
+    .with_headers(headers)
+    .protobuf(body.encoding == crate::config::ContentEncoding::V2);
     let c = cache.clone();
     let error = match tokio::task::spawn_blocking(move || c.cache.push(&record)).await {
         Ok(Ok(())) => {
@@ -205,6 +206,11 @@ pub(super) async fn run(
             points: record.points as usize,
             gzipped: record.gzipped,
             headers: stored_headers(&shared.label, &record),
+            encoding: if record.protobuf {
+                crate::config::ContentEncoding::V2
+            } else {
+                crate::config::ContentEncoding::V1
+            },
         };
         let path = record.category.write_path();
         let req = write_request(&shared, record.category, &body, true);

@@ -4,8 +4,11 @@
 //! Layout, version 1 (integers little-endian):
 //! `version: u8 = 1 | crc32: u32 (of everything after it) | created_ms: i64 | points: u64 |
 //!  flags: u8 | category length: u8 | category name | payload`. Flags: bit 0 gzipped,
-//! bit 1 sunk (the body was a sinker's); the first records written had only bit 0, so
-//! they read as not sunk, which is what they were unless a sinker stored them.
+//! bit 1 sunk (the body was a sinker's), bit 2 protobuf (a v2 body, resent with DataKit's
+//! protobuf `Content-Type`; without it, line protocol). Records written before a flag
+//! existed have it clear, which is what they were: the first records had only bit 0 (so
+//! they read as not sunk, unless a sinker stored them), and every body was line protocol
+//! until v2.
 //!
 //! Version 2, only for a body that travels with headers of its own (the `X-Global-Tags`
 //! of an `enable_sinker` group), so that its resend carries them: version 1's layout with
@@ -34,6 +37,8 @@ pub struct Record {
     /// Whether a sinker's endpoint stored it. Resends are not counted in the point
     /// metrics (as in DataKit), so nothing reads it today; it records who stored the body.
     pub sunk: bool,
+    /// Whether `payload` is a v2 (protobuf) body rather than line protocol.
+    pub protobuf: bool,
     /// Points in the body (`X-Points`).
     pub points: u64,
     /// When it was first cached, ms since the Unix epoch.
@@ -58,6 +63,7 @@ impl Record {
             category,
             gzipped,
             sunk: false,
+            protobuf: false,
             points,
             created_ms: now_ms(),
             payload,
@@ -78,6 +84,12 @@ impl Record {
         self
     }
 
+    /// Marks the record as a v2 (protobuf) body (see [`Record::protobuf`]).
+    pub fn protobuf(mut self, protobuf: bool) -> Record {
+        self.protobuf = protobuf;
+        self
+    }
+
     /// How long before `now_ms` (ms since the Unix epoch) it was cached.
     pub fn age_at(&self, now_ms: i64) -> Duration {
         Duration::from_millis((now_ms - self.created_ms).max(0) as u64)
@@ -95,7 +107,9 @@ impl Record {
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.created_ms.to_le_bytes());
         out.extend_from_slice(&self.points.to_le_bytes());
-        out.push(u8::from(self.gzipped) | (u8::from(self.sunk) << 1));
+        out.push(
+            u8::from(self.gzipped) | (u8::from(self.sunk) << 1) | (u8::from(self.protobuf) << 2),
+        );
         out.push(name.len() as u8);
         out.extend_from_slice(name);
         if version == VERSION_HEADERS {
@@ -129,7 +143,7 @@ impl Record {
         }
         let created_ms = i64::from_le_bytes(b[5..13].try_into().expect("8 bytes"));
         let points = u64::from_le_bytes(b[13..21].try_into().expect("8 bytes"));
-        let (gzipped, sunk) = (b[21] & 1 != 0, b[21] & 2 != 0);
+        let (gzipped, sunk, protobuf) = (b[21] & 1 != 0, b[21] & 2 != 0, b[21] & 4 != 0);
         let n = b[22] as usize;
         let Some(name) = b.get(FIXED..FIXED + n) else {
             return bad("truncated category");
@@ -171,6 +185,7 @@ impl Record {
             category,
             gzipped,
             sunk,
+            protobuf,
             points,
             created_ms,
             payload: Bytes::copy_from_slice(&b[at..]),
@@ -210,7 +225,14 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        for r in [sample(), sample().sunk(true), with_global_tags().sunk(true)] {
+        for r in [
+            sample(),
+            sample().sunk(true),
+            sample().protobuf(true),
+            sample().sunk(true).protobuf(true),
+            with_global_tags().sunk(true),
+            with_global_tags().protobuf(true),
+        ] {
             match Record::decode(&r.encode()) {
                 Decoded::Ok(back) => assert_eq!(back, r),
                 Decoded::Corrupt(why) => panic!("{why}"),
@@ -233,7 +255,7 @@ mod tests {
         b[1..5].copy_from_slice(&crc.to_le_bytes());
         match Record::decode(&b) {
             Decoded::Ok(r) => {
-                assert!(r.gzipped && !r.sunk);
+                assert!(r.gzipped && !r.sunk && !r.protobuf);
                 assert_eq!(
                     (r.category, r.points, r.created_ms),
                     (Category::Rum, 7, created)

@@ -1,14 +1,17 @@
 //! The ingest server: DataKit's local write API, and a pass-through to Dataway's other APIs.
 //!
-//! In: `POST /v1/write/<category>[?precision=n|u|ms|s|m|h]` with line protocol (plain or
-//! gzip). Out: points handed to the [`Dataway`] router. A request is all-or-nothing: if any
-//! line is malformed the answer is 400 naming the line(s) and no point of it is queued, so a
-//! client can fix and resend the whole body without creating duplicates.
+//! In: `POST /v1/write/<category>[?precision=n|u|ms|s|m|h]` with line protocol, or with
+//! DataKit's v2 protobuf body when `Content-Type` says so (`application/protobuf;
+//! proto=com.guance.Point`, as DataKit sends and its HTTP API reads it; see
+//! [`BodyFormat`]), plain or gzip. Out: points handed to the [`Dataway`] router. A request
+//! is all-or-nothing: if any line (or v2 point) is malformed the answer is 400 naming it and
+//! no point of it is queued, so a client can fix and resend the whole body without creating
+//! duplicates.
 //!
 //! Answers: 200 once queued; 400 malformed body or query; 401 bad ingest token; 404 unknown
 //! category; 413 body (or its decompressed form) over `max_body`; 415 unknown
-//! `Content-Encoding`; 503 with `Retry-After` when the send queues or memory budget are full
-//! or the daemon is stopping.
+//! `Content-Encoding`, or a JSON `Content-Type`; 503 with `Retry-After` when the send queues
+//! or memory budget are full or the daemon is stopping.
 //!
 //! Also: `GET /metrics` (Prometheus), `GET /v1/ping` and `GET /health`, and the "other APIs"
 //! of `protocol.md`, forwarded to the first endpoint with its token.
@@ -295,24 +298,39 @@ async fn write_points(
         Ok(b) => b,
         Err(e) => return body_error(e, st.config.max_body),
     };
+    let format = match BodyFormat::of(headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let raw = match decode_body(headers, body, st.config.max_body) {
         Ok(b) => b,
         Err(r) => return r,
     };
+    let raw_len = raw.len();
     let opts = ParseOptions {
         precision,
         default_time: now_ns(),
     };
-    let parsed = if raw.len() > INLINE_PARSE_LIMIT {
-        tokio::task::spawn_blocking(move || crate::point::parse(&raw, opts))
+    let parse = move || match format {
+        BodyFormat::LineProtocol => crate::point::parse(&raw, opts).map_err(BadBody::Lines),
+        BodyFormat::Protobuf => crate::point::v2::decode(&raw, opts).map_err(BadBody::V2),
+    };
+    let parsed = if raw_len > INLINE_PARSE_LIMIT {
+        tokio::task::spawn_blocking(parse)
             .await
             .expect("parser does not panic")
     } else {
-        crate::point::parse(&raw, opts)
+        parse()
     };
     let points = match parsed {
         Ok(p) => p,
-        Err(errs) => {
+        Err(BadBody::V2(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("malformed v2 (protobuf) body, nothing was accepted: {e}"),
+            );
+        }
+        Err(BadBody::Lines(errs)) => {
             let lines: Vec<_> = errs
                 .errors
                 .iter()
@@ -348,6 +366,68 @@ async fn write_points(
         Err(WriteError::Full) => unavailable("send queues are full; retry later", 1),
         Err(WriteError::Closed) => unavailable("shutting down", 5),
     }
+}
+
+/// How a write body is encoded, from its `Content-Type`, as DataKit's HTTP API decides
+/// (cliutils `point.HTTPContentType`): `application/protobuf` with `proto=com.guance.Point`
+/// is v2; anything else, or none, is line protocol (DataKit's default "to be compatible with
+/// legacy code"). Unlike DataKit, the media type and parameter are matched without regard
+/// to case or spacing, and `proto` may be left out; DataKit's JSON bodies are refused with
+/// a 415 rather than read as line protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    LineProtocol,
+    Protobuf,
+}
+
+impl BodyFormat {
+    #[allow(clippy::result_large_err)]
+    fn of(headers: &HeaderMap) -> Result<BodyFormat, Response> {
+        let Some(value) = headers.get(header::CONTENT_TYPE) else {
+            return Ok(BodyFormat::LineProtocol);
+        };
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let mut parts = value.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        match media.as_str() {
+            "application/protobuf" | "application/x-protobuf" => {
+                for param in parts {
+                    let Some((k, v)) = param.split_once('=') else {
+                        continue;
+                    };
+                    let v = v.trim().trim_matches('"');
+                    if k.trim().eq_ignore_ascii_case("proto")
+                        && !v.eq_ignore_ascii_case("com.guance.Point")
+                    {
+                        return Err(error(
+                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                            format!(
+                                "Content-Type `{value}`: protobuf bodies must be DataKit's v2 \
+                                 points (`{}`)",
+                                crate::point::v2::CONTENT_TYPE
+                            ),
+                        ));
+                    }
+                }
+                Ok(BodyFormat::Protobuf)
+            }
+            "application/json" | "application/pbjson" => Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "Content-Type `{value}`: JSON bodies are not supported; send line protocol \
+                     or DataKit's v2 protobuf (`{}`)",
+                    crate::point::v2::CONTENT_TYPE
+                ),
+            )),
+            _ => Ok(BodyFormat::LineProtocol),
+        }
+    }
+}
+
+/// Why a body's points were refused.
+enum BadBody {
+    Lines(crate::point::ParseErrors),
+    V2(crate::point::v2::DecodeError),
 }
 
 /// A body that could not be read; over `max_body` it says which setting to raise (axum's

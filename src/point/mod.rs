@@ -1,10 +1,13 @@
-//! The point model and its wire form, InfluxDB line protocol.
+//! The point model and its wire forms: InfluxDB line protocol, and DataKit's protobuf
+//! (v2, module [`v2`]).
 //!
-//! In: request bodies from the ingest server (`parse`). Out: line protocol bytes for the
-//! endpoints (`Point::encode_into`). A point is owned (no borrow of the request body) because
-//! it outlives the request: it waits in endpoint queues and, later, in sinker batches.
+//! In: request bodies from the ingest server (`parse`, `v2::decode`). Out: line protocol
+//! bytes (`Point::encode_into`) or v2 bodies (`v2::encode_batches`) for the endpoints. A
+//! point is owned (no borrow of the request body) because it outlives the request: it waits
+//! in endpoint queues and, later, in sinker batches.
 
 mod lineproto;
+pub mod v2;
 
 pub use lineproto::{LineError, ParseErrors, ParseOptions, Precision, encode_points, parse};
 

@@ -185,11 +185,12 @@ async fn handle(
         .get("content-encoding")
         .is_some_and(|v| v.as_bytes() == b"gzip");
     let text = if gz {
-        let mut s = String::new();
+        // Lossy: a v2 (protobuf) body is not text.
+        let mut raw = Vec::new();
         flate2::read::GzDecoder::new(&body[..])
-            .read_to_string(&mut s)
+            .read_to_end(&mut raw)
             .expect("gzip body");
-        s
+        String::from_utf8_lossy(&raw).into_owned()
     } else {
         String::from_utf8_lossy(&body).into_owned()
     };
