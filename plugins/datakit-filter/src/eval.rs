@@ -16,7 +16,7 @@
 //!   false; `in [..]` is true only when the list *starts* with `nil`, `notin` when it holds no
 //!   `nil`;
 //! - `match` / `= re()`: some regex matches a string value; `notmatch`: none does (ours;
-//!   DataKit: some regex does not); `!= re()`: it does not match (ours; DataKit: always true for
+//!   DataKit: some regex does not), an empty list is false for both; `!= re()`: it does not match (ours; DataKit: always true for
 //!   a string); a non-string value is false for all four, a missing key true only for `!= re()`;
 //! - a literal on the left compares with the right side (`{ 1 = 1 }` is true); a key name on
 //!   the right (`a = b`), a dotted name, a function call, `*` or arithmetic never matches, and
@@ -257,7 +257,8 @@ fn bin_eval(op: Cmp, l: V<'_>, r: V<'_>) -> bool {
             (V::Float(_), _) => false,
             _ => go_eq(l, r),
         },
-        Cmp::Ne => !(matches!(l, V::Nil) && matches!(r, V::Nil)) && !go_eq(l, r),
+        // nil != nil is false: go_eq(nil, nil) holds.
+        Cmp::Ne => !go_eq(l, r),
         _ => match (l, r) {
             (V::Int(a), V::Int(b)) => op.holds(a.cmp(&b)),
             (V::Str(a), V::Str(b)) => op.holds(a.cmp(b)),
@@ -303,8 +304,9 @@ impl Pred {
                 },
                 None,
             ) => !items.iter().any(|l| matches!(l, Lit::Nil)),
+            // An empty list is false for both, as in DataKit.
             (Pred::Match { res, negated }, Some(V::Str(s))) => {
-                res.iter().any(|r| r.is_match(s)) != *negated
+                !res.is_empty() && res.iter().any(|r| r.is_match(s)) != *negated
             }
             (Pred::Match { .. }, _) => false,
         }
@@ -388,7 +390,10 @@ pub fn go_regex_to_rust(pat: &str) -> Result<String, String> {
                     }
                     // `\p{Greek}`, `\x{10FFFF}`: the braces are the escape's, not a repetition.
                     'p' | 'P' | 'x' if chars.get(i) == Some(&'{') => {
-                        let len = chars[i..].iter().position(|&c| c == '}').map_or(1, |e| e + 1);
+                        let len = chars[i..]
+                            .iter()
+                            .position(|&c| c == '}')
+                            .map_or(1, |e| e + 1);
                         out.push('\\');
                         out.push(e);
                         out.extend(&chars[i..i + len]);

@@ -134,7 +134,7 @@ mod tests {
             ),
             (
                 r#"{"filters": ["{ a = 1 }",]}"#,
-                "filter \"{\\\"filters\\\": [\\\"{ a = 1 }\\\",]}\": line 1 col 2: expected a key, found string \"filters\" (nor is the config valid JSON: ",
+                "filter \"{\\\"filters\\\": [\\\"{ a = 1 }\\\",]}\": line 1 col 2: expected a condition (key op value), found string \"filters\" (nor is the config valid JSON: ",
             ),
             (
                 "{ measurement = }",

@@ -760,6 +760,9 @@ impl Parser<'_> {
             }
             let op_at = self.here();
             self.bump();
+            if !self.at_operand() {
+                return Err(self.unexpected(&format!("expected value after '{}'", op.as_str())));
+            }
             // Left-associative except `^`.
             let rhs = self.expr(if op == BinOp::Pow { p } else { p + 1 })?;
             let zero = match rhs {
@@ -774,6 +777,20 @@ impl Parser<'_> {
         }
         self.depth -= 1;
         Ok(lhs)
+    }
+
+    /// Whether the cursor is at something that can start an operand.
+    fn at_operand(&self) -> bool {
+        matches!(
+            self.peek(),
+            Tok::Num(_)
+                | Tok::Str(_)
+                | Tok::Raw(_)
+                | Tok::Word(_)
+                | Tok::LParen
+                | Tok::Op(BinOp::Add | BinOp::Sub | BinOp::Mul)
+                | Tok::Kw("true" | "false" | "nil" | "null" | "re" | "identifier")
+        )
     }
 
     fn operand(&mut self) -> Result<Node, ParseError> {
