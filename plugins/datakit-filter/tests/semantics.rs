@@ -492,7 +492,86 @@ fn logic_and_structure() {
             // No filters at all: every point matches.
             ("[]", true),
             (r#"{"filters": []}"#, true),
+            // An empty filter string ends DataKit's evaluation: nothing after it matches.
+            (r#"["{ host = 'web-1' }", ""]"#, true),
+            (r#"["", "{ host = 'web-1' }"]"#, false),
+            (
+                r##"["{ host = 'x' }", "# c", "{ host = 'web-1' }"]"##,
+                false,
+            ),
+            (r#"["; { host = 'web-1' }"]"#, false),
+            (r#"[""]"#, false),
+            ("{ , }", true),
+            ("{ host = 'web-1', }", true),
         ],
+    );
+}
+
+/// What DataKit's grammar accepts beyond `key op value`, and what DataKit answers for it.
+#[test]
+fn literals_and_shapes_datakit_parses() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            // A literal on the left compares the two literals.
+            ("1 = 1", true),
+            ("1 < 2", true),
+            ("'a' = 'a'", true),
+            ("'a' < 'b'", true),
+            ("nil = nil", true),
+            ("nil != nil", false),
+            ("true = true", true),
+            ("1 = 'a'", false),
+            ("1 != nil", true),
+            ("nil != 1", false), // DataKit: a type conflict, not "different"
+            ("'a' = re('^a')", true),
+            ("inf = inf", false), // float `=` is |a-b| <= 1e-9: NaN for two infinities
+            ("nan != nan", true),
+            // A key on the right, calls, dotted names, `*`, arithmetic: never true.
+            ("host = host", false),
+            ("host != web", false),
+            ("host = f(x)", false),
+            ("f(host) = 'web-1'", false),
+            ("a.b = 1", false),
+            ("* = 1", false),
+            ("i = 5 + 5", false),
+            ("host = 'web-1' and i = 5 + 5", false),
+            // `and`/`or` with a bare operand: false as a whole, even an `or` whose other side holds.
+            ("host or host = 'web-1'", false),
+            ("host = 'web-1' and 1", false),
+            // A ( … ) operand is evaluable: `(host)` is false, the `or` goes on.
+            ("(host) or host = 'web-1'", true),
+            ("host = 'web-1' or f(x)", false),
+            // Keys and `*` in an `in` list are dropped.
+            ("host in [web, 'web-1']", true),
+            ("host in [*]", false),
+            ("missing in [a, nil]", true), // `a` dropped: the list starts with nil
+            ("missing notin [*]", true),
+            // `<` with a regex parses, never true.
+            ("host < re('.*')", false),
+            ("missing < re('.*')", false),
+            // The table: a top-level ( … ) evaluates here (DataKit: never).
+            ("(host = 'web-1')", true),
+            ("((host = 'web-1'))", true),
+            // Back-quoted and identifier('…') keys.
+            ("`host` = 'web-1'", true),
+            ("identifier('host') = 'web-1'", true),
+            ("IDENTIFIER(\"h\\x6fst\") = 'web-1'", true),
+            // Numbers as Go reads them: 012 is octal 10.
+            ("i = 012", true),
+            ("i = 0xa", true),
+        ],
+    );
+    let p = program(r#"["{ host = web }", "{ f(x) = 1 or host = 'a' }"]"#);
+    assert_eq!(
+        p.warnings(),
+        [
+            "condition `host = web` never matches: its right side is key 'web', not a value, as \
+             in DataKit (quote it to compare with the string: 'web')",
+            "condition `<a function call> = 1` never matches: its left side is a function call, \
+             not a key, as in DataKit",
+        ]
     );
 }
 
