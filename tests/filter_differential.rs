@@ -882,41 +882,69 @@ fn minimise(ours: &Ours, mut c: Case) -> (Case, Answer, Answer) {
         let (a, b) = answers(c);
         !agree(c, &a, &b)
     };
-    // Fewer filter strings, then fewer groups in each.
+    // Fewer filter strings, then fewer groups and elements: drop what lies between two
+    // separators (`{ } ; ,` outside brackets and quotes; DataKit takes the empty slots left).
     let mut changed = true;
     while changed {
         changed = false;
-        for i in 0..c.filters.len() {
+        'search: for i in 0..c.filters.len() {
             if c.filters.len() > 1 {
                 let mut t = c.clone();
                 t.filters.remove(i);
                 if disagrees(&t) {
                     c = t;
                     changed = true;
-                    break;
+                    break 'search;
                 }
             }
-            let parts: Vec<&str> = c.filters[i].split(';').collect();
-            if parts.len() > 1 {
-                for j in 0..parts.len() {
-                    let mut p = parts.clone();
-                    p.remove(j);
-                    let mut t = c.clone();
-                    t.filters[i] = p.join(";");
-                    if disagrees(&t) {
-                        c = t;
-                        changed = true;
-                        break;
-                    }
+            for r in segments(&c.filters[i]) {
+                let mut t = c.clone();
+                t.filters[i].replace_range(r, "");
+                if disagrees(&t) {
+                    c = t;
+                    changed = true;
+                    break 'search;
                 }
-            }
-            if changed {
-                break;
             }
         }
     }
     let (a, b) = answers(&c);
     (c, a, b)
+}
+
+/// The non-blank stretches of `s` between `{`, `}`, `;` and `,` that are outside brackets,
+/// parentheses and quotes.
+fn segments(s: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut depth, mut quote, mut escaped, mut start) = (0i32, None, false, 0);
+    for (i, ch) in s.char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if ch == '\\' && q != '`' {
+                    escaped = true;
+                } else if ch == q {
+                    quote = None;
+                }
+                continue;
+            }
+            None if matches!(ch, '\'' | '"' | '`') => quote = Some(ch),
+            None if matches!(ch, '(' | '[') => depth += 1,
+            None if matches!(ch, ')' | ']') => depth -= 1,
+            None if depth == 0 && matches!(ch, '{' | '}' | ';' | ',') => {
+                if !s[start..i].trim().is_empty() {
+                    out.push(start..i);
+                }
+                start = i + 1;
+            }
+            None => {}
+        }
+    }
+    if !s[start..].trim().is_empty() {
+        out.push(start..s.len());
+    }
+    out
 }
 
 fn report(seed: u64, ours: &Ours, bad: Vec<Case>) -> String {
