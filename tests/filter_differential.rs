@@ -897,7 +897,10 @@ fn minimise(ours: &Ours, mut c: Case) -> (Case, Answer, Answer) {
                     break 'search;
                 }
             }
-            for r in segments(&c.filters[i]) {
+            for r in groups(&c.filters[i])
+                .into_iter()
+                .chain(segments(&c.filters[i]))
+            {
                 let mut t = c.clone();
                 t.filters[i].replace_range(r, "");
                 if disagrees(&t) {
@@ -910,6 +913,54 @@ fn minimise(ours: &Ours, mut c: Case) -> (Case, Answer, Answer) {
     }
     let (a, b) = answers(&c);
     (c, a, b)
+}
+
+/// The `{ … }` groups of `s`, each with the `;` after it (or, for the last, before it), so
+/// that removing one leaves the others as they were.
+fn groups(s: &str) -> Vec<std::ops::Range<usize>> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut seps = Vec::new(); // positions of top-level `;`
+    let (mut quote, mut escaped, mut open) = (None, false, None);
+    for (i, ch) in s.char_indices() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                } else if ch == '\\' && q != '`' {
+                    escaped = true;
+                } else if ch == q {
+                    quote = None;
+                }
+            }
+            None if matches!(ch, '\'' | '"' | '`') => quote = Some(ch),
+            None if ch == '{' => open = Some(i),
+            None if ch == '}' => {
+                if let Some(o) = open.take() {
+                    out.push(o..i + 1);
+                }
+            }
+            None if ch == ';' => seps.push(i),
+            None => {}
+        }
+    }
+    out.into_iter()
+        .map(|g| match seps.iter().find(|&&p| p >= g.end) {
+            Some(&p) => {
+                // Through every `;` and blank after it: a string must not start with `;`.
+                let end = p + b[p..]
+                    .iter()
+                    .position(|c| !matches!(c, b';' | b' ' | b'\n' | b'\t' | b'\r'))
+                    .unwrap_or(b.len() - p);
+                g.start..end
+            }
+            None => match seps.iter().rev().find(|&&p| p < g.start) {
+                Some(&p) => p..g.end,
+                None => g,
+            },
+        })
+        .filter(|r| r.end <= b.len())
+        .collect()
 }
 
 /// The non-blank stretches of `s` between `{`, `}`, `;` and `,` that are outside brackets,
