@@ -65,9 +65,18 @@ fn dkfilter() -> PathBuf {
                  DATAWAY_DKFILTER to a built dkfilter)",
                 peer.display()
             );
+            // Go's build cache, module path and temp files stay in the target directory: tests
+            // leave nothing in ~/.cache or $TMPDIR (CI checks).
+            let go = out.parent().unwrap();
+            for d in ["gocache", "gopath", "gotmp"] {
+                std::fs::create_dir_all(go.join(d)).unwrap();
+            }
             let r = Command::new("bash")
                 .arg(&script)
                 .arg(&out)
+                .env("GOCACHE", go.join("gocache"))
+                .env("GOPATH", go.join("gopath"))
+                .env("GOTMPDIR", go.join("gotmp"))
                 .output()
                 .expect("run build.sh");
             assert!(
