@@ -35,4 +35,21 @@ fn main() {
             println!("cargo::rustc-cfg={cfg}");
         }
     }
+    go_toolchain();
+}
+
+/// `tests/filter_differential.rs` builds DataKit's Go filter (the oracle) with golang-go: marked
+/// ignored where `go` is missing, required under `DATAWAY_REQUIRE_ALL_PLUGINS`.
+fn go_toolchain() {
+    println!("cargo::rustc-check-cfg=cfg(dataway_no_go_toolchain)");
+    if std::env::var_os("DATAWAY_REQUIRE_ALL_PLUGINS").is_some() {
+        return;
+    }
+    let ok = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("cargo::rustc-cfg=dataway_no_go_toolchain");
+    }
 }

@@ -1,29 +1,42 @@
 //! The evaluator: compiles parsed filters into a [`Program`] and runs it over a batch, columnar.
 //!
+//! In: the [`Filter`]s of one sinker and, per call, a batch of points of one category (through
+//! [`Columns`]). Out: one bool per point, true when some group matches.
+//!
+//! Semantics are DataKit's (`cliutils/filter/eval.go` fed by DataKit's `KVs.Setup`), except for
+//! the deliberate differences the README's table lists (marked "ours" below):
+//! - a key is the point's tag, else its field, else the injected `category` (the category's
+//!   name) or the category's name key (`measurement` for metric, `source` for logging, network,
+//!   keyevent, rum, `class` for object, custom_object), else missing;
+//! - `=`, `!=` and orderings need the same type on both sides (a string never equals a number);
+//!   int, uint and float compare numerically across types (ours; DataKit: never true);
+//!   floats are equal within 1e-9 but `!=` compares exactly; strings order bytewise; bools
+//!   only `=` / `!=`; `!= nil` is true for any present value;
+//! - a missing key is compared as `literal op nil`: `= nil` and `!= 'x'` are true, the rest
+//!   false; `in [..]` is true only when the list *starts* with `nil`, `notin` when it holds no
+//!   `nil`;
+//! - `match` / `= re()`: some regex matches a string value; `notmatch`: none does (ours;
+//!   DataKit: some regex does not), an empty list is false for both; `!= re()`: it does not match (ours; DataKit: always true for
+//!   a string); a non-string value is false for all four, a missing key true only for `!= re()`;
+//! - a literal on the left compares with the right side (`{ 1 = 1 }` is true); a key name on
+//!   the right (`a = b`), a dotted name, a function call, `*` or arithmetic never matches, and
+//!   neither does `and`/`or` with such an operand;
+//! - a top-level `( … )` element evaluates like any other (ours; DataKit: never true);
+//! - a filter string that is empty or starts with `;` ends the evaluation there: later groups
+//!   never match (DataKit's nil condition).
+//!
 //! Per [`Program::eval`] call, each key a condition uses is fetched at most once: its tag column
 //! (dictionary-encoded, so a condition is tested once per distinct tag value), and its field
 //! column only when some point lacks the tag. Conditions yield bitsets over the batch's points
 //! that `and`/`or`/groups combine word by word; a conjunction stops once no point is left, a
 //! disjunction once every point matched.
-//!
-//! Semantics (see the crate README for the reasoning):
-//! - a key is the category's injected key (`source`, `measurement`, `class`) when it is one,
-//!   else the point's tag, else its field;
-//! - `=`, `!=`, ordering: same type on both sides, else false; numbers (int, uint, float fields
-//!   and int/float literals) compare numerically, floats equal within 1e-9; strings order
-//!   bytewise; bools only `=`/`!=`; a missing key is false, except `= nil` (true) — `!= nil` is
-//!   true when the key is present;
-//! - `in`: some element equals the value (`nil` in the list matches a missing key); `notin`: none
-//!   does (so a missing key is in no list without `nil`);
-//! - `match`/`= re()`: some regex matches (unanchored) a string value; `notmatch`/`!= re()`: none
-//!   does; a missing key or non-string value is false for all four.
 
 use std::cmp::Ordering;
 
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
 
-use crate::parser::{CmpOp, Cond, Expr, Filter, Lit, Op, ParseError, RegexLit};
+use crate::parser::{BinOp, Filter, Node, Num, ParseError, RegexLit, node_kind};
 
 /// A field value, as the host sends it.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,10 +73,11 @@ pub trait Columns {
     fn field_column(&self, key: &str) -> Vec<Option<Value>>;
 }
 
-/// The key whose value is the measurement name in `category`, overriding a tag of that name.
+/// The key DataKit sets to the measurement name in `category` (`KVs.Setup`); a tag or field
+/// of that name wins over it.
 pub fn injected_key(category: &str) -> Option<&'static str> {
     match category {
-        "logging" | "network" | "keyevent" | "rum" => Some("source"),
+        "logging" | "network" | "keyevent" | "rum" | "dialtesting" => Some("source"),
         "metric" => Some("measurement"),
         "object" | "custom_object" => Some("class"),
         _ => None,
@@ -71,150 +85,230 @@ pub fn injected_key(category: &str) -> Option<&'static str> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Values and predicates
-
-/// A borrowed value of a key for one point.
-#[derive(Debug, Clone, Copy)]
-enum V<'a> {
-    Missing,
-    Str(&'a str),
-    Int(i64),
-    Uint(u64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl<'a> From<Option<&'a Value>> for V<'a> {
-    fn from(v: Option<&'a Value>) -> V<'a> {
-        match v {
-            None => V::Missing,
-            Some(Value::Str(s)) => V::Str(s),
-            Some(Value::Int(i)) => V::Int(*i),
-            Some(Value::Uint(u)) => V::Uint(*u),
-            Some(Value::Float(f)) => V::Float(*f),
-            Some(Value::Bool(b)) => V::Bool(*b),
-        }
-    }
-}
-
-/// A number: integers (int, uint) exactly, floats as f64.
-#[derive(Debug, Clone, Copy)]
-enum Num {
-    I(i128),
-    F(f64),
-}
-
-impl Num {
-    fn of(v: V<'_>) -> Option<Num> {
-        match v {
-            V::Int(i) => Some(Num::I(i as i128)),
-            V::Uint(u) => Some(Num::I(u as i128)),
-            V::Float(f) => Some(Num::F(f)),
-            _ => None,
-        }
-    }
-
-    fn of_lit(l: &Lit) -> Option<Num> {
-        match l {
-            Lit::Int(i) => Some(Num::I(*i as i128)),
-            Lit::Float(f) => Some(Num::F(*f)),
-            _ => None,
-        }
-    }
-
-    fn f(self) -> f64 {
-        match self {
-            Num::I(i) => i as f64,
-            Num::F(f) => f,
-        }
-    }
-
-    fn eq(self, o: Num) -> bool {
-        match (self, o) {
-            (Num::I(a), Num::I(b)) => a == b,
-            _ => {
-                let (a, b) = (self.f(), o.f());
-                a == b || (a - b).abs() <= FLOAT_EPSILON
-            }
-        }
-    }
-
-    fn cmp(self, o: Num) -> Option<Ordering> {
-        match (self, o) {
-            (Num::I(a), Num::I(b)) => Some(a.cmp(&b)),
-            _ => self.f().partial_cmp(&o.f()),
-        }
-    }
-}
+// Values and DataKit's binEval
 
 /// Float equality tolerance, as DataKit's.
 pub const FLOAT_EPSILON: f64 = 1e-9;
 
-/// `v = lit`: `None` when the types differ (or either side is nil).
-fn equals(v: V<'_>, lit: &Lit) -> Option<bool> {
-    match (v, lit) {
-        (V::Str(a), Lit::Str(b)) => Some(a == b),
-        (V::Bool(a), Lit::Bool(b)) => Some(a == *b),
-        _ => Some(Num::of(v)?.eq(Num::of_lit(lit)?)),
+/// A comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Cmp {
+    fn of(op: BinOp) -> Option<Cmp> {
+        Some(match op {
+            BinOp::Eq => Cmp::Eq,
+            BinOp::Ne => Cmp::Ne,
+            BinOp::Lt => Cmp::Lt,
+            BinOp::Le => Cmp::Le,
+            BinOp::Gt => Cmp::Gt,
+            BinOp::Ge => Cmp::Ge,
+            _ => return None,
+        })
+    }
+
+    fn holds(self, o: Ordering) -> bool {
+        match self {
+            Cmp::Lt => o == Ordering::Less,
+            Cmp::Le => o != Ordering::Greater,
+            Cmp::Gt => o == Ordering::Greater,
+            Cmp::Ge => o != Ordering::Less,
+            Cmp::Eq => o == Ordering::Equal,
+            Cmp::Ne => o != Ordering::Equal,
+        }
     }
 }
 
-/// `v <=> lit` for the orderings: strings bytewise, numbers numerically, else `None`.
-fn order(v: V<'_>, lit: &Lit) -> Option<Ordering> {
-    match (v, lit) {
-        (V::Str(a), Lit::Str(b)) => Some(a.cmp(b.as_str())),
-        _ => Num::of(v)?.cmp(Num::of_lit(lit)?),
+/// A literal of a condition.
+#[derive(Debug, Clone)]
+enum Lit {
+    Str(Vec<u8>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Nil,
+    Re(Box<Regex>),
+}
+
+impl Lit {
+    fn v(&self) -> V<'_> {
+        match self {
+            Lit::Str(s) => V::Str(s),
+            Lit::Int(i) => V::Int(*i),
+            Lit::Float(f) => V::Float(*f),
+            Lit::Bool(b) => V::Bool(*b),
+            Lit::Nil => V::Nil,
+            Lit::Re(r) => V::Re(r),
+        }
+    }
+}
+
+/// A value as DataKit's `binEval` sees it (a Go `interface{}`).
+#[derive(Debug, Clone, Copy)]
+enum V<'a> {
+    Str(&'a [u8]),
+    Int(i64),
+    Uint(u64),
+    Float(f64),
+    Bool(bool),
+    Nil,
+    Re(&'a Regex),
+}
+
+impl<'a> From<&'a Value> for V<'a> {
+    fn from(v: &'a Value) -> V<'a> {
+        match v {
+            Value::Str(s) => V::Str(s.as_bytes()),
+            Value::Int(i) => V::Int(*i),
+            Value::Uint(u) => V::Uint(*u),
+            Value::Float(f) => V::Float(*f),
+            Value::Bool(b) => V::Bool(*b),
+        }
+    }
+}
+
+impl V<'_> {
+    /// The Go type, for DataKit's "type conflict" rule.
+    fn ty(self) -> u8 {
+        match self {
+            V::Str(_) => 0,
+            V::Int(_) => 1,
+            V::Uint(_) => 2,
+            V::Float(_) => 3,
+            V::Bool(_) => 4,
+            V::Nil => 5,
+            V::Re(_) => 6,
+        }
+    }
+
+    fn is_num(self) -> bool {
+        matches!(self, V::Int(_) | V::Uint(_) | V::Float(_))
+    }
+}
+
+/// Go's `==` on two `interface{}` values: same type and same value.
+fn go_eq(l: V<'_>, r: V<'_>) -> bool {
+    match (l, r) {
+        (V::Str(a), V::Str(b)) => a == b,
+        (V::Int(a), V::Int(b)) => a == b,
+        (V::Uint(a), V::Uint(b)) => a == b,
+        (V::Float(a), V::Float(b)) => a == b,
+        (V::Bool(a), V::Bool(b)) => a == b,
+        (V::Nil, V::Nil) => true,
+        (V::Re(a), V::Re(b)) => std::ptr::eq(a, b),
+        _ => false,
+    }
+}
+
+/// Numbers of different types (ours; DataKit calls this a type conflict: false). Integers
+/// compare exactly, a float with either `=` within [`FLOAT_EPSILON`] or exactly for `!=` and
+/// orderings, as floats do among themselves.
+fn cross_numeric(op: Cmp, l: V<'_>, r: V<'_>) -> bool {
+    let int = |v: V<'_>| match v {
+        V::Int(i) => Some(i as i128),
+        V::Uint(u) => Some(u as i128),
+        _ => None,
+    };
+    let float = |v: V<'_>| match v {
+        V::Int(i) => i as f64,
+        V::Uint(u) => u as f64,
+        V::Float(f) => f,
+        _ => f64::NAN,
+    };
+    if let (Some(a), Some(b)) = (int(l), int(r)) {
+        return op.holds(a.cmp(&b));
+    }
+    let (a, b) = (float(l), float(r));
+    match op {
+        Cmp::Eq => (a - b).abs() <= FLOAT_EPSILON,
+        Cmp::Ne => a != b,
+        _ => a.partial_cmp(&b).is_some_and(|o| op.holds(o)),
+    }
+}
+
+/// DataKit's `binEval(op, lhs, rhs)` for the comparison operators.
+fn bin_eval(op: Cmp, l: V<'_>, r: V<'_>) -> bool {
+    if let V::Re(re) = r {
+        let V::Str(s) = l else {
+            return false; // a non-string never matches a regex
+        };
+        return match op {
+            Cmp::Eq => re.is_match(s),
+            Cmp::Ne => !re.is_match(s), // ours; DataKit: true (a string is not a regex)
+            _ => false,
+        };
+    }
+    if l.is_num() && r.is_num() && l.ty() != r.ty() {
+        return cross_numeric(op, l, r);
+    }
+    if !matches!(r, V::Nil) && l.ty() != r.ty() {
+        return false; // type conflict
+    }
+    match op {
+        Cmp::Eq => match (l, r) {
+            (V::Float(a), V::Float(b)) => (a - b).abs() <= FLOAT_EPSILON,
+            (V::Float(_), _) => false,
+            _ => go_eq(l, r),
+        },
+        // nil != nil is false: go_eq(nil, nil) holds.
+        Cmp::Ne => !go_eq(l, r),
+        _ => match (l, r) {
+            (V::Int(a), V::Int(b)) => op.holds(a.cmp(&b)),
+            (V::Str(a), V::Str(b)) => op.holds(a.cmp(b)),
+            (V::Float(a), V::Float(b)) => a.partial_cmp(&b).is_some_and(|o| op.holds(o)),
+            _ => false,
+        },
     }
 }
 
 /// A compiled condition on one key's value.
 #[derive(Debug)]
 enum Pred {
-    Cmp(CmpOp, Lit),
-    In {
-        items: Vec<Lit>,
-        has_nil: bool,
-        negated: bool,
-    },
-    /// `match`, `= re()` (`negated: false`) and `notmatch`, `!= re()` (`negated: true`).
-    Match {
-        res: Vec<Regex>,
-        negated: bool,
-    },
+    /// `key op literal`.
+    Cmp(Cmp, Lit),
+    /// `in` (`negated: false`) / `notin` over the list's literals (key names and `*` in the
+    /// list are dropped, as DataKit drops them).
+    In { items: Vec<Lit>, negated: bool },
+    /// `match` (`negated: false`) / `notmatch`.
+    Match { res: Vec<Regex>, negated: bool },
 }
 
 impl Pred {
-    fn test(&self, v: V<'_>) -> bool {
-        match self {
-            Pred::Cmp(op, lit) => match (v, lit) {
-                (V::Missing, _) => *op == CmpOp::Eq && *lit == Lit::Nil,
-                (_, Lit::Nil) => *op == CmpOp::Ne,
-                _ => match op {
-                    CmpOp::Eq => equals(v, lit) == Some(true),
-                    CmpOp::Ne => equals(v, lit) == Some(false),
-                    CmpOp::Lt => order(v, lit) == Some(Ordering::Less),
-                    CmpOp::Le => matches!(order(v, lit), Some(Ordering::Less | Ordering::Equal)),
-                    CmpOp::Gt => order(v, lit) == Some(Ordering::Greater),
-                    CmpOp::Ge => {
-                        matches!(order(v, lit), Some(Ordering::Greater | Ordering::Equal))
-                    }
-                },
-            },
-            Pred::In {
-                items,
-                has_nil,
-                negated,
-            } => {
-                let found = match v {
-                    V::Missing => *has_nil,
-                    _ => items.iter().any(|l| equals(v, l) == Some(true)),
-                };
-                found != *negated
+    /// The condition for one point's value (`None`: the key is missing).
+    fn test(&self, v: Option<V<'_>>) -> bool {
+        match (self, v) {
+            (Pred::Cmp(op, lit), Some(v)) => bin_eval(*op, v, lit.v()),
+            (Pred::Cmp(op, lit), None) => bin_eval(*op, lit.v(), V::Nil),
+            (Pred::In { items, negated }, Some(v)) => {
+                items.iter().any(|l| bin_eval(Cmp::Eq, v, l.v())) != *negated
             }
-            Pred::Match { res, negated } => match v {
-                V::Str(s) => res.iter().any(|r| r.is_match(s)) != *negated,
-                _ => false,
-            },
+            // DataKit answers `in` for a missing key from the list's first element only.
+            (
+                Pred::In {
+                    items,
+                    negated: false,
+                },
+                None,
+            ) => matches!(items.first(), Some(Lit::Nil)),
+            (
+                Pred::In {
+                    items,
+                    negated: true,
+                },
+                None,
+            ) => !items.iter().any(|l| matches!(l, Lit::Nil)),
+            // An empty list is false for both, as in DataKit.
+            (Pred::Match { res, negated }, Some(V::Str(s))) => {
+                !res.is_empty() && res.iter().any(|r| r.is_match(s)) != *negated
+            }
+            (Pred::Match { .. }, _) => false,
         }
     }
 }
@@ -226,15 +320,47 @@ impl Pred {
 /// their negations) are ASCII-only in Go but Unicode-aware here; `\Q…\E` quotes literally; inside
 /// a class, Go takes `[` (outside `[:name:]`), `&&` and `~~` literally where Rust nests or
 /// combines classes.
-pub fn go_regex_to_rust(pat: &str) -> String {
+///
+/// Go also refuses what Rust takes: a repetition of a repetition (`a**`, `a+?+`, `a{2}*`) and
+/// counts above 1000; and reads a `{` that starts no `{n}`, `{n,}`, `{n,m}` as a literal, where
+/// Rust refuses it. Those are errors / escaped here.
+pub fn go_regex_to_rust(pat: &str) -> Result<String, String> {
     let mut out = String::with_capacity(pat.len() + 8);
     let chars: Vec<char> = pat.chars().collect();
     let mut i = 0;
     // Inside a bracketed class; `class_start` is the index right after `[` / `[^`.
     let mut in_class = false;
     let mut class_start = 0;
+    // The previous item was a repetition operator.
+    let mut repeated = false;
     while i < chars.len() {
         let c = chars[i];
+        let was_repeated = std::mem::replace(&mut repeated, false);
+        if !in_class && matches!(c, '*' | '+' | '?' | '{') {
+            let len = match c {
+                '{' => counted_repeat(&chars[i..])?,
+                _ => Some(1),
+            };
+            match len {
+                Some(_) if was_repeated => {
+                    return Err("invalid nested repetition operator".into());
+                }
+                Some(len) => {
+                    out.extend(&chars[i..i + len]);
+                    i += len;
+                    if chars.get(i) == Some(&'?') {
+                        out.push('?'); // non-greedy
+                        i += 1;
+                    }
+                    repeated = true;
+                }
+                None => {
+                    out.push_str(r"\{");
+                    i += 1;
+                }
+            }
+            continue;
+        }
         match c {
             '\\' if i + 1 < chars.len() => {
                 let e = chars[i + 1];
@@ -261,6 +387,17 @@ pub fn go_regex_to_rust(pat: &str) -> String {
                             out.push(c);
                         }
                         i += rest[..skip].chars().count();
+                    }
+                    // `\p{Greek}`, `\x{10FFFF}`: the braces are the escape's, not a repetition.
+                    'p' | 'P' | 'x' if chars.get(i) == Some(&'{') => {
+                        let len = chars[i..]
+                            .iter()
+                            .position(|&c| c == '}')
+                            .map_or(1, |e| e + 1);
+                        out.push('\\');
+                        out.push(e);
+                        out.extend(&chars[i..i + len]);
+                        i += len;
                     }
                     e => {
                         out.push('\\');
@@ -306,13 +443,49 @@ pub fn go_regex_to_rust(pat: &str) -> String {
         }
         i += 1;
     }
-    out
+    Ok(out)
+}
+
+/// The length of a Go counted repetition (`{2}`, `{2,}`, `{2,5}`) at the start of `c`, or
+/// `None` when the `{` is a literal there.
+fn counted_repeat(c: &[char]) -> Result<Option<usize>, String> {
+    let digits = |from: usize| c[from..].iter().take_while(|d| d.is_ascii_digit()).count();
+    let n = digits(1);
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut end = 1 + n;
+    let mut counts = vec![&c[1..end]];
+    if c.get(end) == Some(&',') {
+        let m = digits(end + 1);
+        counts.push(&c[end + 1..end + 1 + m]);
+        end += 1 + m;
+    }
+    if c.get(end) != Some(&'}') {
+        return Ok(None);
+    }
+    for d in counts {
+        let v: String = d.iter().collect();
+        if !v.is_empty() && v.parse::<u32>().map_or(true, |v| v > 1000) {
+            return Err("invalid repeat count".into());
+        }
+    }
+    Ok(Some(end + 1))
 }
 
 fn compile_regex(lit: &RegexLit) -> Result<Regex, ParseError> {
+    let invalid = |reason: &str| ParseError {
+        pos: lit.pos,
+        msg: format!(
+            "invalid regex {:?}: {reason}",
+            String::from_utf8_lossy(&lit.pattern)
+        ),
+    };
+    let pattern = std::str::from_utf8(&lit.pattern).map_err(|_| invalid("not UTF-8"))?;
+    let pattern = go_regex_to_rust(pattern).map_err(|e| invalid(&e))?;
     Regex::builder()
         .syntax(syntax::Config::new().octal(true))
-        .build(&go_regex_to_rust(&lit.pattern))
+        .build(&pattern)
         .map_err(|e| {
             // A syntax error's Display is a multi-line diagram; keep its last line.
             let text = match e.syntax_error() {
@@ -325,10 +498,7 @@ fn compile_regex(lit: &RegexLit) -> Result<Regex, ParseError> {
                 .find_map(|l| l.trim().strip_prefix("error: "))
                 .unwrap_or(text.trim())
                 .to_string();
-            ParseError {
-                pos: lit.pos,
-                msg: format!("invalid regex {:?}: {reason}", lit.pattern),
-            }
+            invalid(&reason)
         })
 }
 
@@ -337,7 +507,13 @@ fn compile_regex(lit: &RegexLit) -> Result<Regex, ParseError> {
 
 #[derive(Debug)]
 enum CExpr {
-    Leaf { key: usize, pred: Pred },
+    /// Known at compile time: a literal compared with a literal, or a shape DataKit never
+    /// evaluates to true.
+    Const(bool),
+    Leaf {
+        key: usize,
+        pred: Pred,
+    },
     And(Vec<CExpr>),
     Or(Vec<CExpr>),
 }
@@ -347,10 +523,18 @@ enum CExpr {
 pub struct Program {
     /// Each group is a conjunction; the groups are ORed.
     groups: Vec<Vec<CExpr>>,
+    /// No filter at all: every point matches (a DataKit sinker without `filters`).
+    match_all: bool,
     /// The distinct keys the conditions use; `CExpr::Leaf::key` indexes this.
     keys: Vec<String>,
     filters: usize,
     conditions: usize,
+    warnings: Vec<String>,
+}
+
+/// Whether DataKit can evaluate `n` as an operand of `and`/`or` (its `Evaluable`).
+fn evaluable(n: &Node) -> bool {
+    matches!(n, Node::Binary(..) | Node::Paren(_))
 }
 
 impl Program {
@@ -359,77 +543,174 @@ impl Program {
     pub fn compile(filters: &[Filter]) -> Result<Program, (usize, ParseError)> {
         let mut prog = Program {
             groups: Vec::new(),
+            match_all: filters.is_empty(),
             keys: Vec::new(),
             filters: filters.len(),
             conditions: 0,
+            warnings: Vec::new(),
         };
+        let mut stopped = false;
         for (fi, f) in filters.iter().enumerate() {
             for g in &f.groups {
-                let elems = g
-                    .elems
-                    .iter()
-                    .map(|e| prog.compile_expr(e))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| (fi, e))?;
+                for e in &g.elems {
+                    check_regexes(e).map_err(|e| (fi, e))?;
+                }
+            }
+            if stopped {
+                continue;
+            }
+            if f.leading_empty {
+                stopped = true;
+                if fi + 1 < filters.len() || !f.groups.is_empty() {
+                    prog.warnings.push(format!(
+                        "filter #{} is empty or starts with ';': as in DataKit, no group from \
+                         there on is evaluated (remove the empty filter or the leading ';')",
+                        fi + 1
+                    ));
+                }
+                continue;
+            }
+            for g in &f.groups {
+                let elems = g.elems.iter().map(|e| prog.compile_bool(e)).collect();
                 prog.groups.push(elems);
             }
         }
         Ok(prog)
     }
 
-    fn compile_expr(&mut self, e: &Expr) -> Result<CExpr, ParseError> {
-        Ok(match e {
-            Expr::And(v) => CExpr::And(
-                v.iter()
-                    .map(|e| self.compile_expr(e))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Expr::Or(v) => CExpr::Or(
-                v.iter()
-                    .map(|e| self.compile_expr(e))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Expr::Cond(c) => self.compile_cond(c)?,
-        })
+    /// Warnings for the log: conditions that can never be true, ignored groups.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
-    fn compile_cond(&mut self, c: &Cond) -> Result<CExpr, ParseError> {
+    fn never(&mut self, n: &Node, why: &str) -> CExpr {
         self.conditions += 1;
-        let key = match self.keys.iter().position(|k| *k == c.key) {
+        self.warnings
+            .push(format!("{} never matches: {why}", describe_node(n)));
+        CExpr::Const(false)
+    }
+
+    /// A node in a boolean position: a group element, an operand of `and`/`or`, the inside of
+    /// `( … )`.
+    fn compile_bool(&mut self, n: &Node) -> CExpr {
+        match n {
+            Node::Binary(op @ (BinOp::And | BinOp::Or), l, r) => {
+                if !evaluable(l) || !evaluable(r) {
+                    let bad = if evaluable(l) { r } else { l };
+                    return self.never(
+                        n,
+                        &format!("{} is not a condition (as in DataKit)", node_kind(bad)),
+                    );
+                }
+                let (l, r) = (self.compile_bool(l), self.compile_bool(r));
+                if *op == BinOp::And {
+                    CExpr::And(vec![l, r])
+                } else {
+                    CExpr::Or(vec![l, r])
+                }
+            }
+            // Ours for a top-level `( … )` too; DataKit's group accepts only a binary element.
+            Node::Paren(inner) if evaluable(inner) => self.compile_bool(inner),
+            Node::Binary(op, l, r) => self.compile_single(n, *op, l, r),
+            _ => self.never(n, "it is not a condition (as in DataKit)"),
+        }
+    }
+
+    /// `l op r` for the comparison, `in` and `match` operators (DataKit's `singleEval`).
+    fn compile_single(&mut self, n: &Node, op: BinOp, l: &Node, r: &Node) -> CExpr {
+        let lit = |n: &Node| -> Option<Lit> {
+            Some(match n {
+                Node::Str(s) => Lit::Str(s.clone()),
+                Node::Num(Num::Int(i)) => Lit::Int(*i),
+                Node::Num(Num::Float(f)) => Lit::Float(*f),
+                Node::Bool(b) => Lit::Bool(*b),
+                Node::Nil => Lit::Nil,
+                Node::Regex(re) => Lit::Re(Box::new(compile_regex(re).expect("checked"))),
+                _ => return None,
+            })
+        };
+        let pred = match (op, r) {
+            (BinOp::In | BinOp::NotIn, Node::List(items)) => Pred::In {
+                items: items
+                    .iter()
+                    .filter(|i| !matches!(i, Node::Regex(_)))
+                    .filter_map(lit)
+                    .collect(),
+                negated: op == BinOp::NotIn,
+            },
+            (BinOp::Match | BinOp::NotMatch, Node::List(items)) => Pred::Match {
+                res: items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Node::Regex(re) => Some(compile_regex(re).expect("checked")),
+                        _ => None,
+                    })
+                    .collect(),
+                negated: op == BinOp::NotMatch,
+            },
+            _ => match (Cmp::of(op), lit(r)) {
+                (Some(cmp), Some(lit)) => Pred::Cmp(cmp, lit),
+                (None, _) => return self.never(n, "arithmetic is not a condition"),
+                (_, None) => {
+                    let hint = match r {
+                        Node::Ident(k) => format!(
+                            " (quote it to compare with the string: '{}')",
+                            String::from_utf8_lossy(k)
+                        ),
+                        _ => String::new(),
+                    };
+                    return self.never(
+                        n,
+                        &format!(
+                            "its right side is {}, not a value, as in DataKit{hint}",
+                            node_kind(r)
+                        ),
+                    );
+                }
+            },
+        };
+        let key = match l {
+            Node::Ident(k) => k,
+            // A literal on the left: DataKit compares the two literals.
+            Node::Str(_) | Node::Num(_) | Node::Bool(_) | Node::Nil => {
+                self.conditions += 1;
+                let (Pred::Cmp(cmp, r), Some(l)) = (&pred, lit(l)) else {
+                    unreachable!("the grammar puts only keys before in/match");
+                };
+                return CExpr::Const(bin_eval(*cmp, l.v(), r.v()));
+            }
+            _ => {
+                return self.never(
+                    n,
+                    &format!(
+                        "its left side is {}, not a key, as in DataKit",
+                        node_kind(l)
+                    ),
+                );
+            }
+        };
+        self.conditions += 1;
+        let Ok(key) = String::from_utf8(key.clone()) else {
+            // No point has a key that is not UTF-8: it is missing from every point.
+            return CExpr::Const(pred.test(None));
+        };
+        let key = match self.keys.iter().position(|k| *k == key) {
             Some(i) => i,
             None => {
-                self.keys.push(c.key.clone());
+                self.keys.push(key);
                 self.keys.len() - 1
             }
         };
-        let regexes = |v: &[RegexLit]| v.iter().map(compile_regex).collect::<Result<Vec<_>, _>>();
-        let pred = match &c.op {
-            Op::Cmp(op, lit) => Pred::Cmp(*op, lit.clone()),
-            Op::Re { negated, re } => Pred::Match {
-                res: vec![compile_regex(re)?],
-                negated: *negated,
-            },
-            Op::In(items) | Op::NotIn(items) => Pred::In {
-                has_nil: items.contains(&Lit::Nil),
-                items: items.iter().filter(|l| **l != Lit::Nil).cloned().collect(),
-                negated: matches!(c.op, Op::NotIn(_)),
-            },
-            Op::Match(v) => Pred::Match {
-                res: regexes(v)?,
-                negated: false,
-            },
-            Op::NotMatch(v) => Pred::Match {
-                res: regexes(v)?,
-                negated: true,
-            },
-        };
-        Ok(CExpr::Leaf { key, pred })
+        CExpr::Leaf { key, pred }
     }
 
     /// One line for the log: `2 filters, 3 groups, 5 conditions on 4 keys`.
     pub fn summary(&self) -> String {
-        if self.groups.is_empty() {
+        if self.match_all {
             return "no filters: every point matches".into();
+        }
+        if self.groups.is_empty() {
+            return "no group to evaluate: no point matches".into();
         }
         let plural = |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
         format!(
@@ -442,10 +723,10 @@ impl Program {
     }
 
     /// Says which points of `batch` match: element `i` is true when point `i` matches some group.
-    /// With no groups at all (an empty filter list), every point matches.
+    /// With no filters at all, every point matches.
     pub fn eval<C: Columns + ?Sized>(&self, batch: &C) -> Vec<bool> {
         let n = batch.len();
-        if self.groups.is_empty() {
+        if self.match_all {
             return vec![true; n];
         }
         let category = batch.category();
@@ -453,6 +734,7 @@ impl Program {
             batch,
             n,
             injected: injected_key(&category),
+            category,
             measurements: None,
             cols: (0..self.keys.len()).map(|_| None).collect(),
             keys: &self.keys,
@@ -466,6 +748,41 @@ impl Program {
             }
         }
         result.to_vec()
+    }
+}
+
+/// Compiles every regex of `n`, for the error.
+fn check_regexes(n: &Node) -> Result<(), ParseError> {
+    match n {
+        Node::Regex(re) => compile_regex(re).map(|_| ()),
+        Node::Paren(x) => check_regexes(x),
+        Node::Binary(_, l, r) => check_regexes(l).and_then(|()| check_regexes(r)),
+        Node::List(items) => items.iter().try_for_each(check_regexes),
+        _ => Ok(()),
+    }
+}
+
+/// A short rendering of a condition, for warnings.
+fn describe_node(n: &Node) -> String {
+    match n {
+        Node::Binary(op, l, r) => format!("condition `{} {} {}`", short(l), op.as_str(), short(r)),
+        _ => format!("element {}", node_kind(n)),
+    }
+}
+
+fn short(n: &Node) -> String {
+    match n {
+        Node::Ident(k) => String::from_utf8_lossy(k).into_owned(),
+        Node::Str(s) => format!("'{}'", String::from_utf8_lossy(s)),
+        Node::Num(Num::Int(i)) => i.to_string(),
+        Node::Num(Num::Float(f)) => f.to_string(),
+        Node::Bool(b) => b.to_string(),
+        Node::Nil => "nil".into(),
+        Node::Paren(_) => "(…)".into(),
+        Node::Binary(..) => "…".into(),
+        Node::List(_) => "[…]".into(),
+        Node::Regex(_) => "re(…)".into(),
+        Node::Opaque(w) => format!("<{w}>"),
     }
 }
 
@@ -537,19 +854,28 @@ impl Bits {
 }
 
 /// A key's columns, fetched once per batch.
-enum KeyCol {
-    /// The category's injected key: the measurements column.
-    Injected,
-    /// The tag column, and the field column when some point lacks the tag.
-    TagOrField {
-        tags: StringColumn,
-        fields: Option<Vec<Option<Value>>>,
-    },
+struct KeyCol {
+    tags: StringColumn,
+    /// Fetched when some point lacks the tag.
+    fields: Option<Vec<Option<Value>>>,
+    /// What a point with neither tag nor field has under this key.
+    fallback: Fallback,
+}
+
+/// DataKit's injected keys, looked up after the point's own.
+#[derive(Clone, Copy, PartialEq)]
+enum Fallback {
+    Missing,
+    /// `category`: the category's name.
+    Category,
+    /// The category's name key (`measurement`, `source`, `class`): the measurement.
+    Measurement,
 }
 
 struct Ctx<'a, C: Columns + ?Sized> {
     batch: &'a C,
     n: usize,
+    category: String,
     injected: Option<&'static str>,
     measurements: Option<StringColumn>,
     cols: Vec<Option<KeyCol>>,
@@ -571,6 +897,8 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
 
     fn expr(&mut self, e: &CExpr) -> Bits {
         match e {
+            CExpr::Const(true) => Bits::ones(self.n),
+            CExpr::Const(false) => Bits::zeros(self.n),
             CExpr::Leaf { key, pred } => self.leaf(*key, pred),
             CExpr::And(v) => self.conj(v),
             CExpr::Or(v) => {
@@ -593,52 +921,70 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
             return;
         }
         let key = self.keys[k].as_str();
-        let col = if self.injected == Some(key) {
-            if self.measurements.is_none() {
-                self.measurements = Some(self.batch.measurements());
-            }
-            KeyCol::Injected
+        let tags = self.batch.tag_column(key);
+        let fields = tags
+            .dict
+            .iter()
+            .any(Option::is_none)
+            .then(|| self.batch.field_column(key));
+        let fallback = if key == "category" {
+            Fallback::Category
+        } else if self.injected == Some(key) {
+            Fallback::Measurement
         } else {
-            let tags = self.batch.tag_column(key);
-            let fields = tags
-                .dict
-                .iter()
-                .any(Option::is_none)
-                .then(|| self.batch.field_column(key));
-            KeyCol::TagOrField { tags, fields }
+            Fallback::Missing
         };
-        self.cols[k] = Some(col);
+        if fallback == Fallback::Measurement && self.measurements.is_none() {
+            self.measurements = Some(self.batch.measurements());
+        }
+        self.cols[k] = Some(KeyCol {
+            tags,
+            fields,
+            fallback,
+        });
     }
 
     fn leaf(&mut self, k: usize, pred: &Pred) -> Bits {
         self.fetch(k);
         let mut out = Bits::zeros(self.n);
-        let (tags, fields) = match self.cols[k].as_ref().expect("fetched") {
-            KeyCol::Injected => (self.measurements.as_ref().expect("fetched"), None),
-            KeyCol::TagOrField { tags, fields } => (tags, fields.as_ref()),
+        let col = self.cols[k].as_ref().expect("fetched");
+        // Once per distinct value: 1 = true, 0 = false, 2 = absent (look further).
+        let per_entry = |dict: &[Option<String>]| -> Vec<u8> {
+            dict.iter()
+                .map(|e| match e {
+                    Some(s) => pred.test(Some(V::Str(s.as_bytes()))) as u8,
+                    None => 2,
+                })
+                .collect()
         };
-        // Once per distinct tag value: 1 = true, 0 = false, 2 = no tag (look at the field).
-        let per_entry: Vec<u8> = tags
-            .dict
-            .iter()
-            .map(|e| match e {
-                Some(s) => pred.test(V::Str(s)) as u8,
-                None => 2,
-            })
-            .collect();
-        let when_missing = pred.test(V::Missing);
+        let tag_hits = per_entry(&col.tags.dict);
+        let absent = match col.fallback {
+            Fallback::Missing => pred.test(None),
+            Fallback::Category => pred.test(Some(V::Str(self.category.as_bytes()))),
+            Fallback::Measurement => false, // per point, below
+        };
+        let measurement_hits = match (col.fallback, &self.measurements) {
+            (Fallback::Measurement, Some(m)) => Some((per_entry(&m.dict), m)),
+            _ => None,
+        };
+        let entry = |c: &StringColumn, hits: &[u8], i: usize| {
+            c.index.get(i).and_then(|&d| hits.get(d as usize)).copied()
+        };
         for i in 0..self.n {
-            let entry = tags
-                .index
-                .get(i)
-                .and_then(|&d| per_entry.get(d as usize))
-                .copied();
-            let hit = match entry {
+            let hit = match entry(&col.tags, &tag_hits, i) {
                 Some(0) => false,
                 Some(1) => true,
-                _ => match fields.and_then(|f| f.get(i)).and_then(Option::as_ref) {
-                    Some(v) => pred.test(V::from(Some(v))),
-                    None => when_missing,
+                _ => match col
+                    .fields
+                    .as_ref()
+                    .and_then(|f| f.get(i))
+                    .and_then(Option::as_ref)
+                {
+                    Some(v) => pred.test(Some(V::from(v))),
+                    None => match &measurement_hits {
+                        Some((hits, m)) => entry(m, hits, i) == Some(1),
+                        None => absent,
+                    },
                 },
             };
             if hit {
@@ -676,7 +1022,7 @@ mod tests {
             ("a&&b", "a&&b"),
         ];
         for (go, rust) in cases {
-            assert_eq!(go_regex_to_rust(go), *rust, "{go}");
+            assert_eq!(go_regex_to_rust(go).unwrap(), *rust, "{go}");
         }
         let re = |p: &str| {
             compile_regex(&RegexLit {

@@ -23,6 +23,9 @@ impl Guest for Plugin {
             LogLevel::Info,
             &format!("datakit-filter: {}", program.summary()),
         );
+        for w in program.warnings() {
+            log(LogLevel::Warn, &format!("datakit-filter: {w}"));
+        }
         PROGRAM.with(|p| *p.borrow_mut() = Some(program));
         Ok(())
     }

@@ -86,12 +86,6 @@ pub fn compile_config(config: &str) -> Result<Program, String> {
             }
             msg
         })?;
-        if f.groups.is_empty() {
-            return Err(format!(
-                "{} has no {{ … }} group, e.g. {{ measurement = 'cpu' }}",
-                name(i)
-            ));
-        }
         filters.push(f);
     }
     Program::compile(&filters).map_err(|(i, e)| format!("{}: {e}", name(i)))
@@ -140,7 +134,7 @@ mod tests {
             ),
             (
                 r#"{"filters": ["{ a = 1 }",]}"#,
-                "filter \"{\\\"filters\\\": [\\\"{ a = 1 }\\\",]}\": line 1 col 2: expected a key, found string \"filters\" (nor is the config valid JSON: ",
+                "filter \"{\\\"filters\\\": [\\\"{ a = 1 }\\\",]}\": line 1 col 2: expected a condition (key op value), found string \"filters\" (nor is the config valid JSON: ",
             ),
             (
                 "{ measurement = }",
@@ -150,11 +144,6 @@ mod tests {
                 r#"["{ a = 1 }", "{ b = }"]"#,
                 "filter #2 of 2 \"{ b = }\": line 1 col 7: expected value after '=', found '}'",
             ),
-            (
-                r#"["{ a = 1 }", ""]"#,
-                "filter #2 of 2 \"\" has no { … } group",
-            ),
-            ("# nothing", "filter \"# nothing\" has no { … } group"),
             (
                 "{ a match ['x', '(y'] }",
                 "filter \"{ a match ['x', '(y'] }\": line 1 col 17: invalid regex \"(y\": unclosed group",

@@ -1,108 +1,143 @@
 //! Lexer and parser: one DataKit filter string → [`Filter`] (its `{ … }` groups).
 //!
-//! Grammar (keywords are case-insensitive, `#` comments run to the end of the line):
+//! It accepts exactly what DataKit's parser (`GuanceCloud/cliutils/filter`, `gram.y` + `lex.go`)
+//! accepts, and builds the same tree, so that [`crate::eval`] can answer as DataKit does even for
+//! conditions that can never be true there (`a = b`, `f(x) = 1`, `a.b = 1`, `a + 1 = 2`).
 //!
 //! ```text
-//! filter  := (';' | group)*                      groups, optionally separated by ';'
-//! group   := '{' [ or (',' or)* ] '}'            ',' is AND; '{}' matches every point
-//! or      := and (('or' | '||') and)*
-//! and     := primary (('and' | '&&') primary)*
-//! primary := '(' or ')' | key op
-//! key     := word | `back-quoted`
-//! op      := ('=' | '!=') (value | 're' '(' string ')')
-//!          | ('<' | '<=' | '>' | '>=') value
-//!          | ('in' | 'notin' | 'not_in') '[' [value (',' value)* [',']] ']'
-//!          | ('match' | 'notmatch') '[' [string (',' string)* [',']] ']'
-//! value   := string | ['-' | '+'] number | 'true' | 'false' | 'nil' | 'null'
+//! filter  := [group] (';' [group])*            an empty first slot is kept (see Filter)
+//! group   := '{' [elem] (',' [elem])* '}'      elem: an expr whose root is binary or '(…)'
+//! expr    := operand (binop expr)*             by precedence, lowest first:
+//!                                              or || < and && < = != < <= > >= < + - < * / % < ^
+//! operand := number | '+' number | '-' number | string | true | false | nil | null | '*'
+//!          | re '(' string ')' | '(' expr ')'
+//!          | ref [('in' | 'notin' | 'not_in' | 'match' | 'notmatch') '[' list ']']
+//!          | func ('.' func)*
+//! ref     := ident ('.' ident)*                 a key when one ident, else never true
+//! func    := ref '(' [arg] (',' [arg])* ')'     never true
+//! ident   := word | `back-quoted` | identifier '(' string ')'
+//! list    := [ [','] item (',' item)* ]         item: number, string, nil, bool, ref, '*'
 //! ```
 //!
-//! Strings are `'…'` or `"…"` with Go escapes (`\n \t \\ \' \" \xHH \ooo \uXXXX \UXXXXXXXX`,
-//! ...). Numbers are decimal (`1`, `-2`, `1.5`, `.5`, `1e3`) or hex (`0x1f`); `inf` and `nan`
-//! are floats. An integer too large for int64 becomes a float, as in DataKit.
+//! Keywords are case-insensitive; DataKit's query keywords (`limit`, `by`, `as`, ...) are
+//! reserved too. Words are ASCII (letters, digits, `_`); other keys need back-quotes or
+//! `identifier('…')`. Strings are `'…'` / `"…"` with Go escapes; numbers are Go's (`010` is
+//! octal, `09` a float, `inf`, `nan`; `.5` is not a number). `#` comments run to the end of the
+//! line. Blanks are space, tab, CR and LF only.
 
 use std::fmt;
 
-/// A literal on the right of a comparison or in an `in` list.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lit {
-    Str(String),
+/// A number literal, typed as DataKit types it (int64 or float64).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Num {
     Int(i64),
     Float(f64),
-    Bool(bool),
-    /// `nil` / `null`: stands for "the key is missing".
-    Nil,
 }
 
-/// `=`, `!=` and the orderings.
+/// A regex as written, with where it was written (for compile errors).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegexLit {
+    /// The pattern's bytes (a `\xHH` escape can make them invalid UTF-8: then it is invalid).
+    pub pattern: Vec<u8>,
+    pub pos: Pos,
+}
+
+/// A binary operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CmpOp {
+pub enum BinOp {
+    Or,
+    And,
     Eq,
     Ne,
     Lt,
     Le,
     Gt,
     Ge,
+    In,
+    NotIn,
+    Match,
+    NotMatch,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Pow,
 }
 
-impl CmpOp {
+impl BinOp {
     pub fn as_str(self) -> &'static str {
         match self {
-            CmpOp::Eq => "=",
-            CmpOp::Ne => "!=",
-            CmpOp::Lt => "<",
-            CmpOp::Le => "<=",
-            CmpOp::Gt => ">",
-            CmpOp::Ge => ">=",
+            BinOp::Or => "or",
+            BinOp::And => "and",
+            BinOp::Eq => "=",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::In => "in",
+            BinOp::NotIn => "notin",
+            BinOp::Match => "match",
+            BinOp::NotMatch => "notmatch",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Mod => "%",
+            BinOp::Pow => "^",
+        }
+    }
+
+    /// Binding power (higher binds tighter), as DataKit's `%left` / `%right` lines.
+    fn power(self) -> u8 {
+        match self {
+            BinOp::Or => 1,
+            BinOp::And => 2,
+            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => 3,
+            BinOp::Add | BinOp::Sub => 4,
+            BinOp::Mul | BinOp::Div | BinOp::Mod => 5,
+            BinOp::Pow => 6,
+            BinOp::In | BinOp::NotIn | BinOp::Match | BinOp::NotMatch => 7,
         }
     }
 }
 
-/// A regex as written, with where it was written (for compile errors).
+/// A node of the tree, as DataKit's parser builds it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RegexLit {
-    pub pattern: String,
-    pub pos: Pos,
+pub enum Node {
+    /// `'…'` / `"…"`, unescaped (bytes: `\xff` is allowed, as in Go).
+    Str(Vec<u8>),
+    Num(Num),
+    Bool(bool),
+    /// `nil` / `null`.
+    Nil,
+    /// A key: `host`, `` `a-b` ``, `identifier('a.b')` (bytes, as a `\x` escape allows).
+    Ident(Vec<u8>),
+    /// `re('…')`.
+    Regex(RegexLit),
+    Paren(Box<Node>),
+    Binary(BinOp, Box<Node>, Box<Node>),
+    /// The `[…]` after `in`/`notin` (literals and keys) or `match`/`notmatch` (regexes only).
+    List(Vec<Node>),
+    /// Parsed but never evaluates in DataKit: `a.b`, `f(x)`, `f(x).g(y)`, `*`. The text says
+    /// which (for warnings).
+    Opaque(&'static str),
 }
 
-/// What a condition does with the value of its key.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    Cmp(CmpOp, Lit),
-    /// `= re('…')` (`negated: false`) or `!= re('…')` (`negated: true`).
-    Re {
-        negated: bool,
-        re: RegexLit,
-    },
-    In(Vec<Lit>),
-    NotIn(Vec<Lit>),
-    Match(Vec<RegexLit>),
-    NotMatch(Vec<RegexLit>),
-}
-
-/// `key op …`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Cond {
-    pub key: String,
-    pub op: Op,
-}
-
-/// A boolean expression over conditions.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Expr {
-    Cond(Cond),
-    And(Vec<Expr>),
-    Or(Vec<Expr>),
-}
-
-/// One `{ … }`: its comma-separated elements, ANDed (empty: matches every point).
+/// One `{ … }`: its comma-separated elements, ANDed (none: matches every point).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Group {
-    pub elems: Vec<Expr>,
+    pub elems: Vec<Node>,
 }
 
-/// One filter string: its groups, ORed.
+/// One filter string.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Filter {
+    /// The string starts with an empty slot (`""`, `"# comment"`, `"; { … }"`). DataKit keeps
+    /// it as a nil condition, which ends its evaluation: no group after it ever matches.
+    pub leading_empty: bool,
+    /// The `{ … }` groups, ORed.
     pub groups: Vec<Group>,
 }
 
@@ -147,30 +182,48 @@ impl fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
+/// How deep parentheses, calls and operator chains may nest (parsing recurses on them).
+const MAX_DEPTH: usize = 100;
+
 /// Parses one filter string.
 pub fn parse(src: &str) -> Result<Filter, ParseError> {
+    let toks = lex(src)?;
     let mut p = Parser {
-        lx: Lexer { src, at: 0 },
-        peeked: None,
+        src,
+        toks,
+        at: 0,
         depth: 0,
     };
-    let mut groups = Vec::new();
+    let mut filter = Filter {
+        leading_empty: false,
+        groups: Vec::new(),
+    };
+    let mut first = true;
     loop {
-        let t = p.peek()?;
-        match t.tok {
-            Tok::Semi => {
-                p.bump();
+        let slot_empty = if p.peek() == &Tok::LBrace {
+            let g = p.group()?;
+            filter.groups.push(g);
+            false
+        } else {
+            true
+        };
+        if first {
+            filter.leading_empty = slot_empty;
+            first = false;
+        }
+        match p.peek() {
+            Tok::Semi => p.bump(),
+            Tok::Eof => return Ok(filter),
+            _ if slot_empty => return Err(p.unexpected("expected '{' to start a filter group")),
+            _ => {
+                return Err(p.unexpected("expected ';' between groups (or the end of the filter)"));
             }
-            Tok::LBrace => groups.push(p.group()?),
-            Tok::Eof => break,
-            _ => return Err(p.unexpected(&t, "expected '{' to start a filter group")),
         }
     }
-    Ok(Filter { groups })
 }
 
 // ---------------------------------------------------------------------------------------------
-// Lexer
+// Lexer: DataKit's `lex.go` token by token.
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -182,26 +235,55 @@ enum Tok {
     RBracket,
     Comma,
     Semi,
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-    AndAnd,
-    OrOr,
-    Minus,
-    Plus,
-    /// A bare word: a key or a keyword.
+    Dot,
+    /// `:` / `::`: tokens of DataKit's query language, never valid in a filter.
+    Colon,
+    Op(BinOp),
+    /// A bare word that is not a keyword.
     Word(String),
-    /// A back-quoted key.
-    Quoted(String),
-    /// A quoted string, unescaped.
-    Str(String),
-    /// A number as written (without sign).
+    /// A keyword (lower-cased).
+    Kw(&'static str),
+    /// A number as written (`inf` and `nan` included).
     Num(String),
+    /// A quoted string, unescaped.
+    Str(Vec<u8>),
+    /// A back-quoted string, as is.
+    Raw(String),
     Eof,
 }
+
+/// DataKit's keywords. `inf`/`nan` are numbers; the rest cannot be keys.
+const KEYWORDS: &[&str] = &[
+    "and",
+    "as",
+    "asc",
+    "auto",
+    "by",
+    "desc",
+    "match",
+    "notmatch",
+    "false",
+    "filter",
+    "identifier",
+    "in",
+    "notin",
+    "not_in",
+    "limit",
+    "link",
+    "nil",
+    "null",
+    "offset",
+    "with",
+    "or",
+    "order",
+    "re",
+    "int",
+    "float",
+    "slimit",
+    "soffset",
+    "true",
+    "tz",
+];
 
 #[derive(Debug, Clone)]
 struct Token {
@@ -210,294 +292,365 @@ struct Token {
     at: usize,
 }
 
-impl Token {
-    fn describe(&self) -> String {
-        match &self.tok {
-            Tok::LBrace => "'{'".into(),
-            Tok::RBrace => "'}'".into(),
-            Tok::LParen => "'('".into(),
-            Tok::RParen => "')'".into(),
-            Tok::LBracket => "'['".into(),
-            Tok::RBracket => "']'".into(),
-            Tok::Comma => "','".into(),
-            Tok::Semi => "';'".into(),
-            Tok::Eq => "'='".into(),
-            Tok::Ne => "'!='".into(),
-            Tok::Lt => "'<'".into(),
-            Tok::Le => "'<='".into(),
-            Tok::Gt => "'>'".into(),
-            Tok::Ge => "'>='".into(),
-            Tok::AndAnd => "'&&'".into(),
-            Tok::OrOr => "'||'".into(),
-            Tok::Minus => "'-'".into(),
-            Tok::Plus => "'+'".into(),
-            Tok::Word(w) => format!("'{w}'"),
-            Tok::Quoted(k) => format!("`{k}`"),
-            Tok::Str(s) => format!("string {s:?}"),
-            Tok::Num(n) => format!("number {n}"),
-            Tok::Eof => "end of input".into(),
-        }
-    }
-
-    /// The bare word, lower-cased, when the token is one (for keyword checks).
-    fn keyword(&self) -> Option<String> {
-        match &self.tok {
-            Tok::Word(w) => Some(w.to_ascii_lowercase()),
-            _ => None,
-        }
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::LBrace => "'{'".into(),
+        Tok::RBrace => "'}'".into(),
+        Tok::LParen => "'('".into(),
+        Tok::RParen => "')'".into(),
+        Tok::LBracket => "'['".into(),
+        Tok::RBracket => "']'".into(),
+        Tok::Comma => "','".into(),
+        Tok::Semi => "';'".into(),
+        Tok::Dot => "'.'".into(),
+        Tok::Colon => "':'".into(),
+        Tok::Op(op) => format!("'{}'", op.as_str()),
+        Tok::Word(w) => format!("'{w}'"),
+        Tok::Kw(k) => format!("keyword '{k}'"),
+        Tok::Raw(k) => format!("`{k}`"),
+        Tok::Str(s) => format!("string {:?}", String::from_utf8_lossy(s)),
+        Tok::Num(n) => format!("number {n}"),
+        Tok::Eof => "end of input".into(),
     }
 }
 
-struct Lexer<'a> {
-    src: &'a str,
-    at: usize,
+fn is_alpha(c: char) -> bool {
+    c == '_' || c.is_ascii_alphabetic()
 }
 
-fn is_word_start(c: char) -> bool {
-    c == '_' || c.is_alphabetic()
+fn is_alnum(c: char) -> bool {
+    is_alpha(c) || c.is_ascii_digit()
 }
 
-fn is_word_char(c: char) -> bool {
-    c == '_' || c.is_alphanumeric()
+fn err_at(src: &str, at: usize, msg: impl Into<String>) -> ParseError {
+    ParseError {
+        pos: Pos::at(src, at),
+        msg: msg.into(),
+    }
 }
 
-impl<'a> Lexer<'a> {
-    fn rest(&self) -> &'a str {
-        &self.src[self.at..]
-    }
-
-    fn peek_char(&self) -> Option<char> {
-        self.rest().chars().next()
-    }
-
-    fn peek_char2(&self) -> Option<char> {
-        self.rest().chars().nth(1)
-    }
-
-    fn err(&self, at: usize, msg: impl Into<String>) -> ParseError {
-        ParseError {
-            pos: Pos::at(self.src, at),
-            msg: msg.into(),
-        }
-    }
-
-    /// Skips blanks and `#` comments.
-    fn skip_trivia(&mut self) {
-        while let Some(c) = self.peek_char() {
-            if c.is_whitespace() {
-                self.at += c.len_utf8();
-            } else if c == '#' {
-                let end = self
-                    .rest()
-                    .find('\n')
-                    .map_or(self.src.len(), |i| self.at + i);
-                self.at = end;
-            } else {
-                break;
+fn lex(src: &str) -> Result<Vec<Token>, ParseError> {
+    let b = src.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        let start = i;
+        let c = src[i..].chars().next().expect("in bounds");
+        let next = b.get(i + 1).copied();
+        let (tok, len) = match c {
+            ' ' | '\t' | '\n' | '\r' => (None, 1),
+            // To the end of the line (CR or LF), which is left for the blank rule.
+            '#' => (
+                None,
+                b[i..]
+                    .iter()
+                    .position(|&c| c == b'\n' || c == b'\r')
+                    .unwrap_or(b.len() - i),
+            ),
+            '{' => (Some(Tok::LBrace), 1),
+            '}' => (Some(Tok::RBrace), 1),
+            '(' => (Some(Tok::LParen), 1),
+            ')' => (Some(Tok::RParen), 1),
+            '[' => (Some(Tok::LBracket), 1),
+            ']' => (Some(Tok::RBracket), 1),
+            ',' => (Some(Tok::Comma), 1),
+            ';' => (Some(Tok::Semi), 1),
+            // Before the number rule, as in DataKit: `.5` is a dot and a number.
+            '.' => (Some(Tok::Dot), 1),
+            ':' if next == Some(b':') => (Some(Tok::Colon), 2),
+            ':' => (Some(Tok::Colon), 1),
+            '*' => (Some(Tok::Op(BinOp::Mul)), 1),
+            '/' => (Some(Tok::Op(BinOp::Div)), 1),
+            '%' => (Some(Tok::Op(BinOp::Mod)), 1),
+            '+' => (Some(Tok::Op(BinOp::Add)), 1),
+            '-' => (Some(Tok::Op(BinOp::Sub)), 1),
+            '^' => (Some(Tok::Op(BinOp::Pow)), 1),
+            '=' => (Some(Tok::Op(BinOp::Eq)), 1),
+            '!' if next == Some(b'=') => (Some(Tok::Op(BinOp::Ne)), 2),
+            '!' => return Err(err_at(src, start, "unexpected '!' (did you mean '!='?)")),
+            '<' if next == Some(b'=') => (Some(Tok::Op(BinOp::Le)), 2),
+            '<' => (Some(Tok::Op(BinOp::Lt)), 1),
+            '>' if next == Some(b'=') => (Some(Tok::Op(BinOp::Ge)), 2),
+            '>' => (Some(Tok::Op(BinOp::Gt)), 1),
+            '&' if next == Some(b'&') => (Some(Tok::Op(BinOp::And)), 2),
+            '&' => return Err(err_at(src, start, "unexpected '&' (did you mean '&&'?)")),
+            '|' if next == Some(b'|') => (Some(Tok::Op(BinOp::Or)), 2),
+            '|' => return Err(err_at(src, start, "unexpected '|' (did you mean '||'?)")),
+            '0'..='9' => {
+                let end = scan_number(src, i)?;
+                (Some(Tok::Num(src[i..end].to_string())), end - i)
             }
-        }
-    }
-
-    fn next(&mut self) -> Result<Token, ParseError> {
-        self.skip_trivia();
-        let start = self.at;
-        let Some(c) = self.peek_char() else {
-            return Ok(Token {
-                tok: Tok::Eof,
-                at: start,
-            });
-        };
-        let two = |l: &mut Lexer<'a>, tok: Tok| {
-            l.at += 2;
-            Ok(tok)
-        };
-        let one = |l: &mut Lexer<'a>, tok: Tok| {
-            l.at += 1;
-            Ok(tok)
-        };
-        let next2 = self.peek_char2();
-        let tok = match c {
-            '{' => one(self, Tok::LBrace),
-            '}' => one(self, Tok::RBrace),
-            '(' => one(self, Tok::LParen),
-            ')' => one(self, Tok::RParen),
-            '[' => one(self, Tok::LBracket),
-            ']' => one(self, Tok::RBracket),
-            ',' => one(self, Tok::Comma),
-            ';' => one(self, Tok::Semi),
-            '=' => one(self, Tok::Eq),
-            '-' => one(self, Tok::Minus),
-            '+' => one(self, Tok::Plus),
-            '!' if next2 == Some('=') => two(self, Tok::Ne),
-            '!' => Err(self.err(start, "unexpected '!' (did you mean '!='?)")),
-            '<' if next2 == Some('=') => two(self, Tok::Le),
-            '<' => one(self, Tok::Lt),
-            '>' if next2 == Some('=') => two(self, Tok::Ge),
-            '>' => one(self, Tok::Gt),
-            '&' if next2 == Some('&') => two(self, Tok::AndAnd),
-            '&' => Err(self.err(start, "unexpected '&' (did you mean '&&'?)")),
-            '|' if next2 == Some('|') => two(self, Tok::OrOr),
-            '|' => Err(self.err(start, "unexpected '|' (did you mean '||'?)")),
-            '\'' | '"' => self.string(c).map(Tok::Str),
-            '`' => self.backquoted().map(Tok::Quoted),
-            '0'..='9' => self.number().map(Tok::Num),
-            '.' if next2.is_some_and(|d| d.is_ascii_digit()) => self.number().map(Tok::Num),
-            c if is_word_start(c) => {
-                let len = self
-                    .rest()
-                    .find(|c: char| !is_word_char(c))
-                    .unwrap_or(self.rest().len());
-                let w = self.rest()[..len].to_string();
-                self.at += len;
-                Ok(Tok::Word(w))
+            '\'' | '"' => {
+                let (end, s) = scan_string(src, i)?;
+                (Some(Tok::Str(s)), end - i)
             }
-            c => Err(self.err(start, format!("unexpected character {c:?}"))),
-        }?;
-        Ok(Token { tok, at: start })
-    }
-
-    fn backquoted(&mut self) -> Result<String, ParseError> {
-        let start = self.at;
-        let body = &self.rest()[1..];
-        match body.find('`') {
-            Some(end) => {
-                self.at += 1 + end + 1;
-                Ok(body[..end].to_string())
-            }
-            None => Err(self.err(start, "unterminated back-quoted key")),
-        }
-    }
-
-    /// Scans a number (no sign): decimal int/float with optional exponent, or hex int.
-    fn number(&mut self) -> Result<String, ParseError> {
-        let start = self.at;
-        let bytes = self.src.as_bytes();
-        let mut i = self.at;
-        let digits = |i: &mut usize, hex: bool| {
-            let s = *i;
-            while *i < bytes.len()
-                && (bytes[*i].is_ascii_digit() || (hex && bytes[*i].is_ascii_hexdigit()))
-            {
-                *i += 1;
-            }
-            *i > s
-        };
-        if bytes[i] == b'0' && matches!(bytes.get(i + 1), Some(b'x' | b'X')) {
-            i += 2;
-            if !digits(&mut i, true) {
-                return Err(self.err(start, "invalid hex number: no digits after '0x'"));
-            }
-        } else {
-            digits(&mut i, false);
-            if bytes.get(i) == Some(&b'.') {
-                i += 1;
-                digits(&mut i, false);
-            }
-            if matches!(bytes.get(i), Some(b'e' | b'E')) {
-                i += 1;
-                if matches!(bytes.get(i), Some(b'+' | b'-')) {
-                    i += 1;
+            '`' => {
+                let body = &src[i + 1..];
+                let Some(close) = body.find('`') else {
+                    return Err(err_at(src, start, "unterminated back-quoted name"));
+                };
+                // Go's lexer reads U+FFFD as an invalid rune: an error inside back-quotes.
+                if body[..close].contains('\u{FFFD}') {
+                    return Err(err_at(src, start, "U+FFFD in a back-quoted name"));
                 }
-                if !digits(&mut i, false) {
-                    return Err(self.err(start, "invalid number: no digits in exponent"));
-                }
+                (Some(Tok::Raw(body[..close].to_string())), close + 2)
             }
-        }
-        if self.src[i..].chars().next().is_some_and(is_word_char) {
-            let end = self.src[i..]
-                .find(|c: char| !is_word_char(c) && c != '.')
-                .map_or(self.src.len(), |e| i + e);
-            return Err(self.err(start, format!("invalid number {:?}", &self.src[start..end])));
-        }
-        self.at = i;
-        Ok(self.src[start..i].to_string())
-    }
-
-    /// Scans a `'…'` or `"…"` string with Go escapes.
-    fn string(&mut self, quote: char) -> Result<String, ParseError> {
-        let start = self.at;
-        self.at += 1;
-        let mut out: Vec<u8> = Vec::new();
-        loop {
-            let Some(c) = self.peek_char() else {
-                return Err(self.err(start, "unterminated string"));
-            };
-            let here = self.at;
-            self.at += c.len_utf8();
-            match c {
-                '\n' => return Err(self.err(start, "unterminated string (newline in string)")),
-                c if c == quote => break,
-                '\\' => self.escape(here, &mut out)?,
-                c => {
-                    let mut buf = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-                }
+            c if is_alpha(c) => {
+                let len = src[i..].find(|c: char| !is_alnum(c)).unwrap_or(b.len() - i);
+                let w = &src[i..i + len];
+                let lower = w.to_ascii_lowercase();
+                let tok = if lower == "inf" || lower == "nan" {
+                    Tok::Num(w.to_string())
+                } else if lower == "and" {
+                    Tok::Op(BinOp::And)
+                } else if lower == "or" {
+                    Tok::Op(BinOp::Or)
+                } else if let Some(k) = KEYWORDS.iter().find(|k| **k == lower) {
+                    Tok::Kw(k)
+                } else {
+                    Tok::Word(w.to_string())
+                };
+                (Some(tok), len)
             }
-        }
-        String::from_utf8(out).map_err(|_| {
-            self.err(
-                start,
-                "string is not valid UTF-8 (check its \\x or octal escapes)",
-            )
-        })
-    }
-
-    /// Handles the escape after a `\` at byte offset `at`, appending its bytes to `out`.
-    fn escape(&mut self, at: usize, out: &mut Vec<u8>) -> Result<(), ParseError> {
-        let Some(c) = self.peek_char() else {
-            return Err(self.err(at, "unterminated escape sequence"));
+            c if !c.is_ascii() && is_word_like(c) => {
+                return Err(err_at(
+                    src,
+                    start,
+                    format!(
+                        "unexpected character {c:?}: bare names are ASCII; back-quote other names (`名`)"
+                    ),
+                ));
+            }
+            c => return Err(err_at(src, start, format!("unexpected character {c:?}"))),
         };
-        self.at += c.len_utf8();
-        let simple = match c {
-            'a' => Some(0x07),
-            'b' => Some(0x08),
-            'f' => Some(0x0c),
+        if let Some(tok) = tok {
+            out.push(Token { tok, at: start });
+        }
+        i += len;
+    }
+    out.push(Token {
+        tok: Tok::Eof,
+        at: b.len(),
+    });
+    Ok(out)
+}
+
+fn is_word_like(c: char) -> bool {
+    c.is_alphanumeric()
+}
+
+/// Scans a number from `i` (a digit) as DataKit's `scanNumber` does; returns its end. What
+/// DataKit would then read as a duration (`5m`) or a bad one (`12abc`, `1_000`) is an error.
+fn scan_number(src: &str, i: usize) -> Result<usize, ParseError> {
+    let b = src.as_bytes();
+    let mut j = i;
+    let run = |j: &mut usize, hex: bool| {
+        while *j < b.len() && (b[*j].is_ascii_digit() || (hex && b[*j].is_ascii_hexdigit())) {
+            *j += 1;
+        }
+    };
+    let mut hex = false;
+    if b[j] == b'0' {
+        j += 1;
+        if matches!(b.get(j), Some(b'x' | b'X')) {
+            j += 1;
+            hex = true;
+        }
+    }
+    run(&mut j, hex);
+    if b.get(j) == Some(&b'.') {
+        j += 1;
+        run(&mut j, hex);
+    }
+    if matches!(b.get(j), Some(b'e' | b'E')) {
+        j += 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        run(&mut j, false);
+    }
+    if b.get(j).is_some_and(|&c| is_alnum(c as char)) {
+        let end = src[j..]
+            .find(|c: char| !is_alnum(c))
+            .map_or(b.len(), |e| j + e);
+        return Err(err_at(
+            src,
+            i,
+            format!(
+                "invalid number {:?} (durations and digit separators are not values)",
+                &src[i..end]
+            ),
+        ));
+    }
+    Ok(j)
+}
+
+/// Scans a quoted string at `i` as DataKit's lexer does, then unescapes it as DataKit's
+/// `strutil.Unquote` does; returns its end and its bytes.
+///
+/// DataKit's lexer finds the closing quote with a quirk kept here: after a numeric escape
+/// (`\101`, `\x41`, `\u0041`, `\U00000041`) it skips one more character unread. So in
+/// `'\x41'` the closing quote is skipped (an error, unless a later quote closes a string that
+/// then fails to unescape), while `'\x41\n'` is `A` and a newline.
+fn scan_string(src: &str, i: usize) -> Result<(usize, Vec<u8>), ParseError> {
+    let quote = src.as_bytes()[i] as char;
+    let mut chars = src[i + 1..].char_indices().map(|(o, c)| (i + 1 + o, c));
+    let unterminated = || err_at(src, i, "unterminated string");
+    let end = loop {
+        let Some((at, c)) = chars.next() else {
+            return Err(unterminated());
+        };
+        match c {
+            '\n' => return Err(err_at(src, i, "unterminated string (newline in string)")),
+            c if c == quote => break at + 1,
+            '\\' => {
+                let Some((_, e)) = chars.next() else {
+                    return Err(unterminated());
+                };
+                let (n, base, max) = match e {
+                    'a' | 'b' | 'f' | 'n' | 'r' | 't' | 'v' | '\\' => continue,
+                    e if e == quote => continue,
+                    '0'..='7' => (3, 8, 255),
+                    'x' | 'X' => (2, 16, 255),
+                    'u' => (4, 16, 0x10FFFF),
+                    'U' => (8, 16, 0x10FFFF),
+                    e => {
+                        return Err(err_at(src, at, format!("unknown escape sequence '\\{e}'")));
+                    }
+                };
+                let mut digit = if base == 8 {
+                    Some(e)
+                } else {
+                    chars.next().map(|(_, c)| c)
+                };
+                let mut v: u32 = 0;
+                for _ in 0..n {
+                    match digit.and_then(|d| d.to_digit(base)) {
+                        Some(d) => v = v.saturating_mul(base).saturating_add(d),
+                        None => {
+                            return Err(err_at(
+                                src,
+                                at,
+                                format!("escape sequence '\\{e}' needs {n} base-{base} digits"),
+                            ));
+                        }
+                    }
+                    // The last read is the character after the digits: skipped (see above).
+                    digit = chars.next().map(|(_, c)| c);
+                }
+                if v > max || (0xD800..0xE000).contains(&v) {
+                    return Err(err_at(
+                        src,
+                        at,
+                        "escape sequence is an invalid Unicode code point",
+                    ));
+                }
+            }
+            _ => {}
+        }
+    };
+    let bytes = unquote(&src[i + 1..end - 1], quote)
+        .map_err(|why| err_at(src, i, format!("invalid string: {why}")))?;
+    Ok((end, bytes))
+}
+
+/// Go's `strutil.Unquote` on the text between the quotes.
+fn unquote(s: &str, quote: char) -> Result<Vec<u8>, String> {
+    if s.contains('\n') {
+        return Err("a newline inside the string".into());
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    let hex = |it: &mut std::iter::Peekable<std::str::Chars>, n: usize| -> Result<u32, String> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let d = it
+                .next()
+                .and_then(|c| c.to_digit(16))
+                .ok_or("bad hex escape")?;
+            v = v << 4 | d;
+        }
+        Ok(v)
+    };
+    while let Some(c) = it.next() {
+        if c == quote {
+            return Err(format!("unescaped {quote} inside the string"));
+        }
+        if c != '\\' {
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            continue;
+        }
+        let e = it.next().ok_or("a lone '\\' at the end")?;
+        let simple = match e {
+            'a' => Some(7),
+            'b' => Some(8),
+            'f' => Some(12),
             'n' => Some(b'\n'),
             'r' => Some(b'\r'),
             't' => Some(b'\t'),
-            'v' => Some(0x0b),
+            'v' => Some(11),
             '\\' => Some(b'\\'),
-            '\'' => Some(b'\''),
-            '"' => Some(b'"'),
-            '`' => Some(b'`'),
+            e if e == quote => Some(e as u8),
             _ => None,
         };
         if let Some(b) = simple {
             out.push(b);
-            return Ok(());
+            continue;
         }
-        let (n, radix, is_char) = match c {
+        match e {
+            'x' => out.push(hex(&mut it, 2)? as u8),
+            'u' | 'U' => {
+                let v = hex(&mut it, if e == 'u' { 4 } else { 8 })?;
+                let c = char::from_u32(v).ok_or("escape is not a Unicode code point")?;
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
             '0'..='7' => {
-                self.at -= 1; // the digit is part of the value
-                (3, 8, false)
+                let mut v = e as u32 - '0' as u32;
+                for _ in 0..2 {
+                    let d = it
+                        .next()
+                        .and_then(|c| c.to_digit(8))
+                        .ok_or("bad octal escape")?;
+                    v = v << 3 | d;
+                }
+                if v > 255 {
+                    return Err("octal escape above \\377".into());
+                }
+                out.push(v as u8);
             }
-            'x' | 'X' => (2, 16, false),
-            'u' => (4, 16, true),
-            'U' => (8, 16, true),
-            c => return Err(self.err(at, format!("unknown escape sequence '\\{c}'"))),
-        };
-        let digits = self.rest().get(..n).unwrap_or("");
-        let value = match u32::from_str_radix(digits, radix) {
-            Ok(v) if digits.len() == n && digits.chars().all(|c| c.is_digit(radix)) => v,
-            _ => {
-                return Err(self.err(
-                    at,
-                    format!("escape sequence '\\{c}' needs {n} base-{radix} digits"),
-                ));
-            }
-        };
-        self.at += n;
-        if is_char {
-            let ch = char::from_u32(value)
-                .ok_or_else(|| self.err(at, "escape sequence is an invalid Unicode code point"))?;
-            let mut buf = [0u8; 4];
-            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
-        } else {
-            let b = u8::try_from(value)
-                .map_err(|_| self.err(at, "octal escape sequence is larger than 255"))?;
-            out.push(b);
+            e => return Err(format!("unknown escape sequence '\\{e}'")),
         }
-        Ok(())
+    }
+    Ok(out)
+}
+
+/// DataKit's number value: Go's `strconv.ParseInt(text, 0, 64)` (so `010` is octal and
+/// `0x1f` hex), else `strconv.ParseFloat` (so `09`, `1e3`, `9223372036854775808` are floats,
+/// `1e400` and `0x` are errors).
+fn number_value(text: &str) -> Result<Num, String> {
+    let lower = text.to_ascii_lowercase();
+    let int = if let Some(h) = lower.strip_prefix("0x") {
+        i64::from_str_radix(h, 16).ok()
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        i64::from_str_radix(&lower[1..], 8).ok()
+    } else {
+        lower.parse::<i64>().ok()
+    };
+    if let Some(i) = int {
+        return Ok(Num::Int(i));
+    }
+    if lower.starts_with("0x") {
+        // Go's ParseFloat wants a 'p' exponent in a hex float, which the lexer never reads.
+        return Err(format!(
+            "invalid number {text} (hex floats need a 'p' exponent)"
+        ));
+    }
+    match lower.parse::<f64>() {
+        Ok(f) if f.is_infinite() && lower != "inf" => Err(format!("number {text} out of range")),
+        Ok(f) => Ok(Num::Float(f)),
+        Err(_) => Err(format!("invalid number {text}")),
     }
 }
 
@@ -505,697 +658,434 @@ impl<'a> Lexer<'a> {
 // Parser
 
 struct Parser<'a> {
-    lx: Lexer<'a>,
-    peeked: Option<Token>,
-    /// Open parentheses around the cursor.
+    src: &'a str,
+    toks: Vec<Token>,
+    at: usize,
     depth: usize,
 }
 
-/// How deep parentheses may nest (parsing and evaluation recurse on them).
-const MAX_DEPTH: usize = 100;
-
-/// Words that cannot be bare keys (back-quote a key of that name).
-const RESERVED: &[&str] = &[
-    "and", "or", "in", "notin", "not_in", "match", "notmatch", "true", "false", "nil", "null", "re",
-];
-
 impl Parser<'_> {
-    fn peek(&mut self) -> Result<Token, ParseError> {
-        if self.peeked.is_none() {
-            self.peeked = Some(self.lx.next()?);
+    fn peek(&self) -> &Tok {
+        &self.toks[self.at].tok
+    }
+
+    fn peek_at(&self, n: usize) -> &Tok {
+        &self.toks[(self.at + n).min(self.toks.len() - 1)].tok
+    }
+
+    fn bump(&mut self) {
+        if self.at + 1 < self.toks.len() {
+            self.at += 1;
         }
-        Ok(self.peeked.clone().expect("peeked above"))
     }
 
-    fn bump(&mut self) -> Token {
-        self.peeked.take().expect("bump after peek")
+    fn here(&self) -> usize {
+        self.toks[self.at].at
     }
 
-    fn unexpected(&self, t: &Token, expected: &str) -> ParseError {
-        self.lx
-            .err(t.at, format!("{expected}, found {}", t.describe()))
+    fn err(&self, msg: impl Into<String>) -> ParseError {
+        err_at(self.src, self.here(), msg)
     }
 
-    fn hint(&self, t: &Token, expected: &str, hint: &str) -> ParseError {
-        let msg = format!("{expected}, found {} ({hint})", t.describe());
-        self.lx.err(t.at, msg)
+    fn unexpected(&self, expected: &str) -> ParseError {
+        self.err(format!("{expected}, found {}", describe(self.peek())))
     }
 
-    fn expect(&mut self, tok: Tok, expected: &str) -> Result<Token, ParseError> {
-        let t = self.peek()?;
-        if t.tok == tok {
-            Ok(self.bump())
+    fn expect(&mut self, tok: Tok, expected: &str) -> Result<(), ParseError> {
+        if *self.peek() == tok {
+            self.bump();
+            Ok(())
         } else {
-            Err(self.unexpected(&t, expected))
+            Err(self.unexpected(expected))
         }
     }
 
-    fn is_keyword(t: &Token, words: &[&str]) -> bool {
-        t.keyword().is_some_and(|k| words.contains(&k.as_str()))
+    fn enter(&mut self) -> Result<(), ParseError> {
+        if self.depth == MAX_DEPTH {
+            return Err(self.err(format!("expression nested more than {MAX_DEPTH} deep")));
+        }
+        self.depth += 1;
+        Ok(())
     }
 
+    /// `{ [elem] (, [elem])* }`.
     fn group(&mut self) -> Result<Group, ParseError> {
         self.expect(Tok::LBrace, "expected '{'")?;
         let mut elems = Vec::new();
-        if self.peek()?.tok == Tok::RBrace {
-            self.bump();
-            return Ok(Group { elems });
-        }
+        let mut want_elem = true;
         loop {
-            elems.push(self.or()?);
-            let t = self.peek()?;
-            match t.tok {
-                Tok::Comma => {
-                    self.bump();
-                }
+            match self.peek() {
                 Tok::RBrace => {
                     self.bump();
                     return Ok(Group { elems });
                 }
-                Tok::Eof => return Err(self.unexpected(&t, "expected '}' to close the group")),
+                Tok::Comma => {
+                    self.bump();
+                    want_elem = true;
+                }
+                Tok::Eof => return Err(self.unexpected("expected '}' to close the group")),
+                _ if want_elem => {
+                    let at = self.here();
+                    let e = self.expr(0)?;
+                    if !matches!(e, Node::Binary(..) | Node::Paren(_)) {
+                        return Err(err_at(
+                            self.src,
+                            at,
+                            format!(
+                                "expected a condition (key op value), found {}",
+                                node_kind(&e)
+                            ),
+                        ));
+                    }
+                    elems.push(e);
+                    want_elem = false;
+                }
                 _ => {
                     return Err(
-                        self.unexpected(&t, "expected ',', 'and', 'or' or '}' after a condition")
+                        self.unexpected("expected ',', 'and', 'or' or '}' after a condition")
                     );
                 }
             }
         }
     }
 
-    fn or(&mut self) -> Result<Expr, ParseError> {
-        self.joined(Tok::OrOr, "or", Self::and, Expr::Or)
-    }
-
-    fn and(&mut self) -> Result<Expr, ParseError> {
-        self.joined(Tok::AndAnd, "and", Self::primary, Expr::And)
-    }
-
-    /// `term (op term)*` where `op` is the symbol `tok` or the keyword `word`; one term
-    /// stands alone, several become `make(terms)`.
-    fn joined(
-        &mut self,
-        tok: Tok,
-        word: &str,
-        term: fn(&mut Self) -> Result<Expr, ParseError>,
-        make: fn(Vec<Expr>) -> Expr,
-    ) -> Result<Expr, ParseError> {
-        let mut terms = vec![term(self)?];
-        loop {
-            let t = self.peek()?;
-            if t.tok == tok || Self::is_keyword(&t, &[word]) {
-                self.bump();
-                terms.push(term(self)?);
-            } else {
+    /// An expression whose operators bind at least as tightly as `min`.
+    fn expr(&mut self, min: u8) -> Result<Node, ParseError> {
+        self.enter()?;
+        let mut lhs = self.operand()?;
+        while let Tok::Op(op) = *self.peek() {
+            let p = op.power();
+            if p < min {
                 break;
             }
+            let op_at = self.here();
+            self.bump();
+            if !self.at_operand() {
+                return Err(self.unexpected(&format!("expected value after '{}'", op.as_str())));
+            }
+            // Left-associative except `^`.
+            let rhs = self.expr(if op == BinOp::Pow { p } else { p + 1 })?;
+            let zero = match rhs {
+                Node::Num(Num::Int(i)) => i == 0,
+                Node::Num(Num::Float(f)) => f == 0.0,
+                _ => false,
+            };
+            if matches!(op, BinOp::Div | BinOp::Mod) && zero {
+                return Err(err_at(self.src, op_at, "division or modulo by zero"));
+            }
+            lhs = Node::Binary(op, Box::new(lhs), Box::new(rhs));
         }
-        Ok(if terms.len() == 1 {
-            terms.pop().expect("one term")
-        } else {
-            make(terms)
-        })
+        self.depth -= 1;
+        Ok(lhs)
     }
 
-    fn primary(&mut self) -> Result<Expr, ParseError> {
-        let t = self.peek()?;
-        if t.tok == Tok::LParen {
-            if self.depth == MAX_DEPTH {
-                return Err(self.lx.err(
-                    t.at,
-                    format!("parentheses nested more than {MAX_DEPTH} deep"),
-                ));
-            }
-            self.bump();
-            self.depth += 1;
-            let e = self.or()?;
-            self.depth -= 1;
-            let close = self.peek()?;
-            if close.tok != Tok::RParen {
-                let open = Pos::at(self.lx.src, t.at);
-                return Err(
-                    self.unexpected(&close, &format!("expected ')' to close the '(' at {open}"))
-                );
-            }
-            self.bump();
-            return Ok(e);
-        }
-        self.cond().map(Expr::Cond)
+    /// Whether the cursor is at something that can start an operand.
+    fn at_operand(&self) -> bool {
+        matches!(
+            self.peek(),
+            Tok::Num(_)
+                | Tok::Str(_)
+                | Tok::Raw(_)
+                | Tok::Word(_)
+                | Tok::LParen
+                | Tok::Op(BinOp::Add | BinOp::Sub | BinOp::Mul)
+                | Tok::Kw("true" | "false" | "nil" | "null" | "re" | "identifier")
+        )
     }
 
-    fn cond(&mut self) -> Result<Cond, ParseError> {
-        let t = self.peek()?;
-        let key = match &t.tok {
-            Tok::Quoted(k) => k.clone(),
-            Tok::Word(w) if Self::is_keyword(&t, RESERVED) => {
-                return Err(self.lx.err(
-                    t.at,
-                    format!(
-                        "expected a key, found keyword '{w}' (back-quote a key of that name: `{w}`)"
-                    ),
-                ));
+    fn operand(&mut self) -> Result<Node, ParseError> {
+        let tok = self.peek().clone();
+        let node = match tok {
+            Tok::Num(_) => return self.number(false),
+            Tok::Op(op @ (BinOp::Add | BinOp::Sub)) => {
+                self.bump();
+                if !matches!(self.peek(), Tok::Num(_)) {
+                    return Err(
+                        self.unexpected(&format!("expected a number after '{}'", op.as_str()))
+                    );
+                }
+                return self.number(op == BinOp::Sub);
             }
-            Tok::Word(w) => w.clone(),
-            _ => return Err(self.unexpected(&t, "expected a key")),
+            Tok::Op(BinOp::Mul) => Node::Opaque("*"),
+            Tok::Str(s) => Node::Str(s),
+            Tok::Kw("true") => Node::Bool(true),
+            Tok::Kw("false") => Node::Bool(false),
+            Tok::Kw("nil" | "null") => Node::Nil,
+            Tok::Kw("re") => return self.regex(),
+            Tok::LParen => {
+                self.bump();
+                let open = self.here();
+                let e = self.expr(0)?;
+                if *self.peek() != Tok::RParen {
+                    let open = Pos::at(self.src, open.saturating_sub(1));
+                    return Err(
+                        self.unexpected(&format!("expected ')' to close the '(' at {open}"))
+                    );
+                }
+                self.bump();
+                return Ok(Node::Paren(Box::new(e)));
+            }
+            Tok::Word(_) | Tok::Raw(_) | Tok::Kw("identifier") => return self.reference(),
+            _ => return Err(self.unexpected("expected a value or a key")),
         };
         self.bump();
-        let t = self.peek()?;
-        let cmp = match t.tok {
-            Tok::Eq => Some(CmpOp::Eq),
-            Tok::Ne => Some(CmpOp::Ne),
-            Tok::Lt => Some(CmpOp::Lt),
-            Tok::Le => Some(CmpOp::Le),
-            Tok::Gt => Some(CmpOp::Gt),
-            Tok::Ge => Some(CmpOp::Ge),
-            _ => None,
-        };
-        let op = if let Some(cmp) = cmp {
-            self.bump();
-            let v = self.peek()?;
-            if matches!(cmp, CmpOp::Eq | CmpOp::Ne) && Self::is_keyword(&v, &["re"]) {
-                self.bump();
-                let re = self.re_call()?;
-                Op::Re {
-                    negated: cmp == CmpOp::Ne,
-                    re,
-                }
-            } else {
-                Op::Cmp(
-                    cmp,
-                    self.value(&format!("expected value after '{}'", cmp.as_str()))?,
-                )
-            }
-        } else {
-            match t.keyword().as_deref() {
-                Some("in") => {
-                    self.bump();
-                    Op::In(self.list("in")?)
-                }
-                Some(w @ ("notin" | "not_in")) => {
-                    self.bump();
-                    Op::NotIn(self.list(w)?)
-                }
-                Some("match") => {
-                    self.bump();
-                    Op::Match(self.regex_list("match")?)
-                }
-                Some("notmatch") => {
-                    self.bump();
-                    Op::NotMatch(self.regex_list("notmatch")?)
-                }
-                _ => {
-                    return Err(self.unexpected(
-                        &t,
-                        &format!(
-                            "expected an operator (=, !=, <, <=, >, >=, in, notin, match, notmatch) after key '{key}'"
-                        ),
-                    ));
-                }
-            }
-        };
-        Ok(Cond { key, op })
+        Ok(node)
     }
 
-    /// `( 'regex' )` after `re`.
-    fn re_call(&mut self) -> Result<RegexLit, ParseError> {
+    /// The number at the cursor, negated when `neg`.
+    fn number(&mut self, neg: bool) -> Result<Node, ParseError> {
+        let Tok::Num(text) = self.peek().clone() else {
+            unreachable!("number() at a number");
+        };
+        let n = number_value(&text).map_err(|e| self.err(e))?;
+        self.bump();
+        Ok(Node::Num(match (n, neg) {
+            (Num::Int(i), true) => Num::Int(i.wrapping_neg()),
+            (Num::Float(f), true) => Num::Float(-f),
+            (n, false) => n,
+        }))
+    }
+
+    /// `re ( 'regex' )` or `` re ( `regex` ) ``.
+    fn regex(&mut self) -> Result<Node, ParseError> {
+        self.bump();
         self.expect(Tok::LParen, "expected '(' after 're'")?;
-        let t = self.peek()?;
-        let Tok::Str(pattern) = t.tok.clone() else {
-            return Err(self.unexpected(&t, "expected a quoted regex in re(…)"));
+        let at = self.here();
+        let pattern = match self.peek().clone() {
+            Tok::Str(s) => s,
+            Tok::Raw(s) => s.into_bytes(),
+            _ => return Err(self.unexpected("expected a quoted regex in re(…)")),
         };
         self.bump();
         self.expect(Tok::RParen, "expected ')' to close re(…)")?;
-        Ok(RegexLit {
+        Ok(Node::Regex(RegexLit {
             pattern,
-            pos: Pos::at(self.lx.src, t.at),
-        })
+            pos: Pos::at(self.src, at),
+        }))
     }
 
-    fn value(&mut self, expected: &str) -> Result<Lit, ParseError> {
-        let t = self.peek()?;
-        let lit = match &t.tok {
-            Tok::Str(s) => Lit::Str(s.clone()),
-            Tok::Num(_) => return self.number(false),
-            Tok::Minus | Tok::Plus => {
+    /// `word`, `` `quoted` `` or `identifier('…')`; `None` when the cursor is at none.
+    fn ident(&mut self) -> Result<Option<Vec<u8>>, ParseError> {
+        let name = match self.peek().clone() {
+            Tok::Word(w) | Tok::Raw(w) => w.into_bytes(),
+            Tok::Kw("identifier") => {
                 self.bump();
-                let n = self.peek()?;
-                let is_num = matches!(n.tok, Tok::Num(_))
-                    || Self::is_keyword(&n, &["inf", "nan", "infinity"]);
-                if !is_num {
-                    return Err(self.unexpected(
-                        &n,
-                        &format!(
-                            "expected a number after '{}'",
-                            t.describe().trim_matches('\'')
+                self.expect(Tok::LParen, "expected '(' after 'identifier'")?;
+                let Tok::Str(s) = self.peek().clone() else {
+                    return Err(self.unexpected("expected a quoted name in identifier(…)"));
+                };
+                self.bump();
+                if *self.peek() != Tok::RParen {
+                    return Err(self.unexpected("expected ')' to close identifier(…)"));
+                }
+                s
+            }
+            _ => return Ok(None),
+        };
+        self.bump();
+        Ok(Some(name))
+    }
+
+    /// `ident (. ident)*`, then a call chain, or `in`/`match` and a list.
+    fn reference(&mut self) -> Result<Node, ParseError> {
+        let first = self.ident()?.expect("reference() at an identifier");
+        let mut dotted = false;
+        while *self.peek() == Tok::Dot {
+            self.bump();
+            if self.ident()?.is_none() {
+                return Err(self.unexpected("expected a name after '.'"));
+            }
+            dotted = true;
+        }
+        if *self.peek() == Tok::LParen {
+            self.call_args()?;
+            // A cascade: f(x).g(y).h(z)
+            while *self.peek() == Tok::Dot {
+                self.bump();
+                if self.ident()?.is_none() {
+                    return Err(self.unexpected("expected a function name after '.'"));
+                }
+                while *self.peek() == Tok::Dot {
+                    self.bump();
+                    if self.ident()?.is_none() {
+                        return Err(self.unexpected("expected a name after '.'"));
+                    }
+                }
+                if *self.peek() != Tok::LParen {
+                    return Err(self.unexpected("expected '(' of a function call"));
+                }
+                self.call_args()?;
+            }
+            return Ok(Node::Opaque("a function call"));
+        }
+        let col = if dotted {
+            Node::Opaque("a dotted name")
+        } else {
+            Node::Ident(first)
+        };
+        let op = match self.peek() {
+            Tok::Kw("in") => BinOp::In,
+            Tok::Kw("notin" | "not_in") => BinOp::NotIn,
+            Tok::Kw("match") => BinOp::Match,
+            Tok::Kw("notmatch") => BinOp::NotMatch,
+            _ => return Ok(col),
+        };
+        self.bump();
+        let list = self.list(op)?;
+        Ok(Node::Binary(op, Box::new(col), Box::new(Node::List(list))))
+    }
+
+    /// `( [arg] (, [arg])* )` of a function call; the arguments are checked, not kept.
+    fn call_args(&mut self) -> Result<(), ParseError> {
+        self.enter()?;
+        self.bump(); // (
+        let mut want_arg = true;
+        loop {
+            match self.peek() {
+                Tok::RParen => {
+                    self.bump();
+                    self.depth -= 1;
+                    return Ok(());
+                }
+                Tok::Comma => {
+                    self.bump();
+                    want_arg = true;
+                }
+                Tok::LBracket if want_arg => {
+                    self.list(BinOp::In)?;
+                    want_arg = false;
+                }
+                _ if want_arg => {
+                    // `name = [list]` (a named list argument), else an expression.
+                    let named_list = matches!(self.peek(), Tok::Word(_) | Tok::Raw(_))
+                        && *self.peek_at(1) == Tok::Op(BinOp::Eq)
+                        && *self.peek_at(2) == Tok::LBracket;
+                    if named_list {
+                        self.bump();
+                        self.bump();
+                        self.list(BinOp::In)?;
+                    } else {
+                        self.expr(0)?;
+                    }
+                    want_arg = false;
+                }
+                _ => return Err(self.unexpected("expected ',' or ')' in the call")),
+            }
+        }
+    }
+
+    /// `[ [,] item (, item)* ]` after `op`. For `match`/`notmatch` the items must be
+    /// strings (they become regexes).
+    fn list(&mut self, op: BinOp) -> Result<Vec<Node>, ParseError> {
+        self.expect(
+            Tok::LBracket,
+            &format!("expected '[' after '{}'", op.as_str()),
+        )?;
+        let mut items = Vec::new();
+        if *self.peek() == Tok::RBracket {
+            self.bump();
+            return Ok(items);
+        }
+        if *self.peek() == Tok::Comma {
+            self.bump(); // DataKit's grammar allows one leading comma: [, 'a']
+        }
+        loop {
+            let at = self.here();
+            let item = match self.peek().clone() {
+                Tok::Num(_) => self.number(false)?,
+                Tok::Op(o @ (BinOp::Add | BinOp::Sub)) => {
+                    self.bump();
+                    if !matches!(self.peek(), Tok::Num(_)) {
+                        return Err(
+                            self.unexpected(&format!("expected a number after '{}'", o.as_str()))
+                        );
+                    }
+                    self.number(o == BinOp::Sub)?
+                }
+                Tok::Str(s) => {
+                    self.bump();
+                    Node::Str(s)
+                }
+                Tok::Kw("true") => {
+                    self.bump();
+                    Node::Bool(true)
+                }
+                Tok::Kw("false") => {
+                    self.bump();
+                    Node::Bool(false)
+                }
+                Tok::Kw("nil" | "null") => {
+                    self.bump();
+                    Node::Nil
+                }
+                Tok::Op(BinOp::Mul) => {
+                    self.bump();
+                    Node::Opaque("*")
+                }
+                Tok::Word(_) | Tok::Raw(_) | Tok::Kw("identifier") => {
+                    let first = self.ident()?.expect("at an identifier");
+                    let mut dotted = false;
+                    while *self.peek() == Tok::Dot {
+                        self.bump();
+                        if self.ident()?.is_none() {
+                            return Err(self.unexpected("expected a name after '.'"));
+                        }
+                        dotted = true;
+                    }
+                    if dotted {
+                        Node::Opaque("a dotted name")
+                    } else {
+                        Node::Ident(first)
+                    }
+                }
+                _ => return Err(self.unexpected("expected a value in the list")),
+            };
+            let item = match (op, item) {
+                (BinOp::Match | BinOp::NotMatch, Node::Str(pattern)) => Node::Regex(RegexLit {
+                    pattern,
+                    pos: Pos::at(self.src, at),
+                }),
+                (BinOp::Match | BinOp::NotMatch, other) => {
+                    return Err(err_at(
+                        self.src,
+                        at,
+                        format!(
+                            "expected a quoted regex in the list, found {}",
+                            node_kind(&other)
                         ),
                     ));
                 }
-                return self.number(t.tok == Tok::Minus);
-            }
-            Tok::Word(_) => match t.keyword().as_deref() {
-                Some("true") => Lit::Bool(true),
-                Some("false") => Lit::Bool(false),
-                Some("nil" | "null") => Lit::Nil,
-                Some("inf" | "infinity" | "nan") => return self.number(false),
-                Some("re") => {
-                    return Err(self.hint(&t, expected, "re(…) only goes after '=' or '!='"));
-                }
-                _ => return Err(self.hint(&t, expected, "quote strings")),
-            },
-            _ => return Err(self.unexpected(&t, expected)),
-        };
-        self.bump();
-        Ok(lit)
-    }
-
-    /// The number token (or `inf`/`nan` word) at the cursor, negated when `neg`.
-    fn number(&mut self, neg: bool) -> Result<Lit, ParseError> {
-        let t = self.bump();
-        let sign = if neg { "-" } else { "" };
-        let text = match &t.tok {
-            Tok::Num(n) => n.clone(),
-            Tok::Word(w) => {
-                let f = if w.eq_ignore_ascii_case("nan") {
-                    f64::NAN
-                } else {
-                    f64::INFINITY
-                };
-                return Ok(Lit::Float(if neg { -f } else { f }));
-            }
-            _ => unreachable!("number() called on a number token"),
-        };
-        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-            return i64::from_str_radix(&format!("{sign}{hex}"), 16)
-                .map(Lit::Int)
-                .map_err(|_| {
-                    self.lx
-                        .err(t.at, format!("hex number {text} overflows int64"))
-                });
-        }
-        let full = format!("{sign}{text}");
-        if !text.contains(['.', 'e', 'E'])
-            && let Ok(i) = full.parse::<i64>()
-        {
-            return Ok(Lit::Int(i));
-        }
-        full.parse::<f64>()
-            .map(Lit::Float)
-            .map_err(|_| self.lx.err(t.at, format!("invalid number {text}")))
-    }
-
-    fn list(&mut self, op: &str) -> Result<Vec<Lit>, ParseError> {
-        self.bracketed(op, |p| p.value("expected a value in the list"))
-    }
-
-    fn regex_list(&mut self, op: &str) -> Result<Vec<RegexLit>, ParseError> {
-        self.bracketed(op, |p| {
-            let t = p.peek()?;
-            let Tok::Str(s) = &t.tok else {
-                return Err(p.unexpected(&t, "expected a quoted regex in the list"));
+                (_, item) => item,
             };
-            let lit = RegexLit {
-                pattern: s.clone(),
-                pos: Pos::at(p.lx.src, t.at),
-            };
-            p.bump();
-            Ok(lit)
-        })
-    }
-
-    /// `[item, item, ...]` after the operator `op` (empty and trailing-comma lists allowed).
-    fn bracketed<T>(
-        &mut self,
-        op: &str,
-        mut item: impl FnMut(&mut Self) -> Result<T, ParseError>,
-    ) -> Result<Vec<T>, ParseError> {
-        self.expect(Tok::LBracket, &format!("expected '[' after '{op}'"))?;
-        let mut items = Vec::new();
-        loop {
-            if self.peek()?.tok == Tok::RBracket {
-                self.bump();
-                return Ok(items);
-            }
-            items.push(item(self)?);
-            let t = self.peek()?;
-            match t.tok {
-                Tok::Comma => {
+            items.push(item);
+            match self.peek() {
+                Tok::Comma => self.bump(),
+                Tok::RBracket => {
                     self.bump();
+                    return Ok(items);
                 }
-                Tok::RBracket => {}
-                _ => return Err(self.unexpected(&t, "expected ',' or ']' in the list")),
+                _ => return Err(self.unexpected("expected ',' or ']' in the list")),
             }
         }
+    }
+}
+
+/// What a node is, for messages.
+pub fn node_kind(n: &Node) -> String {
+    match n {
+        Node::Str(s) => format!("string {:?}", String::from_utf8_lossy(s)),
+        Node::Num(Num::Int(i)) => format!("number {i}"),
+        Node::Num(Num::Float(f)) => format!("number {f}"),
+        Node::Bool(b) => format!("{b}"),
+        Node::Nil => "nil".into(),
+        Node::Ident(k) => format!("key '{}'", String::from_utf8_lossy(k)),
+        Node::Regex(_) => "re(…)".into(),
+        Node::Paren(_) => "a parenthesised expression".into(),
+        Node::Binary(op, ..) => format!("a '{}' expression", op.as_str()),
+        Node::List(_) => "a list".into(),
+        Node::Opaque(what) => (*what).into(),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cond(key: &str, op: Op) -> Expr {
-        Expr::Cond(Cond {
-            key: key.into(),
-            op,
-        })
-    }
-
-    fn one_group(src: &str) -> Vec<Expr> {
-        let f = parse(src).unwrap_or_else(|e| panic!("{src}: {e}"));
-        assert_eq!(f.groups.len(), 1, "{src}");
-        f.groups.into_iter().next().unwrap().elems
-    }
-
-    fn single(src: &str) -> Expr {
-        let mut e = one_group(src);
-        assert_eq!(e.len(), 1, "{src}");
-        e.pop().unwrap()
-    }
-
-    fn value(src: &str) -> Lit {
-        match single(&format!("{{ k = {src} }}")) {
-            Expr::Cond(Cond {
-                op: Op::Cmp(CmpOp::Eq, l),
-                ..
-            }) => l,
-            e => panic!("{src}: {e:?}"),
-        }
-    }
-
-    #[test]
-    fn literals() {
-        let cases: &[(&str, Lit)] = &[
-            ("1", Lit::Int(1)),
-            ("-1", Lit::Int(-1)),
-            ("+7", Lit::Int(7)),
-            ("0", Lit::Int(0)),
-            ("9223372036854775807", Lit::Int(i64::MAX)),
-            ("-9223372036854775808", Lit::Int(i64::MIN)),
-            ("9223372036854775808", Lit::Float(9223372036854775808.0)),
-            ("0x1F", Lit::Int(31)),
-            ("-0x10", Lit::Int(-16)),
-            ("1.5", Lit::Float(1.5)),
-            ("-1.5", Lit::Float(-1.5)),
-            (".5", Lit::Float(0.5)),
-            ("1.", Lit::Float(1.0)),
-            ("1e3", Lit::Float(1000.0)),
-            ("2.5E-1", Lit::Float(0.25)),
-            ("inf", Lit::Float(f64::INFINITY)),
-            ("-Inf", Lit::Float(f64::NEG_INFINITY)),
-            ("true", Lit::Bool(true)),
-            ("TRUE", Lit::Bool(true)),
-            ("False", Lit::Bool(false)),
-            ("nil", Lit::Nil),
-            ("NULL", Lit::Nil),
-            ("'abc'", Lit::Str("abc".into())),
-            ("\"abc\"", Lit::Str("abc".into())),
-            ("''", Lit::Str(String::new())),
-            (r#"'a\'b'"#, Lit::Str("a'b".into())),
-            (r#""a\"b""#, Lit::Str("a\"b".into())),
-            (r#"'say "hi"'"#, Lit::Str("say \"hi\"".into())),
-            (r#""it's""#, Lit::Str("it's".into())),
-            (r"'a\nb\tc\\d\re'", Lit::Str("a\nb\tc\\d\re".into())),
-            (r"'\a\b\f\v'", Lit::Str("\x07\x08\x0c\x0b".into())),
-            (r"'\u00e9\U0001F600'", Lit::Str("é😀".into())),
-            (r"'\x41\101'", Lit::Str("AA".into())),
-            (r"'\xe4\xbd\xa0'", Lit::Str("你".into())),
-            ("'北京'", Lit::Str("北京".into())),
-            ("'# not a comment'", Lit::Str("# not a comment".into())),
-        ];
-        for (src, want) in cases {
-            assert_eq!(&value(src), want, "{src}");
-        }
-        match value("nan") {
-            Lit::Float(f) => assert!(f.is_nan()),
-            l => panic!("{l:?}"),
-        }
-    }
-
-    #[test]
-    fn operators_and_keywords() {
-        let s = |v: &str| Lit::Str(v.into());
-        let re = |p: &str, col: u32| RegexLit {
-            pattern: p.into(),
-            pos: Pos { line: 1, col },
-        };
-        let cases: Vec<(&str, Expr)> = vec![
-            ("{ a = 'x' }", cond("a", Op::Cmp(CmpOp::Eq, s("x")))),
-            ("{ a != 'x' }", cond("a", Op::Cmp(CmpOp::Ne, s("x")))),
-            ("{ a < 1 }", cond("a", Op::Cmp(CmpOp::Lt, Lit::Int(1)))),
-            ("{ a <= 1 }", cond("a", Op::Cmp(CmpOp::Le, Lit::Int(1)))),
-            ("{ a > 1 }", cond("a", Op::Cmp(CmpOp::Gt, Lit::Int(1)))),
-            ("{ a >= 1 }", cond("a", Op::Cmp(CmpOp::Ge, Lit::Int(1)))),
-            ("{a>=-1}", cond("a", Op::Cmp(CmpOp::Ge, Lit::Int(-1)))),
-            (
-                "{ a in ['x', 1, 2.5, true, nil] }",
-                cond(
-                    "a",
-                    Op::In(vec![
-                        s("x"),
-                        Lit::Int(1),
-                        Lit::Float(2.5),
-                        Lit::Bool(true),
-                        Lit::Nil,
-                    ]),
-                ),
-            ),
-            ("{ a IN ['x',] }", cond("a", Op::In(vec![s("x")]))),
-            ("{ a in [] }", cond("a", Op::In(vec![]))),
-            ("{ a notin ['x'] }", cond("a", Op::NotIn(vec![s("x")]))),
-            ("{ a NOTIN ['x'] }", cond("a", Op::NotIn(vec![s("x")]))),
-            ("{ a not_in ['x'] }", cond("a", Op::NotIn(vec![s("x")]))),
-            ("{ a Not_In ['x'] }", cond("a", Op::NotIn(vec![s("x")]))),
-            (
-                "{ a match ['^x', 'y$'] }",
-                cond("a", Op::Match(vec![re("^x", 12), re("y$", 18)])),
-            ),
-            ("{ a MATCH ['x'] }", cond("a", Op::Match(vec![re("x", 12)]))),
-            (
-                "{ a notmatch ['x'] }",
-                cond("a", Op::NotMatch(vec![re("x", 15)])),
-            ),
-            (
-                "{ a NotMatch [\"x\"] }",
-                cond("a", Op::NotMatch(vec![re("x", 15)])),
-            ),
-            (
-                "{ a = re('x.*') }",
-                cond(
-                    "a",
-                    Op::Re {
-                        negated: false,
-                        re: re("x.*", 10),
-                    },
-                ),
-            ),
-            (
-                "{ a != RE(\"x\") }",
-                cond(
-                    "a",
-                    Op::Re {
-                        negated: true,
-                        re: re("x", 11),
-                    },
-                ),
-            ),
-            (
-                "{ `a-b.c` = 1 }",
-                cond("a-b.c", Op::Cmp(CmpOp::Eq, Lit::Int(1))),
-            ),
-            ("{ `in` = 1 }", cond("in", Op::Cmp(CmpOp::Eq, Lit::Int(1)))),
-            (
-                "{ 城市 = 1 }",
-                cond("城市", Op::Cmp(CmpOp::Eq, Lit::Int(1))),
-            ),
-            ("{ _x1 = 1 }", cond("_x1", Op::Cmp(CmpOp::Eq, Lit::Int(1)))),
-            // Non-reserved keywords of DataKit's query language are plain keys here.
-            (
-                "{ limit = 1 }",
-                cond("limit", Op::Cmp(CmpOp::Eq, Lit::Int(1))),
-            ),
-        ];
-        for (src, want) in cases {
-            assert_eq!(single(src), want, "{src}");
-        }
-    }
-
-    #[test]
-    fn precedence_and_structure() {
-        let c = |k: &str| cond(k, Op::Cmp(CmpOp::Eq, Lit::Int(1)));
-        // and binds tighter than or.
-        assert_eq!(
-            single("{ a = 1 or b = 1 and c = 1 }"),
-            Expr::Or(vec![c("a"), Expr::And(vec![c("b"), c("c")])])
-        );
-        assert_eq!(
-            single("{ a = 1 && b = 1 || c = 1 }"),
-            Expr::Or(vec![Expr::And(vec![c("a"), c("b")]), c("c")])
-        );
-        assert_eq!(
-            single("{ (a = 1 OR b = 1) AND c = 1 }"),
-            Expr::And(vec![Expr::Or(vec![c("a"), c("b")]), c("c")])
-        );
-        assert_eq!(single("{ ((a = 1)) }"), c("a"));
-        // Commas separate ANDed elements.
-        assert_eq!(
-            one_group("{ a = 1, b = 1 or c = 1 }"),
-            vec![c("a"), Expr::Or(vec![c("b"), c("c")])]
-        );
-        // Groups, separators, comments.
-        let f = parse(";;{ a = 1 };; { b = 1 } { c = 1 };").unwrap();
-        assert_eq!(f.groups.len(), 3);
-        let f = parse("{};{}").unwrap();
-        assert_eq!(f.groups, vec![Group { elems: vec![] }; 2]);
-        let f = parse("# header\n{ a = 1 # trailing\n , b = 1 } # end").unwrap();
-        assert_eq!(f.groups[0].elems, vec![c("a"), c("b")]);
-        assert_eq!(parse("").unwrap().groups.len(), 0);
-        assert_eq!(parse("  # only a comment").unwrap().groups.len(), 0);
-    }
-
-    #[test]
-    fn errors_have_positions() {
-        let cases: &[(&str, &str)] = &[
-            (
-                "{ measurement = }",
-                "line 1 col 17: expected value after '=', found '}'",
-            ),
-            (
-                "a = 1",
-                "line 1 col 1: expected '{' to start a filter group, found 'a'",
-            ),
-            (
-                "{ a = 1",
-                "line 1 col 8: expected '}' to close the group, found end of input",
-            ),
-            (
-                "{ a = 1 } x",
-                "line 1 col 11: expected '{' to start a filter group, found 'x'",
-            ),
-            (
-                "{ a = 1 b = 2 }",
-                "line 1 col 9: expected ',', 'and', 'or' or '}' after a condition, found 'b'",
-            ),
-            (
-                "{ a 1 }",
-                "line 1 col 5: expected an operator (=, !=, <, <=, >, >=, in, notin, match, notmatch) after key 'a', found number 1",
-            ),
-            ("{ = 1 }", "line 1 col 3: expected a key, found '='"),
-            (
-                "{ and = 1 }",
-                "line 1 col 3: expected a key, found keyword 'and' (back-quote a key of that name: `and`)",
-            ),
-            ("{ a = 1, }", "line 1 col 10: expected a key, found '}'"),
-            ("{ a = 'x }", "line 1 col 7: unterminated string"),
-            (
-                "{ a = 'x\n' }",
-                "line 1 col 7: unterminated string (newline in string)",
-            ),
-            (
-                "{ a = 'x\\q' }",
-                "line 1 col 9: unknown escape sequence '\\q'",
-            ),
-            (
-                "{ a = '\\u12' }",
-                "line 1 col 8: escape sequence '\\u' needs 4 base-16 digits",
-            ),
-            (
-                "{ a = '\\xff' }",
-                "line 1 col 7: string is not valid UTF-8 (check its \\x or octal escapes)",
-            ),
-            (
-                "{ a = x }",
-                "line 1 col 7: expected value after '=', found 'x' (quote strings)",
-            ),
-            (
-                "{ a ! 1 }",
-                "line 1 col 5: unexpected '!' (did you mean '!='?)",
-            ),
-            (
-                "{ a = 1 & b = 1 }",
-                "line 1 col 9: unexpected '&' (did you mean '&&'?)",
-            ),
-            (
-                "{ a = 1 | b = 1 }",
-                "line 1 col 9: unexpected '|' (did you mean '||'?)",
-            ),
-            ("{ a = 12abc }", "line 1 col 7: invalid number \"12abc\""),
-            (
-                "{ a = 1e }",
-                "line 1 col 7: invalid number: no digits in exponent",
-            ),
-            (
-                "{ a = 0x }",
-                "line 1 col 7: invalid hex number: no digits after '0x'",
-            ),
-            (
-                "{ a = 0xffffffffffffffffff }",
-                "line 1 col 7: hex number 0xffffffffffffffffff overflows int64",
-            ),
-            (
-                "{ a = - 'x' }",
-                "line 1 col 9: expected a number after '-', found string \"x\"",
-            ),
-            (
-                "{ a in 'x' }",
-                "line 1 col 8: expected '[' after 'in', found string \"x\"",
-            ),
-            (
-                "{ a in ['x' 'y'] }",
-                "line 1 col 13: expected ',' or ']' in the list, found string \"y\"",
-            ),
-            (
-                "{ a in ['x', }",
-                "line 1 col 14: expected a value in the list, found '}'",
-            ),
-            (
-                "{ a match [1] }",
-                "line 1 col 12: expected a quoted regex in the list, found number 1",
-            ),
-            (
-                "{ a notmatch 'x' }",
-                "line 1 col 14: expected '[' after 'notmatch', found string \"x\"",
-            ),
-            (
-                "{ a = re 'x' }",
-                "line 1 col 10: expected '(' after 're', found string \"x\"",
-            ),
-            (
-                "{ a = re(x) }",
-                "line 1 col 10: expected a quoted regex in re(…), found 'x'",
-            ),
-            (
-                "{ a = re('x' }",
-                "line 1 col 14: expected ')' to close re(…), found '}'",
-            ),
-            (
-                "{ a < re('x') }",
-                "line 1 col 7: expected value after '<', found 're' (re(…) only goes after '=' or '!=')",
-            ),
-            (
-                "{ (a = 1 }",
-                "line 1 col 10: expected ')' to close the '(' at line 1 col 3, found '}'",
-            ),
-            ("{ `a = 1 }", "line 1 col 3: unterminated back-quoted key"),
-            ("{ a = 1 } $", "line 1 col 11: unexpected character '$'"),
-            (
-                "{ a = 1 }\n{ b = }",
-                "line 2 col 7: expected value after '=', found '}'",
-            ),
-            (
-                "# c\n  { x = 'é' and\n    y = }",
-                "line 3 col 9: expected value after '=', found '}'",
-            ),
-        ];
-        let deep = format!("{{ {}a = 1{} }}", "(".repeat(101), ")".repeat(101));
-        assert_eq!(
-            parse(&deep).unwrap_err().to_string(),
-            "line 1 col 103: parentheses nested more than 100 deep"
-        );
-        let ok = format!("{{ {}a = 1{} }}", "(".repeat(100), ")".repeat(100));
-        assert!(parse(&ok).is_ok());
-        for (src, want) in cases {
-            match parse(src) {
-                Ok(f) => panic!("{src:?} parsed: {f:?}"),
-                Err(e) => assert_eq!(&e.to_string(), want, "{src:?}"),
-            }
-        }
-    }
-}
+mod tests;

@@ -245,14 +245,14 @@ fn inequality() {
             ("i != 'x'", false),
             ("u != 1", true),
             ("f != 2.5", true),
-            ("f != 1.5000000001", false),
+            ("f != 1.5000000001", true), // `=` has an epsilon, `!=` none (DataKit)
             ("b != false", true),
             ("b != true", false),
             ("b != 0", false),
             ("s != 'x'", true),
             ("s != 'hello world'", false),
-            ("missing != 'x'", false), // a missing key makes a comparison false
-            ("missing != 0", false),
+            ("missing != 'x'", true), // a missing key is nil: it differs from any value
+            ("missing != 0", true),
         ],
     );
 }
@@ -372,7 +372,8 @@ fn in_and_notin() {
             ("missing in ['x']", false),
             ("missing in []", false),
             ("missing in [nil]", true),
-            ("missing in ['x', null]", true),
+            ("missing in ['x', null]", false), // DataKit looks at the first element only
+            ("missing in [null, 'x']", true),
             ("host in [nil]", false),
             ("host in [nil, 'web-1']", true),
             ("host notin ['web-2']", true),
@@ -423,7 +424,8 @@ fn regexes() {
             ("host notmatch ['^web-']", false),
             ("host NOTMATCH ['^db', '^web']", false), // none may match
             ("host notmatch ['^db', '^x']", true),
-            ("host notmatch []", true),
+            ("host notmatch []", false), // an empty list is false, as in DataKit
+            ("host match []", false),
             ("s notmatch ['^bye']", true),
             ("i notmatch ['x']", false),       // non-string
             ("missing notmatch ['x']", false), // a missing key makes it false
@@ -437,7 +439,7 @@ fn regexes() {
             ("i = re('1')", false),
             ("i != re('1')", false),
             ("missing = re('.*')", false),
-            ("missing != re('x')", false),
+            ("missing != re('x')", true),
         ],
     );
 }
@@ -472,7 +474,6 @@ fn logic_and_structure() {
             ("{};", true),
             ("{ host = 'x' }; { i = 10 }", true),
             ("{ host = 'x' }; { i = 11 }", false),
-            ("{ host = 'x' } { i = 10 }", true),
             ("{ host = 'x' };;{};", true),
             // Comments and layout.
             (
@@ -491,7 +492,86 @@ fn logic_and_structure() {
             // No filters at all: every point matches.
             ("[]", true),
             (r#"{"filters": []}"#, true),
+            // An empty filter string ends DataKit's evaluation: nothing after it matches.
+            (r#"["{ host = 'web-1' }", ""]"#, true),
+            (r#"["", "{ host = 'web-1' }"]"#, false),
+            (
+                r##"["{ host = 'x' }", "# c", "{ host = 'web-1' }"]"##,
+                false,
+            ),
+            (r#"["; { host = 'web-1' }"]"#, false),
+            (r#"[""]"#, false),
+            ("{ , }", true),
+            ("{ host = 'web-1', }", true),
         ],
+    );
+}
+
+/// What DataKit's grammar accepts beyond `key op value`, and what DataKit answers for it.
+#[test]
+fn literals_and_shapes_datakit_parses() {
+    run_table(
+        "metric",
+        &fixture(),
+        &[
+            // A literal on the left compares the two literals.
+            ("1 = 1", true),
+            ("1 < 2", true),
+            ("'a' = 'a'", true),
+            ("'a' < 'b'", true),
+            ("nil = nil", true),
+            ("nil != nil", false),
+            ("true = true", true),
+            ("1 = 'a'", false),
+            ("1 != nil", true),
+            ("nil != 1", false), // DataKit: a type conflict, not "different"
+            ("'a' = re('^a')", true),
+            ("inf = inf", false), // float `=` is |a-b| <= 1e-9: NaN for two infinities
+            ("nan != nan", true),
+            // A key on the right, calls, dotted names, `*`, arithmetic: never true.
+            ("host = host", false),
+            ("host != web", false),
+            ("host = f(x)", false),
+            ("f(host) = 'web-1'", false),
+            ("a.b = 1", false),
+            ("* = 1", false),
+            ("i = 5 + 5", false),
+            ("host = 'web-1' and i = 5 + 5", false),
+            // `and`/`or` with a bare operand: false as a whole, even an `or` whose other side holds.
+            ("host or host = 'web-1'", false),
+            ("host = 'web-1' and 1", false),
+            // A ( … ) operand is evaluable: `(host)` is false, the `or` goes on.
+            ("(host) or host = 'web-1'", true),
+            ("host = 'web-1' or f(x)", false),
+            // Keys and `*` in an `in` list are dropped.
+            ("host in [web, 'web-1']", true),
+            ("host in [*]", false),
+            ("missing in [a, nil]", true), // `a` dropped: the list starts with nil
+            ("missing notin [*]", true),
+            // `<` with a regex parses, never true.
+            ("host < re('.*')", false),
+            ("missing < re('.*')", false),
+            // The table: a top-level ( … ) evaluates here (DataKit: never).
+            ("(host = 'web-1')", true),
+            ("((host = 'web-1'))", true),
+            // Back-quoted and identifier('…') keys.
+            ("`host` = 'web-1'", true),
+            ("identifier('host') = 'web-1'", true),
+            ("IDENTIFIER(\"h\\x6fst\") = 'web-1'", true),
+            // Numbers as Go reads them: 012 is octal 10.
+            ("i = 012", true),
+            ("i = 0xa", true),
+        ],
+    );
+    let p = program(r#"["{ host = web }", "{ f(x) = 1 or host = 'a' }"]"#);
+    assert_eq!(
+        p.warnings(),
+        [
+            "condition `host = web` never matches: its right side is key 'web', not a value, as \
+             in DataKit (quote it to compare with the string: 'web')",
+            "condition `<a function call> = 1` never matches: its left side is a function call, \
+             not a key, as in DataKit",
+        ]
     );
 }
 
@@ -510,7 +590,7 @@ fn injected_keys_per_category() {
     let bare = pt("nginx", &[], &[]);
     let source = ["logging", "network", "keyevent", "rum"];
     let class = ["object", "custom_object"];
-    let none = ["tracing", "security", "profiling", "dialtesting"];
+    let none = ["tracing", "security", "profiling"];
     let all = source
         .iter()
         .chain(&class)
@@ -520,17 +600,20 @@ fn injected_keys_per_category() {
         .collect::<Vec<_>>();
     for cat in all {
         let (src, meas, cls) = (source.contains(&cat), cat == "metric", class.contains(&cat));
-        let cases: Vec<(&str, bool)> = vec![
-            ("source = 'nginx'", src),
-            ("source = 'tagsrc'", !src),
-            ("source in ['nginx']", src),
-            ("source match ['^ngi']", src),
-            ("source notin ['nginx']", !src),
-            ("measurement = 'nginx'", meas),
-            ("measurement = 'tagmeas'", !meas),
-            ("class = 'nginx'", cls),
-            ("class = 'tagclass'", !cls),
-            ("service = 'svc'", true),
+        // The point's own tags come first (DataKit's KVs.Get): the injected keys are not seen.
+        let cases: Vec<(String, bool)> = vec![
+            ("source = 'nginx'".into(), false),
+            ("source = 'tagsrc'".into(), true),
+            ("source in ['nginx']".into(), false),
+            ("source match ['^tag']".into(), true),
+            ("source notin ['nginx']".into(), true),
+            ("measurement = 'nginx'".into(), false),
+            ("measurement = 'tagmeas'".into(), true),
+            ("class = 'nginx'".into(), false),
+            ("class = 'tagclass'".into(), true),
+            ("service = 'svc'".into(), true),
+            (format!("category = '{cat}'"), true),
+            ("category = 'x'".into(), false),
         ];
         for (c, want) in &cases {
             assert_eq!(
@@ -539,13 +622,15 @@ fn injected_keys_per_category() {
                 "{cat}: {c}"
             );
         }
-        // Without any tags the injected key is still there; other keys are missing.
-        let cases: Vec<(&str, bool)> = vec![
-            ("source = 'nginx'", src),
-            ("measurement = 'nginx'", meas),
-            ("class = 'nginx'", cls),
-            ("source notin ['x']", true),
-            ("source = nil", !src),
+        // Without tags, the injected keys answer; other keys are missing.
+        let cases: Vec<(String, bool)> = vec![
+            ("source = 'nginx'".into(), src),
+            ("measurement = 'nginx'".into(), meas),
+            ("class = 'nginx'".into(), cls),
+            ("source notin ['x']".into(), true),
+            ("source = nil".into(), !src),
+            (format!("category = '{cat}'"), true),
+            ("category != nil".into(), true),
         ];
         for (c, want) in &cases {
             assert_eq!(
@@ -555,6 +640,10 @@ fn injected_keys_per_category() {
             );
         }
     }
+    // A tag named `category` wins over the injected one.
+    let tagged = pt("nginx", &[("category", "mine")], &[]);
+    assert!(matches_one("{ category = 'mine' }", "metric", &tagged));
+    assert!(!matches_one("{ category = 'metric' }", "metric", &tagged));
 }
 
 /// A deterministic mix of points: tags present or not, keys as tags in some points and fields
@@ -653,6 +742,8 @@ fn columns_fetched_once_and_only_when_needed() {
             "{ measurement = 'cpu' and host in ['web-1','web-2'] and usage > 90 }",
             &[
                 "category",
+                "tag:measurement",
+                "field:measurement",
                 "measurements",
                 "tag:host",
                 "tag:usage",
