@@ -40,6 +40,9 @@ fn main() {
 
 /// `tests/filter_differential.rs` builds DataKit's Go filter (the oracle) with golang-go: marked
 /// ignored where `go` is missing, required under `DATAWAY_REQUIRE_ALL_PLUGINS`.
+/// The tests that run DataKit's own Go code (`tests/v2.rs` through `dkfilter pbencode` /
+/// `pbdecode`, `tests/filter_differential.rs`) need golang-go to build it: without it they are
+/// marked ignored, unless `DATAWAY_REQUIRE_ALL_PLUGINS` is set (CI), which makes them required.
 fn go_toolchain() {
     println!("cargo::rustc-check-cfg=cfg(dataway_no_go_toolchain)");
     if std::env::var_os("DATAWAY_REQUIRE_ALL_PLUGINS").is_some() {

@@ -28,11 +28,12 @@
 //! unless `DATAWAY_REQUIRE_ALL_PLUGINS=1` (CI), which makes a missing Go a failure.
 
 mod common;
+use common::dkfilter;
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use dataway::Category;
 use dataway::point::{self, ParseOptions, Point};
@@ -40,54 +41,6 @@ use dataway::sinker::{Limits, LoadError, LogFn, Plugin, Runtime};
 
 // ---------------------------------------------------------------------------------------------
 // The two implementations
-
-/// The dkfilter binary: `DATAWAY_DKFILTER`, else built once into the target directory.
-fn dkfilter() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("DATAWAY_DKFILTER") {
-                return PathBuf::from(p);
-            }
-            let peer = std::env::var_os("DATAWAY_DATAKIT_GO").map_or_else(
-                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/datakit-filter-go"),
-                PathBuf::from,
-            );
-            let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dkfilter/dkfilter");
-            let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-            if out.exists() && stamp(&out) >= stamp(&peer.join("main.go")) {
-                return out;
-            }
-            let script = peer.join("build.sh");
-            assert!(
-                script.exists(),
-                "DataKit's Go peer is not at {} (set DATAWAY_DATAKIT_GO to its folder, or \
-                 DATAWAY_DKFILTER to a built dkfilter)",
-                peer.display()
-            );
-            // Go's build cache, module path and temp files stay in the target directory: tests
-            // leave nothing in ~/.cache or $TMPDIR (CI checks).
-            let go = out.parent().unwrap();
-            for d in ["gocache", "gopath", "gotmp"] {
-                std::fs::create_dir_all(go.join(d)).unwrap();
-            }
-            let r = Command::new("bash")
-                .arg(&script)
-                .arg(&out)
-                .env("GOCACHE", go.join("gocache"))
-                .env("GOPATH", go.join("gopath"))
-                .env("GOTMPDIR", go.join("gotmp"))
-                .output()
-                .expect("run build.sh");
-            assert!(
-                r.status.success(),
-                "building dkfilter failed (is golang-go installed?):\n{}",
-                String::from_utf8_lossy(&r.stderr)
-            );
-            out
-        })
-        .clone()
-}
 
 /// One case for both sides: a filter list over a few batches.
 #[derive(Clone, Debug)]

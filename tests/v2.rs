@@ -10,12 +10,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::{MockDataway, Recorded, Reply, TestDaemon, config_for};
+use common::{MockDataway, Recorded, Reply, TestDaemon, config_for, dkfilter};
 use dataway::point::v2::{self, pb};
 use dataway::point::{FieldValue, ParseOptions, Point, parse};
 use prost::Message;
@@ -87,50 +85,6 @@ fn gzip(b: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(b).unwrap();
     enc.finish().unwrap()
-}
-
-/// DataKit's codec: `DATAWAY_DKFILTER`, or built once into the target dir from the Go
-/// sources in `shared/peers/datakit-filter-go` (beside the project).
-fn dkfilter() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("DATAWAY_DKFILTER") {
-            return p.into();
-        }
-        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dkfilter");
-        if out.exists() {
-            return out;
-        }
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let script = [root.join("../shared"), root.join("../../shared")]
-            .into_iter()
-            .map(|s| s.join("peers/datakit-filter-go/build.sh"))
-            .find(|s| s.exists())
-            .expect(
-                "DataKit's Go codec sources (shared/peers/datakit-filter-go beside the project) \
-                 are missing: set DATAWAY_DKFILTER to a built dkfilter",
-            );
-        // Built under another name and renamed, so an interrupted build is never taken.
-        let partial = out.with_extension(format!("partial-{}", std::process::id()));
-        // Go's build cache too stays in the target dir (tests leave nothing outside it).
-        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let built = Command::new("bash")
-            .arg(&script)
-            .arg(&partial)
-            .env("GOCACHE", tmp.join("go-build"))
-            .env("GOPATH", tmp.join("go"))
-            .output()
-            .expect("running build.sh");
-        assert!(
-            built.status.success(),
-            "building dkfilter with {}: {}",
-            script.display(),
-            String::from_utf8_lossy(&built.stderr)
-        );
-        std::fs::rename(&partial, &out).unwrap();
-        out
-    })
-    .clone()
 }
 
 /// Runs `dkfilter <cmd>` with `input` on stdin; its stdout, or a panic with its output.

@@ -615,7 +615,11 @@ async fn deliver(
     let encoding = shared.encoding();
     // Encoding and gzip are CPU work: keep them off the async workers.
     let b = batch.clone();
-    let encode = move || grouping::bodies(&b.points, &b.groups, |p| build_bodies(p, max_raw, gzip, encoding));
+    let encode = move || {
+        grouping::bodies(&b.points, &b.groups, |p| {
+            build_bodies(p, max_raw, gzip, encoding)
+        })
+    };
     let bodies = match tokio::task::spawn_blocking(encode).await {
         Ok(bodies) => bodies,
         Err(e) => {

@@ -606,3 +606,65 @@ pub fn config_file(urls: &[String], extra_dataway: &str, extra_ingest: &str) -> 
     std::fs::write(&file, text).unwrap();
     file
 }
+
+/// DataKit's own Go code (`dkfilter`: its filter language and v2 codec), the oracle of
+/// `tests/v2.rs` and `tests/filter_differential.rs`: `DATAWAY_DKFILTER` if set, else built
+/// once into the target directory from `DATAWAY_DATAKIT_GO` or `shared/peers/datakit-filter-go`
+/// beside the project (golang-go needed; ~1 min cold). Built under a per-process name and
+/// renamed, so concurrent test binaries never run a half-written file.
+pub fn dkfilter() -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("DATAWAY_DKFILTER") {
+                return PathBuf::from(p);
+            }
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let peer = std::env::var_os("DATAWAY_DATAKIT_GO").map_or_else(
+                || {
+                    [root.join("../shared"), root.join("../../shared")]
+                        .into_iter()
+                        .map(|s| s.join("peers/datakit-filter-go"))
+                        .find(|p| p.exists())
+                        .unwrap_or_else(|| root.join("../shared/peers/datakit-filter-go"))
+                },
+                PathBuf::from,
+            );
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dkfilter");
+            let out = dir.join("dkfilter");
+            let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+            if out.exists() && stamp(&out) >= stamp(&peer.join("main.go")) {
+                return out;
+            }
+            let script = peer.join("build.sh");
+            assert!(
+                script.exists(),
+                "DataKit's Go peer is not at {} (set DATAWAY_DATAKIT_GO to its folder, or \
+                 DATAWAY_DKFILTER to a built dkfilter)",
+                peer.display()
+            );
+            // Go's build cache, module path and temp files stay in the target directory: tests
+            // leave nothing in ~/.cache or $TMPDIR (CI checks).
+            for d in ["gocache", "gopath", "gotmp"] {
+                std::fs::create_dir_all(dir.join(d)).unwrap();
+            }
+            let partial = dir.join(format!("dkfilter.partial-{}", std::process::id()));
+            let r = std::process::Command::new("bash")
+                .arg(&script)
+                .arg(&partial)
+                .env("GOCACHE", dir.join("gocache"))
+                .env("GOPATH", dir.join("gopath"))
+                .env("GOTMPDIR", dir.join("gotmp"))
+                .output()
+                .expect("run build.sh");
+            assert!(
+                r.status.success(),
+                "building dkfilter failed (is golang-go installed?):\n{}",
+                String::from_utf8_lossy(&r.stderr)
+            );
+            std::fs::rename(&partial, &out).unwrap();
+            out
+        })
+        .clone()
+}
