@@ -6,7 +6,11 @@
 
 use std::process::Command;
 
+#[path = "build/embed.rs"]
+mod embed;
+
 fn main() {
+    embed::build_builtin_filter();
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=plugins/example-c/build.sh");
     println!("cargo::rerun-if-changed=plugins/example-py/build.sh");
