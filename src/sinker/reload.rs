@@ -11,7 +11,9 @@
 //! A new plugin version is compiled and initialised off the hot path; only a version that
 //! loads and initialises is swapped in. A broken file is rejected (logged, counted) and
 //! the previous version keeps serving; the same broken bytes are not retried until the
-//! file changes again. A deleted plugin disables its sinker's condition until it returns.
+//! file changes again. A deleted plugin disables its sinker's condition until it returns,
+//! except `datakit_filter.wasm`: while there is no such file, the filter built into the
+//! binary serves ([`super::builtin`]), loaded like a file (same sandbox, metrics, cache).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
