@@ -6,11 +6,14 @@
 
 use std::process::Command;
 
+#[path = "build/embed.rs"]
+mod embed;
 #[path = "build/proto.rs"]
 mod proto;
 
 fn main() {
     proto::build();
+    embed::build_builtin_filter();
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-changed=plugins/example-c/build.sh");
     println!("cargo::rerun-if-changed=plugins/example-py/build.sh");

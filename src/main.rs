@@ -56,16 +56,22 @@ enum Command {
 
 #[derive(Subcommand)]
 enum SinkerCommand {
-    /// Run a condition plugin over line protocol read from stdin and print, for each
-    /// point, whether it matched (the plugin's log lines go to stderr).
+    /// Run a condition plugin, or DataKit filters, over line protocol read from stdin and
+    /// print, for each point, whether it matched (the plugin's log lines go to stderr).
+    /// Compiled plugins are kept in the daemon's default cache for the next run.
     Test {
-        /// The plugin (a WebAssembly component).
-        #[arg(long, value_name = "FILE.wasm")]
-        plugin: PathBuf,
+        /// The plugin (a WebAssembly component). `datakit_filter.wasm`, when there is no
+        /// such file, is the built-in DataKit filter.
+        #[arg(long, value_name = "FILE.wasm", required_unless_present = "filters")]
+        plugin: Option<PathBuf>,
         /// The string given to the plugin's init (for datakit_filter: a filter, or a JSON
         /// array of filters).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", conflicts_with = "filters")]
         config: String,
+        /// DataKit filters, evaluated with the built-in DataKit filter: the JSON array a
+        /// sinker's `filters` holds, e.g. '["{ usage > 90 }", "{ measurement = \"cpu\" }"]'.
+        #[arg(long, value_name = "JSON", conflicts_with = "plugin")]
+        filters: Option<String>,
         /// Category of the points (name or alias: metric, M, logging, L, ...).
         #[arg(long, default_value = "metric")]
         category: Category,
@@ -100,13 +106,27 @@ fn main() -> ExitCode {
         Command::Sinker(SinkerCommand::Test {
             plugin,
             config,
+            filters,
             category,
         }) => {
+            use dataway::sinker::try_out::{self, Source};
+            let (source, config) = match (&plugin, filters) {
+                (Some(p), _) => (Source::File(p), config),
+                (None, Some(json)) => match try_out::filters_config(&json) {
+                    Ok(c) => (Source::BuiltinFilter, c),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => unreachable!("clap requires --plugin or --filters"),
+            };
             let stderr = std::sync::Arc::new(|line: &str| eprintln!("{line}"));
-            let result = dataway::sinker::try_out::run(
-                &plugin,
+            let result = try_out::run(
+                source,
                 &config,
                 category,
+                dataway::sinker::reload::default_cache_dir(),
                 &mut std::io::stdin().lock(),
                 &mut std::io::stdout().lock(),
                 stderr,

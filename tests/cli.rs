@@ -275,6 +275,12 @@ fn sinker_test(args: &[&str], stdin: &str) -> (bool, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_dataway"))
         .args(["sinker", "test"])
         .args(args)
+        // `sinker test` keeps compiled plugins in the daemon's default cache: the build
+        // directory's, never the user's ~/.cache.
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

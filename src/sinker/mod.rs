@@ -12,6 +12,7 @@
 //! old version or entirely by the new one, never both.
 
 mod batch;
+pub mod builtin;
 pub mod plugin;
 pub mod reload;
 pub mod try_out;

@@ -351,6 +351,11 @@ impl Runtime {
         self
     }
 
+    /// Where compiled plugins are kept, if anywhere.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache_dir.as_deref()
+    }
+
     /// Compiles (or loads from the cache), links and initialises a plugin. Errors say
     /// what is wrong with the file; nothing of a failed load stays behind.
     pub fn load(
@@ -361,7 +366,7 @@ impl Runtime {
         log: LogFn,
     ) -> Result<Plugin, LoadError> {
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let component = self.compile(bytes, &sha256)?;
+        let (component, from_cache) = self.compile(bytes, &sha256)?;
         let mut linker: Linker<StoreState> = Linker::new(&self.engine);
         Sinker::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
             &mut linker,
@@ -396,6 +401,7 @@ impl Runtime {
                 limits: limits.clone(),
                 log,
                 sha256,
+                from_cache,
                 idle: Mutex::new(Vec::new()),
                 health: Health::default(),
                 failure_log: RateLimiter::new(),
@@ -410,7 +416,8 @@ impl Runtime {
         Ok(plugin)
     }
 
-    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
+    /// The compiled component, and whether it came from the cache.
+    fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, bool), LoadError> {
         let cached = self.cache_dir.as_ref().map(|dir| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.engine.precompile_compatibility_hash().hash(&mut h);
@@ -423,7 +430,7 @@ impl Runtime {
             // same compatibility hash (it is in the name) into the daemon's own cache
             // directory; wasmtime checks its header and refuses other engines' files.
             match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(c) => return Ok(c),
+                Ok(c) => return Ok((c, true)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "ignoring bad plugin cache file: {e:#}")
                 }
@@ -436,7 +443,7 @@ impl Runtime {
         if let Some(path) = &cached {
             write_cache(path, &component);
         }
-        Ok(component)
+        Ok((component, false))
     }
 
     /// Runs `exe compile-plugin` on `bytes` in a private temporary directory and loads
@@ -636,6 +643,8 @@ struct PluginInner {
     limits: Limits,
     log: LogFn,
     sha256: String,
+    /// Loaded from the compiled-plugin cache rather than compiled.
+    from_cache: bool,
     idle: Mutex<Vec<Instance>>,
     health: Health,
     failure_log: RateLimiter,
@@ -737,6 +746,11 @@ impl Plugin {
     /// Hex SHA-256 of the component's bytes: the plugin's version.
     pub fn sha256(&self) -> &str {
         &self.inner.sha256
+    }
+
+    /// Whether the compiled code came from the cache (`cache_dir`) instead of a compile.
+    pub fn from_cache(&self) -> bool {
+        self.inner.from_cache
     }
 
     /// Whether a failure may be logged now (failures of a broken plugin are rate-limited).

@@ -11,8 +11,11 @@
 //! A new plugin version is compiled and initialised off the hot path; only a version that
 //! loads and initialises is swapped in. A broken file is rejected (logged, counted) and
 //! the previous version keeps serving; the same broken bytes are not retried until the
-//! file changes again. A deleted plugin disables its sinker's condition until it returns.
+//! file changes again. A deleted plugin disables its sinker's condition until it returns,
+//! except `datakit_filter.wasm`: while there is no such file, the filter built into the
+//! binary serves ([`super::builtin`]), loaded like a file (same sandbox, metrics, cache).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::{Condition, Limits, Runtime, Sinker, plugin};
+use super::{Condition, Limits, Runtime, Sinker, builtin, plugin};
 use crate::config::{DatawayConfig, SinkerConfig};
 use crate::dataway::Dataway;
 use crate::endpoint::{Endpoint, EndpointOptions, EndpointUrl, OpenCaches, StartError};
@@ -172,7 +175,9 @@ impl Reloader {
         self.sync_drop_ins(dataway);
     }
 
-    /// Loads the sinker's plugin file if it changed since it was last looked at.
+    /// Loads the sinker's plugin file if it changed since it was last looked at. A sinker
+    /// whose plugin is `datakit_filter.wasm` runs the built-in filter while `plugins_dir` has
+    /// no file of that name, and goes back to it when the file is removed.
     fn sync_plugin(&self, sinker: &Sinker) {
         let name = sinker.name();
         let (file, config, stamp) = {
@@ -182,53 +187,61 @@ impl Reloader {
             (file, t.config.clone(), t.stamp)
         };
         let path = self.dir.join(&file);
-        let meta = match std::fs::metadata(&path) {
-            Ok(m) => m,
-            Err(e) => {
-                let mut state = self.lock();
-                let t = state.get_mut(name).expect("tracked");
-                let old = t.serving.take();
-                if old.is_some() || t.stamp.is_some() {
-                    t.stamp = None;
-                    t.rejected = None;
-                    drop(state);
-                    self.swap(sinker, Condition::Disabled);
-                    self.count(name, "removed");
-                    self.set_info(name, old.as_deref(), None);
-                    tracing::warn!(sinker = %name, path = %path.display(), "plugin file gone ({e}); its points go to the main endpoints until it returns");
-                } else if t.rejected.is_none() {
-                    t.rejected = Some(String::new());
-                    tracing::warn!(sinker = %name, path = %path.display(), "plugin file not found ({e}); its points go to the main endpoints until it appears");
+        let (bytes, source, now): (Cow<'static, [u8]>, String, _) = match std::fs::metadata(&path) {
+            Ok(meta) => {
+                let now = (
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                );
+                if stamp == Some(now) {
+                    return;
                 }
-                return;
+                match std::fs::read(&path) {
+                    Ok(b) => (Cow::Owned(b), path.display().to_string(), Some(now)),
+                    Err(e) => {
+                        self.count(name, "read_error");
+                        tracing::warn!(sinker = %name, path = %path.display(), "cannot read plugin: {e}");
+                        return;
+                    }
+                }
             }
+            Err(e) => match builtin::for_name(&file) {
+                Some(b) if absent(&e) => {
+                    let mut state = self.lock();
+                    let t = state.get_mut(name).expect("tracked");
+                    let from_file = t.serving.as_deref().is_some_and(|s| s != builtin::sha256());
+                    if t.stamp.take().is_some() || from_file {
+                        // The file that overrode the built-in is gone: forget what was known
+                        // of it, so a file that comes back is read again.
+                        t.rejected = None;
+                    }
+                    if from_file {
+                        tracing::info!(sinker = %name, path = %path.display(), "plugin file gone ({e}); back to the built-in {file}");
+                    }
+                    (Cow::Borrowed(b), "built-in".to_string(), None)
+                }
+                _ => {
+                    self.file_gone(sinker, &path, &e);
+                    return;
+                }
+            },
         };
-        let now = (
-            meta.len(),
-            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        if stamp == Some(now) {
-            return;
-        }
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                self.count(name, "read_error");
-                tracing::warn!(sinker = %name, path = %path.display(), "cannot read plugin: {e}");
-                return;
-            }
+        let sha = match &bytes {
+            Cow::Borrowed(_) => builtin::sha256().to_string(),
+            Cow::Owned(b) => hex::encode(Sha256::digest(b)),
         };
-        let sha = hex::encode(Sha256::digest(&bytes));
         {
             let mut state = self.lock();
             let t = state.get_mut(name).expect("tracked");
-            // A file modified within the last seconds may be rewritten again with the same
-            // size inside the filesystem's mtime granularity: read it again next time.
-            let settled = now
-                .1
-                .elapsed()
-                .is_ok_and(|age| age > Duration::from_secs(2));
-            t.stamp = settled.then_some(now);
+            if let Some(now) = now {
+                // A file modified within the last seconds may be rewritten again with the
+                // same size inside the filesystem's mtime granularity: read it again next time.
+                let settled = now
+                    .1
+                    .elapsed()
+                    .is_ok_and(|age| age > Duration::from_secs(2));
+                t.stamp = settled.then_some(now);
+            }
             if t.serving.as_deref() == Some(&sha) || t.rejected.as_deref() == Some(&sha) {
                 return;
             }
@@ -241,14 +254,15 @@ impl Reloader {
         let t = state.get_mut(name).expect("tracked");
         match loaded {
             Ok(p) => {
-                self.swap(sinker, Condition::Plugin(p));
+                self.swap(sinker, Condition::Plugin(p.clone()));
                 let old = t.serving.replace(sha.clone());
                 t.rejected = None;
                 drop(state);
                 self.set_info(name, old.as_deref(), Some(&sha));
                 self.count(name, "ok");
                 let previous = old.as_deref().map_or("none", |o| &o[..12]);
-                tracing::info!(sinker = %name, path = %path.display(), sha256 = %&sha[..12], previous = %previous, took = ?started.elapsed(), "plugin loaded");
+                let cached = p.from_cache();
+                tracing::info!(sinker = %name, path = %source, sha256 = %&sha[..12], previous = %previous, cached, took = ?started.elapsed(), "plugin loaded");
             }
             Err(e) => {
                 if matches!(e, plugin::LoadError::Compiler(_)) {
@@ -261,11 +275,31 @@ impl Reloader {
                 drop(state);
                 self.count(name, e.kind());
                 if serving {
-                    tracing::error!(sinker = %name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the previous version keeps serving: {e}");
+                    tracing::error!(sinker = %name, path = %source, sha256 = %&sha[..12], "plugin rejected, the previous version keeps serving: {e}");
                 } else {
-                    tracing::error!(sinker = %name, path = %path.display(), sha256 = %&sha[..12], "plugin rejected, the sinker stays disabled: {e}");
+                    tracing::error!(sinker = %name, path = %source, sha256 = %&sha[..12], "plugin rejected, the sinker stays disabled: {e}");
                 }
             }
+        }
+    }
+
+    /// The sinker's plugin file is gone (or was never there): its condition is disabled.
+    fn file_gone(&self, sinker: &Sinker, path: &Path, e: &std::io::Error) {
+        let name = sinker.name();
+        let mut state = self.lock();
+        let t = state.get_mut(name).expect("tracked");
+        let old = t.serving.take();
+        if old.is_some() || t.stamp.is_some() {
+            t.stamp = None;
+            t.rejected = None;
+            drop(state);
+            self.swap(sinker, Condition::Disabled);
+            self.count(name, "removed");
+            self.set_info(name, old.as_deref(), None);
+            tracing::warn!(sinker = %name, path = %path.display(), "plugin file gone ({e}); its points go to the main endpoints until it returns");
+        } else if t.rejected.is_none() {
+            t.rejected = Some(String::new());
+            tracing::warn!(sinker = %name, path = %path.display(), "plugin file not found ({e}); its points go to the main endpoints until it appears");
         }
     }
 
@@ -511,6 +545,14 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("dataway").join("plugins"))
 }
 
+/// The file is not there (rather than unreadable): a built-in of that name stands in.
+fn absent(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
+}
+
 /// `NAME` for a sidecar `plugins_dir/NAME.toml`; hidden files are skipped.
 fn drop_in_name(path: &Path) -> Option<String> {
     if path.extension()? != "toml" {
@@ -536,14 +578,24 @@ pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
             return Ok(format!("{what}: no plugin, takes every point"));
         };
         let path = cfg.plugins_dir.join(file);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| format!("{what}: cannot read plugin {}: {e}", path.display()))?;
+        // As the daemon does: a file in plugins_dir, else the built-in of that name.
+        let (bytes, source) = match std::fs::read(&path) {
+            Ok(b) => (Cow::Owned(b), path.display().to_string()),
+            Err(e) => match builtin::for_name(file) {
+                Some(b) if absent(&e) => (Cow::Borrowed(b), format!("{file} (built-in)")),
+                _ => {
+                    return Err(format!(
+                        "{what}: cannot read plugin {}: {e}",
+                        path.display()
+                    ));
+                }
+            },
+        };
         let p = runtime
             .load(&bytes, &s.plugin_config(), &limits, quiet.clone())
-            .map_err(|e| format!("{what}: plugin {}: {e}", path.display()))?;
+            .map_err(|e| format!("{what}: plugin {source}: {e}"))?;
         Ok(format!(
-            "{what}: plugin {} ok (sha256 {})",
-            path.display(),
+            "{what}: plugin {source} ok (sha256 {})",
             &p.sha256()[..12]
         ))
     };
