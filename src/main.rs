@@ -270,7 +270,7 @@ fn data_dirs(cfg: &Config) -> Vec<(&'static str, String)> {
     };
     let mut plugins = absolute(&d.plugins_dir);
     if !d.plugins_dir.is_dir() {
-        plugins.push_str(" (does not exist: no plugins)");
+        plugins.push_str(" (does not exist: only the built-in datakit_filter.wasm)");
     }
     let cache = match &d.sinker_limits.cache_dir {
         Some(p) if p.as_os_str().is_empty() => "off".to_string(),

@@ -79,7 +79,7 @@ fn check_prints_endpoints_with_tokens_redacted_and_where_data_goes() {
         ),
         format!("fail-cache: {etc}/dataway-data/failcache (one file per HTTP endpoint)"),
         format!("wal: {etc}/dataway-data/wal/wal.redb"),
-        format!("plugins: {etc}/plugins (does not exist: no plugins)"),
+        format!("plugins: {etc}/plugins (does not exist: only the built-in datakit_filter.wasm)"),
         format!("compiled plugins: {etc}/compiled"),
     ] {
         assert!(

@@ -9,7 +9,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::MockDataway;
-use common::plugins::rust_plugin;
 use common::process::DaemonProcess;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -23,9 +22,9 @@ fn fixture(name: &str) -> String {
 
 /// The fixture with its three addresses (main `:9601`, sinkers `:9602`, `:9603`) pointed
 /// at `addrs` and DataKit's `localhost:9529` at port 0, written to a scratch dir as
-/// `datakit.conf`; with `filter_plugin`, the datakit-filter component is put in the
-/// default `plugins_dir` (`plugins/` next to the file).
-fn install(name: &str, addrs: &[String], filter_plugin: bool) -> PathBuf {
+/// `datakit.conf`, with no plugins directory: DataKit's `filters` run on the built-in
+/// filter, as with the release binary alone.
+fn install(name: &str, addrs: &[String]) -> PathBuf {
     let mut text = fixture(name);
     for (port, addr) in ["127.0.0.1:9601", "127.0.0.1:9602", "127.0.0.1:9603"]
         .iter()
@@ -36,14 +35,6 @@ fn install(name: &str, addrs: &[String], filter_plugin: bool) -> PathBuf {
     }
     text = text.replace("listen = \"localhost:9529\"", "listen = \"localhost:0\"");
     let dir = common::scratch_dir("datakit-conf");
-    if filter_plugin {
-        std::fs::create_dir_all(dir.join("plugins")).unwrap();
-        std::fs::copy(
-            rust_plugin("datakit-filter"),
-            dir.join("plugins/datakit_filter.wasm"),
-        )
-        .unwrap();
-    }
     let file = dir.join("datakit.conf");
     std::fs::write(&file, text).unwrap();
     file
@@ -86,7 +77,7 @@ async fn a_datakit_1_6_conf_routes_as_its_filters_say() {
     let cpu_sink = MockDataway::start().await;
     let nginx_sink = MockDataway::start().await;
     let addrs = [&main, &cpu_sink, &nginx_sink].map(|m| m.addr.to_string());
-    let file = install("datakit-1.6.conf", &addrs, true);
+    let file = install("datakit-1.6.conf", &addrs);
     let daemon = DaemonProcess::start(&file, &[]);
 
     let metrics = "cpu,cpu=cpu-total,host=h usage=1i 1700000000000000000\ncpu,cpu=cpu0,host=h usage=2i 1700000000000000000\n";
@@ -141,7 +132,7 @@ async fn a_datakit_1_6_conf_routes_as_its_filters_say() {
 /// and the endpoint with its token redacted.
 #[test]
 fn check_of_a_current_datakit_conf_lists_mapped_and_ignored_keys() {
-    let file = install("datakit-1.8x.conf", &["127.0.0.1:9601".to_string()], false);
+    let file = install("datakit-1.8x.conf", &["127.0.0.1:9601".to_string()]);
     let (code, out, err) = dataway(&["check", "-c", file.to_str().unwrap()], &[]);
     assert_eq!(code, Some(0), "{out}\n{err}");
     for line in [
@@ -182,7 +173,7 @@ fn check_of_a_current_datakit_conf_lists_mapped_and_ignored_keys() {
 /// dataway.
 #[test]
 fn an_unknown_key_fails_naming_it() {
-    let file = install("datakit-1.6.conf", &[], false);
+    let file = install("datakit-1.6.conf", &[]);
     let text = std::fs::read_to_string(&file)
         .unwrap()
         .replace("[dataway]\n", "[dataway]\n  enable_turbo = true\n");
@@ -216,7 +207,7 @@ async fn env_sinker_routes_points() {
     let s2 = MockDataway::start().await;
     let env_sink = MockDataway::start().await;
     let addrs = [&main, &s1, &s2].map(|m| m.addr.to_string());
-    let file = install("datakit-1.6.conf", &addrs, true);
+    let file = install("datakit-1.6.conf", &addrs);
     let env_sinker = format!(
         r#"[{{"categories":["M"],"filters":["{{ host = 'web-1' }}"],"url":"{}"}}]"#,
         env_sink.url("tkn_env000000000000000000000000000")
@@ -236,6 +227,107 @@ async fn env_sinker_routes_points() {
         vec!["mem,host=web-2 used=2i 1700000000000000000"]
     );
     assert_eq!(s1.arrived() + s2.arrived(), 0);
+}
+
+/// The `datakit.conf` current DataKit writes on install (`content_encoding = "v2"`), with a
+/// filter sinker from `ENV_SINKER` and no plugins directory: the built-in filter routes, and
+/// every body, the main endpoint's and the sinker's, is DataKit's protobuf that DataKit's own
+/// decoder (`dkfilter pbdecode`) reads back to exactly the points that were routed there.
+#[tokio::test(flavor = "multi_thread")]
+#[cfg_attr(
+    dataway_no_go_toolchain,
+    ignore = "needs Go (apt-get install golang-go) to build DataKit's codec"
+)]
+async fn a_current_datakit_conf_uploads_v2_that_datakit_decodes_and_routes_by_env_sinker() {
+    let main = MockDataway::start().await;
+    let sink = MockDataway::start().await;
+    let file = install("datakit-1.8x.conf", &[main.addr.to_string()]);
+    assert!(!file.parent().unwrap().join("plugins").exists());
+    let env_sinker = format!(
+        r#"[{{"categories":["M","L"],"filters":["{{ host = 'web-1' }}", "{{ source = 'nginx' }}"],"url":"{}"}}]"#,
+        sink.url("tkn_env000000000000000000000000000")
+    );
+    let daemon = DaemonProcess::start(&file, &[("ENV_SINKER", &env_sinker)]);
+    let metrics = "mem,host=web-1 used=1i,free=2.5,ok=true 1700000000000000000\n\
+                   mem,host=web-2 used=2i,note=\"ü \\\"q\\\"\" 1700000000000000000\n";
+    assert_eq!(daemon.post("metric", metrics.to_string()).await, 200);
+    let logs = "nginx,host=web-9 message=\"GET /\" 1700000000000000000\n\
+                mysql,host=web-9 message=\"slow\",n=7u 1700000000000000000\n";
+    assert_eq!(daemon.post("logging", logs.to_string()).await, 200);
+    // Bodies of two points each side; wait for both categories.
+    let arrived = |m: &MockDataway| m.requests().iter().filter(|r| r.ok()).count();
+    for m in [&main, &sink] {
+        let t = std::time::Instant::now();
+        while arrived(m) < 2 {
+            assert!(t.elapsed() < WAIT, "{}", daemon.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let decoded = |m: &MockDataway| {
+        let mut lines = String::new();
+        for r in m.requests().iter().filter(|r| r.ok()) {
+            assert_eq!(
+                r.header("content-type"),
+                Some("application/protobuf; proto=com.guance.Point"),
+                "{}",
+                r.path
+            );
+            assert_eq!(r.header("content-encoding"), Some("gzip"));
+            let text = pbdecode(&r.body);
+            assert_eq!(
+                text.lines().count().to_string(),
+                r.header("x-points").unwrap()
+            );
+            lines.push_str(&text);
+        }
+        points(&lines)
+    };
+    let (metrics, logs): (Vec<&str>, Vec<&str>) =
+        (metrics.lines().collect(), logs.lines().collect());
+    assert_eq!(
+        decoded(&sink),
+        points(&[metrics[0], logs[0]].join("\n")),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(decoded(&main), points(&[metrics[1], logs[1]].join("\n")));
+}
+
+/// Line protocol as points in a canonical order (points, tags and fields sorted), so bodies
+/// compare by content whatever order an encoder writes keys in.
+fn points(lp: &str) -> Vec<dataway::point::Point> {
+    let opts = dataway::point::ParseOptions {
+        precision: dataway::point::Precision::Nanos,
+        default_time: 0,
+    };
+    let mut pts = dataway::point::parse(lp.trim().as_bytes(), opts).unwrap();
+    for p in &mut pts {
+        p.tags.sort();
+        p.fields.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    pts.sort_by_key(|p| format!("{p:?}"));
+    pts
+}
+
+/// `dkfilter pbdecode`: DataKit's v2 decoder, a body (gzipped or not) to line protocol.
+fn pbdecode(body: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(common::dkfilter())
+        .arg("pbdecode")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pbdecode: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// The README's "Migrating from DataKit" excerpt is part of the 1.6 fixture that the tests
@@ -272,7 +364,7 @@ fn the_readme_migration_excerpt_is_part_of_a_tested_fixture() {
 #[tokio::test(flavor = "multi_thread")]
 async fn enable_sinker_groups_by_the_global_host_tag_keys_of_file_and_environment() {
     let main = MockDataway::start().await;
-    let file = install("datakit-1.8x.conf", &[main.addr.to_string()], false);
+    let file = install("datakit-1.8x.conf", &[main.addr.to_string()]);
     let text = std::fs::read_to_string(&file).unwrap();
     let on = "enable_sinker        = true # disable sinker";
     let text = text.replace("enable_sinker        = false # disable sinker", on);
