@@ -631,7 +631,7 @@ pub fn dkfilter() -> std::path::PathBuf {
                 },
                 PathBuf::from,
             );
-            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dkfilter");
+            let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("datakit-go");
             let out = dir.join("dkfilter");
             let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
             if out.exists() && stamp(&out) >= stamp(&peer.join("main.go")) {
