@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::plugins::rust_plugin;
@@ -247,28 +246,7 @@ async fn a_file_in_plugins_dir_overrides_the_built_in_live_and_removing_it_goes_
 
 /// Runs `dataway sinker test ARGS` in `cwd` with `cache` as XDG_CACHE_HOME; (ok, out, err).
 fn sinker_test(args: &[&str], stdin: &str, cwd: &Path, cache: &Path) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dataway"))
-        .args(["sinker", "test"])
-        .args(args)
-        .current_dir(cwd)
-        .env("XDG_CACHE_HOME", cache)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::sinker_test_in(args, stdin, Some(cwd), cache)
 }
 
 #[test]

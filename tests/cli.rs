@@ -2,9 +2,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::plugins::{fixture, rust_plugin};
@@ -272,32 +271,8 @@ fn the_daemon_writes_next_to_its_config_file_and_explains_other_apis_on_a_direct
 
 /// Runs `dataway sinker test` with `stdin`; (success, stdout, stderr).
 fn sinker_test(args: &[&str], stdin: &str) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dataway"))
-        .args(["sinker", "test"])
-        .args(args)
-        // `sinker test` keeps compiled plugins in the daemon's default cache: the build
-        // directory's, never the user's ~/.cache.
-        .env(
-            "XDG_CACHE_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache");
+    common::sinker_test_in(args, stdin, None, &cache)
 }
 
 #[test]

@@ -668,3 +668,40 @@ pub fn dkfilter() -> std::path::PathBuf {
         })
         .clone()
 }
+
+/// Runs `dataway sinker test ARGS` with `stdin`, in `cwd` (or the test's own), with `cache`
+/// as `XDG_CACHE_HOME` (`sinker test` keeps compiled plugins in the daemon's default cache:
+/// the build directory's here, never the user's ~/.cache); (success, stdout, stderr).
+pub fn sinker_test_in(
+    args: &[&str],
+    stdin: &str,
+    cwd: Option<&std::path::Path>,
+    cache: &std::path::Path,
+) -> (bool, String, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataway"));
+    cmd.args(["sinker", "test"]).args(args);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd
+        .env("XDG_CACHE_HOME", cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
