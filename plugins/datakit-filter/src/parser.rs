@@ -886,9 +886,10 @@ impl Parser<'_> {
         Ok(Some(name))
     }
 
-    /// `ident (. ident)*`, then a call chain, or `in`/`match` and a list.
-    fn reference(&mut self) -> Result<Node, ParseError> {
-        let first = self.ident()?.expect("reference() at an identifier");
+    /// `ident (. ident)*` at an identifier (`at` says which caller checked that): the first
+    /// name, and whether more followed (DataKit parses dotted names but never matches them).
+    fn dotted_name(&mut self, at: &str) -> Result<(Vec<u8>, bool), ParseError> {
+        let first = self.ident()?.expect(at);
         let mut dotted = false;
         while *self.peek() == Tok::Dot {
             self.bump();
@@ -897,6 +898,12 @@ impl Parser<'_> {
             }
             dotted = true;
         }
+        Ok((first, dotted))
+    }
+
+    /// `ident (. ident)*`, then a call chain, or `in`/`match` and a list.
+    fn reference(&mut self) -> Result<Node, ParseError> {
+        let (first, dotted) = self.dotted_name("reference() at an identifier")?;
         if *self.peek() == Tok::LParen {
             self.call_args()?;
             // A cascade: f(x).g(y).h(z)
@@ -1023,15 +1030,7 @@ impl Parser<'_> {
                     Node::Opaque("*")
                 }
                 Tok::Word(_) | Tok::Raw(_) | Tok::Kw("identifier") => {
-                    let first = self.ident()?.expect("at an identifier");
-                    let mut dotted = false;
-                    while *self.peek() == Tok::Dot {
-                        self.bump();
-                        if self.ident()?.is_none() {
-                            return Err(self.unexpected("expected a name after '.'"));
-                        }
-                        dotted = true;
-                    }
+                    let (first, dotted) = self.dotted_name("at an identifier")?;
                     if dotted {
                         Node::Opaque("a dotted name")
                     } else {
