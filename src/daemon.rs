@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, DatawayConfig};
 use crate::dataway::Dataway;
 use crate::endpoint::{DrainReport, OpenCaches};
 use crate::ingest::{self, IngestState};
@@ -72,6 +72,12 @@ impl Daemon {
             None
         };
         let dataway = Arc::new(dataway);
+        // Where the operator chooses (the WAL), say what a crash costs with this choice.
+        tracing::info!(
+            wal = config.dataway.wal.enabled,
+            "{}",
+            crash_loss(&config.dataway)
+        );
         for ep in dataway.endpoints() {
             tracing::info!(endpoint = %ep.url(), "endpoint started");
         }
@@ -172,6 +178,34 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("ingest server: {e}"))?
             .map_err(|e| anyhow::anyhow!("ingest server: {e}"))?;
         Ok(report)
+    }
+}
+
+/// What a crash (kill -9, OOM, power loss) loses of the points ingest acknowledged, with the
+/// WAL as configured: one sentence for the start-up log and `dataway check`.
+pub fn crash_loss(cfg: &DatawayConfig) -> String {
+    if cfg.wal.enabled {
+        "crash loss window (kill -9, OOM, power loss): none acknowledged; each write is \
+         fsynced to the WAL before its 200 and replayed at the next start (some may be sent \
+         twice)"
+            .to_string()
+    } else {
+        let max = cfg.max_pending_bytes;
+        let size = if max.is_multiple_of(1 << 20) {
+            format!("{} MiB", max >> 20)
+        } else {
+            format!("{max} bytes")
+        };
+        let cached = if cfg.fail_cache.enabled {
+            "; what is already in the fail-cache is kept"
+        } else {
+            ""
+        };
+        format!(
+            "crash loss window (kill -9, OOM, power loss): the WAL is off, so acknowledged \
+             points still in memory are lost, up to dataway.max_pending_bytes ({size}){cached}; \
+             set [dataway.wal] enabled = true to lose none"
+        )
     }
 }
 

@@ -241,6 +241,7 @@ fn print_check(cfg: &Config, notes: &Notes) -> ExitCode {
     for (what, place) in data_dirs(cfg) {
         println!("{what}: {place}");
     }
+    println!("{}", dataway::daemon::crash_loss(d));
     ExitCode::SUCCESS
 }
 

@@ -306,7 +306,7 @@ async fn other_apis_go_to_the_first_endpoint_only() {
     let cli = reqwest::Client::new();
     let r = cli
         .post(d.url("/v1/query/raw?q=1"))
-        .header("x-custom", "yes")
+        .header("x-global-tags", "host=h1")
         .body("{\"queries\":[]}")
         .send()
         .await
@@ -323,7 +323,7 @@ async fn other_apis_go_to_the_first_endpoint_only() {
     assert_eq!(reqs[0].path, "/v1/query/raw");
     assert_eq!(reqs[0].query.as_deref(), Some("token=tkn_first&q=1"));
     assert_eq!(reqs[0].text, "{\"queries\":[]}");
-    assert_eq!(reqs[0].header("x-custom"), Some("yes"));
+    assert_eq!(reqs[0].header("x-global-tags"), Some("host=h1"));
     assert_eq!(reqs[1].path, "/v1/ntp");
     assert_eq!(reqs[2].method, "DELETE");
     assert!(second.requests().is_empty());

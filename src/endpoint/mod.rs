@@ -11,6 +11,7 @@
 //! counting it (`dataway_dropped_points_total{reason="shutdown"}`).
 
 pub mod grouping;
+pub mod other_api;
 mod request_builder;
 mod resend;
 
@@ -343,6 +344,8 @@ impl Endpoint {
 
     /// Sends one "other API" request (`/v1/query/raw`, `/v1/election`, …) with this
     /// endpoint's token query, through the same client and retry policy, and counts it.
+    /// The caller's `token` parameters and the headers the Dataway APIs do not use are
+    /// dropped ([`other_api`]): the configured token is the only one Dataway sees.
     pub async fn request(
         &self,
         method: Method,
@@ -352,14 +355,16 @@ impl Endpoint {
         body: Bytes,
     ) -> Result<Response, ApiError> {
         let s = &self.shared;
-        let (Sender::Http(cli), Some(url)) = (&s.sender, s.url.api_url(path, query)) else {
+        let query = other_api::query_without_token(query);
+        let (Sender::Http(cli), Some(url)) = (&s.sender, s.url.api_url(path, query.as_deref()))
+        else {
             return Err(ApiError::NotHttp(s.url.clone()));
         };
         let outcome = cli
             .send(&Request {
                 method,
                 url,
-                headers,
+                headers: other_api::forwarded_headers(&headers),
                 body,
             })
             .await;

@@ -14,7 +14,9 @@
 //! or memory budget are full or the daemon is stopping.
 //!
 //! Also: `GET /metrics` (Prometheus), `GET /v1/ping` and `GET /health`, and the "other APIs"
-//! of `protocol.md`, forwarded to the first endpoint with its token.
+//! of `protocol.md`, forwarded to the first endpoint with its token (and only its token:
+//! a client's `token` parameters and the headers the Dataway APIs do not use stay here; see
+//! [`crate::endpoint::other_api`]).
 //!
 //! Stopping ([`Drain`]): the server keeps listening while the daemon drains, so clients get
 //! a 503 they can act on rather than a refused connection, and operators can still read
@@ -239,7 +241,10 @@ fn unavailable(message: &str, retry_after_secs: u32) -> Response {
     r
 }
 
-/// Checks `Authorization: Bearer <token>` when an ingest token is configured.
+/// Checks `Authorization: Bearer <token>` when an ingest token is configured: exactly that,
+/// `Bearer` as written, one space, the token, nothing trimmed or folded here. (Whitespace
+/// around the whole value is not part of an HTTP field value, RFC 9110 5.5: the HTTP
+/// parser has already dropped it.)
 fn authorized(cfg: &IngestConfig, headers: &HeaderMap) -> bool {
     let Some(want) = &cfg.token else { return true };
     let got = headers
@@ -508,7 +513,8 @@ async fn health() -> &'static str {
     "ok"
 }
 
-/// Request headers that describe this hop, not the request: never forwarded.
+/// Headers that describe a hop, not the message: not passed back from Dataway's answer.
+/// (What of a request goes upstream is decided by `endpoint::other_api`: an allow-list.)
 const HOP_HEADERS: &[HeaderName] = &[
     header::HOST,
     header::CONNECTION,
@@ -526,7 +532,7 @@ async fn forward(
     method: Method,
     uri: axum::http::Uri,
     RawQuery(query): RawQuery,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !authorized(&st.config, &headers) {
@@ -539,9 +545,6 @@ async fn forward(
         Ok(b) => b,
         Err(e) => return body_error(e, st.config.max_body),
     };
-    for h in HOP_HEADERS {
-        headers.remove(h);
-    }
     match st
         .dataway
         .request(method, uri.path(), query.as_deref(), headers, body)
