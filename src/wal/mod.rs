@@ -486,6 +486,46 @@ mod tests {
         assert_eq!(sizes, vec![1, 2, 3, 4, 5]);
     }
 
+    /// A full disk: appends fail (ingest answers 503) and removals fail; once the disk has
+    /// room again the log takes writes by itself (it reopens its file after the backoff; the
+    /// test never reopens it), and removals that failed meanwhile reach the file.
+    #[test]
+    fn after_a_full_disk_the_wal_reopens_itself() {
+        use crate::failcache::faulty;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let disk = faulty::Disk::default();
+        let now = Arc::new(AtomicI64::new(0));
+        let n = now.clone();
+        let wal = Wal::open_with(
+            &path,
+            faulty::opener(&disk),
+            Arc::new(move || n.load(Ordering::SeqCst)),
+        )
+        .unwrap();
+        let kept = wal.append(Category::Metric, &pts(1)).unwrap();
+        let delivered = wal.append(Category::Metric, &pts(2)).unwrap();
+        disk.fill();
+        assert!(wal.append(Category::Metric, &pts(3)).is_err());
+        drop(delivered); // its removal fails: the disk is full
+        assert!(wal.append(Category::Metric, &pts(4)).is_err(), "still full");
+        disk.free();
+        let e = wal.append(Category::Metric, &pts(5)).unwrap_err();
+        assert!(e.contains("reopening in"), "within the backoff: {e}");
+        now.fetch_add(60_000, Ordering::SeqCst);
+        let _six = wal.append(Category::Metric, &pts(6)).unwrap();
+        assert_eq!(wal.store.reopens(), 1);
+        let left: Vec<usize> = wal
+            .pending()
+            .unwrap()
+            .iter()
+            .map(|p| p.points.len())
+            .collect();
+        assert_eq!(left, [1, 6], "the delivered write's removal was retried");
+        kept.abandon();
+    }
+
     /// Many writers at once (their commits grouped): each gets its own entry, on disk when
     /// it returns, and each entry is removed exactly when its ticket drops.
     #[test]
