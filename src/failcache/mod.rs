@@ -11,18 +11,27 @@
 //! either the whole record or none of it. Each record also carries its own format
 //! version and CRC-32, so a damaged record is skipped and counted without losing the rest;
 //! a database that cannot be opened at all is moved aside and a new one started, so the
-//! daemon always starts. Records are written with format version 1; a later version will
+//! daemon always starts. After an I/O error (a full disk, say) the file is closed and opened
+//! again by itself, with backoff ([`store`]), so the cache recovers without a restart once
+//! the disk takes writes again. Records are written with format version 1; a later version will
 //! read version-1 records too, so an upgrade never asks users to delete their cache
 //! (DataKit's did, `lessons.md` #7).
 
+#[cfg(test)]
+pub(crate) mod faulty;
 mod record;
+pub(crate) mod store;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+use store::{Opener, Store};
+
+pub(crate) use record::now_ms;
 pub use record::{Decoded, Record};
 
 use crate::metrics::Metrics;
@@ -74,7 +83,7 @@ impl From<OpenFailure> for String {
 /// One endpoint's fail-cache.
 pub struct FailCache {
     path: PathBuf,
-    db: Database,
+    store: Store,
     limits: Limits,
     /// The endpoint, as its metrics label it (token redacted).
     label: String,
@@ -92,6 +101,12 @@ struct State {
     /// [`FailCache::retry_later`]): not evicted meanwhile, or a body that is delivered
     /// would also be counted as dropped.
     in_flight: Option<u64>,
+    /// Records delivered (or refused, or skipped) whose removal has not been committed yet,
+    /// e.g. because the disk is full: never handed out again by [`FailCache::head`], and
+    /// removed with the next write that succeeds. Without this, a body delivered while its
+    /// removal failed was resent at every retry (one was delivered 77 times). Kept in memory
+    /// only: after a crash such a body is resent once more (at least once, as the WAL).
+    settled: BTreeSet<u64>,
 }
 
 /// What happened to the oldest record when it was looked at.
@@ -111,6 +126,17 @@ impl FailCache {
         label: String,
         metrics: Arc<Metrics>,
     ) -> Result<FailCache, Error> {
+        FailCache::open_with(path, limits, label, metrics, Arc::new(open_or_move_aside))
+    }
+
+    /// [`FailCache::open`], with the database opened (and reopened) by `opener`.
+    pub(crate) fn open_with(
+        path: &Path,
+        limits: Limits,
+        label: String,
+        metrics: Arc<Metrics>,
+        opener: Opener,
+    ) -> Result<FailCache, Error> {
         let err = |message: String| Error {
             path: path.to_path_buf(),
             message,
@@ -119,7 +145,8 @@ impl FailCache {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
         }
-        let (db, moved_aside) = open_or_move_aside(path).map_err(|f| Error {
+        let clock: Clock = Arc::new(record::now_ms);
+        let (store, moved_aside) = Store::open(path, opener, clock.clone()).map_err(|f| Error {
             path: path.to_path_buf(),
             busy: f.busy,
             message: f.message,
@@ -132,12 +159,12 @@ impl FailCache {
         }
         let cache = FailCache {
             path: path.to_path_buf(),
-            db,
+            store,
             limits,
             label,
             metrics,
             state: Mutex::new(State::default()),
-            clock: Arc::new(record::now_ms),
+            clock,
         };
         cache.load_state().map_err(err)?;
         Ok(cache)
@@ -145,18 +172,21 @@ impl FailCache {
 
     /// Counts what is on disk (at open).
     fn load_state(&self) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        let mut st = State::default();
-        {
-            let table = txn.open_table(BODIES).map_err(|e| e.to_string())?;
-            for entry in table.iter().map_err(|e| e.to_string())? {
-                let (k, v) = entry.map_err(|e| e.to_string())?;
-                st.next = st.next.max(k.value() + 1);
-                st.records += 1;
-                st.bytes += v.value().len() as u64;
+        let st = self.store.with(true, |db| {
+            let txn = db.begin_write()?;
+            let mut st = State::default();
+            {
+                let table = txn.open_table(BODIES)?;
+                for entry in table.iter()? {
+                    let (k, v) = entry?;
+                    st.next = st.next.max(k.value() + 1);
+                    st.records += 1;
+                    st.bytes += v.value().len() as u64;
+                }
             }
-        }
-        txn.commit().map_err(|e| e.to_string())?;
+            txn.commit()?;
+            Ok(st)
+        })?;
         *self.lock() = st;
         self.publish();
         Ok(())
@@ -168,8 +198,14 @@ impl FailCache {
 
     /// Measures record ages against `clock` instead of the system clock (tests).
     pub fn with_clock(mut self, clock: Clock) -> FailCache {
+        self.store.clock = clock.clone();
         self.clock = clock;
         self
+    }
+
+    /// I/O errors seen, and reopens after them, since open (tests and diagnostics).
+    pub fn storage_errors(&self) -> (u64, u64) {
+        (self.store.io_errors(), self.store.reopens())
     }
 
     /// Records and bytes held now.
@@ -207,59 +243,74 @@ impl FailCache {
         }
     }
 
+    fn err(&self, message: String) -> Error {
+        Error {
+            path: self.path.clone(),
+            message,
+            busy: false,
+        }
+    }
+
     /// Appends a record, durably (the commit is fsynced), then drops the oldest records
-    /// while the cache is over `max_capacity`.
+    /// while the cache is over `max_capacity`. Settled records still on disk go first.
     pub fn push(&self, record: &Record) -> Result<(), Error> {
         let bytes = record.encode();
-        let err = |e: String| Error {
-            path: self.path.clone(),
-            message: e,
-            busy: false,
-        };
         // The state lock is held across the commit (redb has one writer anyway) and the
         // counts change only once the commit succeeded, so they always match the disk.
         let mut st = self.lock();
         let key = st.next;
-        let (mut records, mut total) = (st.records + 1, st.bytes + bytes.len() as u64);
-        let mut txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| err(e.to_string()))?;
-        let mut dropped: Vec<Option<Record>> = Vec::new();
-        {
-            let mut table = txn.open_table(BODIES).map_err(|e| err(e.to_string()))?;
-            table
-                .insert(key, bytes.as_slice())
-                .map_err(|e| err(e.to_string()))?;
-            // Over capacity: the oldest go first (the newest data is the most useful),
-            // except the one being resent.
-            while total > self.limits.max_capacity && records > 1 {
-                let mut victim = None;
-                for entry in table.range(..key).map_err(|e| err(e.to_string()))? {
-                    let k = entry.map_err(|e| err(e.to_string()))?.0.value();
-                    if Some(k) != st.in_flight {
-                        victim = Some(k);
-                        break;
+        let (records, total, dropped) = self
+            .store
+            .with(true, |db| {
+                let (mut records, mut total) = (st.records, st.bytes);
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                let mut dropped: Vec<Option<Record>> = Vec::new();
+                {
+                    let mut table = txn.open_table(BODIES)?;
+                    for &k in &st.settled {
+                        if let Some(v) = table.remove(k)? {
+                            records -= 1;
+                            total = total.saturating_sub(v.value().len() as u64);
+                        }
+                    }
+                    table.insert(key, bytes.as_slice())?;
+                    records += 1;
+                    total += bytes.len() as u64;
+                    // Over capacity: the oldest go first (the newest data is the most
+                    // useful), except the one being resent.
+                    while total > self.limits.max_capacity && records > 1 {
+                        let mut victim = None;
+                        for entry in table.range(..key)? {
+                            let k = entry?.0.value();
+                            if Some(k) != st.in_flight {
+                                victim = Some(k);
+                                break;
+                            }
+                        }
+                        let Some(victim) = victim else {
+                            break;
+                        };
+                        let Some(v) = table.remove(victim)? else {
+                            break;
+                        };
+                        let v = v.value();
+                        records -= 1;
+                        total = total.saturating_sub(v.len() as u64);
+                        dropped.push(match Record::decode(v) {
+                            Decoded::Ok(r) => Some(r),
+                            _ => None,
+                        });
                     }
                 }
-                let Some(victim) = victim else {
-                    break;
-                };
-                let Some(v) = table.remove(victim).map_err(|e| err(e.to_string()))? else {
-                    break;
-                };
-                let v = v.value();
-                records -= 1;
-                total = total.saturating_sub(v.len() as u64);
-                dropped.push(match Record::decode(v) {
-                    Decoded::Ok(r) => Some(r),
-                    _ => None,
-                });
-            }
-        }
-        txn.commit().map_err(|e| err(e.to_string()))?;
+                txn.commit()?;
+                Ok((records, total, dropped))
+            })
+            .map_err(|e| self.err(e))?;
         st.next = key + 1;
         st.records = records;
         st.bytes = total;
+        st.settled.clear();
         drop(st);
         for r in &dropped {
             self.drop_count("full", r.as_ref());
@@ -271,23 +322,30 @@ impl FailCache {
     /// The oldest record to resend. Damaged records and records older than
     /// `drop_expired_after` are removed on the way (logged and counted).
     pub fn head(&self) -> Result<Head, Error> {
-        let err = |e: String| Error {
-            path: self.path.clone(),
-            message: e,
-            busy: false,
-        };
+        // Settled records left on disk by a failed removal: removed now if the disk takes
+        // writes again (the store reopens itself), so they do not wait for the next push.
+        if !self.lock().settled.is_empty() {
+            drop(self.flush_settled());
+        }
         loop {
-            let first = {
-                let txn = self.db.begin_read().map_err(|e| err(e.to_string()))?;
-                let table = match txn.open_table(BODIES) {
-                    Ok(t) => t,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Head::Empty),
-                    Err(e) => return Err(err(e.to_string())),
-                };
-                match table.first().map_err(|e| err(e.to_string()))? {
-                    None => return Ok(Head::Empty),
-                    Some((k, v)) => (k.value(), Record::decode(v.value())),
-                }
+            // Records are handed out in key order and settled one at a time, so every
+            // settled key is below the next one to resend: start after the last.
+            let from = self.lock().settled.last().map_or(0, |k| k + 1);
+            let first = self
+                .store
+                .with(false, |db| {
+                    let txn = db.begin_read()?;
+                    let table = match txn.open_table(BODIES) {
+                        Ok(t) => t,
+                        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let first = table.range(from..)?.next().transpose()?;
+                    Ok(first.map(|(k, v)| (k.value(), Record::decode(v.value()))))
+                })
+                .map_err(|e| self.err(e))?;
+            let Some(first) = first else {
+                return Ok(Head::Empty);
             };
             let now = (self.clock)();
             match first {
@@ -297,42 +355,65 @@ impl FailCache {
                 }
                 (key, Decoded::Ok(r)) => {
                     tracing::warn!(endpoint = %self.label, category = %r.category, points = r.points, age = ?r.age_at(now), "fail-cache record expired; dropped");
-                    self.remove(key)?;
+                    self.settle(key);
                     self.drop_count("expired", Some(&r));
                 }
                 (key, Decoded::Corrupt(why)) => {
                     tracing::error!(endpoint = %self.label, key, "fail-cache record damaged ({why}); skipped");
-                    self.remove(key)?;
+                    self.settle(key);
                     self.drop_count("corrupt", None);
                 }
             }
         }
     }
 
-    /// Removes a record (delivered, refused or skipped).
+    /// Settles a record and removes it, or leaves the removal for a later write (logged):
+    /// it is never handed out again either way.
+    fn settle(&self, key: u64) {
+        if let Err(e) = self.remove(key) {
+            tracing::error!(endpoint = %self.label, key, "{e}; removed once the disk takes writes again");
+        }
+    }
+
+    /// Removes a record (delivered, refused or skipped). It is not handed out again even
+    /// when this fails (the disk is full, say): the removal is retried with the next write.
     pub fn remove(&self, key: u64) -> Result<(), Error> {
-        let err = |e: String| Error {
-            path: self.path.clone(),
-            message: e,
-            busy: false,
-        };
+        {
+            let mut st = self.lock();
+            st.settled.insert(key);
+            if st.in_flight == Some(key) {
+                st.in_flight = None;
+            }
+        }
+        self.flush_settled()
+    }
+
+    /// Removes the settled records from the disk.
+    fn flush_settled(&self) -> Result<(), Error> {
         let mut st = self.lock();
-        let txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
-        let removed = {
-            let mut table = txn.open_table(BODIES).map_err(|e| err(e.to_string()))?;
-            let v = table.remove(key).map_err(|e| err(e.to_string()))?;
-            v.map(|v| v.value().len() as u64)
-        };
-        // Fsynced like every redb commit by default: a removal lost in a crash would
-        // resend that body once more.
-        txn.commit().map_err(|e| err(e.to_string()))?;
-        if let Some(len) = removed {
-            st.records = st.records.saturating_sub(1);
-            st.bytes = st.bytes.saturating_sub(len);
-        }
-        if st.in_flight == Some(key) {
-            st.in_flight = None;
-        }
+        let removed = self
+            .store
+            .with(true, |db| {
+                let txn = db.begin_write()?;
+                let mut removed = (0, 0);
+                {
+                    let mut table = txn.open_table(BODIES)?;
+                    for &k in &st.settled {
+                        if let Some(v) = table.remove(k)? {
+                            removed.0 += 1;
+                            removed.1 += v.value().len() as u64;
+                        }
+                    }
+                }
+                // Fsynced like every redb commit by default: a removal lost in a crash
+                // would resend that body once more.
+                txn.commit()?;
+                Ok(removed)
+            })
+            .map_err(|e| self.err(e))?;
+        st.records = st.records.saturating_sub(removed.0);
+        st.bytes = st.bytes.saturating_sub(removed.1);
+        st.settled.clear();
         drop(st);
         self.publish();
         Ok(())

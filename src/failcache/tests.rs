@@ -233,3 +233,91 @@ fn a_second_holder_of_the_same_file_is_told_it_is_busy() {
         .is_ok()
     );
 }
+
+/// A clock the test moves (ms since the epoch), for the reopen backoff and record ages.
+fn manual_clock() -> (Clock, Arc<std::sync::atomic::AtomicI64>) {
+    let now = Arc::new(std::sync::atomic::AtomicI64::new(record::now_ms()));
+    let n = now.clone();
+    (
+        Arc::new(move || n.load(std::sync::atomic::Ordering::SeqCst)),
+        now,
+    )
+}
+
+fn advance(now: &std::sync::atomic::AtomicI64, ms: i64) {
+    now.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn open_on(path: &Path, disk: &faulty::Disk) -> (FailCache, Arc<std::sync::atomic::AtomicI64>) {
+    let (clock, now) = manual_clock();
+    let m = Arc::new(Metrics::new());
+    let c = FailCache::open_with(path, limits(1 << 20), "ep".into(), m, faulty::opener(disk))
+        .unwrap()
+        .with_clock(clock);
+    (c, now)
+}
+
+/// A full disk: pushes fail (and are counted as storage errors); once it has room again the
+/// cache takes pushes again by itself (it closes and reopens its file after the backoff; the
+/// test never reopens it), and what was stored before the fault is all still there.
+#[test]
+fn after_a_full_disk_the_cache_reopens_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = faulty::Disk::default();
+    let (c, now) = open_on(&dir.path().join("ep.redb"), &disk);
+    c.push(&rec(1)).unwrap();
+    disk.fill();
+    assert!(c.push(&rec(2)).is_err());
+    assert!(c.push(&rec(3)).is_err(), "still full");
+    assert!(c.storage_errors().0 >= 1);
+    disk.free();
+    // Within the backoff the file stays closed: no disk access, a quick error.
+    let refused = disk.refused.load(std::sync::atomic::Ordering::SeqCst);
+    let e = c.push(&rec(4)).unwrap_err().to_string();
+    assert!(e.contains("reopening in"), "{e}");
+    advance(&now, 60_000);
+    c.push(&rec(5)).unwrap();
+    assert_eq!(c.storage_errors().1, 1, "reopened once");
+    assert_eq!(
+        disk.refused.load(std::sync::atomic::Ordering::SeqCst),
+        refused
+    );
+    assert_eq!(c.len().0, 2);
+    assert_eq!(drain(&c), [1, 5]);
+}
+
+/// The 77-times bug: a record delivered while the disk was full could not be removed, and
+/// was handed out (and resent) again at every retry. Now it is settled in memory: never
+/// handed out again, and removed from the file once the disk takes writes.
+#[test]
+fn a_record_whose_removal_failed_is_not_handed_out_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = faulty::Disk::default();
+    let path = dir.path().join("ep.redb");
+    {
+        let (c, now) = open_on(&path, &disk);
+        for n in 1..=3 {
+            c.push(&rec(n)).unwrap();
+        }
+        let Head::Ready(k, r) = c.head().unwrap() else {
+            panic!("empty")
+        };
+        assert_eq!(r.points, 1);
+        disk.fill();
+        assert!(c.remove(k).is_err(), "the disk is full");
+        // Every later look at the head, through the fault and after it, skips record 1.
+        for _ in 0..5 {
+            if let Ok(Head::Ready(_, r)) = c.head() {
+                assert_ne!(r.points, 1, "delivered record handed out again");
+            }
+            advance(&now, 60_000);
+        }
+        disk.free();
+        advance(&now, 60_000);
+        assert_eq!(drain(&c), [2, 3]);
+        assert!(c.is_empty());
+    }
+    // Its removal reached the file: not resent after a restart either.
+    let (c, _) = open_on(&path, &disk);
+    assert_eq!(drain(&c), Vec::<u64>::new());
+}

@@ -9,7 +9,10 @@
 //!
 //! Storage: a redb file, as the fail-cache (see there for why), with the same versioned,
 //! checksummed records; appends are fsynced, removals are not (a removal lost in a crash
-//! only means one more replay).
+//! only means one more replay). After an I/O error (a full disk: appends fail, and ingest
+//! answers 503) the file is closed and reopened by itself with backoff
+//! ([`crate::failcache::store`]), so writes are taken again once the disk has room; removals
+//! that failed meanwhile are retried with the next commit.
 //!
 //! Group commit: writes that arrive while an fsync is in progress wait for it to finish and
 //! are then committed together, with one fsync. Each writer still returns only once its
@@ -20,17 +23,18 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::category::Category;
-use crate::failcache::{Decoded, Record, open_or_move_aside};
+use crate::failcache::store::{Opener, Store};
+use crate::failcache::{Clock, Decoded, Record, open_or_move_aside};
 use crate::point::{ParseOptions, Point, encode_points, parse};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("writes");
 
 /// The log.
 pub struct Wal {
-    db: Database,
+    store: Store,
     /// Entries below this id were left by a previous run (the ones to replay).
     replay_end: u64,
     appends: Mutex<Appends>,
@@ -39,6 +43,10 @@ pub struct Wal {
     /// Entries to remove, and whether a removal task is running. Removals are grouped
     /// too: one transaction for all the entries whose writes finished meanwhile.
     removals: Mutex<(Vec<u64>, bool)>,
+    /// Entries whose removal failed (the disk was full, say): removed with the next commit
+    /// that succeeds, so a write delivered during the fault is not replayed at the next
+    /// start.
+    unremoved: Mutex<Vec<u64>>,
 }
 
 /// The group commit's state. Groups are numbered; writers join the open group, and one of
@@ -137,21 +145,31 @@ pub struct Pending {
 impl Wal {
     /// Opens (or creates) the log file at `path`.
     pub fn open(path: &Path) -> Result<Arc<Wal>, String> {
+        Wal::open_with(
+            path,
+            Arc::new(open_or_move_aside),
+            Arc::new(crate::failcache::now_ms),
+        )
+    }
+
+    /// [`Wal::open`], with the database opened (and reopened) by `opener`, and the reopen
+    /// backoff timed by `clock`.
+    pub(crate) fn open_with(path: &Path, opener: Opener, clock: Clock) -> Result<Arc<Wal>, String> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let (db, _) = open_or_move_aside(path)?;
-        let next = {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
+        let (store, _) = Store::open(path, opener, clock)?;
+        let next = store.with(true, |db| {
+            let txn = db.begin_write()?;
             let last = {
-                let t = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-                t.last().map_err(|e| e.to_string())?.map(|(k, _)| k.value())
+                let t = txn.open_table(ENTRIES)?;
+                t.last()?.map(|(k, _)| k.value())
             };
-            txn.commit().map_err(|e| e.to_string())?;
-            last.map_or(0, |k| k + 1)
-        };
+            txn.commit()?;
+            Ok(last.map_or(0, |k| k + 1))
+        })?;
         Ok(Arc::new(Wal {
-            db,
+            store,
             replay_end: next,
             appends: Mutex::new(Appends {
                 next_id: next,
@@ -159,6 +177,7 @@ impl Wal {
             }),
             committed: Condvar::new(),
             removals: Mutex::new((Vec::new(), false)),
+            unremoved: Mutex::new(Vec::new()),
         }))
     }
 
@@ -236,17 +255,35 @@ impl Wal {
 
     /// Writes a group of entries in one transaction, fsynced.
     fn write_group(&self, entries: &[(u64, Record)]) -> Result<(), String> {
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| e.to_string())?;
-        {
-            let mut t = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-            for (id, record) in entries {
-                t.insert(id, record.encode().as_slice())
-                    .map_err(|e| e.to_string())?;
+        let unremoved = self.take_unremoved();
+        let result = self.store.with(true, |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            {
+                let mut t = txn.open_table(ENTRIES)?;
+                for (id, record) in entries {
+                    t.insert(id, record.encode().as_slice())?;
+                }
+                for id in &unremoved {
+                    t.remove(id)?;
+                }
             }
+            txn.commit()?;
+            Ok(())
+        });
+        if result.is_err() {
+            self.keep_unremoved(unremoved);
         }
-        txn.commit().map_err(|e| e.to_string())
+        result
+    }
+
+    fn take_unremoved(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.unremoved.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn keep_unremoved(&self, ids: Vec<u64>) {
+        let mut u = self.unremoved.lock().unwrap_or_else(|e| e.into_inner());
+        u.extend(ids);
     }
 
     /// Removes entry `id` soon, grouped with other removals. Tickets drop on async
@@ -287,17 +324,27 @@ impl Wal {
         }
     }
 
+    /// Removes entries (with those whose removal failed before); what fails is kept for the
+    /// next commit.
     fn remove(&self, ids: &[u64]) -> Result<(), String> {
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_durability(Durability::None)
-            .map_err(|e| e.to_string())?;
-        {
-            let mut t = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-            for &id in ids {
-                t.remove(id).map_err(|e| e.to_string())?;
+        let mut all = self.take_unremoved();
+        all.extend_from_slice(ids);
+        let result = self.store.with(true, |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            {
+                let mut t = txn.open_table(ENTRIES)?;
+                for &id in &all {
+                    t.remove(id)?;
+                }
             }
+            txn.commit()?;
+            Ok(())
+        });
+        if result.is_err() {
+            self.keep_unremoved(all);
         }
-        txn.commit().map_err(|e| e.to_string())
+        result
     }
 
     /// Every entry in the log, this run's too (damaged entries are skipped and logged).
@@ -307,15 +354,14 @@ impl Wal {
 
     /// How many entries a previous run left (for the replay's log line).
     pub fn pending_count(&self) -> Result<u64, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        match txn.open_table(ENTRIES) {
-            Ok(t) => Ok(t
-                .range(..self.replay_end)
-                .map_err(|e| e.to_string())?
-                .count() as u64),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-            Err(e) => Err(e.to_string()),
-        }
+        self.store.with(false, |db| {
+            let txn = db.begin_read()?;
+            match txn.open_table(ENTRIES) {
+                Ok(t) => Ok(t.range(..self.replay_end)?.count() as u64),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+                Err(e) => Err(e.into()),
+            }
+        })
     }
 
     /// Up to `max` entries a previous run left, from id `from` on, oldest first: the
@@ -325,46 +371,49 @@ impl Wal {
     }
 
     fn entries(&self, from: u64, end: u64, max: usize) -> Result<Page, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        let t = match txn.open_table(ENTRIES) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
-            Err(e) => return Err(e.to_string()),
-        };
-        let mut out = Vec::new();
-        let mut damaged = Vec::new();
-        let mut next = None;
-        for (n, entry) in t.range(from..end).map_err(|e| e.to_string())?.enumerate() {
-            let (k, v) = entry.map_err(|e| e.to_string())?;
-            let id = k.value();
-            if n >= max {
-                next = Some(id);
-                break;
-            }
-            let parsed = match Record::decode(v.value()) {
-                Decoded::Ok(r) => parse(&r.payload, ParseOptions::default())
-                    .map(|points| (r.category, points))
-                    .map_err(|e| e.to_string()),
-                Decoded::Corrupt(why) => Err(why),
+        let (page, damaged) = self.store.with(false, |db| {
+            let txn = db.begin_read()?;
+            let t = match txn.open_table(ENTRIES) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Ok((Page::default(), Vec::new()));
+                }
+                Err(e) => return Err(e.into()),
             };
-            match parsed {
-                Ok((category, points)) => out.push(Pending {
-                    id,
-                    category,
-                    points,
-                }),
-                Err(why) => {
-                    tracing::error!(id, "damaged WAL entry skipped: {why}");
-                    damaged.push(id);
+            let mut out = Vec::new();
+            let mut damaged = Vec::new();
+            let mut next = None;
+            for (n, entry) in t.range(from..end)?.enumerate() {
+                let (k, v) = entry?;
+                let id = k.value();
+                if n >= max {
+                    next = Some(id);
+                    break;
+                }
+                let parsed = match Record::decode(v.value()) {
+                    Decoded::Ok(r) => parse(&r.payload, ParseOptions::default())
+                        .map(|points| (r.category, points))
+                        .map_err(|e| e.to_string()),
+                    Decoded::Corrupt(why) => Err(why),
+                };
+                match parsed {
+                    Ok((category, points)) => out.push(Pending {
+                        id,
+                        category,
+                        points,
+                    }),
+                    Err(why) => {
+                        tracing::error!(id, "damaged WAL entry skipped: {why}");
+                        damaged.push(id);
+                    }
                 }
             }
-        }
-        drop(t);
-        drop(txn);
+            Ok((Page { entries: out, next }, damaged))
+        })?;
         for id in damaged {
             drop(self.forget(id));
         }
-        Ok(Page { entries: out, next })
+        Ok(page)
     }
 
     /// Removes a replayed (or damaged) entry.
@@ -435,6 +484,46 @@ mod tests {
             from = page.next;
         }
         assert_eq!(sizes, vec![1, 2, 3, 4, 5]);
+    }
+
+    /// A full disk: appends fail (ingest answers 503) and removals fail; once the disk has
+    /// room again the log takes writes by itself (it reopens its file after the backoff; the
+    /// test never reopens it), and removals that failed meanwhile reach the file.
+    #[test]
+    fn after_a_full_disk_the_wal_reopens_itself() {
+        use crate::failcache::faulty;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let disk = faulty::Disk::default();
+        let now = Arc::new(AtomicI64::new(0));
+        let n = now.clone();
+        let wal = Wal::open_with(
+            &path,
+            faulty::opener(&disk),
+            Arc::new(move || n.load(Ordering::SeqCst)),
+        )
+        .unwrap();
+        let kept = wal.append(Category::Metric, &pts(1)).unwrap();
+        let delivered = wal.append(Category::Metric, &pts(2)).unwrap();
+        disk.fill();
+        assert!(wal.append(Category::Metric, &pts(3)).is_err());
+        drop(delivered); // its removal fails: the disk is full
+        assert!(wal.append(Category::Metric, &pts(4)).is_err(), "still full");
+        disk.free();
+        let e = wal.append(Category::Metric, &pts(5)).unwrap_err();
+        assert!(e.contains("reopening in"), "within the backoff: {e}");
+        now.fetch_add(60_000, Ordering::SeqCst);
+        let _six = wal.append(Category::Metric, &pts(6)).unwrap();
+        assert_eq!(wal.store.reopens(), 1);
+        let left: Vec<usize> = wal
+            .pending()
+            .unwrap()
+            .iter()
+            .map(|p| p.points.len())
+            .collect();
+        assert_eq!(left, [1, 6], "the delivered write's removal was retried");
+        kept.abandon();
     }
 
     /// Many writers at once (their commits grouped): each gets its own entry, on disk when
