@@ -300,7 +300,42 @@ fn init_logging(level: &str) {
         .init();
 }
 
+/// Raises the open-file soft limit to the hard limit: every ingest connection, upstream
+/// connection, WAL and cache file takes a descriptor, and services are still started with a
+/// soft limit of 1,024 that a few idle clients exhaust. (The ingest connection cap is sized
+/// from the raised limit.)
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let show = |v: Option<u64>| v.map_or_else(|| "unlimited".to_string(), |v| v.to_string());
+    let old = getrlimit(Resource::Nofile);
+    if old.current == old.maximum {
+        tracing::info!(
+            "open-file limit: {} (already the hard limit)",
+            show(old.current)
+        );
+        return;
+    }
+    let new = Rlimit {
+        current: old.maximum,
+        maximum: old.maximum,
+    };
+    match setrlimit(Resource::Nofile, new) {
+        Ok(()) => tracing::info!(
+            "open-file limit raised from {} to {} (the hard limit)",
+            show(old.current),
+            show(old.maximum)
+        ),
+        Err(e) => tracing::warn!(
+            "cannot raise the open-file limit from {} to {}: {e}; ingest connections are \
+             capped at half of it",
+            show(old.current),
+            show(old.maximum)
+        ),
+    }
+}
+
 async fn run(cfg: Config) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let listener = tokio::net::TcpListener::bind(cfg.ingest.listen)
         .await
         .map_err(|e| {

@@ -235,6 +235,13 @@ pub struct IngestConfig {
     pub token: Option<String>,
     /// Largest request body accepted, compressed and decompressed alike (413 past it).
     pub max_body: usize,
+    /// Most client connections open at once; lowered at start to half the open-file
+    /// limit. When full, a new connection closes the oldest idle one (see `ingest`).
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after it connected
+    /// or after its last answer is closed: slow headers and idle keep-alive alike.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
 }
 
 impl Default for IngestConfig {
@@ -243,6 +250,8 @@ impl Default for IngestConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9529)),
             token: None,
             max_body: 32 * 1024 * 1024,
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -676,10 +685,17 @@ impl Config {
             ),
             ("dataway.max_pending_bytes", d.max_pending_bytes),
             ("ingest.max_body", self.ingest.max_body),
+            ("ingest.max_connections", self.ingest.max_connections),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be more than 0"));
             }
+        }
+        if self.ingest.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "ingest.header_read_timeout",
+                "must be more than 0 (e.g. \"30s\")",
+            ));
         }
         if let Some(t) = &self.ingest.token
             && t.is_empty()

@@ -48,6 +48,8 @@ use crate::endpoint::ApiError;
 use crate::metrics::Metrics;
 use crate::point::{ParseOptions, Precision};
 
+pub mod server;
+
 /// The "other APIs" (`protocol.md`) that are forwarded to the first endpoint.
 pub const OTHER_APIS: &[(&str, &str)] = &[
     ("GET", "/v1/datakit/pull"),
@@ -168,16 +170,18 @@ pub fn router(state: Arc<IngestState>) -> Router {
 }
 
 /// Serves until `close` is cancelled, then stops listening and finishes the requests in
-/// progress. Cancel it after the drain ([`Drain`]), not at the stop signal: until then new
+/// progress; connections are capped and idle ones closed ([`server`]). Cancel it after the drain ([`Drain`]), not at the stop signal: until then new
 /// writes must get a 503, not a refused connection.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<IngestState>,
     close: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(close.cancelled_owned())
-        .await
+    let limits = server::Limits {
+        max_connections: state.config.max_connections,
+        header_read_timeout: state.config.header_read_timeout,
+    };
+    server::serve(listener, router(state), limits, close).await
 }
 
 /// Lets a write in, counted until its answer, unless ingest is draining. Runs as soon as
