@@ -138,7 +138,7 @@ impl Wal {
     /// Opens (or creates) the log file at `path`.
     pub fn open(path: &Path) -> Result<Arc<Wal>, String> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            crate::failcache::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let (db, _) = open_or_move_aside(path)?;
         let next = {
