@@ -203,7 +203,8 @@ pub struct SinkerLimitsConfig {
     pub quarantine_max: Duration,
     /// Where compiled plugins are cached across restarts (a Python component takes
     /// seconds to compile). Compiled plugins are native code: this directory must be
-    /// writable only by the daemon's user. Default: `$XDG_CACHE_HOME/dataway/plugins` or
+    /// writable only by the daemon's user (it is not used otherwise, and an artifact is
+    /// loaded only if its HMAC, keyed by `cache.key` in it, matches). Default: `$XDG_CACHE_HOME/dataway/plugins` or
     /// `~/.cache/dataway/plugins`. Empty: no cache.
     pub cache_dir: Option<PathBuf>,
     /// Largest plugin file (and drop-in sidecar) read, in bytes: a bigger one is refused

@@ -1130,19 +1130,17 @@ mod cache {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut key))
             .map_err(|e| format!("no randomness for the cache key: {e}"))?;
-        let tmp = dir.join(format!(".{KEY_FILE}.{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
+        // A temporary file is made 0600 with a unique name (tempfile).
         let written = (|| {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = tempfile::Builder::new()
+                .prefix(".cache.key.")
+                .tempfile_in(dir)?;
             f.write_all(&key)?;
-            f.sync_all()?;
-            std::fs::hard_link(&tmp, dir.join(KEY_FILE))
+            f.as_file().sync_all()?;
+            f.persist_noclobber(dir.join(KEY_FILE))
+                .map_err(|e| e.error)?;
+            Ok::<_, std::io::Error>(())
         })();
-        let _ = std::fs::remove_file(&tmp);
         match written {
             Ok(()) => Ok(key),
             // Another process made it first: use theirs.
@@ -1187,18 +1185,17 @@ mod cache {
     pub fn write(path: &Path, key: &Key, body: &[u8]) -> std::io::Result<()> {
         let name = path.file_name().map_or(&[][..], |n| n.as_encoded_bytes());
         let mac = tag(key, name, body).finalize().into_bytes();
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        // Unique, 0600 (tempfile): loads of one plugin racing in two threads or processes
+        // each write their own file, and the last rename wins whole.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut f = tempfile::Builder::new()
+            .prefix(".cwasm.")
+            .tempfile_in(dir)?;
         f.write_all(MAGIC)?;
         f.write_all(&mac)?;
         f.write_all(body)?;
-        drop(f);
-        std::fs::rename(&tmp, path)
+        f.persist(path).map_err(|e| e.error)?;
+        Ok(())
     }
 }
 
