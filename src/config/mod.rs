@@ -24,7 +24,9 @@ pub mod datakit;
 mod duration;
 mod sinker;
 pub use datakit::Notes;
-pub use sinker::{DEFAULT_PLUGIN_MAX_STACK, SinkerConfig, SinkerLimitsConfig};
+pub use sinker::{
+    DEFAULT_MAX_PLUGIN_SIZE, DEFAULT_PLUGIN_MAX_STACK, SinkerConfig, SinkerLimitsConfig,
+};
 
 /// The whole daemon configuration.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]

@@ -203,10 +203,17 @@ pub struct SinkerLimitsConfig {
     pub quarantine_max: Duration,
     /// Where compiled plugins are cached across restarts (a Python component takes
     /// seconds to compile). Compiled plugins are native code: this directory must be
-    /// writable only by the daemon's user. Default: `$XDG_CACHE_HOME/dataway/plugins` or
+    /// writable only by the daemon's user (it is not used otherwise, and an artifact is
+    /// loaded only if its HMAC, keyed by `cache.key` in it, matches). Default: `$XDG_CACHE_HOME/dataway/plugins` or
     /// `~/.cache/dataway/plugins`. Empty: no cache.
     pub cache_dir: Option<PathBuf>,
+    /// Largest plugin file (and drop-in sidecar) read, in bytes: a bigger one is refused
+    /// before it is read, so a stray huge or endless file cannot fill the daemon's memory.
+    pub max_plugin_size: u64,
 }
+
+/// Default `max_plugin_size`: 64 MiB (a Python component is ~20 MiB).
+pub const DEFAULT_MAX_PLUGIN_SIZE: u64 = 64 << 20;
 
 /// Default cap of a plugin call's wasm stack, in bytes.
 pub const DEFAULT_PLUGIN_MAX_STACK: usize = 1 << 20;
@@ -223,6 +230,7 @@ impl Default for SinkerLimitsConfig {
             quarantine_min: Duration::from_secs(1),
             quarantine_max: Duration::from_secs(300),
             cache_dir: None,
+            max_plugin_size: DEFAULT_MAX_PLUGIN_SIZE,
         }
     }
 }
@@ -243,6 +251,12 @@ impl SinkerLimitsConfig {
             return Err(invalid(
                 format!("{key}.max_stack"),
                 "must be between 65536 (64 KiB) and 67108864 (64 MiB)",
+            ));
+        }
+        if self.max_plugin_size == 0 {
+            return Err(invalid(
+                format!("{key}.max_plugin_size"),
+                "must be more than 0 (bytes; the default is 67108864, 64 MiB)",
             ));
         }
         if self.quarantine_after == 0 {

@@ -143,7 +143,7 @@ impl FailCache {
             busy: false,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            private_dir(dir).map_err(|e| err(e.to_string()))?;
         }
         let clock: Clock = Arc::new(record::now_ms);
         let (store, moved_aside) = Store::open(path, opener, clock.clone()).map_err(|f| Error {
@@ -451,7 +451,7 @@ pub fn file_for(dir: &Path, url_with_token: &str) -> PathBuf {
 /// always starts. `true` when that happened.
 pub(crate) fn open_or_move_aside(path: &Path) -> Result<(Database, bool), OpenFailure> {
     use redb::{DatabaseError, StorageError};
-    match Database::create(path) {
+    match create_private(path) {
         Ok(db) => Ok((db, false)),
         // Only damage moves a file aside. Another process holding it, a needed redb
         // upgrade or an I/O error (permissions, no space) are reported and change nothing.
@@ -479,9 +479,52 @@ fn move_aside(path: &Path, why: &str) -> Result<(Database, bool), OpenFailure> {
     let aside = path.with_extension(format!("corrupt-{}", unix_nanos()));
     tracing::error!(path = %path.display(), moved_to = %aside.display(), "damaged ({why}); starting a new file");
     std::fs::rename(path, &aside).map_err(|e| failed(e.to_string()))?;
-    Database::create(path)
+    create_private(path)
         .map(|db| (db, true))
         .map_err(|e| failed(e.to_string()))
+}
+
+/// Makes `dir` (and any parent it has to make) mode 0700, and tightens it to 0700 if it
+/// already exists: it holds customer data, whatever the umask. The fail-cache and WAL
+/// directories are the daemon's own (`dataway-data/failcache`, `dataway-data/wal`); parents
+/// that already exist are left as they are.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// `Database::create` with the file made (or tightened to) mode 0600 first: redb would
+/// create it 0666 less the umask, readable by everyone under the usual 022.
+fn create_private(path: &Path) -> Result<Database, redb::DatabaseError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .and_then(|f| {
+            let mode = f.metadata()?.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(())
+        });
+    if let Err(e) = made {
+        return Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)));
+    }
+    Database::create(path)
 }
 
 fn unix_nanos() -> u128 {

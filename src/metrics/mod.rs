@@ -56,7 +56,7 @@ pub struct Metrics {
     pub sinker_points_total: IntCounterVec,
     /// `dataway_sinker_reloads_total{sinker,result}`: plugin loads by result (`ok`,
     /// `not_component`, `wrong_world`, `init_error`, `init_trap`, `compiler_error`, `removed`,
-    /// `read_error`, `bad_sidecar`).
+    /// `read_error`, `not_regular_file`, `too_large`, `bad_sidecar`).
     pub sinker_reloads_total: IntCounterVec,
     /// `dataway_sinker_plugin_info{sinker,sha256}`: 1 for the plugin version serving now.
     pub sinker_plugin_info: IntGaugeVec,

@@ -299,7 +299,14 @@ pub struct Runtime {
     max_stack: usize,
     /// Compile in a child process (`EXE compile-plugin …`) instead of in this one.
     compiler: Option<PathBuf>,
+    /// Where warnings about the cache go (the log; the terminal in `sinker test`).
+    warn: WarnFn,
+    /// An untrusted cache directory is warned about once, not at every load.
+    warned_untrusted: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// Where the [`Runtime`]'s warnings go.
+pub type WarnFn = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// The engine settings plugins are compiled and run with. A child compiler uses the same,
 /// so what it writes loads here (the settings are part of the compatibility hash).
@@ -339,6 +346,8 @@ impl Runtime {
             cache_dir,
             max_stack,
             compiler: None,
+            warn: Arc::new(|m| tracing::warn!("{m}")),
+            warned_untrusted: Arc::default(),
         })
     }
 
@@ -348,6 +357,12 @@ impl Runtime {
     /// to the system when it exits (BENCHMARKS.md).
     pub fn compile_with(mut self, exe: PathBuf) -> Runtime {
         self.compiler = Some(exe);
+        self
+    }
+
+    /// Sends the runtime's warnings (an untrusted or tampered cache) to `warn`.
+    pub fn on_warning(mut self, warn: WarnFn) -> Runtime {
+        self.warn = warn;
         self
     }
 
@@ -416,32 +431,58 @@ impl Runtime {
         Ok(plugin)
     }
 
-    /// The compiled component, and whether it came from the cache.
+    /// The compiled component, and whether it came from the cache. The cache is used only
+    /// when it can be trusted ([`cache`]); an artifact that fails its check is compiled
+    /// again and overwritten.
     fn compile(&self, bytes: &[u8], sha256: &str) -> Result<(Component, bool), LoadError> {
-        let cached = self.cache_dir.as_ref().map(|dir| {
+        let cached = self.cache_dir.as_ref().and_then(|dir| {
             let mut h = std::collections::hash_map::DefaultHasher::new();
             self.engine.precompile_compatibility_hash().hash(&mut h);
-            dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
-        });
-        if let Some(path) = &cached
-            && path.exists()
-        {
-            // SAFETY: the file was written by `Component::serialize` of an engine with the
-            // same compatibility hash (it is in the name) into the daemon's own cache
-            // directory; wasmtime checks its header and refuses other engines' files.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(c) => return Ok((c, true)),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring bad plugin cache file: {e:#}")
+            let path = dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()));
+            match cache::open(dir) {
+                Ok(key) => Some((path, key)),
+                Err(why) => {
+                    if !self
+                        .warned_untrusted
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        (self.warn)(&format!(
+                            "not using the compiled-plugin cache {}: {why}; plugins are \
+                             compiled in memory instead (compiled plugins are native code)",
+                            dir.display()
+                        ));
+                    }
+                    None
                 }
+            }
+        });
+        if let Some((path, key)) = &cached {
+            match cache::read(path, key) {
+                Ok(None) => {}
+                Ok(Some(compiled)) => {
+                    // SAFETY: the bytes carry the HMAC of our per-install key, so this
+                    // daemon wrote them with `Component::serialize` in its own private
+                    // directory; wasmtime also checks their header against the engine.
+                    match unsafe { Component::deserialize(&self.engine, &compiled) } {
+                        Ok(c) => return Ok((c, true)),
+                        Err(e) => (self.warn)(&format!(
+                            "ignoring plugin cache file {}: {e:#}; recompiling",
+                            path.display()
+                        )),
+                    }
+                }
+                Err(why) => (self.warn)(&format!(
+                    "not loading compiled plugin {} from the cache: {why}; recompiling",
+                    path.display()
+                )),
             }
         }
         let component = match &self.compiler {
             Some(exe) => self.compile_in_child(exe, bytes)?,
             None => compile_bytes(&self.engine, bytes)?,
         };
-        if let Some(path) = &cached {
-            write_cache(path, &component);
+        if let Some((path, key)) = &cached {
+            write_cache(path, key, &component);
         }
         Ok((component, false))
     }
@@ -581,16 +622,12 @@ fn compile_bytes(engine: &Engine, bytes: &[u8]) -> Result<Component, LoadError> 
 }
 
 /// Best effort: a cache that cannot be written only costs a compile next time.
-fn write_cache(path: &Path, component: &Component) {
+fn write_cache(path: &Path, key: &cache::Key, component: &Component) {
     let result = (|| -> anyhow::Result<()> {
-        let dir = path.parent().expect("cache file has a directory");
-        std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension("tmp");
         let bytes = component
             .serialize()
             .map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)?;
+        cache::write(path, key, &bytes)?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -912,6 +949,254 @@ fn classify(store: &Store<StoreState>, e: wasmtime::Error) -> CallError {
         );
     }
     CallError { kind, message }
+}
+
+/// Why a plugin file (or a drop-in sidecar) was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// Not a regular file once symlinks are followed: a FIFO would block the reader
+    /// forever, `/dev/zero` never ends, a directory or socket has no bytes to give.
+    #[error("not a regular file ({0}); skipped")]
+    NotRegular(&'static str),
+    /// Bigger than `[dataway.sinker_limits] max_plugin_size`.
+    #[error(
+        "{size} bytes or more, over the limit of {limit} bytes \
+         ([dataway.sinker_limits] max_plugin_size); skipped"
+    )]
+    TooLarge { size: u64, limit: u64 },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FileError {
+    /// The `result` label of `dataway_sinker_reloads_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FileError::NotRegular(_) => "not_regular_file",
+            FileError::TooLarge { .. } => "too_large",
+            FileError::Io(_) => "read_error",
+        }
+    }
+
+    /// The file is not there (rather than unreadable).
+    pub fn is_absent(&self) -> bool {
+        matches!(self, FileError::Io(e) if matches!(
+            e.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+        ))
+    }
+}
+
+/// Reads a plugin file of at most `limit` bytes without ever blocking or reading without
+/// end: the type and size are checked before opening (symlinks followed), the open is
+/// non-blocking (a FIFO swapped in after the check does not wait for a writer), the opened
+/// file is checked again, and the read stops at `limit + 1` bytes (a file can grow after
+/// its size was looked at, and `/proc` files say they are empty).
+pub fn read_plugin_file(path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    check_file(&std::fs::metadata(path)?, limit)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    check_file(&meta, limit)?;
+    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+fn check_file(meta: &std::fs::Metadata, limit: u64) -> Result<(), FileError> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("not a file")
+    };
+    if let Some(what) = what {
+        return Err(FileError::NotRegular(what));
+    }
+    if meta.len() > limit {
+        return Err(FileError::TooLarge {
+            size: meta.len(),
+            limit,
+        });
+    }
+    Ok(())
+}
+
+/// The compiled-plugin cache: what may be loaded from it and how it is written.
+///
+/// A compiled artifact is native code that runs outside the sandbox, so the cache is used
+/// only when the directory is the daemon user's own and nobody else can write to it, and an
+/// artifact is loaded only if it carries a valid HMAC-SHA256 tag made with a per-install key
+/// (`cache.key`, 0600, made on first use): a file planted or changed by anyone without the
+/// key is recompiled over, never run.
+mod cache {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    use std::path::Path;
+
+    use hmac::{KeyInit, Mac};
+
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+    /// The start of a signed artifact: a format tag, then the 32-byte HMAC, then the bytes
+    /// wasmtime wrote.
+    const MAGIC: &[u8; 16] = b"dataway-cwasm-1\n";
+    const TAG: usize = 32;
+    const KEY_FILE: &str = "cache.key";
+
+    /// The per-install key of a trusted cache directory.
+    pub struct Key([u8; 32]);
+
+    /// The key of `dir` once `dir` is shown to be ours and private (made 0700 if missing);
+    /// `Err` says why the cache must not be used.
+    pub fn open(dir: &Path) -> Result<Key, String> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create it: {e}"))?;
+        let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_dir() {
+            return Err("not a directory".into());
+        }
+        if meta.uid() != me {
+            return Err(format!(
+                "owned by uid {}, not the daemon's user (uid {me})",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "group- or world-writable (mode {:o}); `chmod 700` it",
+                meta.mode() & 0o7777
+            ));
+        }
+        read_key(dir).map(Key)
+    }
+
+    fn read_key(dir: &Path) -> Result<[u8; 32], String> {
+        let path = dir.join(KEY_FILE);
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path);
+        let mut file = match opened {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return make_key(dir),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        // SAFETY: as above.
+        let me = unsafe { libc::geteuid() };
+        if !meta.is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 || meta.len() != 32 {
+            return Err(format!(
+                "{}: not a 32-byte file of the daemon's user with mode 600",
+                path.display()
+            ));
+        }
+        let mut key = [0; 32];
+        file.read_exact(&mut key)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(key)
+    }
+
+    /// Makes the key: written under a private temporary name, then linked into place, so
+    /// two processes starting at once end up with one key and nobody reads half of one.
+    fn make_key(dir: &Path) -> Result<[u8; 32], String> {
+        let mut key = [0; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .map_err(|e| format!("no randomness for the cache key: {e}"))?;
+        // A temporary file is made 0600 with a unique name (tempfile).
+        let written = (|| {
+            let mut f = tempfile::Builder::new()
+                .prefix(".cache.key.")
+                .tempfile_in(dir)?;
+            f.write_all(&key)?;
+            f.as_file().sync_all()?;
+            f.persist_noclobber(dir.join(KEY_FILE))
+                .map_err(|e| e.error)?;
+            Ok::<_, std::io::Error>(())
+        })();
+        match written {
+            Ok(()) => Ok(key),
+            // Another process made it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_key(dir),
+            Err(e) => Err(format!(
+                "cannot write {}: {e}",
+                dir.join(KEY_FILE).display()
+            )),
+        }
+    }
+
+    fn tag(key: &Key, name: &[u8], body: &[u8]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&key.0).expect("HMAC takes any key length");
+        // The file name (plugin hash + engine) is signed too: an artifact cannot be moved
+        // under another plugin's name.
+        mac.update(&(name.len() as u64).to_le_bytes());
+        mac.update(name);
+        mac.update(body);
+        mac
+    }
+
+    /// The artifact's compiled bytes if its tag is valid; `Ok(None)`: no such file.
+    pub fn read(path: &Path, key: &Key) -> Result<Option<Vec<u8>>, String> {
+        let mut bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        if bytes.len() < MAGIC.len() + TAG || !bytes.starts_with(MAGIC) {
+            return Err("not signed by this daemon (an older version's file, or planted)".into());
+        }
+        let name = path.file_name().map_or(&[][..], |n| n.as_encoded_bytes());
+        let (head, body) = bytes.split_at(MAGIC.len() + TAG);
+        tag(key, name, body)
+            .verify_slice(&head[MAGIC.len()..])
+            .map_err(|_| "its checksum does not match (changed since it was written)")?;
+        bytes.drain(..MAGIC.len() + TAG);
+        Ok(Some(bytes))
+    }
+
+    /// Writes `body` signed, 0600, under a temporary name renamed into place.
+    pub fn write(path: &Path, key: &Key, body: &[u8]) -> std::io::Result<()> {
+        let name = path.file_name().map_or(&[][..], |n| n.as_encoded_bytes());
+        let mac = tag(key, name, body).finalize().into_bytes();
+        // Unique, 0600 (tempfile): loads of one plugin racing in two threads or processes
+        // each write their own file, and the last rename wins whole.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut f = tempfile::Builder::new()
+            .prefix(".cwasm.")
+            .tempfile_in(dir)?;
+        f.write_all(MAGIC)?;
+        f.write_all(&mac)?;
+        f.write_all(body)?;
+        f.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -187,6 +187,9 @@ impl Reloader {
             (file, t.config.clone(), t.stamp)
         };
         let path = self.dir.join(&file);
+        let limit = self.main.sinker_limits.max_plugin_size;
+        // `metadata` follows symlinks and never blocks; the file is opened only when it is a
+        // regular file within the size limit ([`plugin::read_plugin_file`]).
         let (bytes, source, now): (Cow<'static, [u8]>, String, _) = match std::fs::metadata(&path) {
             Ok(meta) => {
                 let now = (
@@ -196,10 +199,16 @@ impl Reloader {
                 if stamp == Some(now) {
                     return;
                 }
-                match std::fs::read(&path) {
+                match plugin::read_plugin_file(&path, limit) {
                     Ok(b) => (Cow::Owned(b), path.display().to_string(), Some(now)),
                     Err(e) => {
-                        self.count(name, "read_error");
+                        if !matches!(e, plugin::FileError::Io(_)) {
+                            // Not read again until it changes: one warning, one count.
+                            if let Some(t) = self.lock().get_mut(name) {
+                                t.stamp = Some(now);
+                            }
+                        }
+                        self.count(name, e.kind());
                         tracing::warn!(sinker = %name, path = %path.display(), "cannot read plugin: {e}");
                         return;
                     }
@@ -356,7 +365,9 @@ impl Reloader {
             if !live && !path.with_extension("wasm").exists() {
                 continue; // a sidecar waits for its plugin (Cargo.toml never gets one)
             }
-            match std::fs::read_to_string(&path) {
+            let read = plugin::read_plugin_file(&path, self.main.sinker_limits.max_plugin_size)
+                .and_then(|b| String::from_utf8(b).map_err(|e| std::io::Error::other(e).into()));
+            match read {
                 Ok(text) => {
                     sidecars.insert(name, (path, text));
                 }
@@ -571,6 +582,7 @@ pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
         Err(e) => return vec![Err(format!("cannot start the wasm engine: {e:#}"))],
     };
     let limits = Limits::from_config(&cfg.sinker_limits);
+    let limit = cfg.sinker_limits.max_plugin_size;
     let quiet: plugin::LogFn = Arc::new(|_, _| {});
     let load = |s: &SinkerConfig| -> Result<String, String> {
         let what = format!("sinker `{}` ({})", s.name, s.categories.join(","));
@@ -579,10 +591,10 @@ pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
         };
         let path = cfg.plugins_dir.join(file);
         // As the daemon does: a file in plugins_dir, else the built-in of that name.
-        let (bytes, source) = match std::fs::read(&path) {
+        let (bytes, source) = match plugin::read_plugin_file(&path, limit) {
             Ok(b) => (Cow::Owned(b), path.display().to_string()),
             Err(e) => match builtin::for_name(file) {
-                Some(b) if absent(&e) => (Cow::Borrowed(b), format!("{file} (built-in)")),
+                Some(b) if e.is_absent() => (Cow::Borrowed(b), format!("{file} (built-in)")),
                 _ => {
                     return Err(format!(
                         "{what}: cannot read plugin {}: {e}",
@@ -611,7 +623,8 @@ pub fn check(cfg: &DatawayConfig) -> Vec<Result<String, String>> {
                 continue;
             }
             let origin = path.display().to_string();
-            let result = std::fs::read_to_string(&path)
+            let result = plugin::read_plugin_file(&path, limit)
+                .and_then(|b| String::from_utf8(b).map_err(|e| std::io::Error::other(e).into()))
                 .map_err(|e| format!("drop-in {origin}: {e}"))
                 .and_then(|text| {
                     SinkerConfig::from_sidecar(&text, &name, &origin)

@@ -55,20 +55,20 @@ pub fn run(
     let builtin_filter = || Cow::Borrowed(builtin::DATAKIT_FILTER_WASM);
     let (bytes, name) = match source {
         Source::BuiltinFilter => (builtin_filter(), "the built-in DataKit filter".to_string()),
-        Source::File(plugin) => match std::fs::read(plugin) {
-            Ok(b) => (Cow::Owned(b), plugin.display().to_string()),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && plugin.as_os_str() == builtin::DATAKIT_FILTER =>
-            {
-                log(&format!(
-                    "no file {}: using the built-in DataKit filter",
-                    plugin.display()
-                ));
-                (builtin_filter(), "the built-in DataKit filter".to_string())
+        // As the daemon reads plugins: regular files within the default size limit only.
+        Source::File(plugin) => {
+            match super::plugin::read_plugin_file(plugin, crate::config::DEFAULT_MAX_PLUGIN_SIZE) {
+                Ok(b) => (Cow::Owned(b), plugin.display().to_string()),
+                Err(e) if e.is_absent() && plugin.as_os_str() == builtin::DATAKIT_FILTER => {
+                    log(&format!(
+                        "no file {}: using the built-in DataKit filter",
+                        plugin.display()
+                    ));
+                    (builtin_filter(), "the built-in DataKit filter".to_string())
+                }
+                Err(e) => return Err(format!("cannot read {}: {e}", plugin.display())),
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", plugin.display())),
-        },
+        }
     };
     let plugin_log = log.clone();
     let log_fn: LogFn = Arc::new(move |level: LogLevel, msg: &str| {
@@ -81,7 +81,10 @@ pub fn run(
         };
         plugin_log(&format!("plugin {level}: {msg}"))
     });
-    let runtime = Runtime::new(cache_dir).map_err(|e| format!("{e:#}"))?;
+    let warn_log = log.clone();
+    let runtime = Runtime::new(cache_dir)
+        .map_err(|e| format!("{e:#}"))?
+        .on_warning(Arc::new(move |m| warn_log(&format!("warning: {m}"))));
     let started = std::time::Instant::now();
     let p = runtime
         .load(&bytes, config, &Limits::default(), log_fn)

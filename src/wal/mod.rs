@@ -156,7 +156,7 @@ impl Wal {
     /// backoff timed by `clock`.
     pub(crate) fn open_with(path: &Path, opener: Opener, clock: Clock) -> Result<Arc<Wal>, String> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            crate::failcache::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let (store, _) = Store::open(path, opener, clock)?;
         let next = store.with(true, |db| {
