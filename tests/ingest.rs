@@ -214,8 +214,8 @@ async fn full_memory_budget_answers_503_with_retry_after_and_loses_nothing_accep
     dw.set_default(Some(Reply::Slow(Duration::from_millis(600))));
     let d = TestDaemon::start(config_for(
         &[dw.url("tkn_x")],
-        "max_pending_bytes = 20000\nworkers = 1",
-        "",
+        "max_pending_bytes = 40000\nworkers = 1",
+        "[ingest]\nmax_body = 20000\n",
     ))
     .await;
     let mut accepted = std::collections::BTreeSet::new();

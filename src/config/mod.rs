@@ -235,7 +235,9 @@ pub struct IngestConfig {
     pub listen: SocketAddr,
     /// If set, writers must send `Authorization: Bearer <token>`.
     pub token: Option<String>,
-    /// Largest request body accepted, compressed and decompressed alike (413 past it).
+    /// Largest request body accepted, compressed and decompressed alike (413 past it). At
+    /// most half of `dataway.max_pending_bytes`; when not set, lowered to that half if the
+    /// default (32 MiB) is over it.
     pub max_body: usize,
     /// Most client connections open at once; lowered at start to half the open-file
     /// limit. When full, a new connection closes the oldest idle one (see `ingest`).
@@ -244,6 +246,11 @@ pub struct IngestConfig {
     /// or after its last answer is closed: slow headers and idle keep-alive alike.
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// A request body must have arrived whole this long after its head, or the request is
+    /// answered 408 and the connection closed: a client trickling a large body would
+    /// otherwise hold its share of the memory budget for as long as it likes.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for IngestConfig {
@@ -254,6 +261,7 @@ impl Default for IngestConfig {
             max_body: 32 * 1024 * 1024,
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -325,12 +333,18 @@ impl Config {
         let before = root.clone();
         let notes = datakit::translate(&mut root)?;
         // Untouched (our own format): parse the text itself, so errors point at the line.
-        let cfg = if root == before {
+        let has_max_body = root.get("ingest").and_then(|t| t.get("max_body")).is_some();
+        let mut cfg: Config = if root == before {
             toml::from_str(text)
         } else {
             root.try_into()
         }
         .map_err(parse_error)?;
+        // Bodies being read may hold half of the memory budget: a smaller budget lowers the
+        // default body limit with it (a `max_body` written in the file is checked instead).
+        if !has_max_body {
+            cfg.ingest.max_body = cfg.ingest.max_body.min(cfg.dataway.max_pending_bytes / 2);
+        }
         Ok((cfg, notes))
     }
 
@@ -697,6 +711,27 @@ impl Config {
             return Err(invalid(
                 "ingest.header_read_timeout",
                 "must be more than 0 (e.g. \"30s\")",
+            ));
+        }
+        if self.ingest.body_read_timeout.is_zero() {
+            return Err(invalid(
+                "ingest.body_read_timeout",
+                "must be more than 0 (e.g. \"60s\")",
+            ));
+        }
+        // Bodies being read may hold half of the memory budget (`dataway::budget`): a
+        // larger body could never be taken.
+        if self.ingest.max_body > d.max_pending_bytes / 2 {
+            return Err(invalid(
+                "ingest.max_body",
+                format!(
+                    "is {} bytes, over half of dataway.max_pending_bytes ({} bytes), the most \
+                     that bodies being read may hold: lower it, or raise max_pending_bytes to \
+                     at least {}",
+                    self.ingest.max_body,
+                    d.max_pending_bytes,
+                    self.ingest.max_body.saturating_mul(2)
+                ),
             ));
         }
         if let Some(t) = &self.ingest.token

@@ -71,6 +71,16 @@ fn unknown_key_is_an_error_naming_it() {
 }
 
 #[test]
+fn a_small_memory_budget_lowers_the_default_body_limit_to_half_of_it() {
+    let cfg = load_str("[dataway]\nmax_pending_bytes = 1000000\n").unwrap();
+    assert_eq!(cfg.ingest.max_body, 500_000);
+    let cfg =
+        load_str("[dataway]\nmax_pending_bytes = 1000000\n[ingest]\nmax_body = 400000\n").unwrap();
+    assert_eq!(cfg.ingest.max_body, 400_000);
+    assert_eq!(load_str("").unwrap().ingest.max_body, 32 * 1024 * 1024);
+}
+
+#[test]
 fn bad_values_name_the_key() {
     let cases = [
         ("[dataway]\ntimeout = \"30x\"\n", "timeout"),
@@ -93,6 +103,14 @@ fn bad_values_name_the_key() {
         ("[dataway]\nworkers = 0\n", "dataway.workers"),
         ("[ingest]\nlisten = \"nowhere\"\n", "listen"),
         ("[ingest]\ntoken = \"\"\n", "ingest.token"),
+        (
+            "[ingest]\nbody_read_timeout = \"0s\"\n",
+            "ingest.body_read_timeout",
+        ),
+        (
+            "[dataway]\nmax_pending_bytes = 1000000\n[ingest]\nmax_body = 500001\n",
+            "ingest.max_body",
+        ),
         ("[log]\nlevel = \"loud=?=\"\n", "log.level"),
     ];
     for (text, key) in cases {

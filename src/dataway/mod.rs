@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::category::Category;
 use crate::config::DatawayConfig;
@@ -35,9 +35,13 @@ use crate::endpoint::{
 };
 use crate::httpcli::Response;
 use crate::metrics::Metrics;
-use crate::point::{FieldValue, Point};
+use crate::point::Point;
 use crate::sinker::{self, Sinker, Sinkers};
 use crate::wal::{Prepared, Ticket, Wal};
+
+mod budget;
+
+pub use budget::{Budget, Reading};
 
 /// Why a write was not accepted. Nothing of a refused write was queued anywhere.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -55,8 +59,7 @@ pub struct Dataway {
     /// Sinkers removed while running: their endpoints drain; shutdown waits for them.
     retired: Arc<Mutex<Vec<Arc<Sinker>>>>,
     metrics: Arc<Metrics>,
-    budget: Arc<Semaphore>,
-    budget_total: usize,
+    budget: Arc<Budget>,
     closed: AtomicBool,
     /// With `[dataway.wal]`: every accepted write is on disk before it is acknowledged.
     wal: Option<Arc<Wal>>,
@@ -121,8 +124,7 @@ impl Dataway {
             sinkers,
             retired: Arc::new(Mutex::new(Vec::new())),
             metrics,
-            budget: Arc::new(Semaphore::new(max_pending_bytes)),
-            budget_total: max_pending_bytes,
+            budget: Arc::new(Budget::new(max_pending_bytes)),
             closed: AtomicBool::new(false),
             wal: None,
             grouper: None,
@@ -205,8 +207,25 @@ impl Dataway {
         &self.endpoints
     }
 
+    /// The memory budget every write is charged to (see [`budget`]).
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
     /// Accepts points if there is room right now, or refuses them whole.
     pub fn try_write(&self, category: Category, points: Vec<Point>) -> Result<(), WriteError> {
+        self.try_write_held(category, points, None)
+    }
+
+    /// As [`Dataway::try_write`], with `held` already charged to the budget for these
+    /// points (by the parser that made them): it becomes their charge, topped up or cut
+    /// down to their real size.
+    pub fn try_write_held(
+        &self,
+        category: Category,
+        points: Vec<Point>,
+        held: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), WriteError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
         }
@@ -217,11 +236,10 @@ impl Dataway {
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
-        let permit = self
-            .budget
-            .clone()
-            .try_acquire_many_owned(total)
-            .map_err(|_| WriteError::Full)?;
+        let permit = match held {
+            Some(h) => self.budget.resize(h, total).map_err(|_| WriteError::Full)?,
+            None => self.budget.try_points(total).ok_or(WriteError::Full)?,
+        };
         let slots = parts
             .iter()
             .map(|p| p.endpoints.iter().map(Endpoint::try_reserve).collect())
@@ -239,6 +257,17 @@ impl Dataway {
     /// embedding program with sinkers calls this from a blocking-capable context, as the
     /// ingest server does with `spawn_blocking`.
     pub async fn write(&self, category: Category, points: Vec<Point>) -> Result<(), WriteError> {
+        self.write_held(category, points, None).await
+    }
+
+    /// As [`Dataway::write`], with `held` already charged for these points (see
+    /// [`Dataway::try_write_held`]).
+    pub async fn write_held(
+        &self,
+        category: Category,
+        points: Vec<Point>,
+        held: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), WriteError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
         }
@@ -249,12 +278,10 @@ impl Dataway {
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
-        let permit: OwnedSemaphorePermit = self
-            .budget
-            .clone()
-            .acquire_many_owned(total)
-            .await
-            .map_err(|_| WriteError::Closed)?;
+        let permit = match held {
+            Some(h) => self.budget.resize_wait(h, total).await,
+            None => self.budget.points(total).await,
+        };
         let mut slots = Vec::with_capacity(parts.len());
         for p in &parts {
             let mut these = Vec::with_capacity(p.endpoints.len());
@@ -327,7 +354,7 @@ impl Dataway {
         if points.is_empty() {
             return None;
         }
-        let bytes: usize = points.iter().map(approx_size).sum();
+        let bytes: usize = points.iter().map(Point::memory_size).sum();
         Some(Part {
             endpoints,
             charge: bytes.clamp(1, u32::MAX as usize) as u32,
@@ -338,9 +365,9 @@ impl Dataway {
 
     /// The budget a write takes: the size of every part, clamped so that even a write
     /// larger than the whole budget can go (alone) rather than never.
-    fn total_charge(&self, parts: &[Part<'_>]) -> u32 {
+    fn total_charge(&self, parts: &[Part<'_>]) -> usize {
         let sum: u64 = parts.iter().map(|p| u64::from(p.charge)).sum();
-        sum.clamp(1, self.budget_total.min(u32::MAX as usize) as u64) as u32
+        sum.clamp(1, self.budget.total() as u64) as usize
     }
 
     /// Sends an "other API" request to the FIRST endpoint only (DataKit's rule).
@@ -420,36 +447,4 @@ fn enqueue(
             slot.send(batch.clone());
         }
     }
-}
-
-/// Approximate memory a point holds: its inline size plus each heap allocation rounded up
-/// the way allocators do (16-byte classes, plus a header). Measured against RSS for a
-/// typical metric point this is within a few percent; a plain sum of string lengths
-/// underestimated by 1.7x and let the budget be overrun.
-fn approx_size(p: &Point) -> usize {
-    fn alloc(n: usize) -> usize {
-        if n == 0 { 0 } else { n.div_ceil(16) * 16 + 16 }
-    }
-    let tags: usize = p
-        .tags
-        .iter()
-        .map(|(k, v)| alloc(k.len()) + alloc(v.len()))
-        .sum();
-    let fields: usize = p
-        .fields
-        .iter()
-        .map(|(k, v)| {
-            alloc(k.len())
-                + match v {
-                    FieldValue::Str(s) => alloc(s.len()),
-                    _ => 0,
-                }
-        })
-        .sum();
-    std::mem::size_of::<Point>()
-        + alloc(p.measurement.len())
-        + alloc(std::mem::size_of_val(p.tags.as_slice()))
-        + alloc(std::mem::size_of_val(p.fields.as_slice()))
-        + tags
-        + fields
 }

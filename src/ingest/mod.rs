@@ -3,15 +3,17 @@
 //! In: `POST /v1/write/<category>[?precision=n|u|ms|s|m|h]` with line protocol, or with
 //! DataKit's v2 protobuf body when `Content-Type` says so (`application/protobuf;
 //! proto=com.guance.Point`, as DataKit sends and its HTTP API reads it; see
-//! [`BodyFormat`]), plain or gzip. Out: points handed to the [`Dataway`] router. A request
+//! [`write`]), plain or gzip. Out: points handed to the [`Dataway`] router. A request
 //! is all-or-nothing: if any line (or v2 point) is malformed the answer is 400 naming it and
 //! no point of it is queued, so a client can fix and resend the whole body without creating
-//! duplicates.
+//! duplicates. Memory: bodies, their decompression and their parsed points are charged to
+//! the one memory budget before they are held ([`body`], [`write`]).
 //!
 //! Answers: 200 once queued; 400 malformed body or query; 401 bad ingest token; 404 unknown
-//! category; 413 body (or its decompressed form) over `max_body`; 415 unknown
-//! `Content-Encoding`, or a JSON `Content-Type`; 503 with `Retry-After` when the send queues
-//! or memory budget are full or the daemon is stopping.
+//! category; 408 body not received within `body_read_timeout`; 413 body (or its
+//! decompressed form) over `max_body`; 415 unknown `Content-Encoding`, or a JSON
+//! `Content-Type`; 503 with `Retry-After` when the send queues or memory budget are full or
+//! the daemon is stopping.
 //!
 //! Also: `GET /metrics` (Prometheus), `GET /v1/ping` and `GET /health`, and the "other APIs"
 //! of `protocol.md`, forwarded to the first endpoint with its token (and only its token:
@@ -22,20 +24,17 @@
 //! a 503 they can act on rather than a refused connection, and operators can still read
 //! `/metrics`; writes and forwards that started before the stop finish normally.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, Request, State};
+use axum::body::Body;
+use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on, post};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,12 +42,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::category::Category;
 use crate::config::IngestConfig;
-use crate::dataway::{Dataway, WriteError};
+use crate::dataway::Dataway;
 use crate::endpoint::ApiError;
 use crate::metrics::Metrics;
-use crate::point::{ParseOptions, Precision};
 
+mod body;
 pub mod server;
+mod write;
 
 /// The "other APIs" (`protocol.md`) that are forwarded to the first endpoint.
 pub const OTHER_APIS: &[(&str, &str)] = &[
@@ -65,9 +65,6 @@ pub const OTHER_APIS: &[(&str, &str)] = &[
     ("POST", "/v1/upload/profiling"),
     ("POST", "/v1/write/rum/replay"),
 ];
-
-/// Bodies larger than this are parsed on the blocking pool so they never stall the server.
-const INLINE_PARSE_LIMIT: usize = 64 * 1024;
 
 /// What the handlers share.
 pub struct IngestState {
@@ -141,7 +138,7 @@ pub fn router(state: Arc<IngestState>) -> Router {
     // Writes and forwards are refused once draining; /metrics, /v1/ping and /health keep
     // answering so the drain can be watched.
     let writes = Router::new()
-        .route("/v1/write/{category}", post(write))
+        .route("/v1/write/{category}", post(write::write))
         .route_layer(middleware::from_fn_with_state(state.clone(), admit_write));
     let mut forwards = Router::new();
     for (method, path) in OTHER_APIS {
@@ -165,7 +162,6 @@ pub fn router(state: Arc<IngestState>) -> Router {
             state.clone(),
             close_when_draining,
         ))
-        .layer(DefaultBodyLimit::max(state.config.max_body))
         .with_state(state)
 }
 
@@ -229,11 +225,6 @@ async fn close_when_draining(
     response
 }
 
-#[derive(Deserialize)]
-struct WriteQuery {
-    precision: Option<String>,
-}
-
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
@@ -265,236 +256,18 @@ fn authorized(cfg: &IngestConfig, headers: &HeaderMap) -> bool {
             == 0
 }
 
-async fn write(
-    State(st): State<Arc<IngestState>>,
-    Path(category): Path<String>,
-    query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let (label, response) = match category.parse::<Category>() {
-        Ok(c) => (c.name(), write_points(&st, c, query, &headers, body).await),
-        Err(e) => ("unknown", error(StatusCode::NOT_FOUND, e.to_string())),
-    };
-    st.metrics
-        .ingest_requests_total
-        .with_label_values(&[label, response.status().as_str()])
-        .inc();
-    response
-}
-
-async fn write_points(
-    st: &IngestState,
-    category: Category,
-    query: Result<Query<WriteQuery>, axum::extract::rejection::QueryRejection>,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    if !authorized(&st.config, headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong `Authorization: Bearer <token>`",
-        );
-    }
-    let precision = match query {
-        Ok(Query(q)) => match q.precision.as_deref().unwrap_or("n").parse::<Precision>() {
-            Ok(p) => p,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("query `precision`: {e}")),
-        },
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
-    };
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return body_error(e, st.config.max_body),
-    };
-    let format = match BodyFormat::of(headers) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let raw = match decode_body(headers, body, st.config.max_body) {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let raw_len = raw.len();
-    let opts = ParseOptions {
-        precision,
-        default_time: now_ns(),
-    };
-    let parse = move || match format {
-        BodyFormat::LineProtocol => crate::point::parse(&raw, opts).map_err(BadBody::Lines),
-        BodyFormat::Protobuf => crate::point::v2::decode(&raw, opts).map_err(BadBody::V2),
-    };
-    let parsed = if raw_len > INLINE_PARSE_LIMIT {
-        tokio::task::spawn_blocking(parse)
-            .await
-            .expect("parser does not panic")
-    } else {
-        parse()
-    };
-    let points = match parsed {
-        Ok(p) => p,
-        Err(BadBody::V2(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("malformed v2 (protobuf) body, nothing was accepted: {e}"),
-            );
-        }
-        Err(BadBody::Lines(errs)) => {
-            let lines: Vec<_> = errs
-                .errors
-                .iter()
-                .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
-                .collect();
-            let body = json!({
-                "error": format!("malformed line protocol, nothing was accepted: {errs}"),
-                "bad_lines": errs.total,
-                "errors": lines,
-            });
-            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
-        }
-    };
-    let n = points.len();
-    // A sinker's condition is a WASM call that may run up to its deadline, and a WAL append
-    // waits for an fsync: keep both off the async workers so they never stall other requests.
-    let written = if st.dataway.sinks(category) || st.dataway.durable() {
-        let dw = st.dataway.clone();
-        tokio::task::spawn_blocking(move || dw.try_write(category, points))
-            .await
-            .expect("routing does not panic")
-    } else {
-        st.dataway.try_write(category, points)
-    };
-    match written {
-        Ok(()) => {
-            st.metrics
-                .ingest_points_total
-                .with_label_values(&[category.name()])
-                .inc_by(n as u64);
-            (StatusCode::OK, axum::Json(json!({ "points": n }))).into_response()
-        }
-        Err(WriteError::Full) => unavailable("send queues are full; retry later", 1),
-        Err(WriteError::Closed) => unavailable("shutting down", 5),
-    }
-}
-
-/// How a write body is encoded, from its `Content-Type`, as DataKit's HTTP API decides
-/// (cliutils `point.HTTPContentType`): `application/protobuf` with `proto=com.guance.Point`
-/// is v2; anything else, or none, is line protocol (DataKit's default "to be compatible with
-/// legacy code"). Unlike DataKit, the media type and parameter are matched without regard
-/// to case or spacing, and `proto` may be left out; DataKit's JSON bodies are refused with
-/// a 415 rather than read as line protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyFormat {
-    LineProtocol,
-    Protobuf,
-}
-
-impl BodyFormat {
-    #[allow(clippy::result_large_err)]
-    fn of(headers: &HeaderMap) -> Result<BodyFormat, Response> {
-        let Some(value) = headers.get(header::CONTENT_TYPE) else {
-            return Ok(BodyFormat::LineProtocol);
-        };
-        let value = String::from_utf8_lossy(value.as_bytes());
-        let mut parts = value.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        match media.as_str() {
-            "application/protobuf" | "application/x-protobuf" => {
-                for param in parts {
-                    let Some((k, v)) = param.split_once('=') else {
-                        continue;
-                    };
-                    let v = v.trim().trim_matches('"');
-                    if k.trim().eq_ignore_ascii_case("proto")
-                        && !v.eq_ignore_ascii_case("com.guance.Point")
-                    {
-                        return Err(error(
-                            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                            format!(
-                                "Content-Type `{value}`: protobuf bodies must be DataKit's v2 \
-                                 points (`{}`)",
-                                crate::point::v2::CONTENT_TYPE
-                            ),
-                        ));
-                    }
-                }
-                Ok(BodyFormat::Protobuf)
-            }
-            "application/json" | "application/pbjson" => Err(error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!(
-                    "Content-Type `{value}`: JSON bodies are not supported; send line protocol \
-                     or DataKit's v2 protobuf (`{}`)",
-                    crate::point::v2::CONTENT_TYPE
-                ),
-            )),
-            _ => Ok(BodyFormat::LineProtocol),
-        }
-    }
-}
-
-/// Why a body's points were refused.
-enum BadBody {
-    Lines(crate::point::ParseErrors),
-    V2(crate::point::v2::DecodeError),
-}
-
-/// A body that could not be read; over `max_body` it says which setting to raise (axum's
-/// own text, "Failed to buffer the request body", does not).
-fn body_error(e: BytesRejection, max: usize) -> Response {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body is over ingest.max_body ({max} bytes)"),
-        )
-    } else {
-        error(e.status(), e.body_text())
-    }
-}
-
-/// Undoes `Content-Encoding`, refusing anything that would decompress past `max`.
-#[allow(clippy::result_large_err)]
-fn decode_body(headers: &HeaderMap, body: Bytes, max: usize) -> Result<Bytes, Response> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
-    match encoding.as_str() {
-        "" | "identity" => Ok(body),
-        "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity((body.len() * 4).min(max));
-            let mut dec = flate2::read::MultiGzDecoder::new(&body[..]).take(max as u64 + 1);
-            if let Err(e) = dec.read_to_end(&mut out) {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("body is not valid gzip: {e}"),
-                ));
-            }
-            if out.len() > max {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("decompressed body is over ingest.max_body ({max} bytes)"),
-                ));
-            }
-            Ok(Bytes::from(out))
-        }
-        other => Err(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Encoding `{other}` is not supported; send plain or gzip"),
-        )),
-    }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 async fn metrics(State(st): State<Arc<IngestState>>) -> Response {
+    let budget = st.dataway.budget();
+    let (used, reading) = budget.used();
+    st.metrics.memory_budget_bytes.set(budget.total() as i64);
+    st.metrics
+        .memory_budget_used_bytes
+        .with_label_values(&["reading"])
+        .set(reading as i64);
+    st.metrics
+        .memory_budget_used_bytes
+        .with_label_values(&["points"])
+        .set(used.saturating_sub(reading) as i64);
     (
         [(
             header::CONTENT_TYPE,
@@ -537,7 +310,7 @@ async fn forward(
     uri: axum::http::Uri,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     if !authorized(&st.config, &headers) {
         return error(
@@ -545,9 +318,18 @@ async fn forward(
             "missing or wrong `Authorization: Bearer <token>`",
         );
     }
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return body_error(e, st.config.max_body),
+    // The body is held (and charged to the budget) until the answer is passed back.
+    let (body, _charge) = match body::read(
+        &headers,
+        body,
+        st.config.max_body,
+        st.dataway.budget(),
+        st.config.body_read_timeout,
+    )
+    .await
+    {
+        Ok(r) => (r.bytes, r.charge),
+        Err(r) => return r,
     };
     match st
         .dataway

@@ -72,6 +72,12 @@ pub struct Metrics {
     /// unreadable cache file moved aside; `rejected`: refused by the server on resend;
     /// `write_error`: could not be stored).
     pub failcache_dropped_total: IntCounterVec,
+    /// `dataway_memory_budget_bytes`: the memory budget (`dataway.max_pending_bytes`).
+    pub memory_budget_bytes: prometheus::IntGauge,
+    /// `dataway_memory_budget_used_bytes{part}`: what of it is held, by `reading` (request
+    /// bodies being read and decompressed) and `points` (parsed, queued, being sent);
+    /// set when `/metrics` is read.
+    pub memory_budget_used_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -219,6 +225,22 @@ impl Metrics {
                 "dataway_failcache_dropped_total",
                 "Fail-cache records given up on, by endpoint and reason",
                 &["endpoint", "reason"],
+            ),
+            memory_budget_bytes: {
+                let g = prometheus::IntGauge::new(
+                    "dataway_memory_budget_bytes",
+                    "The memory budget for data in flight (dataway.max_pending_bytes)",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            memory_budget_used_bytes: gauge(
+                "dataway_memory_budget_used_bytes",
+                "Bytes of the memory budget held: request bodies being read (reading) and points (points)",
+                &["part"],
             ),
             registry,
         };

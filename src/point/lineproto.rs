@@ -160,39 +160,158 @@ impl fmt::Display for ParseErrors {
 /// Parses a whole body. Either every line is good and all points come back in body order, or
 /// nothing does and the error lists the bad lines.
 pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors> {
-    let mut out = Collector {
-        points: Vec::with_capacity(body.len() / 128 + 1),
-        errors: Vec::new(),
-        total: 0,
-    };
-    let mut scratch = Scratch::default();
-    match std::str::from_utf8(body) {
-        // Fast path: one validation pass, and `str::split` finds newlines with memchr.
-        Ok(text) => {
-            for (idx, raw) in text.split('\n').enumerate() {
-                let line = raw.strip_suffix('\r').unwrap_or(raw);
-                out.add(idx, parse_line(line, &opts, &mut scratch));
+    let mut lines = Lines::new(opts);
+    let mut points = Vec::with_capacity(body.len() / 128 + 1);
+    lines.parse_some(body, true, usize::MAX, &mut points);
+    lines.finish().map(|()| points)
+}
+
+/// How many bytes of lines are checked as UTF-8 at once: one fast pass over a region, then
+/// `str::split` finds its newlines with memchr.
+const REGION: usize = 64 * 1024;
+
+/// A body parsed a piece at a time (see [`crate::point::reader`]): the line count and the
+/// bad lines carry from piece to piece, so line numbers and the all-or-nothing rule are
+/// those of the whole body.
+pub(crate) struct Lines {
+    opts: ParseOptions,
+    scratch: Scratch,
+    /// Lines consumed so far.
+    line: usize,
+    errors: Vec<LineError>,
+    total: usize,
+}
+
+impl Lines {
+    pub(crate) fn new(opts: ParseOptions) -> Lines {
+        Lines {
+            opts,
+            scratch: Scratch::default(),
+            line: 0,
+            errors: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// Whether a bad line has been seen: no point of the body will be accepted.
+    pub(crate) fn failed(&self) -> bool {
+        self.total > 0
+    }
+
+    /// Parses whole lines from the front of `text` into `out` until the points added hold
+    /// `max_memory` bytes ([`Point::memory_size`]) or `text` runs out; returns the bytes
+    /// consumed and the memory of the points added (0 when `max_memory` is `usize::MAX`:
+    /// not counted). `text` ends just after a `\n`, or, when `last`, at the end of the body.
+    /// Once a line is bad no more points are kept (the body will be refused whole), but the
+    /// rest is still read, to count and report every bad line.
+    pub(crate) fn parse_some(
+        &mut self,
+        text: &[u8],
+        last: bool,
+        max_memory: usize,
+        out: &mut Vec<Point>,
+    ) -> (usize, usize) {
+        let limited = max_memory != usize::MAX;
+        let mut memory = 0;
+        let mut pos = 0;
+        while pos < text.len() {
+            let end = region_end(text, pos);
+            let region = &text[pos..end];
+            match std::str::from_utf8(region) {
+                Ok(s) => {
+                    for raw in s.split_inclusive('\n') {
+                        pos += raw.len();
+                        let line = raw.strip_suffix('\n').unwrap_or(raw);
+                        let line = line.strip_suffix('\r').unwrap_or(line);
+                        let result = parse_line(line, &self.opts, &mut self.scratch);
+                        memory += self.add(result, out, limited);
+                        if memory >= max_memory {
+                            return (pos, memory);
+                        }
+                    }
+                }
+                // Some line is not UTF-8: check line by line to say which.
+                Err(_) => {
+                    for raw in region.split_inclusive(|&b| b == b'\n') {
+                        pos += raw.len();
+                        let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        let result = match std::str::from_utf8(line) {
+                            Ok(line) => parse_line(line, &self.opts, &mut self.scratch),
+                            Err(e) => Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
+                        };
+                        memory += self.add(result, out, limited);
+                        if memory >= max_memory {
+                            return (pos, memory);
+                        }
+                    }
+                }
             }
         }
-        // Some line is not UTF-8: validate line by line to say which.
-        Err(_) => {
-            for (idx, raw) in body.split(|&b| b == b'\n').enumerate() {
-                let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-                let result = match std::str::from_utf8(raw) {
-                    Ok(line) => parse_line(line, &opts, &mut scratch),
-                    Err(e) => Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
-                };
-                out.add(idx, result);
+        debug_assert!(last || text.last().is_none_or(|&b| b == b'\n'));
+        (pos, if self.failed() { 0 } else { memory })
+    }
+
+    /// Takes one line's result; returns the memory of the point kept (0 when not counted).
+    #[inline]
+    fn add(
+        &mut self,
+        result: Result<Option<Point>, Bad>,
+        out: &mut Vec<Point>,
+        count: bool,
+    ) -> usize {
+        self.line += 1;
+        match result {
+            Ok(Some(p)) if self.total == 0 => {
+                let size = if count { p.memory_size() } else { 0 };
+                out.push(p);
+                size
+            }
+            Ok(_) => 0,
+            Err(bad) => {
+                self.total += 1;
+                if self.errors.len() < MAX_KEPT_ERRORS {
+                    self.errors.push(LineError {
+                        line: self.line,
+                        column: bad.at + 1,
+                        message: bad.message,
+                    });
+                }
+                // The points will not be returned now; free them early.
+                if self.total == 1 {
+                    *out = Vec::new();
+                }
+                0
             }
         }
     }
-    if out.total == 0 {
-        Ok(out.points)
-    } else {
-        Err(ParseErrors {
-            errors: out.errors,
-            total: out.total,
-        })
+
+    /// The verdict on the whole body, once all of it has been parsed.
+    pub(crate) fn finish(self) -> Result<(), ParseErrors> {
+        if self.total == 0 {
+            Ok(())
+        } else {
+            Err(ParseErrors {
+                errors: self.errors,
+                total: self.total,
+            })
+        }
+    }
+}
+
+/// The end of the next region of whole lines starting at `pos`: about [`REGION`] bytes,
+/// through a `\n` (or to the end of `text`).
+fn region_end(text: &[u8], pos: usize) -> usize {
+    if text.len() - pos <= REGION {
+        return text.len();
+    }
+    let window = &text[pos..pos + REGION];
+    match window.iter().rposition(|&b| b == b'\n') {
+        Some(i) => pos + i + 1,
+        None => text[pos + REGION..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(text.len(), |i| pos + REGION + i + 1),
     }
 }
 
@@ -202,36 +321,6 @@ pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors>
 struct Scratch {
     tags: Vec<(String, String)>,
     fields: Vec<(String, FieldValue)>,
-}
-
-struct Collector {
-    points: Vec<Point>,
-    errors: Vec<LineError>,
-    total: usize,
-}
-
-impl Collector {
-    #[inline]
-    fn add(&mut self, idx: usize, result: Result<Option<Point>, Bad>) {
-        match result {
-            Ok(Some(p)) if self.total == 0 => self.points.push(p),
-            Ok(_) => {}
-            Err(bad) => {
-                self.total += 1;
-                if self.errors.len() < MAX_KEPT_ERRORS {
-                    self.errors.push(LineError {
-                        line: idx + 1,
-                        column: bad.at + 1,
-                        message: bad.message,
-                    });
-                }
-                // The points will not be returned now; free them early.
-                if self.total == 1 {
-                    self.points = Vec::new();
-                }
-            }
-        }
-    }
 }
 
 /// Joins points with `\n` into `out` (no newline after the last one).

@@ -186,19 +186,197 @@ pub fn encode_batches(points: &[Point], max_raw: usize) -> Vec<Batch> {
 /// Decodes a v2 body (already un-gzipped) into points, all or nothing (see the module doc
 /// for what is refused and why).
 pub fn decode(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, DecodeError> {
-    let msg = pb::PbPoints::decode(body)?;
-    msg.arr
-        .into_iter()
-        .enumerate()
-        .map(|(index, p)| {
-            let measurement = p.name.clone();
-            from_pb(p, opts).map_err(|message| DecodeError::Point {
-                index,
-                measurement,
-                message,
-            })
-        })
-        .collect()
+    let mut entries = Entries::new(opts);
+    let mut points = Vec::with_capacity(body.len() / 64 + 1);
+    entries.decode_some(body, true, usize::MAX, &mut points);
+    entries.finish().map(|()| points)
+}
+
+/// A v2 body decoded a piece at a time (see [`crate::point::reader`]): `PBPoints` is a
+/// sequence of length-delimited `arr` entries, one per point, so each entry can be decoded
+/// as soon as all of its bytes are there. The first bad entry refuses the body.
+pub(crate) struct Entries {
+    opts: ParseOptions,
+    /// Points decoded so far (for the error's position).
+    index: usize,
+    error: Option<DecodeError>,
+}
+
+/// Where the next entry of a `PBPoints` message is.
+enum Frame {
+    /// A point (`arr`, field 1) at `body`, the entry ending at `end`.
+    Point {
+        body: std::ops::Range<usize>,
+        end: usize,
+    },
+    /// Another field, skipped, ending at `end`.
+    Skip {
+        end: usize,
+    },
+    /// More bytes are needed.
+    Incomplete,
+    Malformed,
+}
+
+impl Entries {
+    pub(crate) fn new(opts: ParseOptions) -> Entries {
+        Entries {
+            opts,
+            index: 0,
+            error: None,
+        }
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Decodes whole entries from the front of `buf` into `out` until the points added hold
+    /// `max_memory` bytes ([`Point::memory_size`]) or no whole entry is left; returns the
+    /// bytes consumed and the memory of the points added (0 when `max_memory` is
+    /// `usize::MAX`: not counted). When `last`, `buf` ends the body and an incomplete entry is an error.
+    pub(crate) fn decode_some(
+        &mut self,
+        buf: &[u8],
+        last: bool,
+        max_memory: usize,
+        out: &mut Vec<Point>,
+    ) -> (usize, usize) {
+        let limited = max_memory != usize::MAX;
+        let mut memory = 0;
+        let mut pos = 0;
+        while pos < buf.len() && self.error.is_none() {
+            match frame(&buf[pos..]) {
+                Frame::Incomplete if !last => break,
+                Frame::Incomplete | Frame::Malformed => {
+                    self.fail(protobuf_error(&buf[pos..]), out);
+                    pos = buf.len();
+                }
+                Frame::Skip { end } => pos += end,
+                Frame::Point { body, end } => {
+                    let entry = &buf[pos..][body];
+                    pos += end;
+                    let index = self.index;
+                    self.index += 1;
+                    match pb::PbPoint::decode(entry) {
+                        Err(e) => self.fail(DecodeError::Protobuf(e), out),
+                        Ok(p) => {
+                            let measurement = p.name.clone();
+                            match from_pb(p, self.opts) {
+                                Ok(point) => {
+                                    if limited {
+                                        memory += point.memory_size();
+                                    }
+                                    out.push(point);
+                                    if memory >= max_memory {
+                                        break;
+                                    }
+                                }
+                                Err(message) => self.fail(
+                                    DecodeError::Point {
+                                        index,
+                                        measurement,
+                                        message,
+                                    },
+                                    out,
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (pos, if self.failed() { 0 } else { memory })
+    }
+
+    fn fail(&mut self, e: DecodeError, out: &mut Vec<Point>) {
+        self.error = Some(e);
+        *out = Vec::new();
+    }
+
+    /// The verdict on the whole body, once all of it has been decoded.
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+/// Reads a base-128 varint: `Some(Ok((value, length)))`, `None` if `b` ends inside it.
+fn varint(b: &[u8]) -> Option<Result<(u64, usize), ()>> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte < 0x80 {
+            return Some(Ok((v, i + 1)));
+        }
+    }
+    if b.len() >= 10 { Some(Err(())) } else { None }
+}
+
+/// The next entry of a `PBPoints` message at the front of `b`.
+fn frame(b: &[u8]) -> Frame {
+    let (key, klen) = match varint(b) {
+        None => return Frame::Incomplete,
+        Some(Err(())) => return Frame::Malformed,
+        Some(Ok(k)) => k,
+    };
+    let rest = &b[klen..];
+    let fixed = |n: usize| {
+        if rest.len() >= n {
+            Frame::Skip { end: klen + n }
+        } else {
+            Frame::Incomplete
+        }
+    };
+    match (key >> 3, key & 7) {
+        (0, _) => Frame::Malformed,
+        (_, 0) => match varint(rest) {
+            None => Frame::Incomplete,
+            Some(Err(())) => Frame::Malformed,
+            Some(Ok((_, n))) => Frame::Skip { end: klen + n },
+        },
+        (_, 1) => fixed(8),
+        (_, 5) => fixed(4),
+        (field, 2) => {
+            let (len, llen) = match varint(rest) {
+                None => return Frame::Incomplete,
+                Some(Err(())) => return Frame::Malformed,
+                Some(Ok(l)) => l,
+            };
+            let Ok(len) = usize::try_from(len) else {
+                return Frame::Malformed;
+            };
+            let start = klen + llen;
+            match start.checked_add(len) {
+                Some(end) if end <= b.len() => {
+                    if field == 1 {
+                        Frame::Point {
+                            body: start..end,
+                            end,
+                        }
+                    } else {
+                        Frame::Skip { end }
+                    }
+                }
+                Some(_) => Frame::Incomplete,
+                None => Frame::Malformed,
+            }
+        }
+        _ => Frame::Malformed,
+    }
+}
+
+/// Prost's own words for what is wrong at the front of `rest` (a framing problem found
+/// above), so a bad body is described as a whole-message decode would describe it.
+fn protobuf_error(rest: &[u8]) -> DecodeError {
+    match pb::PbPoints::decode(rest) {
+        Err(e) => DecodeError::Protobuf(e),
+        // Cannot happen: prost refuses what `frame` refuses. Say so plainly if it does.
+        Ok(_) => DecodeError::Point {
+            index: 0,
+            measurement: String::new(),
+            message: "the body ends inside a point".to_owned(),
+        },
+    }
 }
 
 fn from_pb(p: pb::PbPoint, opts: ParseOptions) -> Result<Point, String> {
