@@ -291,6 +291,16 @@ impl FailCache {
     /// kept or counted once, never both: a shed commits before the retry, and only records
     /// it removed are counted.
     pub fn push(&self, record: &Record) -> Result<(), Error> {
+        let result = self.try_push(record);
+        if result.is_err() {
+            // The record only: its points are counted by the caller, which drops the body
+            // (`dataway_dropped_points_total{reason="failcache_write_error"}`).
+            self.drop_count("write_error", None);
+        }
+        result
+    }
+
+    fn try_push(&self, record: &Record) -> Result<(), Error> {
         let bytes = record.encode();
         // The state lock is held across the commits (redb has one writer anyway) and the
         // counts change only once a commit succeeded, so they always match the disk.

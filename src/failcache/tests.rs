@@ -465,6 +465,7 @@ fn when_shedding_cannot_commit_nothing_is_counted_shed_and_nothing_is_lost() {
     let e = c.push(&rec(6)).unwrap_err().to_string();
     assert!(e.contains("shedding"), "{e}");
     assert_eq!(dropped(&m, "disk_full"), 0);
+    assert_eq!(dropped(&m, "write_error"), 1, "the new body, not stored");
     disk.free();
     advance(&now, 60_000);
     c.push(&rec(7)).unwrap();
