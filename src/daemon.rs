@@ -63,7 +63,7 @@ impl Daemon {
         let mut dataway = Dataway::start(&config.dataway, metrics.clone(), &caches, sinkers)?;
         let wal = if config.dataway.wal.enabled {
             let path = config.dataway.wal.path.join("wal.redb");
-            let wal = Wal::open(&path).map_err(|e| {
+            let wal = Wal::open_counted(&path, metrics.clone()).map_err(|e| {
                 anyhow::anyhow!("dataway.wal.path: cannot open {}: {e}", path.display())
             })?;
             dataway = dataway.with_wal(wal.clone());

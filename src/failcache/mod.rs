@@ -13,13 +13,15 @@
 //! a database that cannot be opened at all is moved aside and a new one started, so the
 //! daemon always starts. After an I/O error (a full disk, say) the file is closed and opened
 //! again by itself, with backoff ([`store`]), so the cache recovers without a restart once
-//! the disk takes writes again. Records are written with format version 1; a later version will
+//! the disk takes writes again. On a full disk a new body makes room by shedding the oldest
+//! records (counted as `disk_full`), with the help of a small reserve file ([`reserve`]). Records are written with format version 1; a later version will
 //! read version-1 records too, so an upgrade never asks users to delete their cache
 //! (DataKit's did, `lessons.md` #7).
 
 #[cfg(test)]
 pub(crate) mod faulty;
 mod record;
+pub(crate) mod reserve;
 pub(crate) mod store;
 
 use std::collections::BTreeSet;
@@ -29,7 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use store::{Opener, Store};
+use reserve::{Reserve, Room};
+use store::{Counters, Failure, Opener, Store};
 
 pub(crate) use record::now_ms;
 pub use record::{Decoded, Record};
@@ -37,6 +40,14 @@ pub use record::{Decoded, Record};
 use crate::metrics::Metrics;
 
 const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+
+/// Sheds on a full disk before a new body is given up on (each round frees at least
+/// [`SHED_MIN_BYTES`] or twice the body): bounded, so a disk that stays full whatever is
+/// deleted (another program filling it) costs a few reopens per body, not a loop.
+const MAX_SHED_ROUNDS: usize = 4;
+/// Shedding frees at least this much, so the next bodies fit in the freed pages without a
+/// reopen each (a shed reopens the file).
+const SHED_MIN_BYTES: u64 = 64 * 1024;
 
 /// The time, in ms since the Unix epoch, that record ages are measured against: the
 /// system clock, or one a test advances.
@@ -90,6 +101,7 @@ pub struct FailCache {
     metrics: Arc<Metrics>,
     state: Mutex<State>,
     clock: Clock,
+    reserve: Reserve,
 }
 
 #[derive(Default)]
@@ -107,6 +119,9 @@ struct State {
     /// removal failed was resent at every retry (one was delivered 77 times). Kept in memory
     /// only: after a crash such a body is resent once more (at least once, as the WAL).
     settled: BTreeSet<u64>,
+    /// The last shed could not commit (the disk gives no room even so): until a write
+    /// succeeds, pushes wait for the store's backoff instead of reopening it at once.
+    shed_failed: bool,
 }
 
 /// What happened to the oldest record when it was looked at.
@@ -126,16 +141,25 @@ impl FailCache {
         label: String,
         metrics: Arc<Metrics>,
     ) -> Result<FailCache, Error> {
-        FailCache::open_with(path, limits, label, metrics, Arc::new(open_or_move_aside))
+        FailCache::open_with(
+            path,
+            limits,
+            label,
+            metrics,
+            Arc::new(open_or_move_aside),
+            None,
+        )
     }
 
-    /// [`FailCache::open`], with the database opened (and reopened) by `opener`.
+    /// [`FailCache::open`], with the database opened (and reopened) by `opener`, and the
+    /// reserve's writes limited by `room` (tests: a disk of a fixed size).
     pub(crate) fn open_with(
         path: &Path,
         limits: Limits,
         label: String,
         metrics: Arc<Metrics>,
         opener: Opener,
+        room: Option<Room>,
     ) -> Result<FailCache, Error> {
         let err = |message: String| Error {
             path: path.to_path_buf(),
@@ -151,6 +175,11 @@ impl FailCache {
             busy: f.busy,
             message: f.message,
         })?;
+        let store = store.counted(Counters {
+            metrics: metrics.clone(),
+            store: "failcache",
+            name: label.clone(),
+        });
         if moved_aside {
             metrics
                 .failcache_dropped_total
@@ -165,8 +194,10 @@ impl FailCache {
             metrics,
             state: Mutex::new(State::default()),
             clock,
+            reserve: Reserve::new(path, room),
         };
         cache.load_state().map_err(err)?;
+        cache.reserve.fill();
         Ok(cache)
     }
 
@@ -253,61 +284,61 @@ impl FailCache {
 
     /// Appends a record, durably (the commit is fsynced), then drops the oldest records
     /// while the cache is over `max_capacity`. Settled records still on disk go first.
+    ///
+    /// On a full disk the oldest records are shed to make room (counted as `disk_full`) and
+    /// the push is tried again, up to [`MAX_SHED_ROUNDS`] times; the error returned means the
+    /// body was not stored (the caller counts it as `write_error`). Each body is so either
+    /// kept or counted once, never both: a shed commits before the retry, and only records
+    /// it removed are counted.
     pub fn push(&self, record: &Record) -> Result<(), Error> {
+        let result = self.try_push(record);
+        if result.is_err() {
+            // The record only: its points are counted by the caller, which drops the body
+            // (`dataway_dropped_points_total{reason="failcache_write_error"}`).
+            self.drop_count("write_error", None);
+        }
+        result
+    }
+
+    fn try_push(&self, record: &Record) -> Result<(), Error> {
         let bytes = record.encode();
-        // The state lock is held across the commit (redb has one writer anyway) and the
-        // counts change only once the commit succeeded, so they always match the disk.
+        // The state lock is held across the commits (redb has one writer anyway) and the
+        // counts change only once a commit succeeded, so they always match the disk.
         let mut st = self.lock();
-        let key = st.next;
-        let (records, total, dropped) = self
-            .store
-            .with(true, |db| {
-                let (mut records, mut total) = (st.records, st.bytes);
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
-                let mut dropped: Vec<Option<Record>> = Vec::new();
-                {
-                    let mut table = txn.open_table(BODIES)?;
-                    for &k in &st.settled {
-                        if let Some(v) = table.remove(k)? {
-                            records -= 1;
-                            total = total.saturating_sub(v.value().len() as u64);
-                        }
-                    }
-                    table.insert(key, bytes.as_slice())?;
-                    records += 1;
-                    total += bytes.len() as u64;
-                    // Over capacity: the oldest go first (the newest data is the most
-                    // useful), except the one being resent.
-                    while total > self.limits.max_capacity && records > 1 {
-                        let mut victim = None;
-                        for entry in table.range(..key)? {
-                            let k = entry?.0.value();
-                            if Some(k) != st.in_flight {
-                                victim = Some(k);
-                                break;
-                            }
-                        }
-                        let Some(victim) = victim else {
-                            break;
-                        };
-                        let Some(v) = table.remove(victim)? else {
-                            break;
-                        };
-                        let v = v.value();
-                        records -= 1;
-                        total = total.saturating_sub(v.len() as u64);
-                        dropped.push(match Record::decode(v) {
-                            Decoded::Ok(r) => Some(r),
-                            _ => None,
-                        });
+        let mut rounds = 0;
+        let mut reopened = false;
+        let (records, total, dropped) = loop {
+            match self.insert(&st, &bytes) {
+                Ok(done) => break done,
+                // Closed by an earlier "no space" (a failed removal, say): the disk may have
+                // room by now, so reopen and try before shedding anything.
+                Err(f) if f.closed && f.no_space && !st.shed_failed && !reopened => {
+                    reopened = true;
+                    self.store.reopen_now().map_err(|e| self.err(e))?;
+                }
+                Err(f) if f.no_space && !f.closed && rounds < MAX_SHED_ROUNDS && sheddable(&st) => {
+                    rounds += 1;
+                    let want = SHED_MIN_BYTES.max(2 * bytes.len() as u64);
+                    if let Err(e) = self.shed(&mut st, want) {
+                        st.shed_failed = true;
+                        return Err(self.err(format!(
+                            "{}; shedding the oldest records to make room failed too: {e}",
+                            f.message
+                        )));
                     }
                 }
-                txn.commit()?;
-                Ok((records, total, dropped))
-            })
-            .map_err(|e| self.err(e))?;
-        st.next = key + 1;
+                Err(f) => {
+                    let hint = if f.no_space {
+                        "; free space on that disk, or lower max_capacity: the cache reopens its file by itself"
+                    } else {
+                        ""
+                    };
+                    return Err(self.err(format!("{}{hint}", f.message)));
+                }
+            }
+        };
+        st.shed_failed = false;
+        st.next += 1;
         st.records = records;
         st.bytes = total;
         st.settled.clear();
@@ -316,6 +347,106 @@ impl FailCache {
             self.drop_count("full", r.as_ref());
         }
         self.publish();
+        // Room taken back for the next shed (after a shed, or once the disk has room again).
+        self.reserve.fill();
+        Ok(())
+    }
+
+    /// The push's transaction: the settled records removed, the body inserted at key
+    /// `st.next`, the oldest dropped while over capacity. Returns the new counts and what
+    /// was dropped; `st` is changed by the caller once this committed.
+    fn insert(&self, st: &State, bytes: &[u8]) -> Result<(u64, u64, Vec<Option<Record>>), Failure> {
+        let key = st.next;
+        self.store.run(true, |db| {
+            let (mut records, mut total) = (st.records, st.bytes);
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let mut dropped: Vec<Option<Record>> = Vec::new();
+            {
+                let mut table = txn.open_table(BODIES)?;
+                for &k in &st.settled {
+                    if let Some(v) = table.remove(k)? {
+                        records -= 1;
+                        total = total.saturating_sub(v.value().len() as u64);
+                    }
+                }
+                table.insert(key, bytes)?;
+                records += 1;
+                total += bytes.len() as u64;
+                // Over capacity: the oldest go first (the newest data is the most
+                // useful), except the one being resent.
+                while total > self.limits.max_capacity && records > 1 {
+                    let Some(victim) = oldest_but(&table, key, st.in_flight)? else {
+                        break;
+                    };
+                    let Some(v) = table.remove(victim)? else {
+                        break;
+                    };
+                    let v = v.value();
+                    records -= 1;
+                    total = total.saturating_sub(v.len() as u64);
+                    dropped.push(match Record::decode(v) {
+                        Decoded::Ok(r) => Some(r),
+                        _ => None,
+                    });
+                }
+            }
+            txn.commit()?;
+            Ok((records, total, dropped))
+        })
+    }
+
+    /// Makes room on a full disk: removes the settled records, then the oldest (except the
+    /// one being resent) until `want` bytes are freed, in one transaction, and counts those
+    /// as dropped (`disk_full`) once it committed.
+    ///
+    /// The failed push left redb latched on "previous I/O error", so the file is reopened
+    /// first, at once (the backoff is for a disk that gives no room; this makes room). The
+    /// reserve is deleted before that: the deleting transaction itself needs a few fresh
+    /// pages, which a full disk does not have ([`reserve`] says what was measured).
+    fn shed(&self, st: &mut State, want: u64) -> Result<(), String> {
+        self.reserve.release();
+        self.store.reopen_now()?;
+        let (removed, bytes, shed) = self.store.with(true, |db| {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let (mut removed, mut bytes) = (0u64, 0u64);
+            let mut shed: Vec<Option<Record>> = Vec::new();
+            {
+                let mut table = txn.open_table(BODIES)?;
+                for &k in &st.settled {
+                    if let Some(v) = table.remove(k)? {
+                        removed += 1;
+                        bytes += v.value().len() as u64;
+                    }
+                }
+                while bytes < want {
+                    let Some(victim) = oldest_but(&table, u64::MAX, st.in_flight)? else {
+                        break;
+                    };
+                    let Some(v) = table.remove(victim)? else {
+                        break;
+                    };
+                    let v = v.value();
+                    removed += 1;
+                    bytes += v.len() as u64;
+                    shed.push(match Record::decode(v) {
+                        Decoded::Ok(r) => Some(r),
+                        _ => None,
+                    });
+                }
+            }
+            txn.commit()?;
+            Ok((removed, bytes, shed))
+        })?;
+        st.records = st.records.saturating_sub(removed);
+        st.bytes = st.bytes.saturating_sub(bytes);
+        st.settled.clear();
+        let points: u64 = shed.iter().flatten().map(|r| r.points).sum();
+        tracing::warn!(endpoint = %self.label, records = shed.len(), points, "disk full: the oldest fail-cache records dropped to make room");
+        for r in &shed {
+            self.drop_count("disk_full", r.as_ref());
+        }
         Ok(())
     }
 
@@ -416,6 +547,7 @@ impl FailCache {
         st.settled.clear();
         drop(st);
         self.publish();
+        self.reserve.fill();
         Ok(())
     }
 
@@ -436,6 +568,26 @@ impl FailCache {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Whether a shed can free anything: a settled record, or one not being resent.
+fn sheddable(st: &State) -> bool {
+    !st.settled.is_empty() || st.records > u64::from(st.in_flight.is_some())
+}
+
+/// The oldest key below `end` that is not `in_flight`.
+fn oldest_but(
+    table: &redb::Table<u64, &[u8]>,
+    end: u64,
+    in_flight: Option<u64>,
+) -> Result<Option<u64>, redb::Error> {
+    for entry in table.range(..end)? {
+        let k = entry?.0.value();
+        if Some(k) != in_flight {
+            return Ok(Some(k));
+        }
+    }
+    Ok(None)
 }
 
 /// The cache file of an endpoint: named by a hash of its full URL (token included: two

@@ -249,12 +249,28 @@ fn advance(now: &std::sync::atomic::AtomicI64, ms: i64) {
 }
 
 fn open_on(path: &Path, disk: &faulty::Disk) -> (FailCache, Arc<std::sync::atomic::AtomicI64>) {
+    let (c, now, _) = open_counted_on(path, disk, 1 << 20);
+    (c, now)
+}
+
+fn open_counted_on(
+    path: &Path,
+    disk: &faulty::Disk,
+    max: u64,
+) -> (FailCache, Arc<std::sync::atomic::AtomicI64>, Arc<Metrics>) {
     let (clock, now) = manual_clock();
     let m = Arc::new(Metrics::new());
-    let c = FailCache::open_with(path, limits(1 << 20), "ep".into(), m, faulty::opener(disk))
-        .unwrap()
-        .with_clock(clock);
-    (c, now)
+    let c = FailCache::open_with(
+        path,
+        limits(max),
+        "ep".into(),
+        m.clone(),
+        faulty::opener(disk),
+        Some(disk.room()),
+    )
+    .unwrap()
+    .with_clock(clock);
+    (c, now, m)
 }
 
 /// A full disk: pushes fail (and are counted as storage errors); once it has room again the
@@ -320,4 +336,167 @@ fn a_record_whose_removal_failed_is_not_handed_out_again() {
     // Its removal reached the file: not resent after a restart either.
     let (c, _) = open_on(&path, &disk);
     assert_eq!(drain(&c), Vec::<u64>::new());
+}
+
+/// Record `n` (with `n` points), its body `size` bytes that do not compress.
+fn big(n: u64, size: usize) -> Record {
+    let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let body: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    Record::new(Category::Metric, true, n, Bytes::from(body))
+}
+
+fn store_metric(m: &Metrics, which: &str) -> u64 {
+    match which {
+        "io_errors" => m
+            .store_io_errors_total
+            .with_label_values(&["failcache", "ep"])
+            .get(),
+        result => m
+            .store_reopens_total
+            .with_label_values(&["failcache", "ep", result])
+            .get(),
+    }
+}
+
+/// Issue 11: a full disk dropped every new body (`write_error`) and resent one record 77
+/// times. Now, with the disk as full as a real one (written blocks can be rewritten, nothing
+/// more fits), each new body makes room by shedding the oldest records, counted as
+/// `disk_full`; a resender running meanwhile gets each record at most once; and once the
+/// disk has room again what is left drains. In the end every record was delivered exactly
+/// once or counted as shed, never both and never neither.
+#[test]
+fn a_full_disk_sheds_the_oldest_counted_and_each_record_is_delivered_once() {
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    let disk = faulty::Disk::default();
+    let (c, now, m) = open_counted_on(&path, &disk, 1 << 30);
+    let mut delivered: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut tries = 0;
+    let mut deliver_one = |c: &FailCache| {
+        if let Ok(Head::Ready(k, r)) = c.head() {
+            *delivered.entry(r.points).or_default() += 1;
+            // Every other removal fails (the 77-times case): the record is settled anyway,
+            // and the next push reopens the file that failure closed.
+            tries += 1;
+            if tries % 2 == 0 {
+                disk.fill();
+                assert!(c.remove(k).is_err());
+                disk.unfill();
+            } else {
+                drop(c.remove(k));
+            }
+        }
+    };
+    for n in 1..=40 {
+        c.push(&big(n, 3000)).unwrap();
+    }
+    deliver_one(&c); // 1
+    disk.limit(&path);
+    // While full: every push is kept (room made by shedding); a resend every 4th push.
+    for n in 41..=200 {
+        c.push(&big(n, 3000))
+            .unwrap_or_else(|e| panic!("push {n} on the full disk: {e}"));
+        if n % 4 == 0 {
+            // Twice: the second look comes while the failed removal left the file closed.
+            deliver_one(&c);
+            deliver_one(&c);
+        }
+    }
+    let shed = dropped(&m, "disk_full");
+    assert!(shed > 0, "the disk filled up and nothing was shed");
+    assert_eq!(dropped(&m, "write_error"), 0);
+    assert!(store_metric(&m, "io_errors") >= 1);
+    assert!(store_metric(&m, "ok") >= 1, "shedding reopens the file");
+    disk.free();
+    advance(&now, 60_000);
+    c.push(&big(201, 3000)).unwrap();
+    let left = drain(&c);
+    assert!(c.is_empty());
+    assert_eq!(left.last(), Some(&201));
+    assert!(left.windows(2).all(|w| w[0] < w[1]), "in order: {left:?}");
+    for &n in &left {
+        *delivered.entry(n).or_default() += 1;
+    }
+    let twice: Vec<_> = delivered.iter().filter(|&(_, &k)| k > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+    // Each record delivered or shed: the shed ones are exactly the missing ones, and they
+    // are older than every record left after them (oldest first).
+    let missing: Vec<u64> = (1..=201).filter(|n| !delivered.contains_key(n)).collect();
+    assert_eq!(missing.len() as u64, shed, "shed count vs missing records");
+    assert_eq!(
+        m.dropped_points_total
+            .with_label_values(&["metric", "failcache_disk_full"])
+            .get(),
+        missing.iter().sum::<u64>(),
+        "points of the shed records"
+    );
+    let first_left = left[0];
+    assert!(
+        missing.iter().all(|&n| n < first_left),
+        "shed {missing:?}, yet {first_left} was kept: not oldest first"
+    );
+    // The file agrees (nothing counted as shed is still on disk), after a restart too.
+    drop(c);
+    let (c, _, _) = open_counted_on(&path, &disk, 1 << 30);
+    assert!(c.is_empty());
+}
+
+/// A disk full in a way shedding cannot help (every write refused): the new body is not
+/// stored (the caller counts it as `write_error`), nothing is counted as shed, and every
+/// record stored before is still there once the disk has room again.
+#[test]
+fn when_shedding_cannot_commit_nothing_is_counted_shed_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    let disk = faulty::Disk::default();
+    let (c, now, m) = open_counted_on(&path, &disk, 1 << 30);
+    for n in 1..=5 {
+        c.push(&rec(n)).unwrap();
+    }
+    disk.fill();
+    let e = c.push(&rec(6)).unwrap_err().to_string();
+    assert!(e.contains("shedding"), "{e}");
+    assert_eq!(dropped(&m, "disk_full"), 0);
+    assert_eq!(dropped(&m, "write_error"), 1, "the new body, not stored");
+    disk.free();
+    advance(&now, 60_000);
+    c.push(&rec(7)).unwrap();
+    assert_eq!(drain(&c), [1, 2, 3, 4, 5, 7]);
+}
+
+/// The record being resent is never shed (it would be delivered and counted as dropped).
+#[test]
+fn the_record_being_resent_is_not_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    let disk = faulty::Disk::default();
+    let (c, _, m) = open_counted_on(&path, &disk, 1 << 30);
+    for n in 1..=20 {
+        c.push(&big(n, 3000)).unwrap();
+    }
+    let Head::Ready(k, r) = c.head().unwrap() else {
+        panic!("empty")
+    };
+    assert_eq!(r.points, 1);
+    disk.limit(&path);
+    let mut n = 21;
+    while dropped(&m, "disk_full") == 0 {
+        c.push(&big(n, 3000)).unwrap();
+        n += 1;
+        assert!(n < 500, "never shed");
+    }
+    disk.free();
+    c.remove(k).unwrap(); // 1 delivered
+    let left = drain(&c);
+    assert!(!left.contains(&1));
+    let shed = (2..n).filter(|x| !left.contains(x)).count() as u64;
+    assert_eq!(shed, dropped(&m, "disk_full"), "1 was not counted as shed");
 }

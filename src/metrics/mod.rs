@@ -70,6 +70,7 @@ pub struct Metrics {
     /// `dataway_failcache_dropped_total{endpoint,reason}`: records given up on (`full`:
     /// pushed out by newer ones; `expired`; `corrupt`: a damaged record; `corrupt_file`: an
     /// unreadable cache file moved aside; `rejected`: refused by the server on resend;
+    /// `disk_full`: shed, oldest first, to make room for a newer body on a full disk;
     /// `write_error`: could not be stored).
     pub failcache_dropped_total: IntCounterVec,
     /// `dataway_memory_budget_bytes`: the memory budget (`dataway.max_pending_bytes`).
@@ -78,6 +79,13 @@ pub struct Metrics {
     /// bodies being read and decompressed) and `points` (parsed, queued, being sent);
     /// set when `/metrics` is read.
     pub memory_budget_used_bytes: IntGaugeVec,
+    /// `dataway_store_io_errors_total{store,name}`: I/O errors of a redb file (`store`:
+    /// `failcache`, `name` the endpoint; or `store` and `name` both `wal`). Each closes the
+    /// file, to be reopened after a backoff.
+    pub store_io_errors_total: IntCounterVec,
+    /// `dataway_store_reopens_total{store,name,result}`: reopens of a redb file after an I/O
+    /// error, by `result` (`ok`, `error`: still failing, tried again after a longer backoff).
+    pub store_reopens_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -241,6 +249,16 @@ impl Metrics {
                 "dataway_memory_budget_used_bytes",
                 "Bytes of the memory budget held: request bodies being read (reading) and points (points)",
                 &["part"],
+            ),
+            store_io_errors_total: counter(
+                "dataway_store_io_errors_total",
+                "I/O errors of the fail-cache and WAL files, by store and name",
+                &["store", "name"],
+            ),
+            store_reopens_total: counter(
+                "dataway_store_reopens_total",
+                "Reopens of the fail-cache and WAL files after an I/O error, by store, name and result",
+                &["store", "name", "result"],
             ),
             registry,
         };

@@ -12,7 +12,9 @@
 //! only means one more replay). After an I/O error (a full disk: appends fail, and ingest
 //! answers 503) the file is closed and reopened by itself with backoff
 //! ([`crate::failcache::store`]), so writes are taken again once the disk has room; removals
-//! that failed meanwhile are retried with the next commit.
+//! that failed meanwhile are retried with the next commit. The WAL sheds nothing on a full
+//! disk (what it holds was acknowledged); errors and reopens are counted as
+//! `dataway_store_io_errors_total{store="wal",name="wal"}` and `dataway_store_reopens_total`.
 //!
 //! Group commit: writes that arrive while an fsync is in progress wait for it to finish and
 //! are then committed together, with one fsync. Each writer still returns only once its
@@ -26,8 +28,9 @@ use bytes::Bytes;
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::category::Category;
-use crate::failcache::store::{Opener, Store};
+use crate::failcache::store::{Counters, Opener, Store};
 use crate::failcache::{Clock, Decoded, Record, open_or_move_aside};
+use crate::metrics::Metrics;
 use crate::point::{ParseOptions, Point, encode_points, parse};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("writes");
@@ -149,16 +152,39 @@ impl Wal {
             path,
             Arc::new(open_or_move_aside),
             Arc::new(crate::failcache::now_ms),
+            None,
+        )
+    }
+
+    /// [`Wal::open`], with its storage errors and reopens counted in `metrics`.
+    pub fn open_counted(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Wal>, String> {
+        Wal::open_with(
+            path,
+            Arc::new(open_or_move_aside),
+            Arc::new(crate::failcache::now_ms),
+            Some(metrics),
         )
     }
 
     /// [`Wal::open`], with the database opened (and reopened) by `opener`, and the reopen
     /// backoff timed by `clock`.
-    pub(crate) fn open_with(path: &Path, opener: Opener, clock: Clock) -> Result<Arc<Wal>, String> {
+    pub(crate) fn open_with(
+        path: &Path,
+        opener: Opener,
+        clock: Clock,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<Arc<Wal>, String> {
         if let Some(dir) = path.parent() {
             crate::failcache::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let (store, _) = Store::open(path, opener, clock)?;
+        let (mut store, _) = Store::open(path, opener, clock)?;
+        if let Some(metrics) = metrics {
+            store = store.counted(Counters {
+                metrics,
+                store: "wal",
+                name: "wal".to_string(),
+            });
+        }
         let next = store.with(true, |db| {
             let txn = db.begin_write()?;
             let last = {
@@ -496,12 +522,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("wal.redb");
         let disk = faulty::Disk::default();
+        let metrics = Arc::new(Metrics::new());
         let now = Arc::new(AtomicI64::new(0));
         let n = now.clone();
         let wal = Wal::open_with(
             &path,
             faulty::opener(&disk),
             Arc::new(move || n.load(Ordering::SeqCst)),
+            Some(metrics.clone()),
         )
         .unwrap();
         let kept = wal.append(Category::Metric, &pts(1)).unwrap();
@@ -516,6 +544,19 @@ mod tests {
         now.fetch_add(60_000, Ordering::SeqCst);
         let _six = wal.append(Category::Metric, &pts(6)).unwrap();
         assert_eq!(wal.store.reopens(), 1);
+        let reopens = |result: &str| {
+            metrics
+                .store_reopens_total
+                .with_label_values(&["wal", "wal", result])
+                .get()
+        };
+        assert_eq!((reopens("ok"), reopens("error")), (1, 0));
+        let io_errors = metrics
+            .store_io_errors_total
+            .with_label_values(&["wal", "wal"])
+            .get();
+        assert_eq!(io_errors, wal.store.io_errors());
+        assert!(io_errors >= 1);
         let left: Vec<usize> = wal
             .pending()
             .unwrap()
