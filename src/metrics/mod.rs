@@ -7,7 +7,8 @@
 mod summary;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use reqwest::StatusCode;
 
@@ -72,6 +73,18 @@ pub struct Metrics {
     /// unreadable cache file moved aside; `rejected`: refused by the server on resend;
     /// `write_error`: could not be stored).
     pub failcache_dropped_total: IntCounterVec,
+    /// `dataway_ingest_connections`: ingest connections open now.
+    pub ingest_connections: IntGauge,
+    /// `dataway_ingest_connections_max`: the connection cap in effect (`max_connections`,
+    /// or half the open-file limit when that is lower).
+    pub ingest_connections_max: IntGauge,
+    /// `dataway_ingest_connections_closed_total{reason}`: ingest connections ended, by why
+    /// (`client`: the client closed it, or an answer said `Connection: close`;
+    /// `header_timeout`: no complete request head within `header_read_timeout`;
+    /// `idle_evicted`: closed idle to make room under the cap; `accept_error`: closed idle to
+    /// free a descriptor after an accept error; `shutdown`; `error`: a malformed request or
+    /// an I/O error).
+    pub ingest_connections_closed_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -219,6 +232,30 @@ impl Metrics {
                 "dataway_failcache_dropped_total",
                 "Fail-cache records given up on, by endpoint and reason",
                 &["endpoint", "reason"],
+            ),
+            ingest_connections: {
+                let g = IntGauge::new("dataway_ingest_connections", "Ingest connections open")
+                    .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            ingest_connections_max: {
+                let g = IntGauge::new(
+                    "dataway_ingest_connections_max",
+                    "Ingest connection cap in effect: max_connections, or half the open-file limit when lower",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            ingest_connections_closed_total: counter(
+                "dataway_ingest_connections_closed_total",
+                "Ingest connections ended, by reason",
+                &["reason"],
             ),
             registry,
         };
