@@ -259,6 +259,8 @@ async fn the_connection_cap_is_half_the_open_file_limit() {
     let dw = MockDataway::start().await;
     let cfg = config_file(&[dw.url("tkn_c")], "", "");
     let p = DaemonProcess::start_with_open_file_limit(&cfg, &[], 64);
+    let m = metrics(&p).await;
+    assert_eq!(gauge(&m, "dataway_ingest_connections_max"), 32.0, "{m}");
     assert!(
         p.wait_log(WAIT, |l| l
             .contains("at most 32 connections, half the open-file limit")
@@ -267,8 +269,6 @@ async fn the_connection_cap_is_half_the_open_file_limit() {
         "{}",
         p.log()
     );
-    let m = metrics(&p).await;
-    assert_eq!(gauge(&m, "dataway_ingest_connections_max"), 32.0, "{m}");
     let mut idle = idle_connections(&p, 64).await;
     still_answers(&p, &dw).await;
     // Accepted in order, each past the cap closing the oldest idle one: the first 32 go.
