@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::process::DaemonProcess;
-use common::{MockDataway, config_file, lines};
+use common::{MockDataway, config_file, lines, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -148,6 +148,9 @@ async fn out_of_descriptors_the_daemon_closes_idle_connections_and_keeps_accepti
         "{}",
         p.log()
     );
+    // Counted as closed for an accept error, not as evicted under the cap.
+    let m = metrics_when(&p, |m| closed(m, "accept_error") >= 1.0).await;
+    assert_eq!(closed(&m, "idle_evicted"), 0.0, "{m}");
 }
 
 /// The soft limit of `pid`'s open files, and the hard one, from `/proc/<pid>/limits`.
@@ -199,4 +202,150 @@ async fn the_daemon_raises_its_open_file_soft_limit_to_the_hard_limit() {
         "{}",
         p.log()
     );
+}
+
+/// The daemon's `/metrics` text, fetched on a new connection.
+async fn metrics(p: &DaemonProcess) -> String {
+    reqwest::Client::builder()
+        .timeout(WAIT)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+        .get(p.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `/metrics` once `ok` holds for it; panics past `WAIT`.
+async fn metrics_when(p: &DaemonProcess, ok: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = metrics(p).await;
+        if ok(&m) {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never got there:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `dataway_ingest_connections_closed_total{reason}` (absent reads as -1: every reason
+/// must exist from the start).
+fn closed(m: &str, reason: &str) -> f64 {
+    sample(
+        m,
+        &format!("dataway_ingest_connections_closed_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(-1.0)
+}
+
+fn gauge(m: &str, name: &str) -> f64 {
+    sample(m, name).unwrap_or_else(|| panic!("no {name} in:\n{m}"))
+}
+
+/// A host that gives the daemon 64 descriptors, soft and hard (so raising the soft limit
+/// gains nothing): the cap is 32, not the default 1,024, and the daemon says so. More
+/// idle connections than the descriptors themselves then close the oldest idle ones under
+/// the cap, never running out of descriptors.
+#[tokio::test]
+async fn the_connection_cap_is_half_the_open_file_limit() {
+    let dw = MockDataway::start().await;
+    let cfg = config_file(&[dw.url("tkn_c")], "", "");
+    let p = DaemonProcess::start_with_open_file_limit(&cfg, &[], 64);
+    let m = metrics(&p).await;
+    assert_eq!(gauge(&m, "dataway_ingest_connections_max"), 32.0, "{m}");
+    assert!(
+        p.wait_log(WAIT, |l| l
+            .contains("at most 32 connections, half the open-file limit")
+            .then_some(()))
+            .is_some(),
+        "{}",
+        p.log()
+    );
+    let mut idle = idle_connections(&p, 64).await;
+    still_answers(&p, &dw).await;
+    // Accepted in order, each past the cap closing the oldest idle one: the first 32 go.
+    for s in &mut idle[..32] {
+        closed_by_server(s).await;
+    }
+    let m = metrics_when(&p, |m| closed(m, "idle_evicted") >= 32.0).await;
+    assert_eq!(closed(&m, "accept_error"), 0.0, "{m}");
+    assert!(gauge(&m, "dataway_ingest_connections") <= 32.0, "{m}");
+    assert!(
+        !p.log().contains("cannot accept connections"),
+        "{}",
+        p.log()
+    );
+}
+
+/// `dataway_ingest_connections` counts the open connections (the one asking included),
+/// `_max` is the cap, and every close is counted by its reason. (Each `/metrics` here is a
+/// new connection that the client closes after the answer; under the cap such a closed
+/// one may still be counted open, and then be the one evicted: hence the `>=`.)
+#[tokio::test]
+async fn connection_metrics_count_open_evicted_and_timed_out_connections() {
+    let dw = MockDataway::start().await;
+    let cfg = config_file(&[dw.url("tkn_c")], "", "max_connections = 4");
+    let p = DaemonProcess::start(&cfg, &[]);
+    let m = metrics(&p).await;
+    assert_eq!(gauge(&m, "dataway_ingest_connections_max"), 4.0, "{m}");
+    assert_eq!(gauge(&m, "dataway_ingest_connections"), 1.0, "{m}");
+    for reason in [
+        "client",
+        "header_timeout",
+        "idle_evicted",
+        "accept_error",
+        "shutdown",
+        "error",
+    ] {
+        assert_eq!(closed(&m, reason), 0.0, "{reason}: {m}");
+    }
+    // Three idle ones and the one asking: at the cap.
+    let mut idle = idle_connections(&p, 3).await;
+    metrics_when(&p, |m| gauge(m, "dataway_ingest_connections") == 4.0).await;
+    // Two more: the oldest go to make room, and are counted.
+    idle.extend(idle_connections(&p, 2).await);
+    let m = metrics_when(&p, |m| closed(m, "idle_evicted") >= 2.0).await;
+    assert!(gauge(&m, "dataway_ingest_connections") <= 4.0, "{m}");
+    for s in &mut idle[..2] {
+        closed_by_server(s).await;
+    }
+    assert_eq!(closed(&m, "header_timeout"), 0.0, "{m}");
+    assert_eq!(closed(&m, "accept_error"), 0.0, "{m}");
+    assert_eq!(closed(&m, "error"), 0.0, "{m}");
+
+    // Slow headers and idle keep-alive connections are closed by the timeout; a client
+    // that hangs up, and a malformed request, are counted as such.
+    let cfg = config_file(&[dw.url("tkn_c")], "", "header_read_timeout = \"300ms\"");
+    let p = DaemonProcess::start(&cfg, &[]);
+    let mut slow = TcpStream::connect(p.addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut slow).await;
+    let mut kept = TcpStream::connect(p.addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_server(&mut kept).await;
+    drop(TcpStream::connect(p.addr).await.unwrap());
+    let mut bad = TcpStream::connect(p.addr).await.unwrap();
+    bad.write_all(b"NOT HTTP\r\n\r\n").await.unwrap();
+    closed_by_server(&mut bad).await;
+    let m = metrics_when(&p, |m| {
+        closed(m, "header_timeout") >= 2.0
+            && closed(m, "client") >= 1.0
+            && closed(m, "error") >= 1.0
+    })
+    .await;
+    assert_eq!(closed(&m, "header_timeout"), 2.0, "{m}");
+    assert_eq!(closed(&m, "error"), 1.0, "{m}");
+    assert_eq!(closed(&m, "idle_evicted"), 0.0, "{m}");
 }

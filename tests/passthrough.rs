@@ -270,3 +270,148 @@ async fn the_start_up_log_names_the_crash_loss_window() {
         assert!(p.wait(Duration::from_secs(60)).success());
     }
 }
+
+/// How the stand-in Dataway of [`hostile_upstream`] sends a body.
+#[derive(Clone, Copy)]
+enum Framing {
+    /// With `Content-Length`.
+    Length,
+    /// Chunked, with no length announced.
+    Chunked,
+}
+
+/// A stand-in Dataway, raw HTTP/1.1 on loopback, that answers every request with `head`
+/// (status line and headers, without framing) and a body of `size` bytes framed as told,
+/// then closes. It stops writing when the client hangs up.
+async fn hostile_upstream(head: &'static str, size: usize, framing: Framing) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                // The request head (and whatever small body follows it) is not needed.
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let framing_header = match framing {
+                    Framing::Length => format!("content-length: {size}\r\n"),
+                    Framing::Chunked => "transfer-encoding: chunked\r\n".to_string(),
+                };
+                let start = format!("{head}{framing_header}connection: close\r\n\r\n");
+                if s.write_all(start.as_bytes()).await.is_err() {
+                    return;
+                }
+                let piece = vec![b'a'; 1 << 20];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(piece.len());
+                    let sent = match framing {
+                        Framing::Length => s.write_all(&piece[..n]).await,
+                        Framing::Chunked => {
+                            let mut chunk = format!("{n:x}\r\n").into_bytes();
+                            chunk.extend_from_slice(&piece[..n]);
+                            chunk.extend_from_slice(b"\r\n");
+                            s.write_all(&chunk).await
+                        }
+                    };
+                    if sent.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+                if matches!(framing, Framing::Chunked) {
+                    let _ = s.write_all(b"0\r\n\r\n").await;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}?token={TOKEN}")
+}
+
+const LIMIT: usize = dataway::httpcli::MAX_RESPONSE_BODY;
+
+/// An answer's body over the limit is not read into memory and not passed back cut short:
+/// the client gets a 502 naming the limit, with the length announced or not. One at the
+/// limit passes whole.
+#[tokio::test]
+async fn an_answer_over_the_size_limit_is_a_502_naming_it() {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n";
+    for framing in [Framing::Length, Framing::Chunked] {
+        let url = hostile_upstream(head, LIMIT + (8 << 20), framing).await;
+        let d = TestDaemon::start(config_for(&[url], "timeout = \"60s\"", "")).await;
+        let r = reqwest::Client::new()
+            .get(d.url("/v1/datakit/pull"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 502);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains(&format!("over {LIMIT} bytes")) && text.contains("/v1/datakit/pull"),
+            "{text}"
+        );
+        // The daemon is fine, and counted the request by the status Dataway gave.
+        assert_eq!(reqwest::get(d.url("/health")).await.unwrap().status(), 200);
+        d.stop().await;
+    }
+    let url = hostile_upstream(head, LIMIT, Framing::Chunked).await;
+    let d = TestDaemon::start(config_for(&[url], "timeout = \"60s\"", "")).await;
+    let r = reqwest::Client::new()
+        .get(d.url("/v1/datakit/pull"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), LIMIT);
+}
+
+/// Dataway's answer comes back with its status, body and only the headers of
+/// `PASSED_BACK_HEADERS`: no cookie, no other header of an upstream that is not trusted.
+#[tokio::test]
+async fn only_the_answer_headers_the_apis_use_are_passed_back() {
+    let head = "HTTP/1.1 429 Too Many Requests\r\n\
+                content-type: application/json\r\n\
+                content-encoding: identity\r\n\
+                retry-after: 7\r\n\
+                set-cookie: session=evil; Path=/\r\n\
+                set-cookie: other=1\r\n\
+                x-custom: yes\r\n\
+                x-forwarded-host: evil.example.com\r\n\
+                access-control-allow-origin: *\r\n\
+                strict-transport-security: max-age=0\r\n\
+                server: evil/1.0\r\n\
+                www-authenticate: Basic\r\n";
+    let url = hostile_upstream(head, 2, Framing::Length).await;
+    // No retries: the 429 is the answer.
+    let d = TestDaemon::start(config_for(&[url], "max_retry_count = 0", "")).await;
+    let r = reqwest::Client::new()
+        .post(d.url("/v1/query/raw"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let headers = r.headers().clone();
+    assert_eq!(r.text().await.unwrap(), "aa", "the body as it came");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["content-encoding"], "identity");
+    assert_eq!(headers["retry-after"], "7");
+    for (name, _) in &headers {
+        assert!(
+            dataway::endpoint::other_api::PASSED_BACK_HEADERS.contains(&name.as_str())
+                // The daemon's own hop.
+                || ["content-length", "date"].contains(&name.as_str()),
+            "`{name}` passed back: {headers:?}"
+        );
+    }
+}

@@ -1,5 +1,5 @@
 //! What of a caller's "other API" request (`/v1/query/raw`, `/v1/election`, …) goes
-//! upstream, for [`super::Endpoint::request`].
+//! upstream, for [`super::Endpoint::request`], and what of Dataway's answer comes back.
 //!
 //! In: the query string and headers of a request that whoever reaches the ingest port (or an
 //! embedding program) sent. Out: the query without any `token` parameter, and only the
@@ -7,8 +7,15 @@
 //! that reaches Dataway: a client must not add a second `token` (which one a server reads is
 //! its choice) nor smuggle cookies, `X-Forwarded-*` or other headers the Dataway APIs do not
 //! use.
+//!
+//! Back ([`passed_back`]): the answer's status and body, only the headers of
+//! [`PASSED_BACK_HEADERS`], and an error instead of a body cut at
+//! [`httpcli::MAX_RESPONSE_BODY`]. The upstream is not trusted either: it must not set
+//! cookies on, or send other headers to, the daemon's clients.
 
 use reqwest::header::{HeaderMap, HeaderName};
+
+use crate::httpcli::{self, Response};
 
 /// The request headers forwarded to Dataway, as DataKit sends them to these APIs
 /// (GuanceCloud/datakit `internal/io/dataway/dwapis.go`, the `profile` and `rum` inputs):
@@ -41,10 +48,58 @@ pub const FORWARDED_HEADERS: &[&str] = &[
 
 /// The headers of `from` that [`FORWARDED_HEADERS`] lists, every value of each.
 pub fn forwarded_headers(from: &HeaderMap) -> HeaderMap {
+    only(from, FORWARDED_HEADERS)
+}
+
+/// The headers of Dataway's answer passed back to the client: those that say how to read
+/// the body, and when to retry.
+///
+/// - `Content-Type`: the APIs answer JSON (multipart or other types pass as they are);
+/// - `Content-Encoding`: the client's `Accept-Encoding` is forwarded and the body is passed
+///   back as it came, so a compressed body must keep saying so;
+/// - `Retry-After`: with a 429 or 503, when to ask again.
+///
+/// Not passed back: `Set-Cookie` (Dataway's cookies are not for the daemon's clients),
+/// connection headers (`Connection`, `Content-Length`, `Transfer-Encoding`, …: they describe
+/// the upstream hop; the daemon's server sets its own), `Server`, `Date` and any other
+/// header.
+pub const PASSED_BACK_HEADERS: &[&str] = &["content-type", "content-encoding", "retry-after"];
+
+/// Why Dataway's answer was not passed back.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "Dataway's answer to {path} is over {limit} bytes, the most the daemon passes back; \
+     ask for less (a narrower query or a smaller limit)"
+)]
+pub struct AnswerTooLarge {
+    pub path: String,
+    pub limit: usize,
+}
+
+/// What of Dataway's answer to `path` goes back to the client: its status and body, with
+/// only the headers of [`PASSED_BACK_HEADERS`]; an error if its body was over
+/// [`httpcli::MAX_RESPONSE_BODY`] (a cut body must not pass for the whole).
+pub fn passed_back(path: &str, resp: Response) -> Result<Response, AnswerTooLarge> {
+    if resp.truncated {
+        let e = AnswerTooLarge {
+            path: path.to_string(),
+            limit: httpcli::MAX_RESPONSE_BODY,
+        };
+        tracing::warn!(status = %resp.status, "{e}; answered 502");
+        return Err(e);
+    }
+    Ok(Response {
+        headers: only(&resp.headers, PASSED_BACK_HEADERS),
+        ..resp
+    })
+}
+
+/// The headers of `from` named in `names` (lower case), every value of each.
+fn only(from: &HeaderMap, names: &[&str]) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, value) in from {
         // `HeaderName`s are lower case.
-        if FORWARDED_HEADERS.contains(&name.as_str()) {
+        if names.contains(&name.as_str()) {
             out.append(HeaderName::clone(name), value.clone());
         }
     }
@@ -123,5 +178,45 @@ mod tests {
         assert_eq!(out["content-type"], "application/json");
         let tags: Vec<_> = out.get_all("x-global-tags").iter().collect();
         assert_eq!(tags, ["a=1", "b=2"]);
+    }
+
+    fn answer(truncated: bool) -> Response {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+            ("retry-after", "3"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("connection", "close"),
+            ("content-length", "2"),
+            ("x-custom", "yes"),
+            ("server", "dataway"),
+        ] {
+            headers.append(k, HeaderValue::from_static(v));
+        }
+        Response {
+            status: reqwest::StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: bytes::Bytes::from_static(b"{}"),
+            truncated,
+        }
+    }
+
+    #[test]
+    fn only_listed_answer_headers_are_passed_back() {
+        let out = passed_back("/v1/query/raw", answer(false)).unwrap();
+        assert_eq!(out.status, 429);
+        assert_eq!(&out.body[..], b"{}");
+        let names: Vec<_> = out.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "content-encoding", "retry-after"]);
+    }
+
+    #[test]
+    fn a_cut_answer_is_an_error_naming_the_limit() {
+        let e = passed_back("/v1/query/raw", answer(true)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/v1/query/raw"), "{msg}");
+        assert!(msg.contains("33554432 bytes"), "{msg}");
     }
 }

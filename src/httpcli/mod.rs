@@ -8,6 +8,8 @@
 //! never flushed on errors (DataKit closed idle connections after each failure and the TCP
 //! connection count grew under 5xx storms); retries follow `protocol.md`: transport errors,
 //! 429 and 5xx except 501, with exponential backoff plus jitter and `Retry-After` honoured.
+//! An answer's body is read up to [`MAX_RESPONSE_BODY`] only: the server is not trusted to
+//! bound it.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -73,12 +75,23 @@ pub struct Request {
     pub body: Bytes,
 }
 
+/// The most of an answer's body that is read (32 MiB, the default `ingest.max_body`).
+/// Dataway answers a write with a line or two and the other APIs with JSON of a few MiB at
+/// most; a server that sends more (broken, or hostile) must not take the daemon's memory.
+pub const MAX_RESPONSE_BODY: usize = 32 * 1024 * 1024;
+
 /// A response that arrived (any status).
 #[derive(Debug, Clone)]
 pub struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// The body; when `truncated`, only its first bytes (none if its declared length was
+    /// already over the limit).
     pub body: Bytes,
+    /// The server sent, or announced, more than [`MAX_RESPONSE_BODY`] bytes: the rest was
+    /// not read (and the connection is not reused). Whoever passes the body on must not
+    /// pass this one as if whole.
+    pub truncated: bool,
 }
 
 /// The end of a logical request: its last response or transport error, after retries.
@@ -215,7 +228,7 @@ impl HttpCli {
     }
 
     async fn attempt(&self, req: &Request) -> Result<Response, reqwest::Error> {
-        let resp = self
+        let mut resp = self
             .client
             .request(req.method.clone(), &req.url)
             .headers(req.headers.clone())
@@ -224,13 +237,35 @@ impl HttpCli {
             .await?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await?;
+        let (body, truncated) = read_body(&mut resp, MAX_RESPONSE_BODY).await?;
         Ok(Response {
             status,
             headers,
             body,
+            truncated,
         })
     }
+}
+
+/// The body of `resp`, at most `max` bytes of it, and whether there was more.
+async fn read_body(
+    resp: &mut reqwest::Response,
+    max: usize,
+) -> Result<(Bytes, bool), reqwest::Error> {
+    let declared = resp.content_length();
+    if declared.is_some_and(|n| n > max as u64) {
+        return Ok((Bytes::new(), true));
+    }
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = resp.chunk().await? {
+        let room = max - buf.len();
+        if chunk.len() > room {
+            buf.extend_from_slice(&chunk[..room]);
+            return Ok((buf.freeze(), true));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok((buf.freeze(), false))
 }
 
 /// `Retry-After` as seconds or an HTTP date.

@@ -31,7 +31,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, get, on, post};
@@ -177,7 +177,14 @@ pub async fn serve(
         max_connections: state.config.max_connections,
         header_read_timeout: state.config.header_read_timeout,
     };
-    server::serve(listener, router(state), limits, close).await
+    server::serve(
+        listener,
+        router(state.clone()),
+        limits,
+        state.metrics.clone(),
+        close,
+    )
+    .await
 }
 
 /// Lets a write in, counted until its answer, unless ingest is draining. Runs as soon as
@@ -290,20 +297,6 @@ async fn health() -> &'static str {
     "ok"
 }
 
-/// Headers that describe a hop, not the message: not passed back from Dataway's answer.
-/// (What of a request goes upstream is decided by `endpoint::other_api`: an allow-list.)
-const HOP_HEADERS: &[HeaderName] = &[
-    header::HOST,
-    header::CONNECTION,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
 async fn forward(
     State(st): State<Arc<IngestState>>,
     method: Method,
@@ -336,16 +329,16 @@ async fn forward(
         .request(method, uri.path(), query.as_deref(), headers, body)
         .await
     {
-        Ok(resp) => {
-            let mut out = Response::new(axum::body::Body::from(resp.body));
-            *out.status_mut() = resp.status;
-            for (k, v) in resp.headers.iter() {
-                if !HOP_HEADERS.contains(k) {
-                    out.headers_mut().append(k.clone(), v.clone());
-                }
+        // What of the answer comes back: `endpoint::other_api`, an allow-list.
+        Ok(resp) => match crate::endpoint::other_api::passed_back(uri.path(), resp) {
+            Ok(resp) => {
+                let mut out = Response::new(axum::body::Body::from(resp.body));
+                *out.status_mut() = resp.status;
+                *out.headers_mut() = resp.headers;
+                out
             }
-            out
-        }
+            Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        },
         Err(e @ ApiError::NotHttp(_)) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
     }

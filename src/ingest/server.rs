@@ -24,11 +24,14 @@
 //!   before it was accepted (`ECONNABORTED`, ...) is skipped.
 //! - **Closing** (the daemon cancels `close` after its drain): the listener closes, idle
 //!   connections are closed at once, those with a request in progress finish it first.
+//!
+//! Counted in `dataway_ingest_connections` (open now), `dataway_ingest_connections_max`
+//! (the cap in effect) and `dataway_ingest_connections_closed_total{reason}` ([`Closed`]).
 
 use std::collections::BTreeMap;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -38,6 +41,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
 
 /// The limits of [`serve`], from `[ingest]`.
 #[derive(Debug, Clone, Copy)]
@@ -53,16 +58,65 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How often, at most, a full cap or a descriptor shortage is logged as a warning.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// Why a connection ended: the `reason` label of `dataway_ingest_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client closed it, or an answer said `Connection: close` (while draining).
+    Client,
+    /// No complete request head within `header_read_timeout` (slow or idle keep-alive).
+    HeaderTimeout,
+    /// Closed idle to make room for a new connection under the cap.
+    IdleEvicted,
+    /// Closed idle to free a descriptor after an accept error (`EMFILE`, ...).
+    AcceptError,
+    /// The server closed.
+    Shutdown,
+    /// A malformed request or an I/O error.
+    Error,
+}
+
+impl Closed {
+    pub const ALL: [Closed; 6] = [
+        Closed::Client,
+        Closed::HeaderTimeout,
+        Closed::IdleEvicted,
+        Closed::AcceptError,
+        Closed::Shutdown,
+        Closed::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::Client => "client",
+            Closed::HeaderTimeout => "header_timeout",
+            Closed::IdleEvicted => "idle_evicted",
+            Closed::AcceptError => "accept_error",
+            Closed::Shutdown => "shutdown",
+            Closed::Error => "error",
+        }
+    }
+}
+
 /// Serves connections from `listener` until `close` is cancelled, then stops listening and
 /// returns once every connection has ended (each finishing the request it is in).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    metrics: Arc<Metrics>,
     close: CancellationToken,
 ) -> std::io::Result<()> {
     let cap = connection_cap(limits.max_connections);
-    let conns = Arc::new(Conns::default());
+    metrics
+        .ingest_connections_max
+        .set(i64::try_from(cap).unwrap_or(i64::MAX));
+    // Every reason from the start (at zero), so a rate or an alert has a series to read.
+    for c in Closed::ALL {
+        metrics
+            .ingest_connections_closed_total
+            .with_label_values(&[c.label()]);
+    }
+    let conns = Arc::new(Conns::new(metrics));
     let mut warned: Option<Instant> = None;
     let mut warn = |what: &str| {
         if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
@@ -80,7 +134,7 @@ pub async fn serve(
                 }
                 Err(e) => {
                     // Most likely out of descriptors: free one, and let the others go first.
-                    conns.close_idle(1);
+                    conns.close_idle(1, Closed::AcceptError);
                     warn(&format!(
                         "cannot accept connections: {e}; closing the oldest idle connection \
                          and pausing {ACCEPT_BACKOFF:?} (raise the open-file limit, or lower \
@@ -171,17 +225,27 @@ struct Conn {
     requests: AtomicUsize,
     /// Cancelled to make room: the connection closes now if idle, after its request if not.
     evict: CancellationToken,
+    /// Why `evict` was cancelled, set before it is.
+    evicted_for: OnceLock<Closed>,
 }
 
 /// The open connections by id, so oldest first; and the next id.
-#[derive(Default)]
 struct Conns {
     open: Mutex<(u64, BTreeMap<u64, Arc<Conn>>)>,
     /// Notified when a connection ends or a request on one does.
     changed: Notify,
+    metrics: Arc<Metrics>,
 }
 
 impl Conns {
+    fn new(metrics: Arc<Metrics>) -> Conns {
+        Conns {
+            open: Mutex::default(),
+            changed: Notify::new(),
+            metrics,
+        }
+    }
+
     fn len(&self) -> usize {
         self.open.lock().unwrap().1.len()
     }
@@ -193,13 +257,23 @@ impl Conns {
         let conn = Arc::new(Conn {
             requests: AtomicUsize::new(0),
             evict: CancellationToken::new(),
+            evicted_for: OnceLock::new(),
         });
         open.1.insert(id, conn.clone());
+        self.metrics.ingest_connections.set(open.1.len() as i64);
         (id, conn)
     }
 
-    fn remove(&self, id: u64) {
-        self.open.lock().unwrap().1.remove(&id);
+    fn remove(&self, id: u64, why: Closed) {
+        {
+            let mut open = self.open.lock().unwrap();
+            open.1.remove(&id);
+            self.metrics.ingest_connections.set(open.1.len() as i64);
+        }
+        self.metrics
+            .ingest_connections_closed_total
+            .with_label_values(&[why.label()])
+            .inc();
         self.changed.notify_waiters();
     }
 
@@ -212,21 +286,28 @@ impl Conns {
             return true;
         }
         let closing = open.1.values().filter(|c| c.evict.is_cancelled()).count();
-        evict_idle(&open.1, (n + 1 - cap).saturating_sub(closing));
+        evict_idle(
+            &open.1,
+            (n + 1 - cap).saturating_sub(closing),
+            Closed::IdleEvicted,
+        );
         false
     }
 
-    /// Asks the `n` oldest idle connections to close.
-    fn close_idle(&self, n: usize) {
-        evict_idle(&self.open.lock().unwrap().1, n);
+    /// Asks the `n` oldest idle connections to close, for `why`.
+    fn close_idle(&self, n: usize, why: Closed) {
+        evict_idle(&self.open.lock().unwrap().1, n, why);
     }
 }
 
-fn evict_idle(open: &BTreeMap<u64, Arc<Conn>>, n: usize) {
+fn evict_idle(open: &BTreeMap<u64, Arc<Conn>>, n: usize, why: Closed) {
     open.values()
         .filter(|c| !c.evict.is_cancelled() && c.requests.load(Ordering::SeqCst) == 0)
         .take(n)
-        .for_each(|c| c.evict.cancel());
+        .for_each(|c| {
+            let _ = c.evicted_for.set(why);
+            c.evict.cancel();
+        });
 }
 
 /// A request in progress on a connection.
@@ -275,24 +356,29 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
     let mut connection = pin!(builder.serve_connection(TokioIo::new(stream), service));
-    let mut asked = false;
-    loop {
+    // Why we asked it to close, once we have.
+    let mut asked: Option<Closed> = None;
+    let why = loop {
         tokio::select! {
-            r = connection.as_mut() => {
-                if let Err(e) = r {
+            r = connection.as_mut() => break match r {
+                Ok(()) => asked.unwrap_or(Closed::Client),
+                Err(e) if e.is_timeout() => Closed::HeaderTimeout,
+                Err(e) => {
                     tracing::debug!("ingest connection ended: {e}");
+                    asked.unwrap_or(Closed::Error)
                 }
-                break;
+            },
+            _ = conn.evict.cancelled(), if asked.is_none() => {
+                asked = Some(conn.evicted_for.get().copied().unwrap_or(Closed::Error));
             }
-            _ = conn.evict.cancelled(), if !asked => asked = true,
-            _ = close.cancelled(), if !asked => asked = true,
+            _ = close.cancelled(), if asked.is_none() => asked = Some(Closed::Shutdown),
         }
         // Asked to close: an idle connection now (dropping it closes the socket); one in a
         // request once its answer is sent.
         if conn.requests.load(Ordering::SeqCst) == 0 {
-            break;
+            break asked.unwrap_or(Closed::Error);
         }
         connection.as_mut().graceful_shutdown();
-    }
-    conns.remove(id);
+    };
+    conns.remove(id, why);
 }

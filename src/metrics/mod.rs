@@ -7,7 +7,8 @@
 mod summary;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 use reqwest::StatusCode;
 
@@ -74,7 +75,7 @@ pub struct Metrics {
     /// `write_error`: could not be stored).
     pub failcache_dropped_total: IntCounterVec,
     /// `dataway_memory_budget_bytes`: the memory budget (`dataway.max_pending_bytes`).
-    pub memory_budget_bytes: prometheus::IntGauge,
+    pub memory_budget_bytes: IntGauge,
     /// `dataway_memory_budget_used_bytes{part}`: what of it is held, by `reading` (request
     /// bodies being read and decompressed) and `points` (parsed, queued, being sent);
     /// set when `/metrics` is read.
@@ -86,6 +87,18 @@ pub struct Metrics {
     /// `dataway_store_reopens_total{store,name,result}`: reopens of a redb file after an I/O
     /// error, by `result` (`ok`, `error`: still failing, tried again after a longer backoff).
     pub store_reopens_total: IntCounterVec,
+    /// `dataway_ingest_connections`: ingest connections open now.
+    pub ingest_connections: IntGauge,
+    /// `dataway_ingest_connections_max`: the connection cap in effect (`max_connections`,
+    /// or half the open-file limit when that is lower).
+    pub ingest_connections_max: IntGauge,
+    /// `dataway_ingest_connections_closed_total{reason}`: ingest connections ended, by why
+    /// (`client`: the client closed it, or an answer said `Connection: close`;
+    /// `header_timeout`: no complete request head within `header_read_timeout`;
+    /// `idle_evicted`: closed idle to make room under the cap; `accept_error`: closed idle to
+    /// free a descriptor after an accept error; `shutdown`; `error`: a malformed request or
+    /// an I/O error).
+    pub ingest_connections_closed_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -108,6 +121,13 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let single_gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
             registry
                 .register(Box::new(g.clone()))
                 .expect("unique metric");
@@ -234,17 +254,10 @@ impl Metrics {
                 "Fail-cache records given up on, by endpoint and reason",
                 &["endpoint", "reason"],
             ),
-            memory_budget_bytes: {
-                let g = prometheus::IntGauge::new(
-                    "dataway_memory_budget_bytes",
-                    "The memory budget for data in flight (dataway.max_pending_bytes)",
-                )
-                .expect("valid metric");
-                registry
-                    .register(Box::new(g.clone()))
-                    .expect("unique metric");
-                g
-            },
+            memory_budget_bytes: single_gauge(
+                "dataway_memory_budget_bytes",
+                "The memory budget for data in flight (dataway.max_pending_bytes)",
+            ),
             memory_budget_used_bytes: gauge(
                 "dataway_memory_budget_used_bytes",
                 "Bytes of the memory budget held: request bodies being read (reading) and points (points)",
@@ -259,6 +272,19 @@ impl Metrics {
                 "dataway_store_reopens_total",
                 "Reopens of the fail-cache and WAL files after an I/O error, by store, name and result",
                 &["store", "name", "result"],
+            ),
+            ingest_connections: single_gauge(
+                "dataway_ingest_connections",
+                "Ingest connections open",
+            ),
+            ingest_connections_max: single_gauge(
+                "dataway_ingest_connections_max",
+                "Ingest connection cap in effect: max_connections, or half the open-file limit when lower",
+            ),
+            ingest_connections_closed_total: counter(
+                "dataway_ingest_connections_closed_total",
+                "Ingest connections ended, by reason",
+                &["reason"],
             ),
             registry,
         };

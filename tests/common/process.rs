@@ -190,3 +190,98 @@ impl Drop for DaemonProcess {
         }
     }
 }
+
+impl DaemonProcess {
+    /// As [`DaemonProcess::start`], with the child's open-file limit, soft and hard, set to
+    /// `limit` before it runs (so its raise to the hard limit cannot lift it): the daemon
+    /// on a host that gives it few descriptors.
+    pub fn start_with_open_file_limit(
+        cfg: &Path,
+        env: &[(&str, &str)],
+        limit: u64,
+    ) -> DaemonProcess {
+        DaemonProcess::start_with(cfg, env, |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only setrlimit(2) runs, which is
+            // async-signal-safe; nothing is allocated or locked.
+            unsafe {
+                cmd.pre_exec(move || {
+                    use rustix::process::{Resource, Rlimit, setrlimit};
+                    let l = Rlimit {
+                        current: Some(limit),
+                        maximum: Some(limit),
+                    };
+                    setrlimit(Resource::Nofile, l).map_err(std::io::Error::from)
+                });
+            }
+        })
+    }
+
+    /// As [`DaemonProcess::start`], with `customize` applied to the command before it is
+    /// spawned.
+    pub fn start_with(
+        cfg: &Path,
+        env: &[(&str, &str)],
+        customize: impl FnOnce(&mut Command),
+    ) -> DaemonProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataway"));
+        cmd.args(["run", "-c"])
+            .arg(cfg)
+            .env_remove("ENV_DATAWAY")
+            .env_remove("ENV_DATAWAY_TIMEOUT")
+            .env_remove("ENV_DATAWAY_HTTP_PROXY")
+            .env_remove("RUST_LOG")
+            // As `start_in`: the compiled-plugin cache stays in the build directory.
+            .env(
+                "XDG_CACHE_HOME",
+                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        customize(&mut cmd);
+        let mut child = cmd.spawn().expect("start dataway");
+        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        // As `start_in`: stderr drained for the whole life of the process.
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = closed.clone();
+        let reader = std::thread::spawn(move || {
+            let (text, cv) = &*l;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                cv.notify_all();
+            }
+            let _held = text.lock().unwrap();
+            c.store(true, std::sync::atomic::Ordering::SeqCst);
+            cv.notify_all();
+        });
+        let mut p = DaemonProcess {
+            child: Some(child),
+            addr: "0.0.0.0:0".parse().unwrap(),
+            log,
+            closed,
+            reader: Some(reader),
+        };
+        let line = p
+            .wait_log(Duration::from_secs(60), |l| {
+                l.lines()
+                    .find(|x| x.contains("ingest server listening"))
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| panic!("dataway did not report its address:\n{}", p.log()));
+        p.addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("listen="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listen= address in {line}"));
+        p
+    }
+}
