@@ -47,7 +47,7 @@ impl Ctx {
     /// means the daemon has nothing more to send.
     fn drain(&self) -> (Duration, Duration) {
         if self.quick {
-            (Duration::from_secs(45), Duration::from_secs(6))
+            (Duration::from_secs(45), Duration::from_secs(4))
         } else {
             (Duration::from_secs(120), Duration::from_secs(15))
         }
@@ -58,11 +58,17 @@ impl Ctx {
         Duration::from_secs(if self.quick { 5 } else { 30 })
     }
 
+    /// The outage that must fill a 2 MiB fail-cache (a debug build stores bodies slowly).
+    fn disk_window(&self) -> Duration {
+        Duration::from_secs(if self.quick { 15 } else { 30 })
+    }
+
     fn shape(&self) -> Shape {
         Shape {
-            writers: 4,
-            batch: if self.quick { 100 } else { 500 },
-            pause: Duration::from_millis(20),
+            writers: if self.quick { 2 } else { 4 },
+            // Each write is one body upstream: big enough that a fault fills a small disk.
+            batch: 500,
+            pause: Duration::from_millis(if self.quick { 50 } else { 20 }),
         }
     }
 
@@ -164,6 +170,14 @@ async fn metric_sum(addr: SocketAddr, name: &str) -> Option<f64> {
     )
 }
 
+/// The row as it ends: with the daemon's last log lines if it failed.
+fn done(mut o: Outcome, d: &Daemon) -> Outcome {
+    if !o.broken.is_empty() {
+        o.log_tail = Some(d.log_tail(20));
+    }
+    o
+}
+
 fn failed(mut o: Outcome, why: String) -> Outcome {
     o.check(false, why);
     o
@@ -173,9 +187,13 @@ fn failed(mut o: Outcome, why: String) -> Outcome {
 // (1) gzip bomb
 
 /// 32 MiB of `a v=1` lines gzipped (~49 KB), sent once and then 4 at a time to a daemon on
-/// its default config.
+/// its default config. The quick form sends 4 MiB bombs: a debug build takes minutes to
+/// parse the full ones.
 pub async fn gzip_bomb(ctx: &Ctx) -> Outcome {
-    let mut o = Outcome::new("gzip bomb: 32 MiB of `a v=1` in ~49 KB, 1 then 4 at once");
+    let mib: u64 = if ctx.quick { 4 } else { 32 };
+    let mut o = Outcome::new(&format!(
+        "gzip bomb: {mib} MiB of `a v=1` gzipped, 1 then 4 at once"
+    ));
     let dir = ctx.dir("gzip-bomb");
     let recv = Receiver::start().await;
     let cfg = config(
@@ -194,8 +212,8 @@ pub async fn gzip_bomb(ctx: &Ctx) -> Outcome {
         Err(e) => return failed(o, e),
     };
     let s = Sampler::start(d.pid);
-    // Just under the default max_body (32 MiB), so it is not refused for its size.
-    let lines_per_bomb: u64 = (32 << 20) / 6;
+    // At most the default max_body (32 MiB), so it is not refused for its size.
+    let lines_per_bomb: u64 = (mib << 20) / 6;
     let bomb = {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         let chunk = "a v=1\n".repeat(1 << 16);
@@ -290,7 +308,7 @@ pub async fn gzip_bomb(ctx: &Ctx) -> Outcome {
     );
     (o.peak_rss_kib, o.peak_fds) = s.peaks();
     ctx.judge_rss(&mut o);
-    o
+    done(o, &d)
 }
 
 /// `n` copies of `f()` run at once.
@@ -377,7 +395,7 @@ pub async fn idle_connections(ctx: &Ctx) -> Outcome {
     );
     settle(ctx, &mut o, &ledger, &recv, &s).await;
     o.check(o.lost == 0, format!("{} acknowledged points lost", o.lost));
-    o
+    done(o, &d)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -450,7 +468,7 @@ pub async fn kill9(ctx: &Ctx, wal: bool) -> Outcome {
         ));
     }
     o.note("healthy after: from the restart (start-up and WAL replay included)");
-    o
+    done(o, &d)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -543,7 +561,7 @@ pub async fn failcache_full(ctx: &Ctx) -> Outcome {
     let load = Load::start(d.addr, ledger.clone(), "fcfull", ctx.shape());
     tokio::time::sleep(Duration::from_secs(1)).await;
     recv.set_mode(Mode::Down);
-    tokio::time::sleep(ctx.window()).await;
+    tokio::time::sleep(ctx.disk_window()).await;
     load.stop().await;
     let drops_in_fault = metric_sum(d.addr, "dataway_dropped_points_total")
         .await
@@ -597,7 +615,7 @@ pub async fn failcache_full(ctx: &Ctx) -> Outcome {
         lost_after == 0,
         format!("{lost_after} points lost in an outage after space came back: the fail-cache did not recover"),
     );
-    o
+    done(o, &d)
 }
 
 /// The WAL (and fail-cache) data dir is a 2 MiB tmpfs; the stand-in hangs under load so the
@@ -640,8 +658,8 @@ pub async fn wal_full(ctx: &Ctx) -> Outcome {
         .await
         .unwrap_or(0.0);
     o.check(
-        disk_filled(&d, drops) || ledger.statuses().contains("503"),
-        "the disk never filled (no ENOSPC, no 503): the attack did nothing; raise the load",
+        disk_filled(&d, drops),
+        "the disk never filled (no ENOSPC logged, nothing dropped): the attack did nothing; raise the load",
     );
     if let Err(e) = disk.grow("256m") {
         return failed(o, format!("remount the tmpfs bigger: {e}"));
@@ -656,7 +674,7 @@ pub async fn wal_full(ctx: &Ctx) -> Outcome {
         o.lost == 0,
         format!("{} acknowledged points lost with the WAL on", o.lost),
     );
-    o
+    done(o, &d)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -767,7 +785,7 @@ pub async fn hostile_plugins(ctx: &Ctx) -> Outcome {
         }
         None => o.check(false, "SIGTERM did not stop the daemon within 30 s"),
     }
-    o
+    done(o, &d)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -890,6 +908,11 @@ pub async fn malformed_bodies(ctx: &Ctx) -> Outcome {
             .send("POST", bad.path, &bad.headers, Bytes::from(bad.body))
             .await;
         ledger.settle(seqs, &answer);
+        if bad.kind == "over max_body" {
+            // The daemon answers 413 before reading it all and closes the connection: a
+            // new one for the next body, so its failure is not counted against that body.
+            client = Client::new(d.addr, Duration::from_secs(30));
+        }
         let key = match &answer {
             Ok((s, _)) => s.to_string(),
             Err(_) => "error".into(),
@@ -920,5 +943,5 @@ pub async fn malformed_bodies(ctx: &Ctx) -> Outcome {
         let a: Vec<String> = answers.iter().map(|(k, v)| format!("{k}×{v}")).collect();
         o.note(format!("{kind}: {}", a.join(" ")));
     }
-    o
+    done(o, &d)
 }

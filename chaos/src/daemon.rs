@@ -3,7 +3,7 @@
 //! line, so no free-port race), its stderr kept for the report; and what it costs the host
 //! (peak RSS and open descriptors, read from `/proc`).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -24,8 +24,13 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `bin run -c cfg` with `XDG_CACHE_HOME=xdg` (never the user's cache) and waits
-    /// for its ingest address.
+    /// for its ingest address. Its log is kept, and appended to `daemon.log` beside `cfg`.
     pub async fn start(bin: &Path, cfg: &Path, xdg: &Path) -> Result<Daemon, String> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.with_file_name("daemon.log"))
+            .ok();
         let mut child = Command::new(bin)
             .args(["run", "-c"])
             .arg(cfg)
@@ -51,6 +56,9 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 let mut text = l.lock().unwrap();
                 text.push_str(&line);
                 text.push('\n');

@@ -188,11 +188,12 @@ pub fn lines(row: &str, seqs: Range<u64>) -> String {
     for s in seqs {
         let _ = writeln!(
             out,
-            "chaos,row={row},host=h{} seq={s}i,v={}.5,pad=\"{:016x}{:016x}\"",
+            "chaos,row={row},host=h{} seq={s}i,v={}.5,pad=\"{:016x}{:016x}{:016x}\"",
             s % 16,
             s % 1000,
             mix(s),
-            mix(!s)
+            mix(!s),
+            mix(s ^ 0x5555)
         );
     }
     out

@@ -27,6 +27,8 @@ pub struct Outcome {
     /// Rules broken (empty: PASS).
     pub broken: Vec<String>,
     pub notes: Vec<String>,
+    /// The daemon's last log lines, shown when the row fails.
+    pub log_tail: Option<String>,
 }
 
 impl Outcome {
@@ -148,6 +150,11 @@ pub fn table(rows: &[Outcome]) -> String {
         }
         for n in &r.notes {
             out.push_str(&format!("- {n}\n"));
+        }
+        if let (false, Some(tail)) = (r.broken.is_empty(), &r.log_tail) {
+            out.push_str(&format!(
+                "- the daemon's last log lines:\n```\n{tail}\n```\n"
+            ));
         }
     }
     out
