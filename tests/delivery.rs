@@ -580,3 +580,25 @@ async fn transport_errors_never_log_the_token_and_other_apis_answer_502() {
         "the hanging endpoint was tried and retried"
     );
 }
+
+/// A `file://` endpoint's output holds customer data: the directory and files the daemon
+/// creates are 0700 and 0600 whatever the umask (the test's umask is the usual 022, under
+/// which they would otherwise be 0755 and 0644).
+#[tokio::test]
+async fn a_file_endpoint_creates_its_directory_and_files_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let out = common::scratch_dir("file-endpoint").join("out");
+    let d = TestDaemon::start(config_for(
+        &[format!("file://{}", out.display())],
+        "",
+        "",
+    ))
+    .await;
+    assert_eq!(d.post("metric", lines("m", 3, 0)).await.status().as_u16(), 200);
+    d.stop().await;
+    let file = out.join("metric.lp");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o700);
+    assert_eq!(mode(&file), 0o600);
+}

@@ -830,10 +830,16 @@ impl FileSink {
         let _guard = self.lock.lock().await;
         let path = self.dir.join(format!("{}.lp", category.name()));
         let result = async {
-            tokio::fs::create_dir_all(&self.dir).await?;
+            // What the daemon creates here holds customer data: the directory 0700 and
+            // the files 0600, whatever the umask. A directory or file that already exists
+            // keeps the mode its owner gave it (another reader may be meant to see it).
+            let mut dir = tokio::fs::DirBuilder::new();
+            dir.recursive(true).mode(0o700);
+            dir.create(&self.dir).await?;
             let mut f = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&path)
                 .await?;
             let mut data = Vec::with_capacity(body.payload.len() + 1);

@@ -30,68 +30,11 @@ impl DaemonProcess {
 
     /// As [`DaemonProcess::start`], in the working directory `cwd` if given.
     pub fn start_in(cfg: &Path, cwd: Option<&Path>, env: &[(&str, &str)]) -> DaemonProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataway"));
-        if let Some(dir) = cwd {
-            cmd.current_dir(dir);
-        }
-        cmd.args(["run", "-c"])
-            .arg(cfg)
-            .env_remove("ENV_DATAWAY")
-            .env_remove("ENV_DATAWAY_TIMEOUT")
-            .env_remove("ENV_DATAWAY_HTTP_PROXY")
-            .env_remove("RUST_LOG")
-            // The default compiled-plugin cache is $XDG_CACHE_HOME/dataway/plugins: keep it
-            // in the build directory, never the user's ~/.cache.
-            .env(
-                "XDG_CACHE_HOME",
-                std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start dataway");
-        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        // Drain stderr for the whole life of the process: a full pipe would block its logging.
-        let stderr = child.stderr.take().unwrap();
-        let l = log.clone();
-        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let c = closed.clone();
-        let reader = std::thread::spawn(move || {
-            let (text, cv) = &*l;
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut text = text.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-                cv.notify_all();
+        DaemonProcess::start_with(cfg, env, |cmd| {
+            if let Some(dir) = cwd {
+                cmd.current_dir(dir);
             }
-            let _held = text.lock().unwrap();
-            c.store(true, std::sync::atomic::Ordering::SeqCst);
-            cv.notify_all();
-        });
-        let mut p = DaemonProcess {
-            child: Some(child),
-            addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-            closed,
-            reader: Some(reader),
-        };
-        let line = p
-            .wait_log(Duration::from_secs(60), |l| {
-                l.lines()
-                    .find(|x| x.contains("ingest server listening"))
-                    .map(String::from)
-            })
-            .unwrap_or_else(|| panic!("dataway did not report its address:\n{}", p.log()));
-        p.addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no listen= address in {line}"));
-        p
+        })
     }
 
     /// `http://ADDR{path}`.
@@ -231,7 +174,8 @@ impl DaemonProcess {
             .env_remove("ENV_DATAWAY_TIMEOUT")
             .env_remove("ENV_DATAWAY_HTTP_PROXY")
             .env_remove("RUST_LOG")
-            // As `start_in`: the compiled-plugin cache stays in the build directory.
+            // The default compiled-plugin cache is $XDG_CACHE_HOME/dataway/plugins: keep it
+            // in the build directory, never the user's ~/.cache.
             .env(
                 "XDG_CACHE_HOME",
                 std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
@@ -245,7 +189,7 @@ impl DaemonProcess {
         customize(&mut cmd);
         let mut child = cmd.spawn().expect("start dataway");
         let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        // As `start_in`: stderr drained for the whole life of the process.
+        // Drain stderr for the whole life of the process: a full pipe would block its logging.
         let stderr = child.stderr.take().unwrap();
         let l = log.clone();
         let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
