@@ -43,22 +43,39 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Answer {
-        let answer = tokio::time::timeout(self.timeout, self.attempt(method, path, headers, body))
+        let (timeout, host) = (self.timeout, self.addr.to_string());
+        let attempt = async {
+            let sender = self.connected().await?;
+            sender.ready().await.map_err(|e| e.to_string())?;
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("host", host);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+            let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            Ok((status, body))
+        };
+        let answer = tokio::time::timeout(timeout, attempt)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)));
+            .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
         if answer.is_err() {
             self.conn = None;
         }
         answer
     }
 
-    async fn attempt(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Bytes,
-    ) -> Answer {
+    /// The keep-alive connection, made anew if there is none or it closed.
+    async fn connected(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, String> {
         if self.conn.as_ref().is_none_or(|c| c.is_closed()) {
             let stream = TcpStream::connect(self.addr)
                 .await
@@ -69,25 +86,7 @@ impl Client {
             tokio::spawn(conn);
             self.conn = Some(sender);
         }
-        let sender = self.conn.as_mut().expect("connected");
-        sender.ready().await.map_err(|e| e.to_string())?;
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", self.addr.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
+        Ok(self.conn.as_mut().expect("connected"))
     }
 }
 

@@ -14,11 +14,12 @@ mod daemon;
 mod load;
 mod receiver;
 mod report;
+mod row;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use attacks::Ctx;
+use row::Ctx;
 
 const USAGE: &str = "\
 usage: dataway-chaos [--quick] [--daemon PATH] [--only ROWS] [--rss-budget MIB] [--judge-rss]
