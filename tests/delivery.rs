@@ -588,13 +588,11 @@ async fn transport_errors_never_log_the_token_and_other_apis_answer_502() {
 async fn a_file_endpoint_creates_its_directory_and_files_private() {
     use std::os::unix::fs::PermissionsExt;
     let out = common::scratch_dir("file-endpoint").join("out");
-    let d = TestDaemon::start(config_for(
-        &[format!("file://{}", out.display())],
-        "",
-        "",
-    ))
-    .await;
-    assert_eq!(d.post("metric", lines("m", 3, 0)).await.status().as_u16(), 200);
+    let d = TestDaemon::start(config_for(&[format!("file://{}", out.display())], "", "")).await;
+    assert_eq!(
+        d.post("metric", lines("m", 3, 0)).await.status().as_u16(),
+        200
+    );
     d.stop().await;
     let file = out.join("metric.lp");
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 3);
