@@ -22,6 +22,7 @@ fn cache(dir: &std::path::Path) -> FailCache {
         Limits {
             max_capacity: 1 << 40,
             drop_expired_after: Duration::from_secs(3600),
+            shed_on_full_disk: true,
         },
         "bench".into(),
         Arc::new(Metrics::new()),

@@ -279,3 +279,83 @@ async fn the_wal_on_a_full_disk_answers_503_and_takes_writes_again_once_space_is
     );
     d.stop().await;
 }
+
+/// The chaos row "WAL on a full disk" at test size: the WAL and the fail-cache share a full
+/// tmpfs while the endpoint fails. Bodies that fail after retries cannot go to the
+/// fail-cache (the WAL filled the disk), and nothing already in the cache is shed (it was
+/// acknowledged and has left the WAL): the WAL holds them and the endpoint sends them again.
+/// Once the disk has room and the endpoint is back, every acknowledged point is delivered
+/// without a restart, and nothing is counted as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_wal_on_a_full_disk_loses_no_acknowledged_point_and_recovers_without_restart() {
+    let Some(fs) = Tmpfs::mount("full-disk-wal-fc", "2m") else {
+        return;
+    };
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let d = TestDaemon::start(config_for(
+        &[dw.url("t")],
+        &format!(
+            "gzip = false\nmax_retry_count = 1\nretry_delay = \"10ms\"\n\
+             max_retry_delay = \"50ms\"\n[dataway.wal]\nenabled = true\npath = \"{}\"\n\
+             [dataway.fail_cache]\npath = \"{}\"\nclean_interval = \"200ms\"",
+            fs.path().join("wal").display(),
+            fs.path().join("fc").display()
+        ),
+        "",
+    ))
+    .await;
+    const PER: usize = 2000;
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        match d
+            .post("metric", lines("cpu", PER, i * PER))
+            .await
+            .status()
+            .as_u16()
+        {
+            200 => acked.push(i),
+            503 => {}
+            s => panic!("write {i}: {s}"),
+        }
+    }
+    assert!(acked.len() < 40, "the disk never filled");
+    // The fail-cache refused a body (counted as its `write_error`; the body stays in the
+    // WAL, so no point is counted as dropped).
+    let refused = format!(
+        "dataway_failcache_dropped_total{{endpoint=\"http://{}?token=***\",reason=\"write_error\"}}",
+        dw.addr
+    );
+    let m = d.metrics.clone();
+    assert!(
+        until(60, || metric(&m.encode_text(), &refused) > 0).await,
+        "the fail-cache never refused a body: {}",
+        m.encode_text()
+    );
+    fs.grow("64m");
+    dw.set_default(None);
+    let want: Vec<u64> = acked
+        .iter()
+        .flat_map(|&i| (i * PER) as u64..((i + 1) * PER) as u64)
+        .collect();
+    assert!(
+        until(120, || {
+            let got = seqs(&dw);
+            want.iter().all(|s| got.contains_key(s))
+        })
+        .await,
+        "acknowledged points not delivered without a restart: {} of {}",
+        {
+            let got = seqs(&dw);
+            want.iter().filter(|s| got.contains_key(s)).count()
+        },
+        want.len()
+    );
+    let text = m.encode_text();
+    let dropped: f64 = samples_matching(&text, "dataway_dropped_points_total", &[])
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(dropped, 0.0, "{text}");
+    d.stop().await;
+}

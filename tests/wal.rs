@@ -266,3 +266,79 @@ async fn a_replay_stuck_on_a_down_endpoint_does_not_hold_ingest_shut() {
     // What was not delivered is still in the WAL for the next start.
     assert_eq!(wal_entries(&wal), 5);
 }
+
+/// Issue 11, the chaos row "WAL on a full disk": a body that failed after retries and that
+/// the fail-cache could not take was left in the WAL "for the next start", so its
+/// acknowledged points waited for a restart (the chaos suite saw 8,000 of them never
+/// delivered). Now the WAL holds it and the endpoint sends it again every `clean_interval`
+/// until it is delivered, without a restart, counting nothing as dropped. Here the cache
+/// cannot open its directory (a file is in the way); on a full disk its push fails the same
+/// way (`tests/full_disk.rs` has that case on a real tmpfs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_the_fail_cache_cannot_take_is_held_by_the_wal_and_sent_again() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Status(503)));
+    let dir = scratch_dir("wal-held");
+    let in_the_way = dir.join("fc");
+    std::fs::write(
+        &in_the_way,
+        "a file where the fail-cache directory should be",
+    )
+    .unwrap();
+    let d = TestDaemon::start(config_for(
+        &[dw.url("t")],
+        &format!(
+            "max_retry_count = 1\nretry_delay = \"10ms\"\n\
+             [dataway.fail_cache]\npath = \"{}\"\nclean_interval = \"100ms\"\n\
+             [dataway.wal]\nenabled = true\npath = \"{}\"",
+            in_the_way.display(),
+            dir.join("wal").display()
+        ),
+        "",
+    ))
+    .await;
+    for i in 0..4 {
+        assert_eq!(d.post("metric", lines("cpu", 5, i * 5)).await.status(), 200);
+    }
+    let held = format!(
+        "dataway_wal_held_points{{endpoint=\"http://{}?token=***\",category=\"metric\"}}",
+        dw.addr
+    );
+    assert!(
+        wait_metric_at_least(&d.metrics, &held, 5.0).await,
+        "{}",
+        d.metrics.encode_text()
+    );
+    // Sent again while it fails, not parked until a restart.
+    let before = dw.arrived();
+    assert!(
+        dw.wait_for(Duration::from_secs(20), |m| m.arrived() >= before + 4)
+            .await
+    );
+    dw.set_default(None);
+    assert!(
+        dw.wait_for(Duration::from_secs(20), |m| {
+            let got = seqs(m);
+            (0..20).all(|s| got.contains_key(&s))
+        })
+        .await,
+        "acknowledged points not delivered without a restart: {} points",
+        dw.points_accepted()
+    );
+    assert!(wait_metric(&d.metrics, &held, 0.0).await);
+    let text = d.metrics.encode_text();
+    let dropped: f64 = samples_matching(&text, "dataway_dropped_points_total", &[])
+        .iter()
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(
+        dropped, 0.0,
+        "counted as dropped although delivered:\n{text}"
+    );
+    d.stop().await;
+    assert_eq!(
+        wal_entries(&dir.join("wal")),
+        0,
+        "delivered writes leave the WAL"
+    );
+}

@@ -330,6 +330,15 @@ pub async fn wal_full(ctx: &Ctx) -> Outcome {
     }
     r.settle().await;
     r.check_none_lost(" with the WAL on");
+    // With the WAL on, a body the fail-cache cannot take is held, not dropped.
+    let drops = r
+        .metric_sum("dataway_dropped_points_total")
+        .await
+        .unwrap_or(0.0) as u64;
+    r.o.check(
+        drops == 0,
+        format!("{drops} points counted as dropped with the WAL on"),
+    );
     r.done()
 }
 

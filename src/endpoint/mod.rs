@@ -162,6 +162,7 @@ impl EndpointOptions {
                 limits: failcache::Limits {
                     max_capacity: d.fail_cache.max_capacity,
                     drop_expired_after: d.fail_cache.drop_expired_after,
+                    shed_on_full_disk: !d.wal.enabled,
                 },
                 clean_interval: d.fail_cache.clean_interval,
             }),
@@ -506,18 +507,20 @@ async fn dispatch(
     while let Ok(b) = rx.try_recv() {
         queued.dec();
         let n = b.points.len();
-        if persist_batch(&shared, &b).await {
+        let left = persist_batch(&shared, &b).await;
+        if left == 0 {
             persisted += n;
         } else if let Some(t) = b.wal() {
             t.keep(); // replayed from the WAL at the next start
             persisted += n;
         } else {
-            abandoned += n;
+            persisted += n - left;
+            abandoned += left;
             shared
                 .metrics
                 .dropped_points_total
                 .with_label_values(&[b.category.name(), "shutdown"])
-                .inc_by(n as u64);
+                .inc_by(left as u64);
         }
     }
     if persisted > 0 {
@@ -536,11 +539,12 @@ async fn dispatch(
 /// shutdown deadline.
 const PERSIST_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Encodes a queued batch and keeps its bodies in the fail-cache; false unless every body
-/// was stored (or without a cache).
-async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
+/// Encodes a queued batch and keeps its bodies in the fail-cache; the points it could not
+/// store (all of them without a cache).
+async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> usize {
+    let all = batch.points.len();
     if shared.cache.get().is_none() {
-        return false;
+        return all;
     }
     let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
     let encoding = shared.encoding();
@@ -552,13 +556,16 @@ async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> bool {
     })
     .await
     else {
-        return false;
+        return all;
     };
-    let mut all = true;
+    let mut left = 0;
     for body in &bodies {
-        all &= resend::keep(shared, batch.category, body).await;
+        if let Err(e) = resend::keep(shared, batch.category, body).await {
+            tracing::error!(endpoint = %shared.label, category = %batch.category, points = body.points, "at the shutdown deadline, could not keep the body in the fail-cache: {e}");
+            left += body.points;
+        }
     }
-    all
+    left
 }
 
 /// Counts the points of a delivery that has not finished: if the task is aborted at the
@@ -641,43 +648,37 @@ async fn deliver(
     while let Some(body) = bodies.next() {
         match &shared.sender {
             Sender::Http(cli) => {
-                // Only the send races the deadline; storing a body in the cache does not
-                // (cancelling it half-way could store it and then store it again).
-                let sent = tokio::select! {
-                    biased;
-                    to_cache = send_http(shared, cli, category, &body) => Some(to_cache),
-                    _ = abort.cancelled() => None,
-                };
-                match sent {
-                    Some(false) => {}
-                    Some(true) => {
-                        let kept = if resend::keep(shared, category, &body).await {
-                            true
-                        } else if let Some(t) = &_wal {
-                            t.keep(); // not cached: replay it from the WAL
-                            true
-                        } else {
-                            false
-                        };
-                        // During the drain, the body is one the next start sends.
-                        if kept && closing.is_cancelled() {
-                            shared.persisted.fetch_add(body.points, Ordering::Relaxed);
-                        }
-                    }
-                    None => {
-                        // The server may have got the interrupted body: at-least-once.
-                        for b in std::iter::once(body).chain(bodies) {
-                            if resend::keep(shared, category, &b).await {
-                                guard.done(b.points);
-                                shared.persisted.fetch_add(b.points, Ordering::Relaxed);
-                            } else if let Some(t) = &_wal {
-                                t.keep(); // not delivered, not cached: replay from the WAL
-                                guard.done(b.points);
-                                shared.persisted.fetch_add(b.points, Ordering::Relaxed);
+                if !deliver_body(
+                    shared,
+                    cli,
+                    category,
+                    &body,
+                    _wal.as_deref(),
+                    closing,
+                    abort,
+                )
+                .await
+                {
+                    // The deadline cut a send: the server may have got that body
+                    // (at-least-once); it and the rest are kept for the next start.
+                    for b in std::iter::once(body).chain(bodies) {
+                        let kept = match resend::keep(shared, category, &b).await {
+                            Ok(()) => true,
+                            Err(e) => {
+                                tracing::error!(endpoint = %shared.label, %category, points = b.points, "at the shutdown deadline, could not keep the body in the fail-cache: {e}");
+                                // Not delivered, not cached: replayed from the WAL, if on.
+                                _wal.as_ref().is_some_and(|t| {
+                                    t.keep();
+                                    true
+                                })
                             }
+                        };
+                        if kept {
+                            guard.done(b.points);
+                            shared.persisted.fetch_add(b.points, Ordering::Relaxed);
                         }
-                        return;
                     }
+                    return;
                 }
             }
             Sender::File(f) => f.append(shared, category, &body).await,
@@ -716,41 +717,146 @@ fn write_request(shared: &Shared, category: Category, body: &Body, from_cache: b
     }
 }
 
-/// Sends one body with retries; `true` when it failed for good with a retryable error and
-/// the endpoint has a fail-cache to keep it in (the caller stores it).
-async fn send_http(shared: &Shared, cli: &HttpCli, category: Category, body: &Body) -> bool {
+/// Delivers one body: sends it with retries; if it still fails (a retryable error), keeps
+/// it in the fail-cache. If the fail-cache cannot take it either (a full disk, a file it
+/// could not open) and the WAL holds the write, the body is not given up: it waits
+/// `clean_interval` and goes round again, holding its WAL entry (and its delivery slot, so
+/// a long fault backs up into the queue and ingest refuses, never loses). Once the
+/// endpoint is closing, such a body is left in the WAL for the next start instead.
+/// Without a WAL it is dropped and counted.
+///
+/// `false` when the shutdown deadline (`abort`) cut a send; the body is then not settled.
+async fn deliver_body(
+    shared: &Arc<Shared>,
+    cli: &HttpCli,
+    category: Category,
+    body: &Body,
+    wal: Option<&crate::wal::Ticket>,
+    closing: &CancellationToken,
+    abort: &CancellationToken,
+) -> bool {
+    let interval = shared
+        .opts
+        .fail_cache
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(5), |f| f.clean_interval);
+    let mut held: Option<Held> = None;
+    loop {
+        // Only the send races the deadline; storing a body in the cache does not
+        // (cancelling it half-way could store it and then store it again).
+        let (error, attempts) = tokio::select! {
+            biased;
+            // Points are counted by their first send only, as fail-cache resends are.
+            failed = send_http(shared, cli, category, body, held.is_none()) => match failed {
+                None => return true,
+                Some(failed) => failed,
+            },
+            _ = abort.cancelled() => return false,
+        };
+        if shared.opts.fail_cache.is_none() {
+            // No fail-cache is the user's choice to drop what fails after retries (the WAL,
+            // if on, guards what is in flight against a crash, not against an outage).
+            tracing::error!(endpoint = %shared.label, %category, attempts, points = body.points, %error, "delivery failed after retries; dropped (no fail-cache)");
+            shared.drop_points(category, body.points, "retries_exhausted");
+            return true;
+        }
+        if held.is_none() {
+            tracing::warn!(endpoint = %shared.label, %category, attempts, points = body.points, %error, "delivery failed after retries; keeping it in the fail-cache");
+        }
+        let error = match resend::keep(shared, category, body).await {
+            Ok(()) => {
+                if closing.is_cancelled() {
+                    // During the drain, the body is one the next start sends.
+                    shared.persisted.fetch_add(body.points, Ordering::Relaxed);
+                }
+                return true;
+            }
+            Err(e) => e,
+        };
+        let Some(ticket) = wal else {
+            tracing::error!(endpoint = %shared.label, %category, points = body.points, "could not keep the body in the fail-cache, and the WAL is off; dropped: {error}");
+            shared.drop_points(category, body.points, "failcache_write_error");
+            return true;
+        };
+        if closing.is_cancelled() {
+            ticket.keep(); // replayed from the WAL at the next start
+            shared.persisted.fetch_add(body.points, Ordering::Relaxed);
+            return true;
+        }
+        if held.is_none() {
+            tracing::warn!(endpoint = %shared.label, %category, points = body.points, retry_in = ?interval, "could not keep the body in the fail-cache; the WAL holds it, so it is sent again after the interval, and again until it is delivered or kept: {error}");
+            held = Some(Held::new(shared, category, body.points));
+        }
+        let woke = tokio::select! {
+            _ = tokio::time::sleep(interval) => None,
+            _ = closing.cancelled() => Some(true),
+            _ = abort.cancelled() => Some(false),
+        };
+        match woke {
+            None => {}
+            Some(true) => {
+                ticket.keep();
+                shared.persisted.fetch_add(body.points, Ordering::Relaxed);
+                return true;
+            }
+            Some(false) => return false,
+        }
+    }
+}
+
+/// Points held by [`deliver_body`] (`dataway_wal_held_points`), from the first time the
+/// fail-cache could not take their body until the body is settled or its task ends.
+struct Held(prometheus::IntGauge, i64);
+
+impl Held {
+    fn new(shared: &Shared, category: Category, points: usize) -> Held {
+        let g = shared
+            .metrics
+            .held_points
+            .with_label_values(&[&shared.label, category.name()]);
+        g.add(points as i64);
+        Held(g, points as i64)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.sub(self.1);
+    }
+}
+
+/// Sends one body with retries (counting its points by status if `count_points`). `None`
+/// when it is settled (delivered, or refused for good: dropped and counted); the error and
+/// the attempts made when it still failed with a retryable one.
+async fn send_http(
+    shared: &Shared,
+    cli: &HttpCli,
+    category: Category,
+    body: &Body,
+    count_points: bool,
+) -> Option<(String, u32)> {
     let path = category.write_path();
     let req = write_request(shared, category, body, false);
     let outcome = cli.send(&req).await;
     shared.record_api(path, &outcome);
-    shared.record_points(
-        category,
-        outcome.status(),
-        body,
-        shared.opts.sinker.is_some(),
-    );
+    if count_points {
+        shared.record_points(
+            category,
+            outcome.status(),
+            body,
+            shared.opts.sinker.is_some(),
+        );
+    }
     match &outcome.result {
-        Ok(r) if r.status.is_success() => false,
+        Ok(r) if r.status.is_success() => None,
         Ok(r) if !outcome.is_retryable_failure() => {
             let msg = String::from_utf8_lossy(&r.body[..r.body.len().min(512)]).into_owned();
             tracing::warn!(endpoint = %shared.label, %category, status = %r.status, points = body.points, server_message = %msg, "Dataway refused the data; dropped");
             shared.drop_points(category, body.points, "rejected");
-            false
+            None
         }
-        _ => {
-            let error = match &outcome.result {
-                Err(e) => httpcli::without_url(e),
-                Ok(r) => r.status.to_string(),
-            };
-            if shared.cache.get().is_some() {
-                tracing::warn!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; keeping it in the fail-cache");
-                true
-            } else {
-                tracing::error!(endpoint = %shared.label, %category, attempts = outcome.attempts, points = body.points, %error, "delivery failed after retries; dropped");
-                shared.drop_points(category, body.points, "retries_exhausted");
-                false
-            }
-        }
+        Err(e) => Some((httpcli::without_url(e), outcome.attempts)),
+        Ok(r) => Some((r.status.to_string(), outcome.attempts)),
     }
 }
 

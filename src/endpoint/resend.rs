@@ -93,10 +93,11 @@ pub(super) fn open_cache(
 }
 
 /// Stores a body in the endpoint's fail-cache (the fsync runs off the async workers).
-/// `false` when it could not be stored (no cache, or a write error: logged and counted).
-pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bool {
+/// The error when it could not be stored (no cache open, or a write error); the caller
+/// decides what that costs (the WAL may still hold the body) and logs it.
+pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> Result<(), String> {
     let Some(cache) = shared.cache.get().cloned() else {
-        return false;
+        return Err("the endpoint's fail-cache file is not open (see the log at start)".into());
     };
     let headers = body
         .headers
@@ -118,17 +119,14 @@ pub(super) async fn keep(shared: &Shared, category: Category, body: &Body) -> bo
     .with_headers(headers)
     .protobuf(body.encoding == crate::config::ContentEncoding::V2);
     let c = cache.clone();
-    let error = match tokio::task::spawn_blocking(move || c.cache.push(&record)).await {
+    match tokio::task::spawn_blocking(move || c.cache.push(&record)).await {
         Ok(Ok(())) => {
             cache.added.notify_one();
-            return true;
+            Ok(())
         }
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    tracing::error!(endpoint = %shared.label, %category, points = body.points, "could not keep the body in the fail-cache: {error}");
-    shared.drop_points(category, body.points, "failcache_write_error");
-    false
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The resend loop (see the module doc).

@@ -60,6 +60,11 @@ pub struct Limits {
     pub max_capacity: u64,
     /// Records older than this are dropped instead of resent.
     pub drop_expired_after: Duration,
+    /// On a full disk, drop the oldest records to keep a new one (`disk_full`). Off when
+    /// the WAL is on: the records in the cache were acknowledged and have left the WAL, so
+    /// shedding them would lose them; a body the cache cannot take stays in the WAL instead
+    /// (the endpoint holds it and sends it again).
+    pub shed_on_full_disk: bool,
 }
 
 /// Why the cache could not be used.
@@ -316,7 +321,13 @@ impl FailCache {
                     reopened = true;
                     self.store.reopen_now().map_err(|e| self.err(e))?;
                 }
-                Err(f) if f.no_space && !f.closed && rounds < MAX_SHED_ROUNDS && sheddable(&st) => {
+                Err(f)
+                    if f.no_space
+                        && !f.closed
+                        && self.limits.shed_on_full_disk
+                        && rounds < MAX_SHED_ROUNDS
+                        && sheddable(&st) =>
+                {
                     rounds += 1;
                     let want = SHED_MIN_BYTES.max(2 * bytes.len() as u64);
                     if let Err(e) = self.shed(&mut st, want) {

@@ -6,6 +6,7 @@ fn limits(max: u64) -> Limits {
     Limits {
         max_capacity: max,
         drop_expired_after: Duration::from_secs(3600),
+        shed_on_full_disk: true,
     }
 }
 
@@ -130,6 +131,7 @@ fn expired_records_are_dropped_not_resent() {
         Limits {
             max_capacity: 1 << 20,
             drop_expired_after: Duration::from_secs(60),
+            shed_on_full_disk: true,
         },
     );
     let c = c.with_clock(clock);
@@ -447,6 +449,48 @@ fn a_full_disk_sheds_the_oldest_counted_and_each_record_is_delivered_once() {
     drop(c);
     let (c, _, _) = open_counted_on(&path, &disk, 1 << 30);
     assert!(c.is_empty());
+}
+
+/// With the WAL on (`shed_on_full_disk = false`) a full disk sheds nothing: what the cache
+/// holds has left the WAL already, so shedding it would lose acknowledged points. New bodies
+/// are refused instead (the endpoint leaves them in the WAL and sends them again), and
+/// every record stored before is still there, in order, once the disk has room.
+#[test]
+fn with_the_wal_on_a_full_disk_sheds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ep.redb");
+    let disk = faulty::Disk::default();
+    let (clock, now) = manual_clock();
+    let m = Arc::new(Metrics::new());
+    let no_shed = Limits {
+        shed_on_full_disk: false,
+        ..limits(1 << 30)
+    };
+    let c = FailCache::open_with(
+        &path,
+        no_shed,
+        "ep".into(),
+        m.clone(),
+        faulty::opener(&disk),
+        Some(disk.room()),
+    )
+    .unwrap()
+    .with_clock(clock);
+    for n in 1..=40 {
+        c.push(&big(n, 3000)).unwrap();
+    }
+    disk.limit(&path);
+    let refused: Vec<u64> = (41..=100)
+        .filter(|&n| c.push(&big(n, 3000)).is_err())
+        .collect();
+    assert!(!refused.is_empty(), "the disk never filled");
+    assert_eq!(dropped(&m, "disk_full"), 0, "shed with the WAL on");
+    disk.free();
+    advance(&now, 60_000);
+    c.push(&big(101, 3000)).unwrap();
+    let left = drain(&c);
+    let stored: Vec<u64> = (1..=101).filter(|n| !refused.contains(n)).collect();
+    assert_eq!(left, stored, "every record stored is still there, in order");
 }
 
 /// A disk full in a way shedding cannot help (every write refused): the new body is not

@@ -66,13 +66,17 @@ pub struct Metrics {
     pub sinker_quarantined: IntGaugeVec,
     /// `dataway_failcache_records{endpoint}`: bodies waiting in an endpoint's fail-cache.
     pub failcache_records: IntGaugeVec,
+    /// `dataway_wal_held_points{endpoint,category}`: points of bodies that failed after
+    /// retries and that the fail-cache could not take (a full disk, say), waiting to be sent
+    /// again; the WAL holds them, so they are neither dropped nor lost.
+    pub held_points: IntGaugeVec,
     /// `dataway_failcache_disk_bytes{endpoint}`: their size on disk.
     pub failcache_disk_bytes: IntGaugeVec,
     /// `dataway_failcache_dropped_total{endpoint,reason}`: records given up on (`full`:
     /// pushed out by newer ones; `expired`; `corrupt`: a damaged record; `corrupt_file`: an
     /// unreadable cache file moved aside; `rejected`: refused by the server on resend;
     /// `disk_full`: shed, oldest first, to make room for a newer body on a full disk;
-    /// `write_error`: could not be stored).
+    /// `write_error`: could not be stored; with the WAL on such a body is held, not lost).
     pub failcache_dropped_total: IntCounterVec,
     /// `dataway_memory_budget_bytes`: the memory budget (`dataway.max_pending_bytes`).
     pub memory_budget_bytes: IntGauge,
@@ -243,6 +247,11 @@ impl Metrics {
                 "dataway_failcache_records",
                 "Bodies waiting in an endpoint's fail-cache",
                 &["endpoint"],
+            ),
+            held_points: gauge(
+                "dataway_wal_held_points",
+                "Points the fail-cache could not take, held by the WAL and sent again after the interval",
+                &["endpoint", "category"],
             ),
             failcache_disk_bytes: gauge(
                 "dataway_failcache_disk_bytes",

@@ -3,7 +3,9 @@
 //!
 //! In: the points of an accepted write, before they are queued. Out: a [`Ticket`] that the
 //! write's batches hold; when the last of them is done (delivered, refused, or handed to a
-//! fail-cache, which is itself durable), the ticket drops and the entry is removed. At start
+//! fail-cache, which is itself durable), the ticket drops and the entry is removed. A body
+//! the fail-cache cannot take (a full disk) keeps its ticket: the endpoint holds it and sends
+//! it again until it is delivered or cached, so a full disk delays it, never loses it. At start
 //! the entries left by a previous run are replayed through the router. A crash between a
 //! delivery and the removal replays that write again: delivery is at least once.
 //!
@@ -85,8 +87,8 @@ impl std::fmt::Debug for Ticket {
 
 impl Ticket {
     /// Leaves the entry in the log when the ticket drops, because some of the write was not
-    /// delivered (e.g. abandoned at the shutdown deadline with no fail-cache): it is
-    /// replayed at the next start.
+    /// delivered (at a stop: cut by the shutdown deadline, or held because the fail-cache
+    /// could not take it): it is replayed at the next start.
     pub fn keep(&self) {
         self.keep.store(true, std::sync::atomic::Ordering::Relaxed);
     }
