@@ -249,3 +249,38 @@ async fn a_trickled_body_is_cut_off_and_its_budget_comes_back() {
     let r = d.post("metric", "m v=1".to_string()).await;
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// A small write reserves budget for what it can parse into (a bounded multiple of its
+/// size), not a whole chunk: when the budget is nearly spent, the large writes are refused
+/// and a small one is still taken (it used to need a free chunk, a quarter of the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_write_fits_where_a_whole_chunk_would_not() {
+    let mock = MockDataway::start().await;
+    mock.set_default(Some(Reply::Slow(Duration::from_secs(3600))));
+    let cfg = config_for(
+        &[mock.url("tkn")],
+        "max_pending_bytes = 4194304\nworkers = 1\nqueue_size = 100000",
+        "",
+    );
+    let d = TestDaemon::start(cfg).await;
+    // ~1,000 points a write (under a chunk of 1 MiB each): taken until less than what one
+    // needs is left.
+    let mut seq = 0;
+    loop {
+        let r = d.post("metric", common::lines("m", 1000, seq)).await;
+        seq += 1000;
+        match r.status().as_u16() {
+            200 => assert!(seq < 100_000, "the budget never filled"),
+            503 => break,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    let (used, _) = d.dataway.budget().used();
+    assert!(used > 3 << 20, "nearly spent: {used}");
+    let r = d.post("metric", common::lines("m", 3, seq)).await;
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "a 3-line write fits in what is left"
+    );
+}

@@ -5,7 +5,9 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{MockDataway, Reply, TestDaemon, config_for, lines, sample, wait_metric};
+use common::{
+    MockDataway, Reply, TestDaemon, config_for, lines, sample, samples_matching, wait_metric,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -291,4 +293,63 @@ async fn full_endpoint_queue_answers_503() {
 
 fn common_addr(dw: &MockDataway) -> String {
     format!("http://{}", dw.addr)
+}
+
+/// Full send queues refuse a write before its body is decompressed or parsed (issue 12:
+/// a refusal must cost next to nothing): a body that would be a 400 is a 503 while the
+/// queues are full. A small body is read and dropped so the client's connection stays
+/// open; a large one is not read, and the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queues_refuse_a_write_before_parsing_it() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Slow(Duration::from_secs(3))));
+    let d = TestDaemon::start(config_for(
+        &[dw.url("t")],
+        "workers = 1\nqueue_size = 1",
+        "",
+    ))
+    .await;
+    // One batch being sent, one queued: then the queue is full.
+    let mut taken = 0;
+    for i in 0..10 {
+        match d
+            .post("metric", format!("m v={i}i"))
+            .await
+            .status()
+            .as_u16()
+        {
+            200 => taken += 1,
+            503 => break,
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(
+        (1..10).contains(&taken),
+        "the queue filled after {taken} writes"
+    );
+    let bad = "m,no_fields_here\n".repeat(4);
+    let r = d.post("metric", bad.clone()).await;
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "refused before the bad line is seen"
+    );
+    assert!(
+        r.headers().get("retry-after").is_some() && r.headers().get("connection").is_none(),
+        "a small body is read and dropped; the connection stays: {:?}",
+        r.headers()
+    );
+    let large = bad.repeat(300 * 1024 / bad.len());
+    let r = d.post("metric", large).await;
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.to_str().unwrap()),
+        Some("close"),
+        "a large body is not read"
+    );
+    // The refused writes were not parsed: no 400 was counted.
+    let m = d.metrics.encode_text();
+    let by_code = |code| samples_matching(&m, "dataway_ingest_requests_total", &[("code", code)]);
+    assert_eq!(by_code("503").len(), 1, "{m}");
+    assert!(by_code("400").is_empty(), "{m}");
 }

@@ -212,6 +212,22 @@ impl Dataway {
         &self.budget
     }
 
+    /// Whether a write could be queued now, before any of it is read or
+    /// parsed: not closed, and a free slot in every main endpoint's queue (they get the
+    /// points no sinker takes, which is nearly every write). A hint that makes refusing
+    /// cheap; [`Dataway::try_write_held`] still decides, and also checks the sinkers'
+    /// queues, which only the routed points can tell.
+    pub fn has_room(&self) -> Result<(), WriteError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(WriteError::Closed);
+        }
+        if self.endpoints.iter().all(Endpoint::has_room) {
+            Ok(())
+        } else {
+            Err(WriteError::Full)
+        }
+    }
+
     /// Accepts points if there is room right now, or refuses them whole.
     pub fn try_write(&self, category: Category, points: Vec<Point>) -> Result<(), WriteError> {
         self.try_write_held(category, points, None)

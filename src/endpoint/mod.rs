@@ -335,6 +335,11 @@ impl Endpoint {
             .map(|permit| Slot { permit, ep: self })
     }
 
+    /// Whether the queue has a free slot now (a hint: [`Endpoint::try_reserve`] decides).
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > 0
+    }
+
     /// Reserves a queue slot, waiting for room; `None` once the endpoint is closed.
     pub async fn reserve(&self) -> Option<Slot<'_>> {
         tokio::select! {

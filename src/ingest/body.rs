@@ -91,6 +91,46 @@ pub async fn read(
     })
 }
 
+/// Bodies up to this size are read and thrown away when a write is refused before its
+/// body is needed, so the client's connection stays open: reading them costs less than
+/// the client's reconnect. Larger ones close the connection unread.
+const DISCARD_MAX: u64 = 256 * 1024;
+
+/// Answers `refusal` to a request whose body is not needed: a small declared body is read
+/// and dropped (no budget: nothing is kept) so the connection can serve the client's next
+/// request; anything else closes it.
+pub async fn refuse(
+    headers: &HeaderMap,
+    body: Body,
+    refusal: Response,
+    timeout: Duration,
+) -> Response {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if !declared.is_some_and(|n| n <= DISCARD_MAX) {
+        return closing(refusal);
+    }
+    let mut body = body;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut read = 0u64;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => return refusal,
+            Ok(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    read += d.len() as u64;
+                    if read > DISCARD_MAX {
+                        return closing(refusal);
+                    }
+                }
+            }
+            _ => return closing(refusal),
+        }
+    }
+}
+
 fn too_large(max: usize) -> Response {
     closing(error(
         StatusCode::PAYLOAD_TOO_LARGE,

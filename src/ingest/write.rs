@@ -51,6 +51,11 @@ pub fn chunk_memory(budget: &Budget) -> usize {
     (budget.total() / 4).clamp(1, 4 * 1024 * 1024)
 }
 
+/// The most memory a parsed point takes per byte of its line: a typical 150-byte line is a
+/// ~900-byte point (6x), the smallest possible (`a v=1`, 6 bytes) a ~200-byte one (~33x).
+/// A plain body that parses into more than this per byte goes the large-body way.
+const POINT_BYTES_PER_TEXT_BYTE: usize = 40;
+
 #[derive(Deserialize)]
 pub(super) struct WriteQuery {
     precision: Option<String>,
@@ -102,6 +107,11 @@ async fn write_points(
         Ok(g) => g,
         Err(r) => return r,
     };
+    // Full queues refuse before the body is decompressed or parsed: under overload a
+    // refusal must cost next to nothing, or the harder clients push the less gets through.
+    if let Err(e) = st.dataway.has_room() {
+        return body::refuse(headers, body, write_error(e), st.config.body_read_timeout).await;
+    }
     let budget = st.dataway.budget().clone();
     let read = match body::read(
         headers,
@@ -239,8 +249,7 @@ impl Job {
         Reader::new(src, self.format, self.opts, self.max_decoded)
     }
 
-    fn next_chunk(&mut self, reader: &mut Reader) -> Result<Chunk, Refused> {
-        let max = chunk_memory(&self.budget);
+    fn next_chunk(&mut self, reader: &mut Reader, max: usize) -> Result<Chunk, Refused> {
         let budget = &self.budget;
         let window = &mut self.window;
         reader
@@ -248,12 +257,28 @@ impl Job {
             .map_err(|e| read_error(e, self.max_decoded).into())
     }
 
+    /// The budget to reserve before parsing a body that may fit in one chunk: a chunk, but
+    /// for a plain line-protocol body no more than [`POINT_BYTES_PER_TEXT_BYTE`] times its
+    /// size, so a small write does not hold a whole chunk of the budget while it parses.
+    fn first_chunk_memory(&self) -> usize {
+        let max = chunk_memory(&self.budget);
+        match (self.gzip, self.format) {
+            (false, Format::LineProtocol) => self
+                .body
+                .len()
+                .saturating_mul(POINT_BYTES_PER_TEXT_BYTE)
+                .clamp(1, max),
+            _ => max,
+        }
+    }
+
     /// Queues the body's points if they fit in one chunk: the number queued, or the
     /// answer saying why not; a larger body is handed on.
     fn run(mut self) -> Step {
         // Room for one chunk of points before parsing any: a full budget refuses here,
         // before the work.
-        let Some(permit) = self.budget.try_points(chunk_memory(&self.budget)) else {
+        let first = self.first_chunk_memory();
+        let Some(permit) = self.budget.try_points(first) else {
             return Step::Done(Err(unavailable(
                 "the memory budget (dataway.max_pending_bytes) is spent; retry later",
                 1,
@@ -261,7 +286,7 @@ impl Job {
             .into()));
         };
         let mut reader = self.reader();
-        let chunk = match self.next_chunk(&mut reader) {
+        let chunk = match self.next_chunk(&mut reader, first) {
             Ok(c) => c,
             Err(r) => return Step::Done(Err(r)),
         };
@@ -290,7 +315,7 @@ impl Job {
         let permit = rt.block_on(self.budget.points(max));
         let mut reader = self.reader();
         while !reader.is_done() {
-            self.next_chunk(&mut reader)?;
+            self.next_chunk(&mut reader, max)?;
         }
         reader.finish().map_err(bad_points)?;
         drop(permit);
@@ -300,7 +325,7 @@ impl Job {
         while !reader.is_done() {
             let permit: OwnedSemaphorePermit = rt.block_on(self.budget.points(max));
             let chunk = self
-                .next_chunk(&mut reader)
+                .next_chunk(&mut reader, max)
                 .map_err(|r| Refused { queued, ..r })?;
             let n = chunk.points.len();
             let written = rt.block_on(self.dataway.write_held(
