@@ -109,7 +109,7 @@ pub async fn refuse(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if !declared.is_some_and(|n| n <= DISCARD_MAX) {
+    if declared.is_none_or(|n| n > DISCARD_MAX) {
         return closing(refusal);
     }
     let mut body = body;
