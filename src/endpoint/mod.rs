@@ -35,7 +35,7 @@ use crate::metrics::{Metrics, status_label};
 use crate::point::Point;
 
 pub use crate::endpoint_url::{BadUrl, EndpointUrl, redact};
-pub use request_builder::{Body, build_bodies, content_type};
+pub use request_builder::{Body, build_bodies, content_type, gzip};
 pub use resend::OpenCaches;
 
 /// The `User-Agent` every request carries: `dataway/<version> (<os>; <arch>)`.
