@@ -779,11 +779,11 @@ async fn a_refused_write_leaves_nothing_at_a_free_endpoint_and_is_not_counted() 
         m("datakit_io_dataway_sink_total{category=\"metric\"}"),
         accepted as f64
     );
-    // A full main queue refuses a write before it is parsed (issue 12: refusing is cheap),
-    // so the plugin was called for the accepted writes only.
+    // The plugin was still called for every write, accepted or not: where a plugin
+    // decides which endpoints get the points, a full queue is known only after routing.
     assert_eq!(
         m("dataway_sinker_calls_total{result=\"ok\",sinker=\"a\"}"),
-        accepted as f64
+        5.0
     );
     // Drained: everything accepted has been delivered, so what is not there never will be.
     assert_eq!(d.stop().await.abandoned_points, 0);
@@ -1234,4 +1234,38 @@ async fn a_missing_plugins_dir_is_quiet_and_picked_up_when_made() {
     assert!(loaded.contains(" previous=none "), "{loaded}");
     assert_once(&main, 0..2, "main before the directory existed");
     assert_once(&s, 10..12, "the drop-in sinker");
+}
+
+/// Where a plugin decides which endpoints get a write's points, a full main queue is no
+/// reason to refuse a write before routing it: one whose points all go to the sinker is
+/// taken while the main endpoint is stuck; one with points for the main endpoint is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_main_endpoint_does_not_refuse_a_write_a_plugin_sinks_whole() {
+    let plugins = tempfile::tempdir().unwrap();
+    copy_plugin(plugins.path(), &rust_plugin("example-rust"), "names.wasm");
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    main.set_default(Some(Reply::Slow(Duration::from_secs(5))));
+    let cfg = config_for(
+        &[main.url("t")],
+        &format!(
+            "plugins_dir = \"{}\"\nworkers = 1\nqueue_size = 1",
+            plugins.path().display()
+        ),
+        &sinker("a", "[\"metric\"]", Some("names.wasm"), "cpu", &s.url("t")),
+    );
+    let d = TestDaemon::start(cfg).await;
+    // Fill the main queue: one batch being sent, one queued.
+    let mut i = 0;
+    loop {
+        i += 1;
+        assert!(i < 10, "the main queue never filled");
+        if d.post("metric", pts("disk", 1, i)).await.status().as_u16() == 503 {
+            break;
+        }
+    }
+    let r = d.post("metric", pts("cpu", 3, 100)).await;
+    assert_eq!(r.status().as_u16(), 200, "every point goes to the sinker");
+    assert!(s.wait_points(3, Duration::from_secs(10)).await);
+    let r = d.post("metric", pts("disk", 1, 200)).await;
+    assert_eq!(r.status().as_u16(), 503, "this one needs the main queue");
 }

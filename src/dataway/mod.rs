@@ -212,20 +212,34 @@ impl Dataway {
         &self.budget
     }
 
-    /// Whether a write could be queued now, before any of it is read or
-    /// parsed: not closed, and a free slot in every main endpoint's queue (they get the
-    /// points no sinker takes, which is nearly every write). A hint that makes refusing
-    /// cheap; [`Dataway::try_write_held`] still decides, and also checks the sinkers'
-    /// queues, which only the routed points can tell.
-    pub fn has_room(&self) -> Result<(), WriteError> {
+    /// Whether a write of `category` could be queued now, known before any of it is read
+    /// or parsed, so that refusing costs next to nothing. Only where the endpoints a write
+    /// goes to do not depend on its points: no sinker condition looks at `category` (every
+    /// point goes to the main endpoints), or sinkers without a plugin take it whole (every
+    /// point goes to theirs). Where a plugin decides, this says yes and
+    /// [`Dataway::try_write_held`] decides after routing: a write whose points all go to a
+    /// sinker must not be refused because a main endpoint is down.
+    pub fn has_room(&self, category: Category) -> Result<(), WriteError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
         }
-        if self.endpoints.iter().all(Endpoint::has_room) {
-            Ok(())
-        } else {
-            Err(WriteError::Full)
+        let set = self.sinkers.snapshot();
+        let mut whole = Vec::new();
+        for s in set.iter().filter(|s| s.takes(category)) {
+            match s.condition() {
+                sinker::Condition::Plugin(_) => return Ok(()),
+                sinker::Condition::All => whole.push(s),
+                sinker::Condition::Disabled => {}
+            }
         }
+        let room = if whole.is_empty() {
+            self.endpoints.iter().all(Endpoint::has_room)
+        } else {
+            whole
+                .iter()
+                .all(|s| s.endpoints().iter().all(Endpoint::has_room))
+        };
+        if room { Ok(()) } else { Err(WriteError::Full) }
     }
 
     /// Accepts points if there is room right now, or refuses them whole.

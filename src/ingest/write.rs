@@ -107,9 +107,10 @@ async fn write_points(
         Ok(g) => g,
         Err(r) => return r,
     };
-    // Full queues refuse before the body is decompressed or parsed: under overload a
-    // refusal must cost next to nothing, or the harder clients push the less gets through.
-    if let Err(e) = st.dataway.has_room() {
+    // Full queues refuse before the body is decompressed or parsed (where its points'
+    // endpoints are known without them): under overload a refusal must cost next to
+    // nothing, or the harder clients push the less gets through.
+    if let Err(e) = st.dataway.has_room(category) {
         return body::refuse(headers, body, write_error(e), st.config.body_read_timeout).await;
     }
     let budget = st.dataway.budget().clone();
