@@ -1,7 +1,9 @@
 //! Line protocol throughput: parse, encode and gzip of a realistic ~10k point body.
 //!
 //! `cargo bench --bench lineproto`. The `bytes` group reports MB/s of line protocol text, the
-//! `points` group points/s.
+//! `points` group points/s. `gzip` is zlib's level 6 (DataKit's), `gzip_ours` the daemon's
+//! request-body compressor (`endpoint::gzip`, libdeflate level 4); the sizes they make are
+//! printed once, so the two are compared at the bytes they put on the wire.
 
 use std::hint::black_box;
 use std::io::Write as _;
@@ -44,6 +46,20 @@ fn bench_group(c: &mut Criterion, name: &str, throughput: Throughput, with_gzip:
         })
     });
     if with_gzip {
+        let zlib = {
+            let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+            gz.write_all(&body).unwrap();
+            gz.finish().unwrap().len()
+        };
+        let ours = dataway::endpoint::gzip(&body).len();
+        println!(
+            "gzip of {} bytes: zlib level 6 {zlib} bytes, ours {ours} bytes ({:.3}x)",
+            body.len(),
+            ours as f64 / zlib as f64
+        );
+        group.bench_function("gzip_ours", |b| {
+            b.iter(|| dataway::endpoint::gzip(black_box(&body)))
+        });
         group.bench_function("gzip", |b| {
             b.iter(|| {
                 let mut gz =

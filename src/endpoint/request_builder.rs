@@ -101,11 +101,10 @@ fn build_lines(points: &[Point], max_raw: usize, gzip: bool) -> Vec<Body> {
 }
 
 /// libdeflate's level for request bodies. Compression is most of the daemon's CPU, so the
-/// compressor is chosen by measurement (BENCHMARKS.md, *gzip of request bodies*): on
-/// realistic points libdeflate's level 4 makes bodies slightly smaller than zlib's default
-/// level 6 (what DataKit sends) in about half the CPU; its level 6 is 7% smaller but 40%
-/// slower than level 4.
-const GZIP_LEVEL: i32 = 4;
+/// compressor is chosen by measurement (BENCHMARKS.md, *gzip of request bodies*): level 5
+/// makes bodies 3-5% smaller than zlib's default level 6 (what DataKit sends) in 0.51-0.56
+/// of its CPU on two realistic datasets; level 4 is ~10% faster but up to 5% larger.
+const GZIP_LEVEL: i32 = 5;
 
 thread_local! {
     /// Each thread's compressor and output buffer, reused from body to body: no compressor
