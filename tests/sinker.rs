@@ -727,16 +727,16 @@ async fn a_looping_plugin_does_not_stall_other_requests() {
     );
 }
 
-/// A write refused for lack of room is resent by its client: nothing of it may reach any
-/// endpoint (all or nothing across endpoints: the main one is full, the sinker's is free,
-/// and the sinker's share of a refused write must not be delivered there), and its routing
-/// must not be counted until it is accepted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_write_leaves_nothing_at_a_free_endpoint_and_is_not_counted() {
+/// A daemon whose main endpoint answers after `slow` with one worker and a queue of one
+/// (so it fills after two writes), and a sinker `a` whose plugin takes the `cpu` points of
+/// metrics to a free endpoint: (daemon, main, sinker endpoint, plugins dir to keep).
+async fn slow_main_and_a_cpu_sinker(
+    slow: Duration,
+) -> (TestDaemon, MockDataway, MockDataway, tempfile::TempDir) {
     let plugins = tempfile::tempdir().unwrap();
     copy_plugin(plugins.path(), &rust_plugin("example-rust"), "names.wasm");
     let (main, s) = (MockDataway::start().await, MockDataway::start().await);
-    main.set_default(Some(Reply::Slow(Duration::from_millis(1500))));
+    main.set_default(Some(Reply::Slow(slow)));
     let cfg = config_for(
         &[main.url("t")],
         &format!(
@@ -745,7 +745,16 @@ async fn a_refused_write_leaves_nothing_at_a_free_endpoint_and_is_not_counted() 
         ),
         &sinker("a", "[\"metric\"]", Some("names.wasm"), "cpu", &s.url("t")),
     );
-    let d = TestDaemon::start(cfg).await;
+    (TestDaemon::start(cfg).await, main, s, plugins)
+}
+
+/// A write refused for lack of room is resent by its client: nothing of it may reach any
+/// endpoint (all or nothing across endpoints: the main one is full, the sinker's is free,
+/// and the sinker's share of a refused write must not be delivered there), and its routing
+/// must not be counted until it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_leaves_nothing_at_a_free_endpoint_and_is_not_counted() {
+    let (d, main, s, _plugins) = slow_main_and_a_cpu_sinker(Duration::from_millis(1500)).await;
     let mut accepted_writes = Vec::new();
     let mut refused = 0;
     for i in 0..5u64 {
@@ -1241,19 +1250,7 @@ async fn a_missing_plugins_dir_is_quiet_and_picked_up_when_made() {
 /// taken while the main endpoint is stuck; one with points for the main endpoint is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_main_endpoint_does_not_refuse_a_write_a_plugin_sinks_whole() {
-    let plugins = tempfile::tempdir().unwrap();
-    copy_plugin(plugins.path(), &rust_plugin("example-rust"), "names.wasm");
-    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
-    main.set_default(Some(Reply::Slow(Duration::from_secs(5))));
-    let cfg = config_for(
-        &[main.url("t")],
-        &format!(
-            "plugins_dir = \"{}\"\nworkers = 1\nqueue_size = 1",
-            plugins.path().display()
-        ),
-        &sinker("a", "[\"metric\"]", Some("names.wasm"), "cpu", &s.url("t")),
-    );
-    let d = TestDaemon::start(cfg).await;
+    let (d, _main, s, _plugins) = slow_main_and_a_cpu_sinker(Duration::from_secs(5)).await;
     // Fill the main queue: one batch being sent, one queued.
     let mut i = 0;
     loop {
