@@ -600,3 +600,119 @@ async fn a_file_endpoint_creates_its_directory_and_files_private() {
     assert_eq!(mode(&out), 0o700);
     assert_eq!(mode(&file), 0o600);
 }
+
+/// Writes no sinker looks at go out as the lines they came in as (`point::Text`), not
+/// encoded again: the bodies and the metrics are those the points path makes from the same
+/// writes (run B: a sinker without a condition takes the category, so its points are
+/// parsed and encoded), and a client's own spelling (`1.50`, `T`, spaces) reaches the
+/// server as written, meaning the same points.
+#[tokio::test]
+async fn forwarded_writes_send_and_count_what_encoding_the_points_would() {
+    use dataway::point::{ParseOptions, Precision, parse};
+    let canonical: Vec<String> = (0..4).map(|i| lines("cpu", 300, i * 300)).collect();
+    let spelled = "  cpu,host=a  v=1.50,ok=T,s=\"a b\\\"c\"   1700000000  \r\nmem free=2u";
+    let mut runs = Vec::new();
+    for sink in [false, true] {
+        let (main, other) = (MockDataway::start().await, MockDataway::start().await);
+        let extra = if sink {
+            format!(
+                "[[dataway.sinkers]]\nname = \"all\"\ncategories = [\"metric\"]\nurls = [\"{}\"]\n",
+                other.url(TOKEN)
+            )
+        } else {
+            String::new()
+        };
+        let d = TestDaemon::start(config_for(&[main.url(TOKEN)], "", &extra)).await;
+        assert_eq!(
+            d.dataway.forwards(dataway::category::Category::Metric),
+            !sink
+        );
+        let to = if sink { &other } else { &main };
+        for (i, body) in canonical.iter().enumerate() {
+            assert_eq!(d.post("metric", body.clone()).await.status(), 200);
+            assert!(to.wait_points(300 * (i + 1), WAIT).await);
+        }
+        // Counted once the answer is in: wait for it, not only for the points.
+        let sent = "datakit_io_dataway_point_total{category=\"metric\",status=\"OK\"}";
+        assert!(wait_metric(&d.metrics, sent, 1200.0).await);
+        let text = d.metrics.encode_text();
+        let counted = [
+            "datakit_io_dataway_point_total{category=\"metric\",status=\"OK\"}",
+            "datakit_io_dataway_point_bytes_total{category=\"metric\",status=\"OK\"}",
+            "dataway_ingest_points_total{category=\"metric\"}",
+        ]
+        .map(|s| sample(&text, s));
+        let mut bodies: Vec<Vec<u8>> = to.requests().into_iter().map(|r| r.body).collect();
+        bodies.sort();
+        let r = reqwest::Client::new()
+            .post(d.url("/v1/write/metric?precision=s"))
+            .body(spelled)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(to.wait_points(1202, WAIT).await);
+        let last = to.requests().pop().unwrap().text;
+        d.stop().await;
+        runs.push((counted, bodies, last));
+    }
+    let (forwarded, encoded) = (&runs[0], &runs[1]);
+    assert_eq!(forwarded.0[0], Some(1200.0));
+    assert_eq!(forwarded.0, encoded.0, "the metrics count the same");
+    assert_eq!(forwarded.1.len(), 4);
+    assert_eq!(
+        forwarded.1, encoded.1,
+        "the bodies are byte for byte the same"
+    );
+    assert_eq!(
+        forwarded.2,
+        "cpu,host=a  v=1.50,ok=T,s=\"a b\\\"c\" 1700000000000000000\nmem free=2u ".to_string()
+            + &forwarded.2[forwarded.2.len() - 19..],
+        "as written, timestamps in ns"
+    );
+    let opts = ParseOptions {
+        precision: Precision::Nanos,
+        default_time: 0,
+    };
+    let (a, b) = (
+        parse(forwarded.2.as_bytes(), opts).unwrap(),
+        parse(encoded.2.as_bytes(), opts).unwrap(),
+    );
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0], b[0]);
+    assert_eq!(
+        (&a[1].measurement, &a[1].fields),
+        (&b[1].measurement, &b[1].fields)
+    );
+}
+
+/// Text read while no sinker looked at its category, routed after one came (a drop-in
+/// plugin appearing between the two), is parsed again and routed as points.
+#[tokio::test]
+async fn text_routed_after_a_sinker_came_is_parsed_again_and_sunk() {
+    use dataway::category::Category;
+    use dataway::point::{ParseOptions, Precision, Text, parse};
+    let (main, other) = (MockDataway::start().await, MockDataway::start().await);
+    let extra = format!(
+        "[[dataway.sinkers]]\nname = \"all\"\ncategories = [\"metric\"]\nurls = [\"{}\"]\n",
+        other.url(TOKEN)
+    );
+    let d = TestDaemon::start(config_for(&[main.url(TOKEN)], "", &extra)).await;
+    let opts = ParseOptions {
+        precision: Precision::Nanos,
+        default_time: 0,
+    };
+    let points = parse(lines("cpu", 50, 0).as_bytes(), opts).unwrap();
+    d.dataway
+        .try_write_held(Category::Metric, Text::from_points(&points), None)
+        .unwrap();
+    assert!(other.wait_points(50, WAIT).await);
+    let sunk = "datakit_io_dataway_sink_point_total{category=\"metric\",status=\"OK\"}";
+    assert!(wait_metric(&d.metrics, sunk, 50.0).await);
+    d.stop().await;
+    assert_eq!(main.arrived(), 0);
+    assert_eq!(
+        other.lines_accepted(),
+        lines("cpu", 50, 0).lines().collect::<Vec<_>>()
+    );
+}

@@ -212,12 +212,13 @@ async fn ingest_token_is_required_when_configured() {
 #[tokio::test]
 async fn full_memory_budget_answers_503_with_retry_after_and_loses_nothing_accepted() {
     let dw = MockDataway::start().await;
-    // The endpoint is slow: accepted batches stay in memory for a while.
+    // The endpoint is slow: accepted batches stay in memory for a while. Each write is
+    // ~1.1 KB of kept text: the budget takes about four.
     dw.set_default(Some(Reply::Slow(Duration::from_millis(600))));
     let d = TestDaemon::start(config_for(
         &[dw.url("tkn_x")],
-        "max_pending_bytes = 40000\nworkers = 1",
-        "[ingest]\nmax_body = 20000\n",
+        "max_pending_bytes = 6000\nworkers = 1",
+        "[ingest]\nmax_body = 3000\n",
     ))
     .await;
     let mut accepted = std::collections::BTreeSet::new();

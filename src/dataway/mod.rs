@@ -35,7 +35,7 @@ use crate::endpoint::{
 };
 use crate::httpcli::Response;
 use crate::metrics::Metrics;
-use crate::point::Point;
+use crate::point::{Content, Point};
 use crate::sinker::{self, Sinker, Sinkers};
 use crate::wal::{Prepared, Ticket, Wal};
 
@@ -79,7 +79,7 @@ fn wal_failed(e: String) -> WriteError {
 /// Points bound for a set of endpoints (a sinker's, or the main ones).
 struct Part<'a> {
     endpoints: &'a [Endpoint],
-    points: Vec<Point>,
+    content: Content,
     /// The runs of `points` sent with their own `X-Global-Tags` (empty: not grouped).
     groups: Vec<Group>,
     charge: u32,
@@ -149,9 +149,12 @@ impl Dataway {
         self.wal.is_some()
     }
 
-    /// Encodes `points` for the WAL, if there is one (before routing consumes them).
-    fn prepare(&self, category: Category, points: &[Point]) -> Option<Prepared> {
-        self.wal.as_ref().map(|_| Wal::prepare(category, points))
+    /// Encodes a write for the WAL, if there is one (before routing consumes it).
+    fn prepare(&self, category: Category, content: &Content) -> Option<Prepared> {
+        self.wal.as_ref().map(|_| match content {
+            Content::Points(points) => Wal::prepare(category, points),
+            Content::Text(text) => Wal::prepare_text(category, text),
+        })
     }
 
     /// Logs a prepared write durably, once it is sure to be taken (queue slots reserved):
@@ -249,13 +252,17 @@ impl Dataway {
 
     /// As [`Dataway::try_write`], with `held` already charged to the budget for these
     /// points (by the parser that made them): it becomes their charge, topped up or cut
-    /// down to their real size.
+    /// down to their real size. The points may be kept as text (a reader's
+    /// [`crate::point::reader::Reader::forwarding`] chunk, when [`Dataway::forwards`] said
+    /// so); should a sinker for the category have come since, they are parsed again and
+    /// routed as points.
     pub fn try_write_held(
         &self,
         category: Category,
-        points: Vec<Point>,
+        points: impl Into<Content>,
         held: Option<OwnedSemaphorePermit>,
     ) -> Result<(), WriteError> {
+        let points = points.into();
         if self.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
         }
@@ -281,6 +288,19 @@ impl Dataway {
         Ok(())
     }
 
+    /// Whether a write of `category` can be kept as the line protocol it came in as and
+    /// sent without being encoded again ([`Dataway::try_write_text`]): no sinker looks at
+    /// it, no `X-Global-Tags` grouping, and the main endpoints send line protocol.
+    pub fn forwards(&self, category: Category) -> bool {
+        self.forwards_with(&self.sinkers.snapshot(), category)
+    }
+
+    fn forwards_with(&self, set: &[Arc<Sinker>], category: Category) -> bool {
+        self.grouper.is_none()
+            && self.endpoints.iter().all(Endpoint::sends_line_protocol)
+            && !set.iter().any(|s| s.takes(category))
+    }
+
     /// Accepts points, waiting for room (backpressure for embedding programs).
     ///
     /// Sinker conditions run inline (a WASM call of at most `sinker_limits.timeout`): an
@@ -295,9 +315,10 @@ impl Dataway {
     pub async fn write_held(
         &self,
         category: Category,
-        points: Vec<Point>,
+        points: impl Into<Content>,
         held: Option<OwnedSemaphorePermit>,
     ) -> Result<(), WriteError> {
+        let points = points.into();
         if self.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
         }
@@ -339,12 +360,27 @@ impl Dataway {
 
     /// Routes points through the sinkers: one part per sinker that takes some, plus the
     /// main endpoints' part when points are left; and the counts to record if accepted.
+    /// Text no sinker looks at stays text, in one part.
     fn parts<'a>(
         &'a self,
         set: &'a [Arc<Sinker>],
         category: Category,
-        points: Vec<Point>,
+        content: Content,
     ) -> (Vec<Part<'a>>, sinker::Counts) {
+        let points = match content {
+            Content::Text(text) if self.forwards_with(set, category) => {
+                let counts = sinker::passed(set, category, text.len());
+                let part = Part {
+                    endpoints: &self.endpoints,
+                    charge: text.memory_size().clamp(1, u32::MAX as usize) as u32,
+                    content: Content::Text(text),
+                    groups: Vec::new(),
+                };
+                return (vec![part], counts);
+            }
+            Content::Text(text) => text.to_points(),
+            Content::Points(points) => points,
+        };
         let split = sinker::split(set, category, points, &self.metrics);
         let mut parts: Vec<Part<'a>> = Vec::with_capacity(split.sunk.len() + 1);
         for (i, points) in split.sunk {
@@ -388,7 +424,7 @@ impl Dataway {
         Some(Part {
             endpoints,
             charge: bytes.clamp(1, u32::MAX as usize) as u32,
-            points,
+            content: Content::Points(points),
             groups,
         })
     }
@@ -469,7 +505,7 @@ fn enqueue(
             p.split(c).expect("no more than held")
         };
         let batch = Arc::new(
-            Batch::with_budget(category, part.points, share)
+            Batch::with_budget(category, part.content, share)
                 .with_groups(part.groups)
                 .with_wal(ticket.clone()),
         );

@@ -29,13 +29,14 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::category::Category;
+use crate::config::ContentEncoding;
 use crate::failcache;
 use crate::httpcli::{self, HttpCli, HttpOptions, Outcome, Request, Response};
 use crate::metrics::{Metrics, status_label};
-use crate::point::Point;
+use crate::point::Content;
 
 pub use crate::endpoint_url::{BadUrl, EndpointUrl, redact};
-pub use request_builder::{Body, build_bodies, content_type, gzip};
+pub use request_builder::{Body, build_bodies, build_text_bodies, content_type, gzip};
 pub use resend::OpenCaches;
 
 /// The `User-Agent` every request carries: `dataway/<version> (<os>; <arch>)`.
@@ -54,9 +55,9 @@ pub fn user_agent() -> String {
 #[derive(Debug)]
 pub struct Batch {
     pub category: Category,
-    pub points: Vec<Point>,
+    pub content: Content,
     /// With `enable_sinker`: the runs of `points` sent in bodies of their own, each with
-    /// its `X-Global-Tags` ([`grouping`]); empty otherwise.
+    /// its `X-Global-Tags` ([`grouping`]); empty otherwise (always, for text).
     pub groups: Vec<grouping::Group>,
     _budget: Option<OwnedSemaphorePermit>,
     /// The write's WAL entry, removed when every batch of the write is done with.
@@ -65,10 +66,10 @@ pub struct Batch {
 
 impl Batch {
     /// A batch outside any memory budget.
-    pub fn new(category: Category, points: Vec<Point>) -> Batch {
+    pub fn new(category: Category, content: impl Into<Content>) -> Batch {
         Batch {
             category,
-            points,
+            content: content.into(),
             groups: Vec::new(),
             _budget: None,
             _wal: None,
@@ -78,15 +79,35 @@ impl Batch {
     /// A batch that returns `permit` to its budget when dropped.
     pub fn with_budget(
         category: Category,
-        points: Vec<Point>,
+        content: impl Into<Content>,
         permit: OwnedSemaphorePermit,
     ) -> Batch {
         Batch {
-            category,
-            points,
-            groups: Vec::new(),
             _budget: Some(permit),
-            _wal: None,
+            ..Batch::new(category, content)
+        }
+    }
+
+    /// The number of points.
+    pub fn len(&self) -> usize {
+        self.content.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.content.is_empty()
+    }
+
+    /// The request bodies of the batch for an endpoint (see [`request_builder`]).
+    pub fn bodies(&self, max_raw: usize, gzip: bool, encoding: ContentEncoding) -> Vec<Body> {
+        match &self.content {
+            Content::Points(points) => grouping::bodies(points, &self.groups, |p| {
+                build_bodies(p, max_raw, gzip, encoding)
+            }),
+            Content::Text(text) => match encoding {
+                ContentEncoding::V1 => build_text_bodies(text, max_raw, gzip),
+                // Not routed so (text goes only where line protocol is sent), but correct.
+                ContentEncoding::V2 => build_bodies(&text.to_points(), max_raw, gzip, encoding),
+            },
         }
     }
 
@@ -97,6 +118,7 @@ impl Batch {
 
     /// Sends `points` in these runs (from [`grouping::Grouper::group`]).
     pub fn with_groups(mut self, groups: Vec<grouping::Group>) -> Batch {
+        debug_assert!(groups.is_empty() || matches!(self.content, Content::Points(_)));
         self.groups = groups;
         self
     }
@@ -335,6 +357,11 @@ impl Endpoint {
             .map(|permit| Slot { permit, ep: self })
     }
 
+    /// Whether its bodies are line protocol (points kept as text go out as they are).
+    pub fn sends_line_protocol(&self) -> bool {
+        self.shared.encoding() == ContentEncoding::V1
+    }
+
     /// Whether the queue has a free slot now (a hint: [`Endpoint::try_reserve`] decides).
     pub fn has_room(&self) -> bool {
         self.tx.capacity() > 0
@@ -478,12 +505,7 @@ async fn dispatch(
         let Some(batch) = next else { break };
         queued.dec();
         let shared = shared.clone();
-        let guard = InFlight::new(
-            &shared,
-            batch.category,
-            batch.points.len(),
-            in_flight.clone(),
-        );
+        let guard = InFlight::new(&shared, batch.category, batch.len(), in_flight.clone());
         let (closing, abort) = (closing.clone(), abort.clone());
         tasks.spawn(async move {
             deliver(&shared, batch, guard, &closing, &abort).await;
@@ -511,7 +533,7 @@ async fn dispatch(
     let mut persisted = shared.persisted.swap(0, Ordering::Relaxed);
     while let Ok(b) = rx.try_recv() {
         queued.dec();
-        let n = b.points.len();
+        let n = b.len();
         let left = persist_batch(&shared, &b).await;
         if left == 0 {
             persisted += n;
@@ -547,19 +569,14 @@ const PERSIST_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Encodes a queued batch and keeps its bodies in the fail-cache; the points it could not
 /// store (all of them without a cache).
 async fn persist_batch(shared: &Arc<Shared>, batch: &Arc<Batch>) -> usize {
-    let all = batch.points.len();
+    let all = batch.len();
     if shared.cache.get().is_none() {
         return all;
     }
     let (max_raw, gzip) = (shared.opts.max_raw_body_size, shared.opts.gzip);
     let encoding = shared.encoding();
     let b = batch.clone();
-    let Ok(bodies) = tokio::task::spawn_blocking(move || {
-        grouping::bodies(&b.points, &b.groups, |p| {
-            build_bodies(p, max_raw, gzip, encoding)
-        })
-    })
-    .await
+    let Ok(bodies) = tokio::task::spawn_blocking(move || b.bodies(max_raw, gzip, encoding)).await
     else {
         return all;
     };
@@ -632,11 +649,7 @@ async fn deliver(
     let encoding = shared.encoding();
     // Encoding and gzip are CPU work: keep them off the async workers.
     let b = batch.clone();
-    let encode = move || {
-        grouping::bodies(&b.points, &b.groups, |p| {
-            build_bodies(p, max_raw, gzip, encoding)
-        })
-    };
+    let encode = move || b.bodies(max_raw, gzip, encoding);
     let bodies = match tokio::task::spawn_blocking(encode).await {
         Ok(bodies) => bodies,
         Err(e) => {

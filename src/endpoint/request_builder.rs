@@ -18,7 +18,7 @@ use bytes::Bytes;
 use libdeflater::{CompressionLvl, Compressor};
 
 use crate::config::ContentEncoding;
-use crate::point::{Point, v2};
+use crate::point::{Point, Text, v2};
 
 /// One request body.
 #[derive(Debug, Clone)]
@@ -98,6 +98,22 @@ fn build_lines(points: &[Point], max_raw: usize, gzip: bool) -> Vec<Body> {
         bodies.push(finish(&buf, n, gzip, ContentEncoding::V1));
     }
     bodies
+}
+
+/// Line protocol bodies cut from text already encoded ([`Text::runs`]): the same bodies
+/// [`build_bodies`] makes from the same points, with a copy at most instead of an encode.
+pub fn build_text_bodies(text: &Text, max_raw: usize, gzip: bool) -> Vec<Body> {
+    text.runs(max_raw)
+        .into_iter()
+        .map(|(raw, points)| Body {
+            payload: if gzip { self::gzip(&raw) } else { raw.clone() },
+            raw_len: raw.len(),
+            points,
+            gzipped: gzip,
+            headers: Vec::new(),
+            encoding: ContentEncoding::V1,
+        })
+        .collect()
 }
 
 /// libdeflate's level for request bodies. Compression is most of the daemon's CPU, so the
@@ -247,6 +263,36 @@ mod tests {
                 bodies.iter().map(|b| b.points).collect::<Vec<_>>(),
                 vec![1, 1, 1]
             );
+        }
+    }
+
+    /// Bodies cut from text are byte for byte those encoded from the same points: same
+    /// cuts, same bytes, same counts, gzipped or not.
+    #[test]
+    fn text_bodies_are_the_bodies_encoded_from_the_same_points() {
+        let pts: Vec<Point> = points(500)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut p)| {
+                p.tags[0].1 = format!("h{}", i * 37 % 1000);
+                p
+            })
+            .collect();
+        let text = Text::from_points(&pts);
+        assert_eq!(text.to_points(), pts);
+        for gzip in [false, true] {
+            for max_raw in [1, 40, 100, 1000, 7777, 1 << 20] {
+                let from_text = build_text_bodies(&text, max_raw, gzip);
+                let from_points = build_bodies(&pts, max_raw, gzip, ContentEncoding::V1);
+                assert_eq!(from_text.len(), from_points.len(), "max_raw {max_raw}");
+                for (t, p) in from_text.iter().zip(&from_points) {
+                    assert_eq!(t.payload, p.payload, "max_raw {max_raw}");
+                    assert_eq!(
+                        (t.points, t.raw_len, t.gzipped),
+                        (p.points, p.raw_len, p.gzipped)
+                    );
+                }
+            }
         }
     }
 

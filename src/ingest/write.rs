@@ -56,6 +56,11 @@ pub fn chunk_memory(budget: &Budget) -> usize {
 /// A plain body that parses into more than this per byte goes the large-body way.
 const POINT_BYTES_PER_TEXT_BYTE: usize = 40;
 
+/// The same for points kept as text ([`crate::point::Text`]): a line costs its bytes, a
+/// timestamp if it had none (`a v=1` becomes `a v=1 1733200000000000000`) and 4 bytes of
+/// index, at most 5x.
+const KEPT_BYTES_PER_TEXT_BYTE: usize = 5;
+
 #[derive(Deserialize)]
 pub(super) struct WriteQuery {
     precision: Option<String>,
@@ -137,6 +142,7 @@ async fn write_points(
             default_time: now_ns(),
         },
         max_decoded: st.config.max_body,
+        forward: st.dataway.forwards(category),
         body: read.bytes,
         _body_charge: read.charge,
         window: Window::default(),
@@ -231,6 +237,8 @@ struct Job {
     gzip: bool,
     opts: ParseOptions,
     max_decoded: usize,
+    /// Keep the points as their checked text ([`Dataway::forwards`]).
+    forward: bool,
     body: Bytes,
     /// Held until the write is answered: the body's bytes are in memory until then.
     _body_charge: Reading,
@@ -247,7 +255,12 @@ impl Job {
         } else {
             Source::Bytes(self.body.clone())
         };
-        Reader::new(src, self.format, self.opts, self.max_decoded)
+        let reader = Reader::new(src, self.format, self.opts, self.max_decoded);
+        if self.forward {
+            reader.forwarding()
+        } else {
+            reader
+        }
     }
 
     fn next_chunk(&mut self, reader: &mut Reader, max: usize) -> Result<Chunk, Refused> {
@@ -259,16 +272,17 @@ impl Job {
     }
 
     /// The budget to reserve before parsing a body that may fit in one chunk: a chunk, but
-    /// for a plain line-protocol body no more than [`POINT_BYTES_PER_TEXT_BYTE`] times its
-    /// size, so a small write does not hold a whole chunk of the budget while it parses.
+    /// for a plain line-protocol body no more than [`POINT_BYTES_PER_TEXT_BYTE`] (or
+    /// [`KEPT_BYTES_PER_TEXT_BYTE`]) times its size, so a small write does not hold a whole chunk of the budget while it parses.
     fn first_chunk_memory(&self) -> usize {
         let max = chunk_memory(&self.budget);
+        let per_byte = if self.forward {
+            KEPT_BYTES_PER_TEXT_BYTE
+        } else {
+            POINT_BYTES_PER_TEXT_BYTE
+        };
         match (self.gzip, self.format) {
-            (false, Format::LineProtocol) => self
-                .body
-                .len()
-                .saturating_mul(POINT_BYTES_PER_TEXT_BYTE)
-                .clamp(1, max),
+            (false, Format::LineProtocol) => self.body.len().saturating_mul(per_byte).clamp(1, max),
             _ => max,
         }
     }
@@ -297,10 +311,10 @@ impl Job {
         if let Err(e) = reader.finish() {
             return Step::Done(Err(bad_points(e)));
         }
-        let n = chunk.points.len();
+        let n = chunk.len();
         Step::Done(
             self.dataway
-                .try_write_held(self.category, chunk.points, Some(permit))
+                .try_write_held(self.category, chunk.content(), Some(permit))
                 .map(|()| n)
                 .map_err(|e| write_error(e).into()),
         )
@@ -328,10 +342,10 @@ impl Job {
             let chunk = self
                 .next_chunk(&mut reader, max)
                 .map_err(|r| Refused { queued, ..r })?;
-            let n = chunk.points.len();
+            let n = chunk.len();
             let written = rt.block_on(self.dataway.write_held(
                 self.category,
-                chunk.points,
+                chunk.content(),
                 Some(permit),
             ));
             if let Err(e) = written {

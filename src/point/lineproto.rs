@@ -41,6 +41,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::text::TextBuilder;
 use super::{FieldValue, Point};
 
 /// How many bad lines a [`ParseErrors`] keeps (it still counts all of them).
@@ -162,7 +163,7 @@ impl fmt::Display for ParseErrors {
 pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors> {
     let mut lines = Lines::new(opts);
     let mut points = Vec::with_capacity(body.len() / 128 + 1);
-    lines.parse_some(body, true, usize::MAX, &mut points);
+    lines.parse_some(body, true, usize::MAX, &mut points, None);
     lines.finish().map(|()| points)
 }
 
@@ -204,12 +205,16 @@ impl Lines {
     /// not counted). `text` ends just after a `\n`, or, when `last`, at the end of the body.
     /// Once a line is bad no more points are kept (the body will be refused whole), but the
     /// rest is still read, to count and report every bad line.
+    ///
+    /// With `lines`, each good line is kept there as text instead ([`super::text`]), and
+    /// the memory counted is that of the text.
     pub(crate) fn parse_some(
         &mut self,
         text: &[u8],
         last: bool,
         max_memory: usize,
         out: &mut Vec<Point>,
+        mut lines: Option<&mut TextBuilder>,
     ) -> (usize, usize) {
         let limited = max_memory != usize::MAX;
         let mut memory = 0;
@@ -224,7 +229,7 @@ impl Lines {
                         let line = raw.strip_suffix('\n').unwrap_or(raw);
                         let line = line.strip_suffix('\r').unwrap_or(line);
                         let result = parse_line(line, &self.opts, &mut self.scratch);
-                        memory += self.add(result, out, limited);
+                        memory += self.add(result, line, out, lines.as_deref_mut(), limited);
                         if memory >= max_memory {
                             return (pos, memory);
                         }
@@ -236,11 +241,14 @@ impl Lines {
                         pos += raw.len();
                         let line = raw.strip_suffix(b"\n").unwrap_or(raw);
                         let line = line.strip_suffix(b"\r").unwrap_or(line);
-                        let result = match std::str::from_utf8(line) {
-                            Ok(line) => parse_line(line, &self.opts, &mut self.scratch),
-                            Err(e) => Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
+                        let (result, line) = match std::str::from_utf8(line) {
+                            Ok(line) => (parse_line(line, &self.opts, &mut self.scratch), line),
+                            Err(e) => (
+                                Err(Bad::new(e.valid_up_to(), "invalid UTF-8".to_owned())),
+                                "",
+                            ),
                         };
-                        memory += self.add(result, out, limited);
+                        memory += self.add(result, line, out, lines.as_deref_mut(), limited);
                         if memory >= max_memory {
                             return (pos, memory);
                         }
@@ -252,21 +260,35 @@ impl Lines {
         (pos, if self.failed() { 0 } else { memory })
     }
 
-    /// Takes one line's result; returns the memory of the point kept (0 when not counted).
+    /// Takes one line's result; returns the memory of what was kept (0 when not counted).
     #[inline]
     fn add(
         &mut self,
-        result: Result<Option<Point>, Bad>,
+        result: Result<Option<Line>, Bad>,
+        line: &str,
         out: &mut Vec<Point>,
+        lines: Option<&mut TextBuilder>,
         count: bool,
     ) -> usize {
         self.line += 1;
         match result {
-            Ok(Some(p)) if self.total == 0 => {
-                let size = if count { p.memory_size() } else { 0 };
-                out.push(p);
-                size
-            }
+            Ok(Some(l)) if self.total == 0 => match lines {
+                Some(t) => {
+                    let before = t.memory_size();
+                    t.buf
+                        .extend_from_slice(&line.as_bytes()[l.measurement.start..l.fields_end]);
+                    t.buf.push(b' ');
+                    write_i64(l.time, &mut t.buf);
+                    t.end_line();
+                    t.memory_size() - before
+                }
+                None => {
+                    let p = l.point(line, &mut self.scratch);
+                    let size = if count { p.memory_size() } else { 0 };
+                    out.push(p);
+                    size
+                }
+            },
             Ok(_) => 0,
             Err(bad) => {
                 self.total += 1;
@@ -280,6 +302,9 @@ impl Lines {
                 // The points will not be returned now; free them early.
                 if self.total == 1 {
                     *out = Vec::new();
+                    if let Some(t) = lines {
+                        *t = TextBuilder::default();
+                    }
                 }
                 0
             }
@@ -319,8 +344,8 @@ fn region_end(text: &[u8], pos: usize) -> usize {
 /// exactly-sized vectors with one allocation each.
 #[derive(Default)]
 struct Scratch {
-    tags: Vec<(String, String)>,
-    fields: Vec<(String, FieldValue)>,
+    tags: Vec<(Span, Span)>,
+    fields: Vec<(Span, Value)>,
 }
 
 /// Joins points with `\n` into `out` (no newline after the last one).
@@ -504,14 +529,6 @@ fn owned_name(line: &str, start: usize, end: usize, esc: bool) -> String {
     }
 }
 
-/// Moves the items out into a vector of exactly their size; `v` keeps its capacity for reuse.
-#[inline]
-fn take_exact<T>(v: &mut Vec<T>) -> Vec<T> {
-    let mut out = Vec::with_capacity(v.len());
-    out.append(v);
-    out
-}
-
 #[inline]
 fn skip_spaces(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && b[i] == b' ' {
@@ -520,13 +537,96 @@ fn skip_spaces(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Where a name or string is in its line, and whether it has a backslash (then it is
+/// unescaped when made into a `String`).
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    esc: bool,
+}
+
+impl Span {
+    fn name(self, line: &str) -> String {
+        owned_name(line, self.start, self.end, self.esc)
+    }
+
+    /// Whether two names are the same once unescaped (compared in place when neither has
+    /// a backslash, as nearly every name).
+    fn same_name(self, other: Span, line: &str) -> bool {
+        let (a, b) = (&line[self.start..self.end], &line[other.start..other.end]);
+        if !self.esc && !other.esc {
+            a == b
+        } else {
+            self.name(line) == other.name(line)
+        }
+    }
+}
+
+/// A field value as read: a number or boolean, or where its string is.
+#[derive(Debug, Clone)]
+enum Value {
+    Scalar(FieldValue),
+    Str(Span),
+}
+
+/// A good line, as read: where its parts are (the tags and fields are in the parser's
+/// [`Scratch`] until the next line) and its timestamp. Nothing is allocated until the
+/// point is asked for ([`Line::point`]): a line kept as text ([`super::text`]) never is.
+struct Line {
+    measurement: Span,
+    /// Where the field set ends (what [`super::text`] keeps runs from the measurement to
+    /// here).
+    fields_end: usize,
+    time: i64,
+}
+
+impl Line {
+    /// The point, with vectors of exactly their size; `scratch` keeps its capacity.
+    fn point(&self, line: &str, scratch: &mut Scratch) -> Point {
+        let measurement = if self.measurement.esc {
+            unescape(
+                &line[self.measurement.start..self.measurement.end],
+                is_measurement_escapable,
+            )
+        } else {
+            line[self.measurement.start..self.measurement.end].to_owned()
+        };
+        let tags = scratch
+            .tags
+            .iter()
+            .map(|&(k, v)| (k.name(line), v.name(line)))
+            .collect();
+        let fields = scratch
+            .fields
+            .iter_mut()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::Scalar(x) => std::mem::replace(x, FieldValue::Bool(false)),
+                    Value::Str(s) => {
+                        let raw = &line[s.start..s.end];
+                        FieldValue::Str(if s.esc {
+                            unescape(raw, |c, _| is_string_escapable(c))
+                        } else {
+                            raw.to_owned()
+                        })
+                    }
+                };
+                (k.name(line), value)
+            })
+            .collect();
+        Point {
+            measurement,
+            tags,
+            fields,
+            time: self.time,
+        }
+    }
+}
+
 /// Parses one line (without its `\n` and trailing `\r`). `Ok(None)` for blank and comment
 /// lines.
-fn parse_line(
-    line: &str,
-    opts: &ParseOptions,
-    scratch: &mut Scratch,
-) -> Result<Option<Point>, Bad> {
+fn parse_line(line: &str, opts: &ParseOptions, scratch: &mut Scratch) -> Result<Option<Line>, Bad> {
     let b = line.as_bytes();
     let len = b.len();
     let mut i = 0;
@@ -546,11 +646,10 @@ fn parse_line(
             "missing measurement: a line must start with a measurement name".to_owned(),
         ));
     }
-    let m = &line[m_start..m_end];
-    let measurement = if m_esc {
-        unescape(m, is_measurement_escapable)
-    } else {
-        m.to_owned()
+    let measurement = Span {
+        start: m_start,
+        end: m_end,
+        esc: m_esc,
     };
     i = m_end;
 
@@ -578,22 +677,30 @@ fn parse_line(
                 ),
             ));
         }
-        let key = owned_name(line, k_start, k_end, k_esc);
+        let key = Span {
+            start: k_start,
+            end: k_end,
+            esc: k_esc,
+        };
         let v_start = k_end + 1;
         let (v_end, v_esc) = scan_name(b, v_start, false);
         if v_end == v_start {
             return Err(Bad::new(
                 v_start,
-                format!("tag `{}` has an empty value", snippet(&key)),
+                format!("tag `{}` has an empty value", snippet(&key.name(line))),
             ));
         }
-        if tags.iter().any(|(k, _)| *k == key) {
+        if tags.iter().any(|(k, _)| k.same_name(key, line)) {
             return Err(Bad::new(
                 k_start,
-                format!("duplicate tag key `{}`", snippet(&key)),
+                format!("duplicate tag key `{}`", snippet(&key.name(line))),
             ));
         }
-        let value = owned_name(line, v_start, v_end, v_esc);
+        let value = Span {
+            start: v_start,
+            end: v_end,
+            esc: v_esc,
+        };
         tags.push((key, value));
         i = v_end;
     }
@@ -629,12 +736,16 @@ fn parse_line(
                 ),
             ));
         }
-        let key = owned_name(line, k_start, k_end, k_esc);
-        let (value, end) = parse_field_value(line, k_end + 1, &key)?;
-        if fields.iter().any(|(k, _)| *k == key) {
+        let key = Span {
+            start: k_start,
+            end: k_end,
+            esc: k_esc,
+        };
+        let (value, end) = parse_field_value(line, k_end + 1, key)?;
+        if fields.iter().any(|(k, _)| k.same_name(key, line)) {
             return Err(Bad::new(
                 k_start,
-                format!("duplicate field key `{}`", snippet(&key)),
+                format!("duplicate field key `{}`", snippet(&key.name(line))),
             ));
         }
         fields.push((key, value));
@@ -647,6 +758,7 @@ fn parse_line(
     }
 
     // Timestamp.
+    let fields_end = i;
     i = skip_spaces(b, i);
     let time = if i == len {
         opts.default_time
@@ -670,22 +782,22 @@ fn parse_line(
         t
     };
 
-    Ok(Some(Point {
+    Ok(Some(Line {
         measurement,
-        tags: take_exact(tags),
-        fields: take_exact(fields),
+        fields_end,
         time,
     }))
 }
 
 /// Parses the field value starting at byte `start`; returns it and the offset just past it.
-fn parse_field_value(line: &str, start: usize, key: &str) -> Result<(FieldValue, usize), Bad> {
+fn parse_field_value(line: &str, start: usize, key: Span) -> Result<(Value, usize), Bad> {
+    let key = || key.name(line);
     let b = line.as_bytes();
     let len = b.len();
     if start == len || b[start] == b',' || b[start] == b' ' {
         return Err(Bad::new(
             start,
-            format!("field `{}` has no value after `=`", snippet(key)),
+            format!("field `{}` has no value after `=`", snippet(&key())),
         ));
     }
 
@@ -700,7 +812,7 @@ fn parse_field_value(line: &str, start: usize, key: &str) -> Result<(FieldValue,
                     start,
                     format!(
                         "unterminated string in field `{}`: missing the closing `\"`",
-                        snippet(key)
+                        snippet(&key())
                     ),
                 ));
             }
@@ -717,11 +829,10 @@ fn parse_field_value(line: &str, start: usize, key: &str) -> Result<(FieldValue,
                 _ => j += 1,
             }
         }
-        let raw = &line[s_start..j];
-        let s = if esc {
-            unescape(raw, |c, _| is_string_escapable(c))
-        } else {
-            raw.to_owned()
+        let s = Span {
+            start: s_start,
+            end: j,
+            esc,
         };
         let end = j + 1;
         if end < len && b[end] != b',' && b[end] != b' ' {
@@ -731,20 +842,24 @@ fn parse_field_value(line: &str, start: usize, key: &str) -> Result<(FieldValue,
                 format!(
                     "unexpected `{next}` after the closing quote of field `{}`: expected `,`, \
                      a space or the end of the line",
-                    snippet(key)
+                    snippet(&key())
                 ),
             ));
         }
-        return Ok((FieldValue::Str(s), end));
+        return Ok((Value::Str(s), end));
     }
 
     let end = find(b, start, &TOKEN_END);
     let token = &line[start..end];
     match parse_scalar(token) {
-        Ok(v) => Ok((v, end)),
+        Ok(v) => Ok((Value::Scalar(v), end)),
         Err(why) => Err(Bad::new(
             start,
-            format!("field `{}` value `{}` {why}", snippet(key), snippet(token)),
+            format!(
+                "field `{}` value `{}` {why}",
+                snippet(&key()),
+                snippet(token)
+            ),
         )),
     }
 }

@@ -8,9 +8,11 @@
 
 mod lineproto;
 pub mod reader;
+mod text;
 pub mod v2;
 
 pub use lineproto::{LineError, ParseErrors, ParseOptions, Precision, encode_points, parse};
+pub use text::{Content, Text};
 
 /// One observation: `measurement[,tag=v…] field=v[,field=v…] timestamp`.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,6 +16,7 @@ use std::io::{self, Read};
 use bytes::Bytes;
 
 use super::lineproto::Lines;
+use super::text::{Text, TextBuilder};
 use super::v2::{DecodeError, Entries};
 use super::{ParseErrors, ParseOptions, Point};
 
@@ -80,13 +81,38 @@ pub struct Reader {
     max_decoded: usize,
     /// Bytes of `buf` the caller has agreed to (through `reserve`).
     reserved: usize,
+    /// Keep line protocol as checked text, not as points ([`Reader::forwarding`]).
+    forward: bool,
 }
 
-/// Points read from a body, in body order.
+/// Points read from a body, in body order: parsed, or kept as checked line protocol text
+/// ([`Reader::forwarding`]).
 pub struct Chunk {
     pub points: Vec<Point>,
-    /// Their [`Point::memory_size`] sum.
+    /// With [`Reader::forwarding`] (line protocol only): the points as text; `points` is
+    /// then empty.
+    pub text: Option<Text>,
+    /// Their [`Point::memory_size`] sum (or the text's [`Text::memory_size`]).
     pub memory: usize,
+}
+
+impl Chunk {
+    /// The number of points.
+    pub fn len(&self) -> usize {
+        self.text.as_ref().map_or(self.points.len(), Text::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The points as a batch holds them: the text if kept, else the points.
+    pub fn content(self) -> super::Content {
+        match self.text {
+            Some(t) => t.into(),
+            None => self.points.into(),
+        }
+    }
 }
 
 impl Reader {
@@ -106,7 +132,16 @@ impl Reader {
             decoded: 0,
             max_decoded,
             reserved: 0,
+            forward: false,
         }
+    }
+
+    /// Keeps line protocol as text ([`Chunk::text`]): every line is still checked as
+    /// before, but only its text is kept, for a write whose bytes can go out as they came
+    /// ([`super::text`]). No effect on v2 bodies.
+    pub fn forwarding(mut self) -> Reader {
+        self.forward = matches!(self.parser, Parser::Lines(_));
+        self
     }
 
     /// The memory the decode window holds now (what `reserve` was asked for, in all).
@@ -145,9 +180,10 @@ impl Reader {
         reserve: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Chunk, ReadError> {
         let mut points = Vec::new();
+        let mut text = self.forward.then(TextBuilder::default);
         let mut memory = 0;
         while memory < max_memory && !self.is_done() {
-            let (text, last) = match &self.src {
+            let (input, last) = match &self.src {
                 Source::Bytes(b) => (&b[self.start..], true),
                 Source::Read(_) => (&self.buf[self.start..], self.eof),
             };
@@ -155,13 +191,19 @@ impl Reader {
                 Parser::Lines(l) => {
                     // Only whole lines, unless the body ends here.
                     let whole = if last {
-                        text.len()
+                        input.len()
                     } else {
-                        text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
+                        input.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
                     };
-                    l.parse_some(&text[..whole], last, max_memory - memory, &mut points)
+                    l.parse_some(
+                        &input[..whole],
+                        last,
+                        max_memory - memory,
+                        &mut points,
+                        text.as_mut(),
+                    )
                 }
-                Parser::V2(e) => e.decode_some(text, last, max_memory - memory, &mut points),
+                Parser::V2(e) => e.decode_some(input, last, max_memory - memory, &mut points),
             };
             self.start += consumed;
             memory += added;
@@ -171,9 +213,17 @@ impl Reader {
         }
         if self.failed() {
             points = Vec::new();
+            text = text.map(|_| TextBuilder::default());
             memory = 0;
         }
-        Ok(Chunk { points, memory })
+        if let Some(t) = &text {
+            memory = t.memory_size();
+        }
+        Ok(Chunk {
+            points,
+            text: text.map(TextBuilder::finish),
+            memory,
+        })
     }
 
     /// Reads the next step of a decoder into the window, first moving what is left to its
@@ -285,6 +335,98 @@ mod tests {
             assert_eq!(points, whole);
             assert!(largest >= 20 * one && largest < 21 * one, "{largest}");
         }
+    }
+
+    /// Reads all chunks of a forwarding reader; returns the text of each chunk.
+    fn read_text(mut r: Reader, max: usize) -> (Vec<crate::point::Text>, Result<(), BadPoints>) {
+        let mut all = Vec::new();
+        let mut free = |_| true;
+        while !r.is_done() {
+            let c = r.next_chunk(max, &mut free).unwrap();
+            assert!(c.points.is_empty());
+            let t = c.text.expect("a forwarding reader keeps text");
+            assert_eq!(c.memory, t.memory_size());
+            all.push(t);
+        }
+        (all, r.finish())
+    }
+
+    /// Kept text is each line from its measurement to the end of its fields, as written,
+    /// then its timestamp in nanoseconds: stamped where it had none, scaled from the
+    /// precision, and it parses back to exactly the points a plain parse gives.
+    #[test]
+    fn forwarded_text_is_the_lines_as_written_with_their_timestamps_in_nanoseconds() {
+        let body = "  cpu,host=a  v=1.50,ok=T,s=\"a b\\\"c\"   17  \r\n\
+                    # comment\n\n\
+                    mem,host=b\\ c used=3i\n\
+                    disk free=2u 18\n";
+        let opts = ParseOptions {
+            precision: crate::point::Precision::Seconds,
+            default_time: 7,
+        };
+        let whole = crate::point::parse(body.as_bytes(), opts).unwrap();
+        for src in [
+            Source::Bytes(Bytes::from(body)),
+            gunzip_source(gzip(body.as_bytes())),
+        ] {
+            let r = Reader::new(src, Format::LineProtocol, opts, usize::MAX).forwarding();
+            let (texts, verdict) = read_text(r, usize::MAX);
+            verdict.unwrap();
+            assert_eq!(texts.len(), 1);
+            assert_eq!(
+                std::str::from_utf8(&texts[0].joined()).unwrap(),
+                "cpu,host=a  v=1.50,ok=T,s=\"a b\\\"c\" 17000000000\n\
+                 mem,host=b\\ c used=3i 7\n\
+                 disk free=2u 18000000000"
+            );
+            assert_eq!(texts[0].len(), 3);
+            assert_eq!(texts[0].to_points(), whole);
+        }
+    }
+
+    /// Chunks of text cut where the memory asked is reached, and together they are the
+    /// encoding of the whole parse; a bad line keeps nothing, as for points.
+    #[test]
+    fn forwarded_chunks_hold_about_the_memory_asked_and_a_bad_line_keeps_none() {
+        let b = body(5000);
+        let whole = crate::point::parse(&b, opts()).unwrap();
+        for src in [
+            Source::Bytes(Bytes::from(b.clone())),
+            gunzip_source(gzip(&b)),
+        ] {
+            let r = Reader::new(src, Format::LineProtocol, opts(), usize::MAX).forwarding();
+            let (texts, verdict) = read_text(r, 10_000);
+            verdict.unwrap();
+            assert!(texts.len() > 5, "{}", texts.len());
+            for t in &texts[..texts.len() - 1] {
+                assert!(t.memory_size() >= 10_000 && t.memory_size() < 10_100);
+            }
+            let points: Vec<Point> = texts.iter().flat_map(|t| t.to_points()).collect();
+            assert_eq!(points, whole);
+            let mut encoded = Vec::new();
+            crate::point::encode_points(&whole, &mut encoded);
+            let joined: Vec<u8> = texts
+                .iter()
+                .map(|t| t.joined().to_vec())
+                .collect::<Vec<_>>()
+                .join(&b'\n');
+            assert_eq!(joined, encoded);
+        }
+        let mut bad = b.clone();
+        bad.extend_from_slice(b"bad line\n");
+        let r = Reader::new(
+            Source::Bytes(Bytes::from(bad)),
+            Format::LineProtocol,
+            opts(),
+            usize::MAX,
+        )
+        .forwarding();
+        let (texts, verdict) = read_text(r, usize::MAX);
+        assert!(texts.iter().all(|t| t.is_empty()));
+        let Err(BadPoints::Lines(e)) = verdict else {
+            panic!("the bad line refuses the body")
+        };
+        assert_eq!(e.errors[0].line, 5001);
     }
 
     #[test]

@@ -244,6 +244,17 @@ impl Counts {
     }
 }
 
+/// The counts of `n` points of `category` that no sinker of `set` looks at (as
+/// [`split`] counts them).
+pub fn passed(set: &[Arc<Sinker>], category: Category, n: usize) -> Counts {
+    debug_assert!(!set.iter().any(|s| s.takes(category)));
+    Counts {
+        category: Some(category),
+        offered: Vec::new(),
+        not_sunk: (!set.is_empty()).then_some(n),
+    }
+}
+
 /// Splits `points` between the sinkers of `set` and the main endpoints.
 pub fn split(
     set: &[Arc<Sinker>],

@@ -33,7 +33,7 @@ use crate::category::Category;
 use crate::failcache::store::{Counters, Opener, Store};
 use crate::failcache::{Clock, Decoded, Record, open_or_move_aside};
 use crate::metrics::Metrics;
-use crate::point::{ParseOptions, Point, encode_points, parse};
+use crate::point::{ParseOptions, Point, Text, encode_points, parse};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("writes");
 
@@ -228,6 +228,17 @@ impl Wal {
             false,
             points.len() as u64,
             Bytes::from(lp),
+        ))
+    }
+
+    /// As [`Wal::prepare`], for points kept as text (no copy: the log holds the same
+    /// line protocol).
+    pub fn prepare_text(category: Category, text: &Text) -> Prepared {
+        Prepared(Record::new(
+            category,
+            false,
+            text.len() as u64,
+            text.joined(),
         ))
     }
 

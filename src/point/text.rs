@@ -1,0 +1,161 @@
+//! Points kept as the line protocol they came in as.
+//!
+//! In: the lines of a body the parser has checked ([`super::reader::Reader::forwarding`]).
+//! Out: request bodies cut from them without encoding anything again.
+//!
+//! Why: in the common case (no sinker looks at a write, no `X-Global-Tags` grouping, line
+//! protocol on the wire) the bytes that go out are the bytes that came in. Keeping them
+//! costs ~1/6 of the memory of parsed [`Point`]s and makes the bodies with a copy instead
+//! of an encode. Each line is kept from its measurement to the end of its field set, as
+//! written, followed by its timestamp in nanoseconds as the encoder writes it: the one part
+//! of a line that can change on the way (a line without one is stamped, a `precision`
+//! other than `n` is scaled). So a body made here is byte for byte the one
+//! [`Point::encode_into`] makes from the same points whenever the input is written as the
+//! encoder writes (DataKit's own encoder does); otherwise it is the same points, spelled
+//! as the client spelled them (`1.50`, `T`), which every line protocol reader takes alike.
+
+use bytes::Bytes;
+
+use super::{ParseOptions, Point, Precision, parse};
+
+/// A write's points: parsed, or the checked line protocol they came in as (sent without
+/// being encoded again: [`Text`]).
+#[derive(Debug)]
+pub enum Content {
+    Points(Vec<Point>),
+    Text(Text),
+}
+
+impl Content {
+    /// The number of points.
+    pub fn len(&self) -> usize {
+        match self {
+            Content::Points(p) => p.len(),
+            Content::Text(t) => t.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<Point>> for Content {
+    fn from(p: Vec<Point>) -> Content {
+        Content::Points(p)
+    }
+}
+
+impl From<Text> for Content {
+    fn from(t: Text) -> Content {
+        Content::Text(t)
+    }
+}
+
+/// Checked lines of one category, each ending in `\n`, every one with a timestamp in
+/// nanoseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Text {
+    bytes: Bytes,
+    /// The offset just past each line's `\n`.
+    ends: Vec<u32>,
+}
+
+impl Text {
+    /// Encodes `points` (for writes that arrive parsed, and for tests).
+    pub fn from_points(points: &[Point]) -> Text {
+        let mut b = TextBuilder::default();
+        let mut line = Vec::new();
+        for p in points {
+            line.clear();
+            p.encode_into(&mut line);
+            b.buf.extend_from_slice(&line);
+            b.end_line();
+        }
+        b.finish()
+    }
+
+    /// The number of lines (points).
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The memory it holds, as the budget counts it.
+    pub fn memory_size(&self) -> usize {
+        std::mem::size_of::<Text>() + self.bytes.len() + self.ends.len() * 4
+    }
+
+    /// The lines joined by `\n`, with no newline after the last (as
+    /// [`super::encode_points`] writes them). No copy.
+    pub fn joined(&self) -> Bytes {
+        self.bytes.slice(..self.bytes.len().saturating_sub(1))
+    }
+
+    /// The lines cut into runs whose joined size stays within `max_raw` bytes (a line over
+    /// it alone in its run), as the line protocol body builder cuts points: each run's
+    /// bytes (joined, no copy) and its number of lines.
+    pub fn runs(&self, max_raw: usize) -> Vec<(Bytes, usize)> {
+        let mut out = Vec::new();
+        let mut start = 0usize;
+        let mut first = 0usize;
+        for (i, &end) in self.ends.iter().enumerate() {
+            let end = end as usize;
+            // The run start..end joined, without the last line's `\n`.
+            if i > first && end - 1 - start > max_raw {
+                let prev = self.ends[i - 1] as usize;
+                out.push((self.bytes.slice(start..prev - 1), i - first));
+                start = prev;
+                first = i;
+            }
+        }
+        if first < self.ends.len() {
+            out.push((
+                self.bytes.slice(start..self.bytes.len() - 1),
+                self.ends.len() - first,
+            ));
+        }
+        out
+    }
+
+    /// The points, parsed again (for a part that must be routed or encoded as points after
+    /// all: a sinker added since the write was read, a v2 endpoint).
+    pub fn to_points(&self) -> Vec<Point> {
+        let opts = ParseOptions {
+            precision: Precision::Nanos,
+            default_time: 0,
+        };
+        parse(&self.bytes, opts).expect("lines checked by the parser parse again")
+    }
+}
+
+/// A [`Text`] under construction (by the parser).
+#[derive(Debug, Default)]
+pub(crate) struct TextBuilder {
+    pub(crate) buf: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl TextBuilder {
+    /// Ends the line written into `buf` since the last one.
+    pub(crate) fn end_line(&mut self) {
+        self.buf.push(b'\n');
+        let end = u32::try_from(self.buf.len()).expect("a chunk is far below 4 GiB");
+        self.ends.push(end);
+    }
+
+    /// The memory held so far, as [`Text::memory_size`] will count it.
+    pub(crate) fn memory_size(&self) -> usize {
+        std::mem::size_of::<Text>() + self.buf.len() + self.ends.len() * 4
+    }
+
+    pub(crate) fn finish(self) -> Text {
+        Text {
+            bytes: Bytes::from(self.buf),
+            ends: self.ends,
+        }
+    }
+}
