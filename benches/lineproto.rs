@@ -88,7 +88,3 @@ fn points(c: &mut Criterion) {
 
 criterion_group!(benches, bytes, points);
 criterion_main!(benches);
-
-// The daemon's allocator (see src/main.rs), so these numbers are the daemon's.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

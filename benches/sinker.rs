@@ -19,9 +19,6 @@ use dataway::Category;
 use dataway::point::{FieldValue, Point};
 use dataway::sinker::{Limits, LogFn, Plugin, Runtime};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[allow(dead_code)]
 #[path = "../tests/common/plugins.rs"]
 mod plugins;

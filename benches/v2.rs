@@ -55,8 +55,3 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 criterion_main!(benches);
-
-// The daemon's allocator (see src/main.rs), so these numbers are the daemon's: v2 encoding
-// allocates (the generated message owns copies of every key and string).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -11,36 +11,45 @@ use dataway::config::{Config, Notes};
 use dataway::daemon::Daemon;
 use dataway::endpoint::EndpointUrl;
 
-// Parsing allocates a few small strings per point: mimalloc parses ~1.9x faster than the
-// system allocator here (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// glibc malloc's arenas: at most this many (its default is 8 per core). Threads that
+/// share an arena contend a little; each extra arena holds its own freed memory. With 2 the
+/// 4-client load test peaked ~20% lower at the same CPU per point (BENCHMARKS.md,
+/// *Allocator*).
+const ARENA_MAX: libc::c_int = 2;
 
-/// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (`include/mimalloc.h`, the
-/// version libmimalloc-sys 0.1.49 builds by default; its Rust bindings do not name it).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// Allocations from this size up are mapped on their own and unmapped when freed, so the
+/// large buffers a write passes through (bodies, kept text, gzip output: ~1 MB each) go
+/// back to the OS at once instead of piling up in the heap between bursts. glibc's default
+/// threshold starts at 128 KiB but rises to 32 MiB as such buffers are freed, which let
+/// them pile up.
+const MMAP_THRESHOLD: libc::c_int = 512 * 1024;
 
-/// How long mimalloc keeps freed memory before returning it to the OS, unless
-/// `MIMALLOC_PURGE_DELAY` says otherwise. v3's default (1 s) let a burst of gzip bombs take
-/// RSS to ~150 MiB with a 64 MiB budget; 100 ms keeps it near 105 MiB at no measurable CPU
-/// cost, while 0 costs ~40% more CPU per point (BENCHMARKS.md, *Allocator purge delay*).
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
-
-/// Sets the allocator's options before the daemon allocates much; the user's
-/// `MIMALLOC_*` environment (read by mimalloc itself at start) wins. Returns the purge
-/// delay in effect.
-fn tune_allocator() -> std::ffi::c_long {
-    // SAFETY: mi_option_get/set read and store an integer option; called once, before the
-    // runtime starts any thread (they are not thread-safe).
-    unsafe {
-        let before = libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY);
-        // v3's default is 1000: anything else means the user set it, or the index is not
-        // the purge delay in the linked mimalloc (then leave it alone).
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() && before == 1000 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
-        }
-        libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
+/// Sets the allocator up for a long-running daemon whose large buffers come and go,
+/// before it allocates much; settings the user made in the environment win. Returns what
+/// was done, for the log.
+///
+/// The allocator is the system's: since writes are forwarded as text (no `String`s per
+/// point), mimalloc was no faster end to end and held up to 2x the memory (BENCHMARKS.md).
+fn tune_allocator() -> &'static str {
+    if !cfg!(all(target_os = "linux", target_env = "gnu")) {
+        return "the system's, as it is";
     }
+    let set = [
+        "GLIBC_TUNABLES",
+        "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_THRESHOLD_",
+    ];
+    if set.iter().any(|v| std::env::var_os(v).is_some()) {
+        return "glibc malloc, as the environment sets it";
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt sets a malloc parameter; called once, before the runtime starts any
+    // thread.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+    "glibc malloc, 2 arenas, buffers from 512 KiB mapped on their own"
 }
 
 /// Ships observability points (line protocol) to Dataway servers.
@@ -171,11 +180,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            let purge_delay = tune_allocator();
+            let allocator = tune_allocator();
             init_logging(&cfg.log.level);
-            tracing::debug!(
-                "allocator: mimalloc, purge delay {purge_delay} ms (MIMALLOC_PURGE_DELAY to change)"
-            );
+            tracing::debug!("allocator: {allocator}");
             log_notes(&notes);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -12,7 +12,7 @@
 //! In both, a single point over the limit still goes, alone in its body: dropping it
 //! silently would be worse, and the server is the one to judge it.
 
-use std::cell::RefCell;
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
 use libdeflater::{CompressionLvl, Compressor};
@@ -122,29 +122,46 @@ pub fn build_text_bodies(text: &Text, max_raw: usize, gzip: bool) -> Vec<Body> {
 /// of its CPU on two realistic datasets; level 4 is ~10% faster but up to 5% larger.
 const GZIP_LEVEL: i32 = 5;
 
-thread_local! {
-    /// Each thread's compressor and output buffer, reused from body to body: no compressor
-    /// state or worst-case output buffer is allocated per body.
-    static GZIP: RefCell<(Compressor, Vec<u8>)> = RefCell::new((
-        Compressor::new(CompressionLvl::new(GZIP_LEVEL).expect("a valid level")),
-        Vec::new(),
-    ));
+/// A compressor and its output buffer, reused from body to body: no compressor state or
+/// worst-case output buffer is allocated per body.
+struct Gzipper {
+    compressor: Compressor,
+    out: Vec<u8>,
+}
+
+/// The idle gzippers. Bodies are gzipped on the blocking pool, whose threads come and go
+/// (a dozen under load): one gzipper per thread held ~2 MB on each (heap profile,
+/// BENCHMARKS.md). Pooled, no more are kept than there are CPUs to run them.
+static GZIPPERS: Mutex<Vec<Gzipper>> = Mutex::new(Vec::new());
+
+/// How many idle gzippers [`GZIPPERS`] keeps.
+fn gzippers_kept() -> usize {
+    static KEPT: OnceLock<usize> = OnceLock::new();
+    *KEPT.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
 }
 
 /// `raw` as one gzip member.
 pub fn gzip(raw: &[u8]) -> Bytes {
-    GZIP.with_borrow_mut(|(c, out)| {
-        out.resize(c.gzip_compress_bound(raw.len()), 0);
-        let n = c
-            .gzip_compress(raw, out)
-            .expect("the output buffer is the compressor's own bound");
-        let payload = Bytes::copy_from_slice(&out[..n]);
-        // Keep the buffer for the next body, unless one huge body grew it.
-        if out.capacity() > 4 << 20 {
-            *out = Vec::new();
-        }
-        payload
-    })
+    let idle = GZIPPERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    let mut g = idle.unwrap_or_else(|| Gzipper {
+        compressor: Compressor::new(CompressionLvl::new(GZIP_LEVEL).expect("a valid level")),
+        out: Vec::new(),
+    });
+    g.out.resize(g.compressor.gzip_compress_bound(raw.len()), 0);
+    let n = g
+        .compressor
+        .gzip_compress(raw, &mut g.out)
+        .expect("the output buffer is the compressor's own bound");
+    let payload = Bytes::copy_from_slice(&g.out[..n]);
+    // Keep the buffer for the next body, unless one huge body grew it.
+    if g.out.capacity() > 4 << 20 {
+        g.out = Vec::new();
+    }
+    let mut pool = GZIPPERS.lock().unwrap_or_else(|e| e.into_inner());
+    if pool.len() < gzippers_kept() {
+        pool.push(g);
+    }
+    payload
 }
 
 fn finish(raw: &[u8], points: usize, gzip: bool, encoding: ContentEncoding) -> Body {
@@ -206,7 +223,7 @@ mod tests {
         assert_eq!(back, pts);
     }
 
-    /// The thread's buffer is reused: a small body after a large one (and the reverse)
+    /// A pooled buffer is reused: a small body after a large one (and the reverse)
     /// is exactly its own bytes, and no larger than zlib's default level makes it.
     #[test]
     fn gzip_reuses_its_buffer_and_each_body_is_whole() {

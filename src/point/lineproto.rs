@@ -274,13 +274,13 @@ impl Lines {
         match result {
             Ok(Some(l)) if self.total == 0 => match lines {
                 Some(t) => {
-                    let before = t.memory_size();
+                    let before = t.used();
                     t.buf
                         .extend_from_slice(&line.as_bytes()[l.measurement.start..l.fields_end]);
                     t.buf.push(b' ');
                     write_i64(l.time, &mut t.buf);
                     t.end_line();
-                    t.memory_size() - before
+                    t.used() - before
                 }
                 None => {
                     let p = l.point(line, &mut self.scratch);

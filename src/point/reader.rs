@@ -23,6 +23,9 @@ use super::{ParseErrors, ParseOptions, Point};
 /// How many decoded bytes a decoder source is read by at a time.
 const READ_STEP: usize = 64 * 1024;
 
+/// The text buffer a decoder source's chunk starts with (it grows as needed).
+const TEXT_START: usize = 256 * 1024;
+
 /// The wire format of a body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -180,7 +183,14 @@ impl Reader {
         reserve: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Chunk, ReadError> {
         let mut points = Vec::new();
-        let mut text = self.forward.then(TextBuilder::default);
+        let mut text = self.forward.then(|| {
+            // About the input's size (lines are kept as written), up to the memory asked.
+            let input = match &self.src {
+                Source::Bytes(b) => b.len() - self.start,
+                Source::Read(_) => TEXT_START,
+            };
+            TextBuilder::with_capacity((input + input / 16).min(max_memory))
+        });
         let mut memory = 0;
         while memory < max_memory && !self.is_done() {
             let (input, last) = match &self.src {
@@ -216,12 +226,13 @@ impl Reader {
             text = text.map(|_| TextBuilder::default());
             memory = 0;
         }
+        let text = text.map(TextBuilder::finish);
         if let Some(t) = &text {
             memory = t.memory_size();
         }
         Ok(Chunk {
             points,
-            text: text.map(TextBuilder::finish),
+            text,
             memory,
         })
     }

@@ -132,7 +132,10 @@ impl Text {
     }
 }
 
-/// A [`Text`] under construction (by the parser).
+/// A [`Text`] under construction (by the parser). Growing by doubling can hold up to twice
+/// what is written (a heap profile found text buffers 1.5x over what the budget was
+/// charged), so the caller sizes it up front ([`TextBuilder::with_capacity`]) and
+/// [`TextBuilder::finish`] gives back the excess: a text holds what it is charged.
 #[derive(Debug, Default)]
 pub(crate) struct TextBuilder {
     pub(crate) buf: Vec<u8>,
@@ -140,6 +143,15 @@ pub(crate) struct TextBuilder {
 }
 
 impl TextBuilder {
+    /// A builder for about `bytes` of text.
+    pub(crate) fn with_capacity(bytes: usize) -> TextBuilder {
+        TextBuilder {
+            buf: Vec::with_capacity(bytes),
+            // A line is rarely under ~40 bytes.
+            ends: Vec::with_capacity(bytes / 40),
+        }
+    }
+
     /// Ends the line written into `buf` since the last one.
     pub(crate) fn end_line(&mut self) {
         self.buf.push(b'\n');
@@ -147,15 +159,54 @@ impl TextBuilder {
         self.ends.push(end);
     }
 
-    /// The memory held so far, as [`Text::memory_size`] will count it.
-    pub(crate) fn memory_size(&self) -> usize {
+    /// The memory the text written so far will hold once finished (as
+    /// [`Text::memory_size`] counts it).
+    pub(crate) fn used(&self) -> usize {
         std::mem::size_of::<Text>() + self.buf.len() + self.ends.len() * 4
     }
 
-    pub(crate) fn finish(self) -> Text {
+    /// The text, holding no more memory than [`Text::memory_size`] counts (give or take
+    /// 1/16).
+    pub(crate) fn finish(mut self) -> Text {
+        fit(&mut self.buf);
+        fit(&mut self.ends);
         Text {
             bytes: Bytes::from(self.buf),
             ends: self.ends,
         }
+    }
+}
+
+/// Gives back a vector's spare capacity when it is over 1/16 of its length.
+fn fit<T>(v: &mut Vec<T>) {
+    if v.capacity() - v.len() > v.len() / 16 {
+        v.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer grown by doubling holds up to twice its length; once fitted, no more than
+    /// 1/16 over it (what the budget is charged is what is held).
+    #[test]
+    fn a_finished_text_holds_about_its_length() {
+        let mut b = TextBuilder::with_capacity(16);
+        while b.buf.len() < 100_000 {
+            b.buf.extend_from_slice(b"cpu,host=h1 usage=1.5 1");
+            b.end_line();
+        }
+        assert!(b.buf.capacity() > b.buf.len() + b.buf.len() / 16);
+        let len = b.buf.len();
+        let mut grown = std::mem::take(&mut b.buf);
+        fit(&mut grown);
+        assert!(grown.capacity() <= len + len / 16, "{}", grown.capacity());
+        b.buf = grown;
+        let text = b.finish();
+        assert_eq!(
+            text.memory_size(),
+            std::mem::size_of::<Text>() + len + text.len() * 4
+        );
     }
 }
