@@ -66,6 +66,7 @@ impl Daemon {
             let wal = Wal::open_counted(&path, metrics.clone()).map_err(|e| {
                 anyhow::anyhow!("dataway.wal.path: cannot open {}: {e}", path.display())
             })?;
+            wal.set_spill_limit(config.dataway.wal.max_spill_bytes);
             dataway = dataway.with_wal(wal.clone());
             Some(wal)
         } else {
@@ -118,8 +119,14 @@ impl Daemon {
         // Replay alongside serving: with an endpoint down, replaying can take as long as
         // its retries, and ingest must not wait for that. A stop ends it (the entries not
         // replayed yet stay in the WAL).
+        let mut drainer = None;
         if let Some(wal) = self.wal.clone() {
-            tokio::spawn(replay_wal(wal, self.dataway.clone()));
+            tokio::spawn(replay_wal(wal.clone(), self.dataway.clone()));
+            drainer = Some(tokio::spawn(drain_spilled(
+                wal,
+                self.dataway.clone(),
+                shutdown.clone(),
+            )));
         }
         tracing::info!(listen = %listener.local_addr()?, "ingest server listening");
         let close = CancellationToken::new();
@@ -157,6 +164,22 @@ impl Daemon {
             .dataway
             .shutdown(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
+        // The drainer ends once the router is closed (what it had not queued stays in the
+        // WAL); it holds the WAL open, so wait for it, a little.
+        if let Some(d) = drainer
+            && tokio::time::timeout(Duration::from_secs(5), d)
+                .await
+                .is_err()
+        {
+            tracing::warn!("the WAL drainer did not stop; its write stays in the WAL");
+        }
+        if let Some(wal) = &self.wal
+            && wal.spilling()
+        {
+            tracing::info!(
+                "writes spilled to the WAL and not queued yet stay there for the next start"
+            );
+        }
         tracing::info!(
             abandoned_points = report.abandoned_points,
             kept_in_fail_cache = report.persisted_points,
@@ -206,6 +229,31 @@ pub fn crash_loss(cfg: &DatawayConfig) -> String {
              points still in memory are lost, up to dataway.max_pending_bytes ({size}){cached}; \
              set [dataway.wal] enabled = true to lose none"
         )
+    }
+}
+
+/// Queues the writes spilled to the WAL (taken while memory or the queues were full),
+/// oldest first, as room is made. At a stop the ones not queued yet stay in the WAL and are
+/// replayed at the next start.
+async fn drain_spilled(wal: Arc<Wal>, dataway: Arc<Dataway>, stop: CancellationToken) {
+    loop {
+        let w = wal.clone();
+        match tokio::task::spawn_blocking(move || w.next_spilled()).await {
+            Ok(Ok(Some((ticket, category, text)))) => {
+                if dataway.write_spilled(category, text, ticket).await.is_err() {
+                    return; // closing
+                }
+            }
+            Ok(Ok(None)) => tokio::select! {
+                _ = wal.spilled() => {}
+                _ = stop.cancelled() => return,
+            },
+            Ok(Err(e)) => {
+                tracing::error!("cannot read spilled writes back from the WAL (retrying): {e}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(_) => return,
+        }
     }
 }
 

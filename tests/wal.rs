@@ -342,3 +342,90 @@ async fn a_body_the_fail_cache_cannot_take_is_held_by_the_wal_and_sent_again() {
         "delivered writes leave the WAL"
     );
 }
+
+/// With the WAL on, the WAL is the buffer: a burst past what memory and the queues take is
+/// logged, acknowledged, and queued later at sending speed, instead of answered 503. Every
+/// point arrives once; the backlog drains by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_wal_on_a_burst_is_spilled_to_disk_not_refused_and_all_of_it_arrives_once() {
+    let dw = MockDataway::start().await;
+    // A slow server: one write in flight at a time, two queued, the rest must wait.
+    dw.set_default(Some(Reply::Slow(Duration::from_millis(300))));
+    let d = TestDaemon::start(config_for(
+        &[dw.url("t")],
+        "workers = 1\nqueue_size = 2",
+        "[dataway.wal]\nenabled = true\n",
+    ))
+    .await;
+    for i in 0..30 {
+        let r = d.post("metric", lines("cpu", 100, i * 100)).await;
+        assert_eq!(r.status(), 200, "write {i}: {}", r.text().await.unwrap());
+    }
+    let spilled = sample(&d.metrics.encode_text(), "dataway_wal_spilled_writes").unwrap();
+    assert!(spilled >= 20.0, "{spilled} writes waiting in the WAL");
+    dw.set_default(None);
+    assert!(dw.wait_points(3000, Duration::from_secs(30)).await);
+    assert!(wait_metric(&d.metrics, "dataway_wal_spilled_writes", 0.0).await);
+    assert!(wait_metric(&d.metrics, "dataway_wal_spilled_bytes", 0.0).await);
+    d.stop().await;
+    let arrived = seqs(&dw);
+    assert_eq!(arrived.len(), 3000);
+    assert!(arrived.values().all(|&n| n == 1), "{arrived:?}");
+}
+
+/// Past `max_spill_bytes` writes are refused (503), cheaply and whole; what was taken
+/// arrives, what was refused does not, and a stop with a backlog leaves it in the WAL for
+/// the next start, which delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_spill_limit_writes_are_refused_and_a_stop_keeps_the_backlog_for_the_next_start() {
+    let dw = MockDataway::start().await;
+    dw.set_default(Some(Reply::Slow(Duration::from_secs(60))));
+    let dir = scratch_dir("wal-spill-limit");
+    // Both runs share the WAL and the fail-cache (where the write cut at the stop goes).
+    let config = || {
+        config_for(
+            &[dw.url("t")],
+            "workers = 1\nqueue_size = 1\ntimeout = \"60s\"",
+            &format!(
+                "[dataway.wal]\nenabled = true\npath = \"{}\"\nmax_spill_bytes = 20000\n\
+                 [dataway.fail_cache]\npath = \"{}\"\nclean_interval = \"100ms\"\n",
+                dir.join("wal").display(),
+                dir.join("fc").display()
+            ),
+        )
+    };
+    let mut cfg = config();
+    cfg.dataway.shutdown_timeout = Duration::from_millis(300);
+    let d = TestDaemon::start(cfg).await;
+    let (mut taken, mut refused) = (Vec::new(), Vec::new());
+    for i in 0..20 {
+        // ~4.8 KB of line protocol each: two in flight or queued, ~4 spilled, then 503.
+        let r = d.post("metric", lines("cpu", 100, i * 100)).await;
+        match r.status().as_u16() {
+            200 => taken.extend(i * 100..i * 100 + 100),
+            503 => refused.extend(i * 100..i * 100 + 100),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert!(
+        !refused.is_empty() && taken.len() >= 500,
+        "taken {}",
+        taken.len()
+    );
+    let bytes = sample(&d.metrics.encode_text(), "dataway_wal_spilled_bytes").unwrap();
+    assert!(bytes > 0.0 && bytes <= 20000.0, "{bytes}");
+    // Stopped with the server still hanging: the backlog stays in the WAL.
+    d.stop().await;
+    dw.set_default(None);
+    let d = TestDaemon::start(config()).await;
+    assert!(
+        dw.wait_for(Duration::from_secs(30), |m| {
+            let s = seqs(m);
+            taken.iter().all(|q| s.contains_key(&(*q as u64)))
+        })
+        .await
+    );
+    d.stop().await;
+    let arrived = seqs(&dw);
+    assert!(refused.iter().all(|q| !arrived.contains_key(&(*q as u64))));
+}

@@ -153,6 +153,11 @@ pub struct WalConfig {
     pub enabled: bool,
     /// Directory of the log file (`wal.redb`).
     pub path: PathBuf,
+    /// The most bytes of writes the log holds beyond what memory and the queues take: a
+    /// burst is logged, acknowledged and queued later, at sending speed, instead of being
+    /// refused with 503 (as DataKit's disk WAL does). Past it, writes are refused. 0: no
+    /// spilling (a write is taken only when memory and the queues have room).
+    pub max_spill_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -160,6 +165,7 @@ impl Default for WalConfig {
         WalConfig {
             enabled: false,
             path: PathBuf::from("dataway-data/wal"),
+            max_spill_bytes: 1 << 30,
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::endpoint::{
 };
 use crate::httpcli::Response;
 use crate::metrics::Metrics;
-use crate::point::{Content, Point};
+use crate::point::{Content, Point, Text};
 use crate::sinker::{self, Sinker, Sinkers};
 use crate::wal::{Prepared, Ticket, Wal};
 
@@ -74,6 +74,16 @@ const RETIRE_GRACE: Duration = Duration::from_secs(60);
 fn wal_failed(e: String) -> WriteError {
     tracing::error!("WAL append failed; write refused: {e}");
     WriteError::Full
+}
+
+/// Logs a write in the WAL without queueing it (see [`Wal::spill`]).
+fn spill(wal: &Arc<Wal>, prepared: Option<Prepared>) -> Result<(), WriteError> {
+    let prepared = prepared.expect("a write is prepared when the WAL is on");
+    match wal.spill(prepared) {
+        Ok(()) => Ok(()),
+        Err(None) => Err(WriteError::Full),
+        Err(Some(e)) => Err(wal_failed(e)),
+    }
 }
 
 /// Points bound for a set of endpoints (a sinker's, or the main ones).
@@ -226,6 +236,10 @@ impl Dataway {
         if self.closed.load(Ordering::Acquire) {
             return Err(WriteError::Closed);
         }
+        // With the WAL as the buffer, a write that finds no room is spilled to disk.
+        if self.wal.as_ref().is_some_and(|w| w.can_spill()) {
+            return Ok(());
+        }
         let set = self.sinkers.snapshot();
         let mut whole = Vec::new();
         for s in set.iter().filter(|s| s.takes(category)) {
@@ -270,26 +284,101 @@ impl Dataway {
             return Ok(());
         }
         let prepared = self.prepare(category, &points);
+        // Writes waiting in the WAL go first: this one waits behind them.
+        if let Some(w) = &self.wal
+            && w.spilling()
+        {
+            return spill(w, prepared);
+        }
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, points);
         let total = self.total_charge(&parts);
-        let permit = match held {
-            Some(h) => self.budget.resize(h, total).map_err(|_| WriteError::Full)?,
-            None => self.budget.try_points(total).ok_or(WriteError::Full)?,
+        let Some((permit, slots)) = self.try_room(&parts, total, held) else {
+            // No room in memory or a queue: with the WAL on, the disk holds it meanwhile.
+            return match &self.wal {
+                Some(w) if w.can_spill() => spill(w, prepared),
+                _ => Err(WriteError::Full),
+            };
         };
-        let slots = parts
-            .iter()
-            .map(|p| p.endpoints.iter().map(Endpoint::try_reserve).collect())
-            .collect::<Option<Vec<Vec<_>>>>()
-            .ok_or(WriteError::Full)?;
         let ticket = self.log(prepared)?;
         enqueue(category, parts, slots, permit, ticket);
         counts.record(&self.metrics);
         Ok(())
     }
 
+    /// The budget and a queue slot on every endpoint for `parts`, if all are free now.
+    /// With the WAL as the buffer, queued writes keep to half the budget: the other half
+    /// reads and parses what comes in (and spills it to the WAL).
+    fn try_room<'a>(
+        &'a self,
+        parts: &[Part<'a>],
+        total: usize,
+        held: Option<OwnedSemaphorePermit>,
+    ) -> Option<(OwnedSemaphorePermit, Vec<Vec<crate::endpoint::Slot<'a>>>)> {
+        let permit = match held {
+            Some(h) => self.budget.resize(h, total).ok()?,
+            None => self.budget.try_points(total)?,
+        };
+        if self.wal.as_ref().is_some_and(|w| w.can_spill())
+            && self.budget.used().0 > self.budget.total() / 2
+        {
+            return None;
+        }
+        let slots = parts
+            .iter()
+            .map(|p| p.endpoints.iter().map(Endpoint::try_reserve).collect())
+            .collect::<Option<Vec<Vec<_>>>>()?;
+        Some((permit, slots))
+    }
+
+    /// Queues a write spilled to the WAL and read back from it ([`Wal::next_spilled`];
+    /// its entry is `ticket`), waiting for room: for budget up to half of it (ingest keeps
+    /// the other half to take and spill what comes in meanwhile), and for queue slots.
+    /// `Err` once the daemon is closing: the entry then stays for the next start.
+    pub async fn write_spilled(
+        &self,
+        category: Category,
+        text: Text,
+        ticket: Ticket,
+    ) -> Result<(), WriteError> {
+        // Kept until queued: if this is given up on (a stop, or the task dropped at the
+        // end of one), the entry stays for the next start.
+        ticket.keep();
+        let closed = |_: &Ticket| Err(WriteError::Closed);
+        if self.closed.load(Ordering::Acquire) {
+            return closed(&ticket);
+        }
+        let set = self.sinkers.snapshot();
+        let (parts, counts) = self.parts(&set, category, Content::Text(text));
+        let total = self.total_charge(&parts);
+        // Budget is returned by endpoints as they deliver; a short poll is enough here
+        // (this runs only while a backlog drains).
+        while self.budget.used().0 > 0 && self.budget.used().0 + total > self.budget.total() / 2 {
+            if self.closed.load(Ordering::Acquire) {
+                return closed(&ticket);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let permit = self.budget.points(total).await;
+        let mut slots = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let mut these = Vec::with_capacity(p.endpoints.len());
+            for ep in p.endpoints {
+                match ep.reserve().await {
+                    Some(slot) => these.push(slot),
+                    None => return closed(&ticket),
+                }
+            }
+            slots.push(these);
+        }
+        ticket.unkeep();
+        enqueue(category, parts, slots, permit, Some(Arc::new(ticket)));
+        counts.record(&self.metrics);
+        Ok(())
+    }
+
     /// Whether a write of `category` can be kept as the line protocol it came in as and
-    /// sent without being encoded again ([`Dataway::try_write_text`]): no sinker looks at
+    /// sent without being encoded again ([`crate::point::Text`]): no sinker looks at
     /// it, no `X-Global-Tags` grouping, and the main endpoints send line protocol.
     pub fn forwards(&self, category: Category) -> bool {
         self.forwards_with(&self.sinkers.snapshot(), category)

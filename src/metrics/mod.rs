@@ -70,6 +70,11 @@ pub struct Metrics {
     /// retries and that the fail-cache could not take (a full disk, say), waiting to be sent
     /// again; the WAL holds them, so they are neither dropped nor lost.
     pub held_points: IntGaugeVec,
+    /// `dataway_wal_spilled_writes`: writes the WAL holds that wait for room in memory
+    /// (with the WAL on, a burst goes to disk rather than back to the client as 503).
+    pub wal_spilled_writes: IntGauge,
+    /// `dataway_wal_spilled_bytes`: their size (bounded by `[dataway.wal] max_spill_bytes`).
+    pub wal_spilled_bytes: IntGauge,
     /// `dataway_failcache_disk_bytes{endpoint}`: their size on disk.
     pub failcache_disk_bytes: IntGaugeVec,
     /// `dataway_failcache_dropped_total{endpoint,reason}`: records given up on (`full`:
@@ -252,6 +257,14 @@ impl Metrics {
                 "dataway_wal_held_points",
                 "Points the fail-cache could not take, held by the WAL and sent again after the interval",
                 &["endpoint", "category"],
+            ),
+            wal_spilled_writes: single_gauge(
+                "dataway_wal_spilled_writes",
+                "Writes the WAL holds that wait for room in memory to be queued",
+            ),
+            wal_spilled_bytes: single_gauge(
+                "dataway_wal_spilled_bytes",
+                "Bytes of the writes the WAL holds that wait for room in memory",
             ),
             failcache_disk_bytes: gauge(
                 "dataway_failcache_disk_bytes",

@@ -75,6 +75,17 @@ impl Text {
         b.finish()
     }
 
+    /// Lines joined by `\n` as [`Text::joined`] gives them (a WAL entry), taken as
+    /// checked: they were, before they were logged.
+    pub fn from_joined(joined: &[u8]) -> Text {
+        let mut b = TextBuilder::with_capacity(joined.len() + 1);
+        for line in joined.split(|&c| c == b'\n') {
+            b.buf.extend_from_slice(line);
+            b.end_line();
+        }
+        b.finish()
+    }
+
     /// The number of lines (points).
     pub fn len(&self) -> usize {
         self.ends.len()

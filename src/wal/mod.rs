@@ -52,6 +52,22 @@ pub struct Wal {
     /// that succeeds, so a write delivered during the fault is not replayed at the next
     /// start.
     unremoved: Mutex<Vec<u64>>,
+    /// Writes logged but not queued ([`Wal::spill`]), oldest first.
+    spill: Mutex<Spill>,
+    /// Told when a write is spilled (the drainer waits on it).
+    spilled: tokio::sync::Notify,
+    /// The most bytes of spilled writes the log holds; 0: none (writes are refused).
+    max_spill: std::sync::atomic::AtomicU64,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Writes in the log that wait for room in memory (see [`Wal::spill`]).
+#[derive(Default)]
+struct Spill {
+    /// (entry id, bytes), oldest first.
+    ids: std::collections::VecDeque<(u64, u64)>,
+    /// Bytes of `ids`, plus spills being committed.
+    bytes: u64,
 }
 
 /// The group commit's state. Groups are numbered; writers join the open group, and one of
@@ -91,6 +107,11 @@ impl Ticket {
     /// could not take it): it is replayed at the next start.
     pub fn keep(&self) {
         self.keep.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Undoes [`Ticket::keep`]: the entry goes when the ticket drops.
+    pub fn unkeep(&self) {
+        self.keep.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Leaves the entry in the log, as a crash would (tests).
@@ -180,9 +201,9 @@ impl Wal {
             crate::failcache::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         let (mut store, _) = Store::open(path, opener, clock)?;
-        if let Some(metrics) = metrics {
+        if let Some(metrics) = &metrics {
             store = store.counted(Counters {
-                metrics,
+                metrics: metrics.clone(),
                 store: "wal",
                 name: "wal".to_string(),
             });
@@ -206,7 +227,111 @@ impl Wal {
             committed: Condvar::new(),
             removals: Mutex::new((Vec::new(), false)),
             unremoved: Mutex::new(Vec::new()),
+            spill: Mutex::new(Spill::default()),
+            spilled: tokio::sync::Notify::new(),
+            max_spill: std::sync::atomic::AtomicU64::new(0),
+            metrics,
         }))
+    }
+
+    /// Lets the log hold up to `bytes` of spilled writes ([`Wal::spill`]; 0: none).
+    pub fn set_spill_limit(&self, bytes: u64) {
+        self.max_spill
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether some writes wait in the log only: a new write then spills too, behind
+    /// them, so the oldest go out first.
+    pub fn spilling(&self) -> bool {
+        !self.lock_spill().ids.is_empty()
+    }
+
+    /// Whether a write could be spilled now (the spill limit is not reached).
+    pub fn can_spill(&self) -> bool {
+        self.lock_spill().bytes < self.max_spill.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock_spill(&self) -> std::sync::MutexGuard<'_, Spill> {
+        self.spill.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn spill_gauges(&self, s: &Spill) {
+        if let Some(m) = &self.metrics {
+            m.wal_spilled_writes.set(s.ids.len() as i64);
+            m.wal_spilled_bytes.set(s.bytes as i64);
+        }
+    }
+
+    /// Logs a write durably without queueing it: the WAL is the buffer when memory or the
+    /// queues are full. [`Wal::next_spilled`] hands spilled writes back, oldest first, as
+    /// there is room. Blocks until the entry is on disk. `Err` when the spill limit is
+    /// reached (`None`) or the append failed (`Some(why)`).
+    pub fn spill(self: &Arc<Self>, prepared: Prepared) -> Result<(), Option<String>> {
+        let size = prepared.0.payload.len() as u64;
+        {
+            let mut s = self.lock_spill();
+            if s.bytes + size > self.max_spill.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(None);
+            }
+            s.bytes += size;
+        }
+        match self.commit(prepared) {
+            Ok(mut ticket) => {
+                // No batch holds the entry: it stays until the drainer takes it.
+                ticket.wal = None;
+                let mut s = self.lock_spill();
+                s.ids.push_back((ticket.id, size));
+                self.spill_gauges(&s);
+                drop(s);
+                self.spilled.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                self.lock_spill().bytes -= size;
+                Err(Some(e))
+            }
+        }
+    }
+
+    /// Waits until a write is spilled (or was before the call, since the last wait).
+    pub async fn spilled(&self) {
+        self.spilled.notified().await
+    }
+
+    /// The oldest spilled write, read back from the log, with the ticket that removes it
+    /// once delivered; `None` when none waits. A damaged or missing entry is skipped
+    /// (logged).
+    pub fn next_spilled(self: &Arc<Self>) -> Result<Option<(Ticket, Category, Text)>, String> {
+        loop {
+            let Some(&(id, size)) = self.lock_spill().ids.front() else {
+                return Ok(None);
+            };
+            let found = self.store.with(false, |db| {
+                let txn = db.begin_read()?;
+                let t = txn.open_table(ENTRIES)?;
+                Ok(t.get(id)?.map(|v| Record::decode(v.value())))
+            })?;
+            {
+                let mut s = self.lock_spill();
+                s.ids.pop_front();
+                s.bytes -= size;
+                self.spill_gauges(&s);
+            }
+            let ticket = Ticket {
+                wal: Some(self.clone()),
+                id,
+                keep: Default::default(),
+            };
+            match found {
+                Some(Decoded::Ok(r)) => {
+                    return Ok(Some((ticket, r.category, Text::from_joined(&r.payload))));
+                }
+                Some(Decoded::Corrupt(why)) => {
+                    tracing::error!(id, "damaged spilled WAL entry skipped: {why}")
+                }
+                None => tracing::error!(id, "spilled WAL entry missing; skipped"),
+            }
+        }
     }
 
     /// Writes `points` durably (fsynced) and returns the ticket that removes them.
