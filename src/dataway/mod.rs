@@ -344,9 +344,8 @@ impl Dataway {
         // Kept until queued: if this is given up on (a stop, or the task dropped at the
         // end of one), the entry stays for the next start.
         ticket.keep();
-        let closed = |_: &Ticket| Err(WriteError::Closed);
         if self.closed.load(Ordering::Acquire) {
-            return closed(&ticket);
+            return Err(WriteError::Closed);
         }
         let set = self.sinkers.snapshot();
         let (parts, counts) = self.parts(&set, category, Content::Text(text));
@@ -355,7 +354,7 @@ impl Dataway {
         // (this runs only while a backlog drains).
         while self.budget.used().0 > 0 && self.budget.used().0 + total > self.budget.total() / 2 {
             if self.closed.load(Ordering::Acquire) {
-                return closed(&ticket);
+                return Err(WriteError::Closed);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -366,7 +365,7 @@ impl Dataway {
             for ep in p.endpoints {
                 match ep.reserve().await {
                     Some(slot) => these.push(slot),
-                    None => return closed(&ticket),
+                    None => return Err(WriteError::Closed),
                 }
             }
             slots.push(these);
