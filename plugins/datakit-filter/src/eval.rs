@@ -850,7 +850,12 @@ impl Bits {
     /// The points of `self` that are not in `o`.
     fn and_not(&self, o: &Bits) -> Bits {
         Bits {
-            words: self.words.iter().zip(&o.words).map(|(a, b)| a & !b).collect(),
+            words: self
+                .words
+                .iter()
+                .zip(&o.words)
+                .map(|(a, b)| a & !b)
+                .collect(),
             n: self.n,
         }
     }
