@@ -28,8 +28,10 @@
 //! Per [`Program::eval`] call, each key a condition uses is fetched at most once: its tag column
 //! (dictionary-encoded, so a condition is tested once per distinct tag value), and its field
 //! column only when some point lacks the tag. Conditions yield bitsets over the batch's points
-//! that `and`/`or`/groups combine word by word; a conjunction stops once no point is left, a
-//! disjunction once every point matched.
+//! that `and`/`or`/groups combine word by word. Each condition is evaluated only over the points
+//! that can still change the answer (those left in its conjunction, not yet matched by an
+//! earlier alternative or group): a conjunction stops once no point is left, a disjunction or
+//! the list of groups once every point matched.
 
 use std::cmp::Ordering;
 
@@ -281,6 +283,27 @@ enum Pred {
 }
 
 impl Pred {
+    /// [`Pred::test`] for a field value, with a shortcut for the common case of a float
+    /// field compared with a number (no `V` conversion, no type dispatch per point).
+    #[inline]
+    fn test_value(&self, v: &Value) -> bool {
+        if let (Pred::Cmp(op, lit), Value::Float(a)) = (self, v) {
+            let b = match lit {
+                Lit::Float(b) => *b,
+                Lit::Int(i) => *i as f64,
+                _ => return self.test(Some(V::from(v))),
+            };
+            // As bin_eval: a float with a float, or cross_numeric with an int literal (the
+            // float side makes it a float comparison there too).
+            return match op {
+                Cmp::Eq => (a - b).abs() <= FLOAT_EPSILON,
+                Cmp::Ne => *a != b,
+                _ => a.partial_cmp(&b).is_some_and(|o| op.holds(o)),
+            };
+        }
+        self.test(Some(V::from(v)))
+    }
+
     /// The condition for one point's value (`None`: the key is missing).
     fn test(&self, v: Option<V<'_>>) -> bool {
         match (self, v) {
@@ -740,12 +763,15 @@ impl Program {
             keys: &self.keys,
         };
         let mut result = Bits::zeros(n);
+        let everything = Bits::ones(n);
         for g in &self.groups {
-            let m = ctx.conj(g);
-            result.or(&m);
-            if result.all() {
+            // Only the points no group matched yet.
+            let rest = everything.and_not(&result);
+            if rest.none() {
                 break;
             }
+            let m = ctx.conj(g, &rest);
+            result.or(&m);
         }
         result.to_vec()
     }
@@ -816,15 +842,22 @@ impl Bits {
         b
     }
 
+    #[cfg(test)]
     fn set(&mut self, i: usize) {
         self.words[i / 64] |= 1 << (i % 64);
     }
 
-    fn and(&mut self, o: &Bits) {
-        self.words
-            .iter_mut()
-            .zip(&o.words)
-            .for_each(|(a, b)| *a &= b);
+    /// The points of `self` that are not in `o`.
+    fn and_not(&self, o: &Bits) -> Bits {
+        Bits {
+            words: self
+                .words
+                .iter()
+                .zip(&o.words)
+                .map(|(a, b)| a & !b)
+                .collect(),
+            n: self.n,
+        }
     }
 
     fn or(&mut self, o: &Bits) {
@@ -838,6 +871,7 @@ impl Bits {
         self.words.iter().all(|w| *w == 0)
     }
 
+    #[cfg(test)]
     fn all(&self) -> bool {
         self.words
             .iter()
@@ -856,7 +890,7 @@ impl Bits {
 /// A key's columns, fetched once per batch.
 struct KeyCol {
     tags: StringColumn,
-    /// Fetched when some point lacks the tag.
+    /// Fetched when some point lacks the tag; `None` also when no point has the field.
     fields: Option<Vec<Option<Value>>>,
     /// What a point with neither tag nor field has under this key.
     fallback: Fallback,
@@ -883,32 +917,36 @@ struct Ctx<'a, C: Columns + ?Sized> {
 }
 
 impl<C: Columns + ?Sized> Ctx<'_, C> {
-    fn conj(&mut self, elems: &[CExpr]) -> Bits {
-        let mut acc = Bits::ones(self.n);
+    /// The points of `care` for which every element of `elems` holds. Each element is
+    /// evaluated only over the points still left, so a clause after a selective one costs
+    /// little (the columns are still fetched whole: the batch API has no subsets).
+    fn conj(&mut self, elems: &[CExpr], care: &Bits) -> Bits {
+        let mut acc = care.clone();
         for e in elems {
-            let m = self.expr(e);
-            acc.and(&m);
             if acc.none() {
                 break;
             }
+            acc = self.expr(e, &acc);
         }
         acc
     }
 
-    fn expr(&mut self, e: &CExpr) -> Bits {
+    /// The points of `care` for which `e` holds (never a point outside `care`).
+    fn expr(&mut self, e: &CExpr, care: &Bits) -> Bits {
         match e {
-            CExpr::Const(true) => Bits::ones(self.n),
+            CExpr::Const(true) => care.clone(),
             CExpr::Const(false) => Bits::zeros(self.n),
-            CExpr::Leaf { key, pred } => self.leaf(*key, pred),
-            CExpr::And(v) => self.conj(v),
+            CExpr::Leaf { key, pred } => self.leaf(*key, pred, care),
+            CExpr::And(v) => self.conj(v, care),
             CExpr::Or(v) => {
                 let mut acc = Bits::zeros(self.n);
                 for e in v {
-                    let m = self.expr(e);
-                    acc.or(&m);
-                    if acc.all() {
+                    // Only the points not matched yet.
+                    let rest = care.and_not(&acc);
+                    if rest.none() {
                         break;
                     }
+                    acc.or(&self.expr(e, &rest));
                 }
                 acc
             }
@@ -922,11 +960,14 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
         }
         let key = self.keys[k].as_str();
         let tags = self.batch.tag_column(key);
+        // `None` too when no point has the field: the points without the tag then all
+        // fall back alike.
         let fields = tags
             .dict
             .iter()
             .any(Option::is_none)
-            .then(|| self.batch.field_column(key));
+            .then(|| self.batch.field_column(key))
+            .filter(|f| f.iter().any(Option::is_some));
         let fallback = if key == "category" {
             Fallback::Category
         } else if self.injected == Some(key) {
@@ -944,7 +985,8 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
         });
     }
 
-    fn leaf(&mut self, k: usize, pred: &Pred) -> Bits {
+    /// The points of `care` for which condition `pred` on key `k` holds.
+    fn leaf(&mut self, k: usize, pred: &Pred, care: &Bits) -> Bits {
         self.fetch(k);
         let mut out = Bits::zeros(self.n);
         let col = self.cols[k].as_ref().expect("fetched");
@@ -957,7 +999,50 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
                 })
                 .collect()
         };
+        // A point's entry in `hits`; 2 (absent) where the host sent a short index or an
+        // entry past the dictionary.
+        let entry = |index: &[u32], hits: &[u8], i: usize| -> u8 {
+            index
+                .get(i)
+                .and_then(|&d| hits.get(d as usize))
+                .copied()
+                .unwrap_or(2)
+        };
         let tag_hits = per_entry(&col.tags.dict);
+        // First the tags, 64 points at a time; `rest` marks the points without the tag.
+        let mut rest = Bits::zeros(self.n);
+        let mut any_rest = false;
+        let index = &col.tags.index[..col.tags.index.len().min(self.n)];
+        for (w, (word, rest_word)) in out.words.iter_mut().zip(&mut rest.words).enumerate() {
+            let care = care.words[w];
+            if care == 0 {
+                continue;
+            }
+            let base = w * 64;
+            let end = (base + 64).min(self.n);
+            let (mut hit, mut absent) = (0u64, 0u64);
+            if end <= index.len() {
+                for (bit, &d) in index[base..end].iter().enumerate() {
+                    let h = tag_hits.get(d as usize).copied().unwrap_or(2);
+                    hit |= ((h == 1) as u64) << bit;
+                    absent |= ((h == 2) as u64) << bit;
+                }
+            } else {
+                for i in base..end {
+                    let h = entry(index, &tag_hits, i);
+                    hit |= ((h == 1) as u64) << (i - base);
+                    absent |= ((h == 2) as u64) << (i - base);
+                }
+            }
+            *word = hit & care;
+            let absent = absent & care;
+            *rest_word = absent;
+            any_rest |= absent != 0;
+        }
+        if !any_rest {
+            return out;
+        }
+        // Then, for the points without the tag: the field, else the injected key.
         let absent = match col.fallback {
             Fallback::Missing => pred.test(None),
             Fallback::Category => pred.test(Some(V::Str(self.category.as_bytes()))),
@@ -967,28 +1052,51 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
             (Fallback::Measurement, Some(m)) => Some((per_entry(&m.dict), m)),
             _ => None,
         };
-        let entry = |c: &StringColumn, hits: &[u8], i: usize| {
-            c.index.get(i).and_then(|&d| hits.get(d as usize)).copied()
+        let Some(fields) = col.fields.as_deref() else {
+            // No point has the key as a field: the injected key or `absent` for all of them.
+            match &measurement_hits {
+                Some((hits, m)) => {
+                    let index = &m.index[..m.index.len().min(self.n)];
+                    for (w, &rest_word) in rest.words.iter().enumerate() {
+                        if rest_word == 0 {
+                            continue;
+                        }
+                        let base = w * 64;
+                        let end = (base + 64).min(self.n);
+                        let mut hit = 0u64;
+                        if end <= index.len() {
+                            for (bit, &d) in index[base..end].iter().enumerate() {
+                                hit |= ((hits.get(d as usize) == Some(&1)) as u64) << bit;
+                            }
+                        } else {
+                            for i in base..end {
+                                hit |= ((entry(index, hits, i) == 1) as u64) << (i - base);
+                            }
+                        }
+                        out.words[w] |= hit & rest_word;
+                    }
+                }
+                None if absent => out.or(&rest),
+                None => {}
+            }
+            return out;
         };
-        for i in 0..self.n {
-            let hit = match entry(&col.tags, &tag_hits, i) {
-                Some(0) => false,
-                Some(1) => true,
-                _ => match col
-                    .fields
-                    .as_ref()
-                    .and_then(|f| f.get(i))
-                    .and_then(Option::as_ref)
-                {
-                    Some(v) => pred.test(Some(V::from(v))),
+        for (w, &rest_word) in rest.words.iter().enumerate() {
+            let mut todo = rest_word;
+            while todo != 0 {
+                let bit = todo.trailing_zeros() as usize;
+                todo &= todo - 1;
+                let i = w * 64 + bit;
+                let hit = match fields.get(i).and_then(Option::as_ref) {
+                    Some(v) => pred.test_value(v),
                     None => match &measurement_hits {
-                        Some((hits, m)) => entry(m, hits, i) == Some(1),
+                        Some((hits, m)) => entry(&m.index, hits, i) == 1,
                         None => absent,
                     },
-                },
-            };
-            if hit {
-                out.set(i);
+                };
+                if hit {
+                    out.words[w] |= 1 << bit;
+                }
             }
         }
         out
@@ -1039,6 +1147,51 @@ mod tests {
         assert!(!re(r"\bfoo\b").is_match("afoob"));
         assert!(re(r"^\101$").is_match("A")); // octal, as Go
         assert!(re(r"^[a[]+$").is_match("a[a"));
+    }
+
+    /// The float shortcut of `test_value` answers as the general `test` does.
+    #[test]
+    fn float_shortcut_agrees_with_bin_eval() {
+        let ops = [Cmp::Eq, Cmp::Ne, Cmp::Lt, Cmp::Le, Cmp::Gt, Cmp::Ge];
+        let lits = || {
+            vec![
+                Lit::Int(90),
+                Lit::Int(-3),
+                Lit::Int(i64::MAX),
+                Lit::Float(90.0),
+                Lit::Float(0.1 + 0.2),
+                Lit::Float(-0.0),
+                Lit::Float(f64::NAN),
+                Lit::Float(f64::INFINITY),
+                Lit::Str(b"90".to_vec()),
+                Lit::Bool(true),
+                Lit::Nil,
+            ]
+        };
+        let values = [
+            90.0,
+            90.0 + 1e-10,
+            90.0 - 1e-8,
+            89.9,
+            90.1,
+            0.3,
+            0.0,
+            -0.0,
+            -3.0,
+            9.223372036854776e18,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for op in ops {
+            for lit in lits() {
+                let pred = Pred::Cmp(op, lit);
+                for v in values {
+                    let slow = pred.test(Some(V::Float(v)));
+                    assert_eq!(pred.test_value(&Value::Float(v)), slow, "{pred:?} {v}");
+                }
+            }
+        }
     }
 
     #[test]
