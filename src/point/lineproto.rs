@@ -41,7 +41,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::text::TextBuilder;
+use super::text::{Text, TextBuilder};
 use super::{FieldValue, Point};
 
 /// How many bad lines a [`ParseErrors`] keeps (it still counts all of them).
@@ -165,6 +165,15 @@ pub fn parse(body: &[u8], opts: ParseOptions) -> Result<Vec<Point>, ParseErrors>
     let mut points = Vec::with_capacity(body.len() / 128 + 1);
     lines.parse_some(body, true, usize::MAX, &mut points, None);
     lines.finish().map(|()| points)
+}
+
+/// Checks a whole body and keeps its lines as text, as a forwarding reader does
+/// ([`super::reader::Reader::forwarding`]), in one piece.
+pub fn parse_text(body: &[u8], opts: ParseOptions) -> Result<Text, ParseErrors> {
+    let mut lines = Lines::new(opts);
+    let mut text = TextBuilder::with_capacity(body.len() + 32);
+    lines.parse_some(body, true, usize::MAX, &mut Vec::new(), Some(&mut text));
+    lines.finish().map(|()| text.finish())
 }
 
 /// How many bytes of lines are checked as UTF-8 at once: one fast pass over a region, then
@@ -412,25 +421,25 @@ impl Bad {
 
 /// Bytes that `\` escapes in tag keys, tag values and field keys.
 #[inline(always)]
-fn is_name_escapable(c: u8) -> bool {
+pub(super) fn is_name_escapable(c: u8) -> bool {
     matches!(c, b',' | b'=' | b' ' | b'\\')
 }
 
 /// Bytes that `\` escapes in a measurement; `first` is true at its first byte.
 #[inline(always)]
-fn is_measurement_escapable(c: u8, first: bool) -> bool {
+pub(super) fn is_measurement_escapable(c: u8, first: bool) -> bool {
     matches!(c, b',' | b' ' | b'\\') || (first && matches!(c, b'#' | b'\t'))
 }
 
 /// Bytes that `\` escapes inside a quoted string.
 #[inline(always)]
-fn is_string_escapable(c: u8) -> bool {
+pub(super) fn is_string_escapable(c: u8) -> bool {
     matches!(c, b'"' | b'\\')
 }
 
 /// Owned copy of `s`, dropping the backslash of every escape. `escapable(c, at_first_byte)`
 /// says whether `\c` is an escape.
-fn unescape(s: &str, escapable: impl Fn(u8, bool) -> bool) -> String {
+pub(super) fn unescape(s: &str, escapable: impl Fn(u8, bool) -> bool) -> String {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut chunk = 0;
@@ -465,13 +474,13 @@ static KEY_SPECIAL: [bool; 256] = byte_table(b", =\\");
 /// Bytes that end or interrupt a tag value scan (`=` is allowed unescaped in values).
 static TAG_VALUE_SPECIAL: [bool; 256] = byte_table(b", \\");
 /// Bytes that end or interrupt a quoted string scan.
-static STRING_SPECIAL: [bool; 256] = byte_table(b"\"\\");
+pub(super) static STRING_SPECIAL: [bool; 256] = byte_table(b"\"\\");
 /// Bytes that end an unquoted field value or a timestamp.
-static TOKEN_END: [bool; 256] = byte_table(b", ");
+pub(super) static TOKEN_END: [bool; 256] = byte_table(b", ");
 
 /// First index at or after `i` whose byte is in `table`, or `b.len()`.
 #[inline(always)]
-fn find(b: &[u8], i: usize, table: &[bool; 256]) -> usize {
+pub(super) fn find(b: &[u8], i: usize, table: &[bool; 256]) -> usize {
     match b[i..].iter().position(|&c| table[usize::from(c)]) {
         Some(n) => i + n,
         None => b.len(),
@@ -481,7 +490,7 @@ fn find(b: &[u8], i: usize, table: &[bool; 256]) -> usize {
 /// Scans a measurement from `start`; returns its end (an unescaped `,` or space, or the end of
 /// the line) and whether it has a backslash.
 #[inline]
-fn scan_measurement(b: &[u8], start: usize) -> (usize, bool) {
+pub(super) fn scan_measurement(b: &[u8], start: usize) -> (usize, bool) {
     let mut i = start;
     let mut esc = false;
     loop {
@@ -499,7 +508,7 @@ fn scan_measurement(b: &[u8], start: usize) -> (usize, bool) {
 /// Scans a tag key or field key (`key`: also stops at `=`) or a tag value; returns its end
 /// and whether it has a backslash.
 #[inline]
-fn scan_name(b: &[u8], start: usize, key: bool) -> (usize, bool) {
+pub(super) fn scan_name(b: &[u8], start: usize, key: bool) -> (usize, bool) {
     let table = if key {
         &KEY_SPECIAL
     } else {
@@ -530,7 +539,7 @@ fn owned_name(line: &str, start: usize, end: usize, esc: bool) -> String {
 }
 
 #[inline]
-fn skip_spaces(b: &[u8], mut i: usize) -> usize {
+pub(super) fn skip_spaces(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && b[i] == b' ' {
         i += 1;
     }
@@ -868,7 +877,7 @@ const NOT_A_VALUE: &str =
     "is not a number, integer (`1i`), unsigned (`1u`), boolean or quoted string";
 
 /// Parses an unquoted field value; the error completes "field `k` value `v` …".
-fn parse_scalar(token: &str) -> Result<FieldValue, &'static str> {
+pub(super) fn parse_scalar(token: &str) -> Result<FieldValue, &'static str> {
     let b = token.as_bytes();
     match token {
         "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Bool(true)),

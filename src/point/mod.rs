@@ -10,9 +10,13 @@ mod lineproto;
 pub mod reader;
 mod text;
 pub mod v2;
+mod view;
 
-pub use lineproto::{LineError, ParseErrors, ParseOptions, Precision, encode_points, parse};
+pub use lineproto::{
+    LineError, ParseErrors, ParseOptions, Precision, encode_points, parse, parse_text,
+};
 pub use text::{Content, Text};
+pub use view::LineView;
 
 /// One observation: `measurement[,tag=v…] field=v[,field=v…] timestamp`.
 #[derive(Debug, Clone, PartialEq)]

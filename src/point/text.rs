@@ -16,6 +16,7 @@
 
 use bytes::Bytes;
 
+use super::view::LineView;
 use super::{ParseOptions, Point, Precision, parse};
 
 /// A write's points: parsed, or the checked line protocol they came in as (sent without
@@ -130,6 +131,43 @@ impl Text {
             ));
         }
         out
+    }
+
+    /// Line `i` (without its `\n`), to read its parts ([`LineView`]).
+    pub fn line(&self, i: usize) -> LineView<'_> {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        LineView::new(&self.bytes[start..self.ends[i] as usize - 1])
+    }
+
+    /// Every line, in order.
+    pub fn lines(&self) -> impl ExactSizeIterator<Item = LineView<'_>> + '_ {
+        (0..self.len()).map(|i| self.line(i))
+    }
+
+    /// The lines `keep` says yes to, copied into a text of their own (as a sinker's share
+    /// of a write: its lines go out as they came, not encoded again).
+    pub fn select(&self, mut keep: impl FnMut(usize) -> bool) -> Text {
+        let mut b = TextBuilder::default();
+        let mut kept = 0usize;
+        // The run of adjacent kept lines not yet copied: copied as one.
+        let mut run: Option<(usize, usize)> = None;
+        let mut start = 0usize;
+        for (i, &end) in self.ends.iter().enumerate() {
+            let end = end as usize;
+            if keep(i) {
+                kept += end - start;
+                b.ends
+                    .push(u32::try_from(kept).expect("a selection is no larger than its text"));
+                run = Some((run.map_or(start, |(s, _)| s), end));
+            } else if let Some((s, e)) = run.take() {
+                b.buf.extend_from_slice(&self.bytes[s..e]);
+            }
+            start = end;
+        }
+        if let Some((s, e)) = run {
+            b.buf.extend_from_slice(&self.bytes[s..e]);
+        }
+        b.finish()
     }
 
     /// The points, parsed again (for a part that must be routed or encoded as points after
