@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dataway::Category;
-use dataway::point::{FieldValue, Point};
+use dataway::point::{Content, FieldValue, Point, Text};
 use dataway::sinker::{Limits, LogFn, Plugin, Runtime};
 
 #[allow(dead_code)]
@@ -109,8 +109,16 @@ fn matching(c: &mut Criterion) {
         conditions.push((shape, load(&rt, &shapes_wasm, shape)));
     }
     for n in SIZES {
-        let batch = Arc::new(points(n));
-        let want = native(&batch);
+        let parsed = points(n);
+        let want = native(&parsed);
+        // The same points as the checked text the daemon keeps when it forwards.
+        let text = Arc::new(Content::Text(Text::from_points(&parsed)));
+        let batch = Arc::new(Content::Points(parsed.clone()));
+        assert_eq!(
+            conditions[0].1.matches(Category::Metric, &text).unwrap(),
+            want,
+            "datakit-filter over text disagrees with native at {n} points"
+        );
         for (name, p) in &conditions {
             let got = p.matches(Category::Metric, &batch).unwrap();
             if *name == "empty" {
@@ -128,7 +136,15 @@ fn matching(c: &mut Criterion) {
             .sample_size(20)
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
-        g.bench_function("native", |b| b.iter(|| native(black_box(&batch))));
+        g.bench_function("native", |b| b.iter(|| native(black_box(&parsed))));
+        g.bench_function("datakit-filter-text", |b| {
+            b.iter(|| {
+                conditions[0]
+                    .1
+                    .matches(Category::Metric, black_box(&text))
+                    .unwrap()
+            })
+        });
         for (name, p) in &conditions {
             g.bench_function(*name, |b| {
                 b.iter(|| p.matches(Category::Metric, black_box(&batch)).unwrap())

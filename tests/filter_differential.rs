@@ -36,7 +36,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use dataway::Category;
-use dataway::point::{self, ParseOptions, Point};
+use dataway::point::{self, Content, ParseOptions};
 use dataway::sinker::{Limits, LoadError, LogFn, Plugin, Runtime};
 
 // ---------------------------------------------------------------------------------------------
@@ -192,7 +192,15 @@ impl Ours {
         for b in &c.batches {
             let text = b.lines.join("\n");
             match point::parse(text.as_bytes(), ParseOptions::default()) {
-                Ok(p) if p.len() == b.lines.len() => batches.push((b.category, Arc::new(p))),
+                Ok(p) if p.len() == b.lines.len() => {
+                    // And as the checked text the daemon keeps when it forwards.
+                    let t = point::parse_text(text.as_bytes(), ParseOptions::default()).unwrap();
+                    batches.push((
+                        b.category,
+                        Arc::new(Content::Points(p)),
+                        Arc::new(Content::Text(t)),
+                    ))
+                }
                 Ok(p) => return Answer::BadPoints(format!("{} points parsed", p.len())),
                 Err(e) => return Answer::BadPoints(e.to_string()),
             }
@@ -203,8 +211,16 @@ impl Ours {
         };
         let answers = batches
             .iter()
-            .map(|(cat, points): &(Category, Arc<Vec<Point>>)| {
-                Answer::Points(plugin.matches(*cat, points).unwrap())
+            .map(|(cat, points, text)| {
+                let answer = plugin.matches(*cat, points).unwrap();
+                // Both forms of a batch must get the same answer.
+                assert_eq!(
+                    plugin.matches(*cat, text).unwrap(),
+                    answer,
+                    "{:?}: over text, not as over points",
+                    c.filters
+                );
+                Answer::Points(answer)
             })
             .collect();
         combine(answers)

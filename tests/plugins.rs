@@ -7,13 +7,36 @@ use std::sync::{Arc, Mutex};
 
 use common::plugins::{rust_plugin, script_plugin};
 use dataway::Category;
-use dataway::point::{self, ParseOptions, Point};
-use dataway::sinker::{Limits, LogFn, Runtime};
+use dataway::point::{self, Content, ParseOptions};
+use dataway::sinker::{Limits, LogFn, Plugin, Runtime};
 
-fn batch() -> Arc<Vec<Point>> {
-    let text =
-        "cpu,host=a u=1 1\ndisk,host=a u=2 2\nmem,host=b u=3 3\ncpu,host=c u=4 4\nswap u=5 5\n";
-    Arc::new(point::parse(text.as_bytes(), ParseOptions::default()).unwrap())
+const BATCH: &str =
+    "cpu,host=a u=1 1\ndisk,host=a u=2 2\nmem,host=b u=3 3\ncpu,host=c u=4 4\nswap u=5 5\n";
+
+/// `body` in the two forms a plugin is lent points: parsed, and as the checked text the
+/// daemon keeps when it forwards.
+fn both(body: &str) -> [Arc<Content>; 2] {
+    let opts = ParseOptions::default();
+    [
+        Arc::new(Content::Points(
+            point::parse(body.as_bytes(), opts).unwrap(),
+        )),
+        Arc::new(Content::Text(
+            point::parse_text(body.as_bytes(), opts).unwrap(),
+        )),
+    ]
+}
+
+/// `plugin`'s answer on `body`, the same in both forms.
+fn answer(plugin: &Plugin, category: Category, body: &str) -> Vec<bool> {
+    let [points, text] = both(body);
+    let mask = plugin.matches(category, &points).unwrap();
+    assert_eq!(
+        plugin.matches(category, &text).unwrap(),
+        mask,
+        "over text, not as over points: {body}"
+    );
+    mask
 }
 
 /// Loads `path` with `config`; returns its verdicts on `batch()` and its log lines.
@@ -25,7 +48,7 @@ fn run(rt: &Runtime, path: &std::path::Path, config: &str) -> (Vec<bool>, Vec<St
     let plugin = rt
         .load(&bytes, config, &Limits::default(), log)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mask = plugin.matches(Category::Metric, &batch()).unwrap();
+    let mask = answer(&plugin, Category::Metric, BATCH);
     let lines = lines.lock().unwrap().clone();
     (mask, lines)
 }
@@ -85,14 +108,14 @@ fn python_plugin_behaves_like_the_rust_template() {
     same_as_rust_template("example-py");
 }
 
-/// Runs `rule` through the datakit-filter plugin on `points` of `category`.
-fn filter(rt: &Runtime, rule: &str, category: Category, points: &Arc<Vec<Point>>) -> Vec<bool> {
+/// Runs `rule` through the datakit-filter plugin on the points of `body`, of `category`.
+fn filter(rt: &Runtime, rule: &str, category: Category, body: &str) -> Vec<bool> {
     let bytes = std::fs::read(rust_plugin("datakit-filter")).unwrap();
     let quiet: LogFn = Arc::new(|_, _| {});
     let p = rt
         .load(&bytes, rule, &Limits::default(), quiet)
         .unwrap_or_else(|e| panic!("{rule}: {e}"));
-    p.matches(category, points).unwrap()
+    answer(&p, category, body)
 }
 
 #[test]
@@ -102,7 +125,6 @@ fn datakit_filter_rules_work_through_the_host() {
                 cpu,host=web-3 usage=99.0,cores=4i 2\n\
                 mem,host=web-1 used=12u,ok=true 3\n\
                 cpu,host=web-2,status=500 usage=10.0,msg=\"disk full\" 4\n";
-    let m = Arc::new(point::parse(text.as_bytes(), ParseOptions::default()).unwrap());
     let t = [true, false, false, false];
     let cases: &[(&str, [bool; 4])] = &[
         (
@@ -139,22 +161,16 @@ fn datakit_filter_rules_work_through_the_host() {
         ("[]", [true; 4]),
     ];
     for (rule, want) in cases {
-        assert_eq!(&filter(&rt, rule, Category::Metric, &m), want, "{rule}");
+        assert_eq!(&filter(&rt, rule, Category::Metric, text), want, "{rule}");
     }
     // Keys injected per category: logging has `source`, not `measurement`.
-    let logs = Arc::new(
-        point::parse(
-            b"nginx,status=500 message=\"x\" 1\nmysql message=\"y\" 2\n",
-            ParseOptions::default(),
-        )
-        .unwrap(),
-    );
+    let logs = "nginx,status=500 message=\"x\" 1\nmysql message=\"y\" 2\n";
     assert_eq!(
-        filter(&rt, "{ source = 'nginx' }", Category::Logging, &logs),
+        filter(&rt, "{ source = 'nginx' }", Category::Logging, logs),
         [true, false]
     );
     assert_eq!(
-        filter(&rt, "{ measurement = 'nginx' }", Category::Logging, &logs),
+        filter(&rt, "{ measurement = 'nginx' }", Category::Logging, logs),
         [false, false]
     );
     // A bad rule is refused at init with its position.

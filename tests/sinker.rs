@@ -1266,3 +1266,83 @@ async fn a_stuck_main_endpoint_does_not_refuse_a_write_a_plugin_sinks_whole() {
     let r = d.post("metric", pts("disk", 1, 200)).await;
     assert_eq!(r.status().as_u16(), 503, "this one needs the main queue");
 }
+
+/// With every endpoint sending line protocol, a write is kept as the text it came in as
+/// and the condition reads its columns from that text: the sinker's share and the rest go
+/// out as the client wrote them (spelling, escapes), each line once, and the answers and
+/// counts are those of the same points sent as DataKit's v2 protobuf (parsed into points).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinker_splits_text_as_written_and_answers_as_for_points() {
+    use dataway::point::{ParseOptions, Precision, parse, v2};
+    let body = "cpu,host=a v=1.50,ok=T 1\n\
+                cpu,host=b\\ c v=2 2\n\
+                mem,host=a s=\"x \\\"y\\\"\",n=3i 3\n\
+                m\\,x,host=a,zone=z v=4u 4\n\
+                cpu,host=aa v=5 5\n";
+    let mut runs = Vec::new();
+    for protobuf in [false, true] {
+        let (main, a) = (MockDataway::start().await, MockDataway::start().await);
+        let cfg = config_for(
+            &[main.url("t")],
+            "",
+            &sinker(
+                "a",
+                "[\"metric\"]",
+                Some("datakit_filter.wasm"),
+                "{ host = \"a\" }",
+                &a.url("t"),
+            ),
+        );
+        let d = TestDaemon::start(cfg).await;
+        assert!(d.dataway.forwards(dataway::category::Category::Metric));
+        let req = reqwest::Client::new().post(d.url("/v1/write/metric?precision=n"));
+        let req = if protobuf {
+            let points = parse(body.as_bytes(), ParseOptions::default()).unwrap();
+            req.header("Content-Type", v2::CONTENT_TYPE)
+                .body(v2::encode(&points))
+        } else {
+            req.body(body)
+        };
+        assert_eq!(req.send().await.unwrap().status(), 200);
+        assert!(a.wait_points(3, Duration::from_secs(10)).await);
+        assert!(main.wait_points(2, Duration::from_secs(10)).await);
+        let matched = "dataway_sinker_points_total{result=\"matched\",sinker=\"a\"}";
+        assert!(wait_metric(&d.metrics, matched, 3.0).await);
+        let counts = [
+            matched,
+            "dataway_sinker_points_total{result=\"not_matched\",sinker=\"a\"}",
+            "datakit_io_dataway_not_sink_point_total{category=\"metric\"}",
+            "datakit_io_dataway_sink_total{category=\"metric\"}",
+        ]
+        .map(|s| metric(&d, s));
+        d.stop().await;
+        let texts = |m: &MockDataway| m.requests().into_iter().map(|r| r.text).collect::<Vec<_>>();
+        runs.push((texts(&a), texts(&main), counts));
+    }
+    let (text, points) = (&runs[0], &runs[1]);
+    assert_eq!(
+        text.0,
+        ["cpu,host=a v=1.50,ok=T 1\n\
+          mem,host=a s=\"x \\\"y\\\"\",n=3i 3\n\
+          m\\,x,host=a,zone=z v=4u 4"],
+        "the sinker's share, as written"
+    );
+    assert_eq!(
+        text.1,
+        ["cpu,host=b\\ c v=2 2\ncpu,host=aa v=5 5"],
+        "the rest, as written"
+    );
+    assert_eq!(text.2, [3.0, 2.0, 2.0, 1.0]);
+    assert_eq!(text.2, points.2, "counted as for points");
+    let opts = ParseOptions {
+        precision: Precision::Nanos,
+        default_time: 0,
+    };
+    for (t, p) in [(&text.0, &points.0), (&text.1, &points.1)] {
+        assert_eq!(
+            parse(t.concat().as_bytes(), opts).unwrap(),
+            parse(p.concat().as_bytes(), opts).unwrap(),
+            "the same points"
+        );
+    }
+}

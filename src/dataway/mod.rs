@@ -4,7 +4,8 @@
 //! "other API" requests. Out: batches in endpoint queues; API requests to the first endpoint.
 //!
 //! A write first goes through the sinkers ([`crate::sinker::split`]): each takes the points
-//! its condition matches, the rest is for the main endpoints. Then a queue slot is reserved
+//! its condition matches, the rest is for the main endpoints. Points kept as the text they
+//! came in as ([`crate::point::Text`]) are split as text, line by line. Then a queue slot is reserved
 //! on every endpoint that gets something, and the batches are enqueued only when all
 //! reservations succeed: a request is never half-accepted, so a client retrying a refused
 //! write never causes duplicates.
@@ -268,8 +269,7 @@ impl Dataway {
     /// points (by the parser that made them): it becomes their charge, topped up or cut
     /// down to their real size. The points may be kept as text (a reader's
     /// [`crate::point::reader::Reader::forwarding`] chunk, when [`Dataway::forwards`] said
-    /// so); should a sinker for the category have come since, they are parsed again and
-    /// routed as points.
+    /// so); should that have changed since, they are parsed again and routed as points.
     pub fn try_write_held(
         &self,
         category: Category,
@@ -377,8 +377,10 @@ impl Dataway {
     }
 
     /// Whether a write of `category` can be kept as the line protocol it came in as and
-    /// sent without being encoded again ([`crate::point::Text`]): no sinker looks at
-    /// it, no `X-Global-Tags` grouping, and the main endpoints send line protocol.
+    /// sent without being encoded again ([`crate::point::Text`]): no `X-Global-Tags`
+    /// grouping, and every endpoint it can go to (the main ones, and those of each sinker
+    /// that looks at it) sends line protocol. Sinker conditions then read the columns they
+    /// ask for from the text, and each sinker's share is its lines, as they came.
     pub fn forwards(&self, category: Category) -> bool {
         self.forwards_with(&self.sinkers.snapshot(), category)
     }
@@ -386,7 +388,10 @@ impl Dataway {
     fn forwards_with(&self, set: &[Arc<Sinker>], category: Category) -> bool {
         self.grouper.is_none()
             && self.endpoints.iter().all(Endpoint::sends_line_protocol)
-            && !set.iter().any(|s| s.takes(category))
+            && set
+                .iter()
+                .filter(|s| s.takes(category))
+                .all(|s| s.endpoints().iter().all(Endpoint::sends_line_protocol))
     }
 
     /// Accepts points, waiting for room (backpressure for embedding programs).
@@ -448,31 +453,23 @@ impl Dataway {
 
     /// Routes points through the sinkers: one part per sinker that takes some, plus the
     /// main endpoints' part when points are left; and the counts to record if accepted.
-    /// Text no sinker looks at stays text, in one part.
+    /// Text stays text where [`Dataway::forwards`] allows, else it is parsed again.
     fn parts<'a>(
         &'a self,
         set: &'a [Arc<Sinker>],
         category: Category,
         content: Content,
     ) -> (Vec<Part<'a>>, sinker::Counts) {
-        let points = match content {
-            Content::Text(text) if self.forwards_with(set, category) => {
-                let counts = sinker::passed(set, category, text.len());
-                let part = Part {
-                    endpoints: &self.endpoints,
-                    charge: text.memory_size().clamp(1, u32::MAX as usize) as u32,
-                    content: Content::Text(text),
-                    groups: Vec::new(),
-                };
-                return (vec![part], counts);
+        let content = match content {
+            Content::Text(text) if !self.forwards_with(set, category) => {
+                Content::Points(text.to_points())
             }
-            Content::Text(text) => text.to_points(),
-            Content::Points(points) => points,
+            c => c,
         };
-        let split = sinker::split(set, category, points, &self.metrics);
+        let split = sinker::split(set, category, content, &self.metrics);
         let mut parts: Vec<Part<'a>> = Vec::with_capacity(split.sunk.len() + 1);
-        for (i, points) in split.sunk {
-            parts.extend(self.part(category, set[i].endpoints(), points));
+        for (i, content) in split.sunk {
+            parts.extend(self.part(category, set[i].endpoints(), content));
         }
         if !split.rest.is_empty() {
             parts.extend(self.part(category, &self.endpoints, split.rest));
@@ -480,14 +477,26 @@ impl Dataway {
         (parts, split.counts)
     }
 
-    /// The part of `points` for `endpoints`, grouped if `enable_sinker` is on; `None` when
-    /// grouping left no point to send.
+    /// The part of `content` for `endpoints`, its points grouped if `enable_sinker` is on
+    /// (text never is: see [`Dataway::forwards`]); `None` when grouping left no point to
+    /// send.
     fn part<'a>(
         &self,
         category: Category,
         endpoints: &'a [Endpoint],
-        points: Vec<Point>,
+        content: Content,
     ) -> Option<Part<'a>> {
+        let points = match content {
+            Content::Text(text) => {
+                return Some(Part {
+                    endpoints,
+                    charge: text.memory_size().clamp(1, u32::MAX as usize) as u32,
+                    content: Content::Text(text),
+                    groups: Vec::new(),
+                });
+            }
+            Content::Points(points) => points,
+        };
         let (points, groups) = match &self.grouper {
             None => (points, Vec::new()),
             Some(g) => {

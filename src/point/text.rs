@@ -3,8 +3,8 @@
 //! In: the lines of a body the parser has checked ([`super::reader::Reader::forwarding`]).
 //! Out: request bodies cut from them without encoding anything again.
 //!
-//! Why: in the common case (no sinker looks at a write, no `X-Global-Tags` grouping, line
-//! protocol on the wire) the bytes that go out are the bytes that came in. Keeping them
+//! Why: in the common case (no `X-Global-Tags` grouping, line protocol on the wire) the
+//! bytes that go out are the bytes that came in, split between sinkers line by line. Keeping them
 //! costs ~1/6 of the memory of parsed [`Point`]s and makes the bodies with a copy instead
 //! of an encode. Each line is kept from its measurement to the end of its field set, as
 //! written, followed by its timestamp in nanoseconds as the encoder writes it: the one part

@@ -90,7 +90,7 @@ impl<'a> LineView<'a> {
     }
 
     /// The tags' key and value spans, in line order.
-    fn tag_spans(&self) -> impl Iterator<Item = (Span, Span)> + 'a {
+    fn tag_spans(self) -> impl Iterator<Item = (Span, Span)> + 'a {
         let b = self.b;
         let mut i = self.m_end;
         std::iter::from_fn(move || {
@@ -124,7 +124,7 @@ impl<'a> LineView<'a> {
     }
 
     /// The fields' key spans and raw values, in line order.
-    fn field_spans(&self) -> impl Iterator<Item = (Span, RawValue)> + 'a {
+    fn field_spans(self) -> impl Iterator<Item = (Span, RawValue)> + 'a {
         let b = self.b;
         let mut i = Some(self.fields_start());
         std::iter::from_fn(move || {
@@ -199,9 +199,8 @@ impl<'a> LineView<'a> {
     }
 
     /// The tag keys, in line order.
-    pub fn tag_keys(&self) -> impl Iterator<Item = Cow<'a, str>> + 'a {
-        let this = *self;
-        self.tag_spans().map(move |(k, _)| this.name(k))
+    pub fn tag_keys(self) -> impl Iterator<Item = Cow<'a, str>> + 'a {
+        self.tag_spans().map(move |(k, _)| self.name(k))
     }
 
     /// The value of field `key`.
@@ -219,9 +218,8 @@ impl<'a> LineView<'a> {
     }
 
     /// The field keys, in line order.
-    pub fn field_keys(&self) -> impl Iterator<Item = Cow<'a, str>> + 'a {
-        let this = *self;
-        self.field_spans().map(move |(k, _)| this.name(k))
+    pub fn field_keys(self) -> impl Iterator<Item = Cow<'a, str>> + 'a {
+        self.field_spans().map(move |(k, _)| self.name(k))
     }
 
     /// The timestamp, in nanoseconds (the line's last token, as [`super::Text`] writes it).

@@ -1,9 +1,10 @@
 //! The `batch` resource of the WIT contract: points the host lends to a plugin for one call.
 //!
-//! In: an `Arc` of the points being routed (no copy). Out: the columns a plugin asks for,
+//! In: an `Arc` of the points being routed (no copy), parsed or as checked text. Out: the columns a plugin asks for,
 //! built on demand; string columns are dictionary-encoded so each distinct value crosses
 //! into the guest once (a guest allocation per string is what dominates the call cost).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -14,34 +15,38 @@ use super::plugin::bindings::dataway::sinker::types::{
     FieldValue as WitValue, Host, HostBatch, StringColumn,
 };
 use crate::category::Category;
-use crate::point::{FieldValue, Point};
+use crate::point::{Content, FieldValue, Point, Text};
 
-/// What a `batch` handle points at in a store's resource table.
+/// What a `batch` handle points at in a store's resource table: the points being routed,
+/// parsed or as the checked text they came in as (then each column is read from the lines
+/// it needs: [`crate::point::LineView`]).
 pub struct PointBatch {
     pub category: Category,
-    pub points: Arc<Vec<Point>>,
+    pub points: Arc<Content>,
 }
 
-impl PointBatch {
-    fn string_column<'a>(
-        &'a self,
-        mut value: impl FnMut(&'a Point) -> Option<&'a str>,
-    ) -> StringColumn {
-        let mut dict = Dict::new();
-        let index = self
-            .points
-            .iter()
-            .map(|p| dict.index_of(value(p)))
-            .collect();
-        StringColumn {
-            dict: dict
-                .values
-                .into_iter()
-                .map(|v| v.map(String::from))
-                .collect(),
-            index,
-        }
+/// A column of strings, dictionary-encoded.
+fn string_column<'a>(values: impl Iterator<Item = Option<&'a str>>) -> StringColumn {
+    let mut dict = Dict::new();
+    let index = values.map(|v| dict.index_of(v)).collect();
+    StringColumn {
+        dict: dict
+            .values
+            .into_iter()
+            .map(|v| v.map(String::from))
+            .collect(),
+        index,
     }
+}
+
+/// A column of strings read from text lines: borrowed from the lines where no escape
+/// was undone, so the dictionary compares them in place.
+fn text_column<'a>(
+    text: &'a Text,
+    value: impl Fn(crate::point::LineView<'a>) -> Option<Cow<'a, str>>,
+) -> StringColumn {
+    let values: Vec<Option<Cow<'a, str>>> = text.lines().map(value).collect();
+    string_column(values.iter().map(|v| v.as_deref()))
 }
 
 /// Whether two strings are equal, inline for the short keys and values points carry: a libc
@@ -208,9 +213,17 @@ fn to_wit(v: &FieldValue) -> WitValue {
     }
 }
 
-fn distinct_keys<'a>(keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+fn into_wit(v: FieldValue) -> WitValue {
+    match v {
+        FieldValue::Str(s) => WitValue::Str(s),
+        v => to_wit(&v),
+    }
+}
+
+fn distinct_keys<K: AsRef<str>>(keys: impl Iterator<Item = K>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for k in keys {
+        let k = k.as_ref();
         if !out.iter().any(|o| o == k) {
             out.push(k.to_string());
         }
@@ -230,14 +243,17 @@ impl HostBatch for StoreState {
     }
 
     fn measurements(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<StringColumn> {
-        Ok(self
-            .table
-            .get(&b)?
-            .string_column(|p| Some(p.measurement.as_str())))
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => string_column(ps.iter().map(|p| Some(p.measurement.as_str()))),
+            Content::Text(t) => text_column(t, |l| Some(l.measurement())),
+        })
     }
 
     fn times(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<Vec<i64>> {
-        Ok(self.table.get(&b)?.points.iter().map(|p| p.time).collect())
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => ps.iter().map(|p| p.time).collect(),
+            Content::Text(t) => t.lines().map(|l| l.time()).collect(),
+        })
     }
 
     fn tag_column(
@@ -245,9 +261,16 @@ impl HostBatch for StoreState {
         b: Resource<PointBatch>,
         key: String,
     ) -> wasmtime::Result<StringColumn> {
-        let batch = self.table.get(&b)?;
-        let mut hint = 0;
-        Ok(batch.string_column(|p| find(&p.tags, &key, &mut hint).map(String::as_str)))
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => {
+                let mut hint = 0;
+                string_column(
+                    ps.iter()
+                        .map(|p| find(&p.tags, &key, &mut hint).map(String::as_str)),
+                )
+            }
+            Content::Text(t) => text_column(t, |l| l.tag(&key)),
+        })
     }
 
     fn field_column(
@@ -255,33 +278,33 @@ impl HostBatch for StoreState {
         b: Resource<PointBatch>,
         key: String,
     ) -> wasmtime::Result<Vec<Option<WitValue>>> {
-        let batch = self.table.get(&b)?;
-        let mut hint = 0;
-        Ok(batch
-            .points
-            .iter()
-            .map(|p| find(&p.fields, &key, &mut hint).map(to_wit))
-            .collect())
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => {
+                let mut hint = 0;
+                ps.iter()
+                    .map(|p| find(&p.fields, &key, &mut hint).map(to_wit))
+                    .collect()
+            }
+            Content::Text(t) => t.lines().map(|l| l.field(&key).map(into_wit)).collect(),
+        })
     }
 
     fn tag_keys(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<Vec<String>> {
-        let batch = self.table.get(&b)?;
-        Ok(distinct_keys(
-            batch
-                .points
-                .iter()
-                .flat_map(|p| p.tags.iter().map(|(k, _)| k.as_str())),
-        ))
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => {
+                distinct_keys(ps.iter().flat_map(|p| p.tags.iter().map(|(k, _)| k)))
+            }
+            Content::Text(t) => distinct_keys(t.lines().flat_map(|l| l.tag_keys())),
+        })
     }
 
     fn field_keys(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<Vec<String>> {
-        let batch = self.table.get(&b)?;
-        Ok(distinct_keys(
-            batch
-                .points
-                .iter()
-                .flat_map(|p| p.fields.iter().map(|(k, _)| k.as_str())),
-        ))
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => {
+                distinct_keys(ps.iter().flat_map(|p| p.fields.iter().map(|(k, _)| k)))
+            }
+            Content::Text(t) => distinct_keys(t.lines().flat_map(|l| l.field_keys())),
+        })
     }
 
     fn tags(
@@ -289,12 +312,12 @@ impl HostBatch for StoreState {
         b: Resource<PointBatch>,
         index: u32,
     ) -> wasmtime::Result<Vec<(String, String)>> {
-        let batch = self.table.get(&b)?;
-        Ok(batch
-            .points
-            .get(index as usize)
-            .map(|p| p.tags.clone())
-            .unwrap_or_default())
+        let i = index as usize;
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => ps.get(i).map(|p| p.tags.clone()).unwrap_or_default(),
+            Content::Text(t) if i < t.len() => t.line(i).tags(),
+            Content::Text(_) => Vec::new(),
+        })
     }
 
     fn fields(
@@ -302,17 +325,23 @@ impl HostBatch for StoreState {
         b: Resource<PointBatch>,
         index: u32,
     ) -> wasmtime::Result<Vec<(String, WitValue)>> {
-        let batch = self.table.get(&b)?;
-        Ok(batch
-            .points
-            .get(index as usize)
-            .map(|p| {
-                p.fields
-                    .iter()
-                    .map(|(k, v)| (k.clone(), to_wit(v)))
-                    .collect()
-            })
-            .unwrap_or_default())
+        let i = index as usize;
+        let pairs = |p: &Point| {
+            p.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), to_wit(v)))
+                .collect()
+        };
+        Ok(match self.table.get(&b)?.points.as_ref() {
+            Content::Points(ps) => ps.get(i).map(pairs).unwrap_or_default(),
+            Content::Text(t) if i < t.len() => t
+                .line(i)
+                .fields()
+                .into_iter()
+                .map(|(k, v)| (k, into_wit(v)))
+                .collect(),
+            Content::Text(_) => Vec::new(),
+        })
     }
 
     fn drop(&mut self, _b: Resource<PointBatch>) -> wasmtime::Result<()> {

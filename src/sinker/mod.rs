@@ -23,7 +23,7 @@ use std::time::Instant;
 use crate::category::Category;
 use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
-use crate::point::Point;
+use crate::point::{Content, Point, Text};
 
 pub use plugin::{CallError, FailureKind, Limits, LoadError, LogFn, Plugin, Runtime};
 
@@ -96,7 +96,7 @@ impl Sinker {
     pub fn evaluate(
         &self,
         category: Category,
-        points: &Arc<Vec<Point>>,
+        points: &Arc<Content>,
         metrics: &Metrics,
     ) -> Option<Vec<bool>> {
         match self.condition() {
@@ -110,7 +110,7 @@ impl Sinker {
         &self,
         plugin: &Plugin,
         category: Category,
-        points: &Arc<Vec<Point>>,
+        points: &Arc<Content>,
         metrics: &Metrics,
     ) -> Vec<bool> {
         let start = Instant::now();
@@ -196,10 +196,10 @@ impl Sinkers {
 /// The outcome of routing one batch through the sinkers.
 pub struct Split {
     /// Points each sinker takes, by the sinker's position in the set (only sinkers that
-    /// take at least one).
-    pub sunk: Vec<(usize, Vec<Point>)>,
+    /// take at least one), in the form they came in (text stays text).
+    pub sunk: Vec<(usize, Content)>,
     /// Points no sinker took: they go to the main endpoints.
-    pub rest: Vec<Point>,
+    pub rest: Content,
     /// What to count once the points are accepted (see [`Counts::record`]).
     pub counts: Counts,
 }
@@ -244,24 +244,9 @@ impl Counts {
     }
 }
 
-/// The counts of `n` points of `category` that no sinker of `set` looks at (as
-/// [`split`] counts them).
-pub fn passed(set: &[Arc<Sinker>], category: Category, n: usize) -> Counts {
-    debug_assert!(!set.iter().any(|s| s.takes(category)));
-    Counts {
-        category: Some(category),
-        offered: Vec::new(),
-        not_sunk: (!set.is_empty()).then_some(n),
-    }
-}
-
-/// Splits `points` between the sinkers of `set` and the main endpoints.
-pub fn split(
-    set: &[Arc<Sinker>],
-    category: Category,
-    points: Vec<Point>,
-    metrics: &Metrics,
-) -> Split {
+/// Splits `points` between the sinkers of `set` and the main endpoints. Text is split as
+/// text: each share is the lines chosen, as they came ([`Text::select`]).
+pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: &Metrics) -> Split {
     let interested: Vec<usize> = (0..set.len()).filter(|&i| set[i].takes(category)).collect();
     let mut counts = Counts {
         category: Some(category),
@@ -281,21 +266,57 @@ pub fn split(
         .iter()
         .map(|&i| set[i].evaluate(category, &shared, metrics))
         .collect();
-    let points = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());
+    let points = Arc::try_unwrap(shared).unwrap_or_else(|a| match a.as_ref() {
+        Content::Points(p) => Content::Points(p.clone()),
+        Content::Text(t) => Content::Text(t.clone()),
+    });
+    let n = points.len();
     for (&i, mask) in interested.iter().zip(&masks) {
         let matched = mask
             .as_ref()
-            .map_or(points.len(), |m| m.iter().filter(|&&b| b).count());
-        counts
-            .offered
-            .push((set[i].name().to_string(), matched, points.len()));
+            .map_or(n, |m| m.iter().filter(|&&b| b).count());
+        counts.offered.push((set[i].name().to_string(), matched, n));
     }
-    let mut sunk: Vec<Vec<Point>> = vec![Vec::new(); interested.len()];
-    let mut rest = Vec::new();
     let takes = |j: usize, i: usize| masks[j].as_ref().is_none_or(|m| m[i]);
+    let (sunk, rest): (Vec<Content>, Content) = match points {
+        Content::Points(points) => {
+            let (sunk, rest) = split_points(points, interested.len(), takes);
+            (
+                sunk.into_iter().map(Content::Points).collect(),
+                Content::Points(rest),
+            )
+        }
+        Content::Text(text) => {
+            let (sunk, rest) = split_text(text, interested.len(), takes);
+            (
+                sunk.into_iter().map(Content::Text).collect(),
+                Content::Text(rest),
+            )
+        }
+    };
+    counts.not_sunk = Some(rest.len());
+    Split {
+        sunk: interested
+            .into_iter()
+            .zip(sunk)
+            .filter(|(_, p)| !p.is_empty())
+            .collect(),
+        rest,
+        counts,
+    }
+}
+
+/// Each of `takers` sinkers' points (`takes(j, i)`: sinker `j` takes point `i`), and the
+/// points none takes. The last taker of a point gets the point itself, the others a copy.
+fn split_points(
+    points: Vec<Point>,
+    takers: usize,
+    takes: impl Fn(usize, usize) -> bool,
+) -> (Vec<Vec<Point>>, Vec<Point>) {
+    let mut sunk: Vec<Vec<Point>> = vec![Vec::new(); takers];
+    let mut rest = Vec::new();
     for (i, p) in points.into_iter().enumerate() {
-        // The last taker gets the point itself, the others a copy.
-        match (0..interested.len()).rev().find(|&j| takes(j, i)) {
+        match (0..takers).rev().find(|&j| takes(j, i)) {
             None => rest.push(p),
             Some(last) => {
                 for (j, out) in sunk.iter_mut().enumerate().take(last) {
@@ -307,14 +328,22 @@ pub fn split(
             }
         }
     }
-    counts.not_sunk = Some(rest.len());
-    Split {
-        sunk: interested
-            .into_iter()
-            .zip(sunk)
-            .filter(|(_, p)| !p.is_empty())
-            .collect(),
-        rest,
-        counts,
-    }
+    (sunk, rest)
+}
+
+/// As [`split_points`], for text: each share is a copy of the lines chosen. When no
+/// sinker takes a line the rest is the text itself (no copy).
+fn split_text(
+    text: Text,
+    takers: usize,
+    takes: impl Fn(usize, usize) -> bool,
+) -> (Vec<Text>, Text) {
+    let sunk: Vec<Text> = (0..takers).map(|j| text.select(|i| takes(j, i))).collect();
+    let taken: usize = sunk.iter().map(Text::len).sum();
+    let rest = if taken == 0 {
+        text
+    } else {
+        text.select(|i| !(0..takers).any(|j| takes(j, i)))
+    };
+    (sunk, rest)
 }

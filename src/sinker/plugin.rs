@@ -28,7 +28,7 @@ use wasmtime::{Engine, ResourceLimiter, Store};
 
 pub use super::batch::PointBatch;
 use crate::category::Category;
-use crate::point::Point;
+use crate::point::Content;
 
 /// Host bindings generated from `wit/sinker.wit`.
 pub(crate) mod bindings {
@@ -804,7 +804,7 @@ impl Plugin {
     pub fn matches(
         &self,
         category: Category,
-        points: &Arc<Vec<Point>>,
+        points: &Arc<Content>,
     ) -> Result<Vec<bool>, CallError> {
         let inner = &self.inner;
         let Some(admitted) = inner.health.admit(Instant::now()) else {
@@ -887,7 +887,7 @@ impl PluginInner {
         &self,
         instance: &mut Instance,
         category: Category,
-        points: &Arc<Vec<Point>>,
+        points: &Arc<Content>,
     ) -> Result<Vec<bool>, CallError> {
         let store = &mut instance.store;
         let handle = store

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::plugin::bindings::dataway::sinker::types::LogLevel;
 use super::{Limits, LogFn, Runtime, builtin};
 use crate::category::Category;
-use crate::point::{self, ParseOptions, Precision};
+use crate::point::{self, Content, ParseOptions, Precision};
 
 /// Which plugin to run.
 pub enum Source<'a> {
@@ -121,8 +121,11 @@ pub fn run(
     if points.is_empty() {
         return Err("no points on stdin (write line protocol, one point per line)".into());
     }
-    let points = Arc::new(points);
+    let points = Arc::new(Content::Points(points));
     let mask = p.matches(category, &points).map_err(|e| e.to_string())?;
+    let Content::Points(points) = points.as_ref() else {
+        unreachable!("made as points above")
+    };
     let mut matched = 0;
     for (p, m) in points.iter().zip(&mask) {
         matched += usize::from(*m);
