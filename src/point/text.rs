@@ -60,6 +60,9 @@ pub struct Text {
     bytes: Bytes,
     /// The offset just past each line's `\n`.
     ends: Vec<u32>,
+    /// The bytes the buffer holds (its capacity): more than `bytes` after
+    /// [`Text::retain`] compacted it in place.
+    held: usize,
 }
 
 impl Text {
@@ -98,7 +101,7 @@ impl Text {
 
     /// The memory it holds, as the budget counts it.
     pub fn memory_size(&self) -> usize {
-        std::mem::size_of::<Text>() + self.bytes.len() + self.ends.len() * 4
+        std::mem::size_of::<Text>() + self.held.max(self.bytes.len()) + self.ends.len() * 4
     }
 
     /// The lines joined by `\n`, with no newline after the last (as
@@ -170,6 +173,60 @@ impl Text {
         b.finish()
     }
 
+    /// The lines `keep` says yes to, as [`Text::select`] gives them, but moved down in
+    /// this text's own buffer when no one else holds it and most of it stays (the main
+    /// endpoints' share after sinkers took theirs): no new buffer to allocate and fault
+    /// in. The bytes freed stay held (and counted by [`Text::memory_size`]) until the text
+    /// is dropped.
+    pub fn retain(self, mut keep: impl FnMut(usize) -> bool) -> Text {
+        let keeps: Vec<bool> = (0..self.len()).map(&mut keep).collect();
+        let mut kept_bytes = 0usize;
+        let mut start = 0usize;
+        for (&end, &k) in self.ends.iter().zip(&keeps) {
+            kept_bytes += if k { end as usize - start } else { 0 };
+            start = end as usize;
+        }
+        if kept_bytes == self.bytes.len() {
+            return self;
+        }
+        if kept_bytes < self.bytes.len() / 2 {
+            return self.select(|i| keeps[i]);
+        }
+        let Text { bytes, ends, .. } = self;
+        let mut buf = match bytes.try_into_mut() {
+            Ok(buf) => buf,
+            Err(bytes) => {
+                let shared = Text {
+                    held: bytes.len(),
+                    bytes,
+                    ends,
+                };
+                return shared.select(|i| keeps[i]);
+            }
+        };
+        let held = buf.capacity();
+        let mut out_ends = Vec::with_capacity(keeps.iter().filter(|&&k| k).count());
+        let mut w = 0usize;
+        let mut start = 0usize;
+        for (&end, &k) in ends.iter().zip(&keeps) {
+            let end = end as usize;
+            if k {
+                if w != start {
+                    buf.copy_within(start..end, w);
+                }
+                w += end - start;
+                out_ends.push(w as u32);
+            }
+            start = end;
+        }
+        buf.truncate(w);
+        Text {
+            bytes: buf.freeze(),
+            ends: out_ends,
+            held,
+        }
+    }
+
     /// The points, parsed again (for a part that must be routed or encoded as points after
     /// all: a sinker added since the write was read, a v2 endpoint).
     pub fn to_points(&self) -> Vec<Point> {
@@ -220,6 +277,7 @@ impl TextBuilder {
         fit(&mut self.buf);
         fit(&mut self.ends);
         Text {
+            held: self.buf.capacity(),
             bytes: Bytes::from(self.buf),
             ends: self.ends,
         }

@@ -391,4 +391,40 @@ mod tests {
             );
         }
     }
+
+    /// `retain` keeps what `select` keeps: in place when the buffer is its own and most
+    /// of it stays (the freed bytes still counted as held), by a copy otherwise.
+    #[test]
+    fn retain_keeps_the_chosen_lines_in_place_when_it_can() {
+        let body: String = (0..50).map(|i| format!("m{i},t=x v={i}i {i}\n")).collect();
+        let whole = parse_text(body.as_bytes(), opts()).unwrap();
+        let size = whole.memory_size();
+        for (keep, in_place) in [
+            (Box::new(|i: usize| i % 10 != 3) as Box<dyn Fn(usize) -> bool>, true),
+            (Box::new(|i: usize| i % 10 == 3), false),
+            (Box::new(|_| true), true),
+            (Box::new(|_| false), false),
+        ] {
+            let want = whole.select(&keep);
+            let text = parse_text(body.as_bytes(), opts()).unwrap();
+            let before = text.joined().as_ptr();
+            let got = text.retain(&keep);
+            assert_eq!(got.joined(), want.joined());
+            assert_eq!(got.len(), want.len());
+            assert_eq!(got.to_points(), want.to_points());
+            assert_eq!(got.joined().as_ptr() == before, in_place);
+            if in_place {
+                assert_eq!(got.memory_size() - got.len() * 4, size - whole.len() * 4);
+            } else {
+                assert_eq!(got.memory_size(), want.memory_size());
+            }
+        }
+        // Shared (the WAL holds its bytes): copied, the original left as it was.
+        let text = parse_text(body.as_bytes(), opts()).unwrap();
+        let held = text.joined();
+        let got = text.retain(|i| i != 0);
+        assert_ne!(got.joined().as_ptr(), held.as_ptr());
+        assert_eq!(held.as_ref(), body.trim_end().as_bytes());
+        assert_eq!(got.len(), 49);
+    }
 }

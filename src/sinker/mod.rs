@@ -331,8 +331,8 @@ fn split_points(
     (sunk, rest)
 }
 
-/// As [`split_points`], for text: each share is a copy of the lines chosen. When no
-/// sinker takes a line the rest is the text itself (no copy).
+/// As [`split_points`], for text: each share is a copy of the lines chosen; the rest is
+/// the text itself, its taken lines removed in place where it can ([`Text::retain`]).
 fn split_text(
     text: Text,
     takers: usize,
@@ -343,7 +343,7 @@ fn split_text(
     let rest = if taken == 0 {
         text
     } else {
-        text.select(|i| !(0..takers).any(|j| takes(j, i)))
+        text.retain(|i| !(0..takers).any(|j| takes(j, i)))
     };
     (sunk, rest)
 }
