@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use common::plugins::{rust_plugin, script_plugin};
 use dataway::Category;
 use dataway::point::{self, Content, ParseOptions};
-use dataway::sinker::{Limits, LogFn, Plugin, Runtime};
+use dataway::sinker::{Columns, Limits, LogFn, Plugin, Runtime};
 
 const BATCH: &str =
     "cpu,host=a u=1 1\ndisk,host=a u=2 2\nmem,host=b u=3 3\ncpu,host=c u=4 4\nswap u=5 5\n";
@@ -203,4 +203,46 @@ fn plugin_crate_unit_tests_pass() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("test result: ok"), "{stdout}");
+}
+
+/// Sinkers on one category share the columns built for a batch: each condition still gets
+/// the columns it asks for (not another key's), in both forms of the batch.
+#[test]
+fn conditions_sharing_a_batch_get_their_own_columns() {
+    let rt = Runtime::new(None).unwrap();
+    let bytes = std::fs::read(rust_plugin("datakit-filter")).unwrap();
+    let load = |rule: &str| {
+        let quiet: LogFn = Arc::new(|_, _| {});
+        rt.load(&bytes, rule, &Limits::default(), quiet).unwrap()
+    };
+    let rules = [
+        "{ host = 'a' }",
+        "{ zone = 'a' }",
+        "{ measurement = 'cpu' }",
+        "{ host = 'b' or zone = 'b' }",
+    ];
+    let plugins: Vec<_> = rules.iter().map(|r| load(r)).collect();
+    let body =
+        "cpu,host=a,zone=b v=1 1\nmem,host=b,zone=a v=2 2\ncpu,zone=a v=3 3\ndisk,host=c v=4 4\n";
+    for batch in both(body) {
+        let alone: Vec<Vec<bool>> = plugins
+            .iter()
+            .map(|p| p.matches(Category::Metric, &batch).unwrap())
+            .collect();
+        assert_eq!(
+            alone,
+            [
+                vec![true, false, false, false],
+                vec![false, true, true, false],
+                vec![true, false, true, false],
+                vec![true, true, false, false],
+            ]
+        );
+        let columns = Arc::new(Columns::shared());
+        let shared: Vec<Vec<bool>> = plugins
+            .iter()
+            .map(|p| p.matches_with(Category::Metric, &batch, &columns).unwrap())
+            .collect();
+        assert_eq!(shared, alone);
+    }
 }

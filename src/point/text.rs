@@ -80,14 +80,16 @@ impl Text {
     }
 
     /// Lines joined by `\n` as [`Text::joined`] gives them (a WAL entry), taken as
-    /// checked: they were, before they were logged.
-    pub fn from_joined(joined: &[u8]) -> Text {
+    /// checked: they were, before they were logged. Only their UTF-8 is checked again (the
+    /// lines are read as text when a sinker looks at them): `None` if that fails.
+    pub fn from_joined(joined: &[u8]) -> Option<Text> {
+        std::str::from_utf8(joined).ok()?;
         let mut b = TextBuilder::with_capacity(joined.len() + 1);
         for line in joined.split(|&c| c == b'\n') {
             b.buf.extend_from_slice(line);
             b.end_line();
         }
-        b.finish()
+        Some(b.finish())
     }
 
     /// The number of lines (points).
@@ -139,12 +141,19 @@ impl Text {
     /// Line `i` (without its `\n`), to read its parts ([`LineView`]).
     pub fn line(&self, i: usize) -> LineView<'_> {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        LineView::new(&self.bytes[start..self.ends[i] as usize - 1])
+        let line = &self.bytes[start..self.ends[i] as usize - 1];
+        LineView::new(std::str::from_utf8(line).expect("checked lines are UTF-8"))
     }
 
-    /// Every line, in order.
+    /// Every line, in order (the text is checked as UTF-8 once, in one pass).
     pub fn lines(&self) -> impl ExactSizeIterator<Item = LineView<'_>> + '_ {
-        (0..self.len()).map(|i| self.line(i))
+        let all = std::str::from_utf8(&self.bytes).expect("checked lines are UTF-8");
+        let mut start = 0usize;
+        self.ends.iter().map(move |&end| {
+            let line = &all[start..end as usize - 1];
+            start = end as usize;
+            LineView::new(line)
+        })
     }
 
     /// The lines `keep` says yes to, copied into a text of their own (as a sinker's share

@@ -21,6 +21,7 @@ use super::lineproto::{
 /// the time in nanoseconds as [`super::Text`] writes it.
 #[derive(Debug, Clone, Copy)]
 pub struct LineView<'a> {
+    s: &'a str,
     b: &'a [u8],
     /// Where the measurement ends (the tag set or the spaces before the field set start).
     m_end: usize,
@@ -44,10 +45,12 @@ enum RawValue {
 
 impl<'a> LineView<'a> {
     /// The view of `line`, which the parser checked (a [`super::Text`] line).
-    pub fn new(line: &'a [u8]) -> LineView<'a> {
-        let (m_end, m_esc) = scan_measurement(line, 0);
+    pub fn new(line: &'a str) -> LineView<'a> {
+        let b = line.as_bytes();
+        let (m_end, m_esc) = scan_measurement(b, 0);
         LineView {
-            b: line,
+            s: line,
+            b,
             m_end,
             m_esc,
         }
@@ -58,8 +61,9 @@ impl<'a> LineView<'a> {
         self.b
     }
 
+    /// The text at `start..end`: the scans end on ASCII bytes, so on char boundaries.
     fn str(&self, start: usize, end: usize) -> &'a str {
-        std::str::from_utf8(&self.b[start..end]).expect("checked lines are UTF-8")
+        &self.s[start..end]
     }
 
     fn name(&self, s: Span) -> Cow<'a, str> {
@@ -400,7 +404,10 @@ mod tests {
         let whole = parse_text(body.as_bytes(), opts()).unwrap();
         let size = whole.memory_size();
         for (keep, in_place) in [
-            (Box::new(|i: usize| i % 10 != 3) as Box<dyn Fn(usize) -> bool>, true),
+            (
+                Box::new(|i: usize| i % 10 != 3) as Box<dyn Fn(usize) -> bool>,
+                true,
+            ),
             (Box::new(|i: usize| i % 10 == 3), false),
             (Box::new(|_| true), true),
             (Box::new(|_| false), false),

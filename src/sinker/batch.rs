@@ -23,6 +23,42 @@ use crate::point::{Content, FieldValue, Point, Text};
 pub struct PointBatch {
     pub category: Category,
     pub points: Arc<Content>,
+    pub columns: Arc<Columns>,
+}
+
+/// The string columns built for one batch, kept for the next condition that asks: with
+/// several sinkers on a category (each with its own `host` rule) a column is built once per
+/// batch, not once per sinker.
+#[derive(Default)]
+pub struct Columns {
+    /// Off for a batch only one condition sees: nothing would ask twice.
+    keep: bool,
+    /// By tag key; `None`: the measurements.
+    built: std::sync::Mutex<Vec<(Option<String>, StringColumn)>>,
+}
+
+impl Columns {
+    /// Columns kept for every condition that sees the batch.
+    pub fn shared() -> Columns {
+        Columns {
+            keep: true,
+            ..Columns::default()
+        }
+    }
+
+    /// The column of `key` (`None`: the measurements), built by `build` the first time.
+    fn get(&self, key: Option<&str>, build: impl FnOnce() -> StringColumn) -> StringColumn {
+        if !self.keep {
+            return build();
+        }
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = built.iter().find(|(k, _)| k.as_deref() == key) {
+            return c.clone();
+        }
+        let c = build();
+        built.push((key.map(String::from), c.clone()));
+        c
+    }
 }
 
 /// A column of strings, dictionary-encoded.
@@ -243,10 +279,11 @@ impl HostBatch for StoreState {
     }
 
     fn measurements(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<StringColumn> {
-        Ok(match self.table.get(&b)?.points.as_ref() {
+        let batch = self.table.get(&b)?;
+        Ok(batch.columns.get(None, || match batch.points.as_ref() {
             Content::Points(ps) => string_column(ps.iter().map(|p| Some(p.measurement.as_str()))),
             Content::Text(t) => text_column(t, |l| Some(l.measurement())),
-        })
+        }))
     }
 
     fn times(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<Vec<i64>> {
@@ -261,16 +298,19 @@ impl HostBatch for StoreState {
         b: Resource<PointBatch>,
         key: String,
     ) -> wasmtime::Result<StringColumn> {
-        Ok(match self.table.get(&b)?.points.as_ref() {
-            Content::Points(ps) => {
-                let mut hint = 0;
-                string_column(
-                    ps.iter()
-                        .map(|p| find(&p.tags, &key, &mut hint).map(String::as_str)),
-                )
-            }
-            Content::Text(t) => text_column(t, |l| l.tag(&key)),
-        })
+        let batch = self.table.get(&b)?;
+        Ok(batch
+            .columns
+            .get(Some(&key), || match batch.points.as_ref() {
+                Content::Points(ps) => {
+                    let mut hint = 0;
+                    string_column(
+                        ps.iter()
+                            .map(|p| find(&p.tags, &key, &mut hint).map(String::as_str)),
+                    )
+                }
+                Content::Text(t) => text_column(t, |l| l.tag(&key)),
+            }))
     }
 
     fn field_column(
@@ -407,6 +447,30 @@ mod tests {
             dict.values
         );
         assert!(dict.values.len() > LINEAR_DICT && dict.map.is_some());
+    }
+
+    /// Shared, a column is built once per key and handed out again; not shared, built at
+    /// every ask.
+    #[test]
+    fn shared_columns_are_built_once_per_key() {
+        let column = |v: &str| StringColumn {
+            dict: vec![Some(v.to_string())],
+            index: vec![0],
+        };
+        for (columns, builds) in [(Columns::shared(), 3), (Columns::default(), 5)] {
+            let mut n = 0;
+            let mut ask = |key: Option<&str>| {
+                columns.get(key, || {
+                    n += 1;
+                    column(key.unwrap_or("measurements"))
+                })
+            };
+            for key in [Some("host"), None, Some("host"), Some("zone"), None] {
+                let got = ask(key);
+                assert_eq!(got.dict, [Some(key.unwrap_or("measurements").to_string())]);
+            }
+            assert_eq!(n, builds);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
 use crate::point::{Content, Point, Text};
 
-pub use plugin::{CallError, FailureKind, Limits, LoadError, LogFn, Plugin, Runtime};
+pub use plugin::{CallError, Columns, FailureKind, Limits, LoadError, LogFn, Plugin, Runtime};
 
 /// What decides which points a sinker takes.
 #[derive(Clone)]
@@ -93,16 +93,18 @@ impl Sinker {
 
     /// Which of `points` this sinker takes (`None`: all). A plugin failure means "none"
     /// (the points go on to the main endpoints) and is counted and logged (rate-limited).
+    /// `columns`: those built for the same points by the sinkers before this one.
     pub fn evaluate(
         &self,
         category: Category,
         points: &Arc<Content>,
+        columns: &Arc<Columns>,
         metrics: &Metrics,
     ) -> Option<Vec<bool>> {
         match self.condition() {
             Condition::All => None,
             Condition::Disabled => Some(vec![false; points.len()]),
-            Condition::Plugin(p) => Some(self.call(&p, category, points, metrics)),
+            Condition::Plugin(p) => Some(self.call(&p, category, points, columns, metrics)),
         }
     }
 
@@ -111,10 +113,11 @@ impl Sinker {
         plugin: &Plugin,
         category: Category,
         points: &Arc<Content>,
+        columns: &Arc<Columns>,
         metrics: &Metrics,
     ) -> Vec<bool> {
         let start = Instant::now();
-        let result = plugin.matches(category, points);
+        let result = plugin.matches_with(category, points, columns);
         let name = self.name.as_str();
         if !matches!(&result, Err(e) if e.kind == FailureKind::Quarantined) {
             metrics
@@ -261,10 +264,16 @@ pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: 
         };
     }
     // Plugins borrow the points through an Arc; it is unique again once they are done.
+    // Columns one builds are kept for the next, when there is a next.
     let shared = Arc::new(points);
+    let columns = Arc::new(if interested.len() > 1 {
+        Columns::shared()
+    } else {
+        Columns::default()
+    });
     let masks: Vec<Option<Vec<bool>>> = interested
         .iter()
-        .map(|&i| set[i].evaluate(category, &shared, metrics))
+        .map(|&i| set[i].evaluate(category, &shared, &columns, metrics))
         .collect();
     let points = Arc::try_unwrap(shared).unwrap_or_else(|a| match a.as_ref() {
         Content::Points(p) => Content::Points(p.clone()),

@@ -26,7 +26,7 @@ use wasmtime::component::{
 };
 use wasmtime::{Engine, ResourceLimiter, Store};
 
-pub use super::batch::PointBatch;
+pub use super::batch::{Columns, PointBatch};
 use crate::category::Category;
 use crate::point::Content;
 
@@ -806,6 +806,17 @@ impl Plugin {
         category: Category,
         points: &Arc<Content>,
     ) -> Result<Vec<bool>, CallError> {
+        self.matches_with(category, points, &Arc::default())
+    }
+
+    /// As [`Plugin::matches`], with the columns other conditions built for the same
+    /// points ([`Columns::shared`]).
+    pub fn matches_with(
+        &self,
+        category: Category,
+        points: &Arc<Content>,
+        columns: &Arc<Columns>,
+    ) -> Result<Vec<bool>, CallError> {
         let inner = &self.inner;
         let Some(admitted) = inner.health.admit(Instant::now()) else {
             return Err(CallError {
@@ -814,7 +825,7 @@ impl Plugin {
             });
         };
         let result = inner.instantiate_or_reuse().and_then(|mut instance| {
-            let result = inner.call(&mut instance, category, points);
+            let result = inner.call(&mut instance, category, points, columns);
             if result.is_ok() {
                 inner.give_back(instance);
             }
@@ -888,6 +899,7 @@ impl PluginInner {
         instance: &mut Instance,
         category: Category,
         points: &Arc<Content>,
+        columns: &Arc<Columns>,
     ) -> Result<Vec<bool>, CallError> {
         let store = &mut instance.store;
         let handle = store
@@ -896,6 +908,7 @@ impl PluginInner {
             .push(PointBatch {
                 category,
                 points: points.clone(),
+                columns: columns.clone(),
             })
             .map_err(|e| CallError {
                 kind: FailureKind::Trap,

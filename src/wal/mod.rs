@@ -323,9 +323,10 @@ impl Wal {
                 keep: Default::default(),
             };
             match found {
-                Some(Decoded::Ok(r)) => {
-                    return Ok(Some((ticket, r.category, Text::from_joined(&r.payload))));
-                }
+                Some(Decoded::Ok(r)) => match Text::from_joined(&r.payload) {
+                    Some(text) => return Ok(Some((ticket, r.category, text))),
+                    None => tracing::error!(id, "spilled WAL entry is not UTF-8; skipped"),
+                },
                 Some(Decoded::Corrupt(why)) => {
                     tracing::error!(id, "damaged spilled WAL entry skipped: {why}")
                 }
