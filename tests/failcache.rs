@@ -233,13 +233,15 @@ async fn what_is_cached_at_shutdown_is_sent_after_a_restart() {
     d.stop().await;
     assert_eq!(dw.points_accepted(), 0);
 
-    dw.set_default(None);
+    // Still refusing at the restart, so that no resend can have emptied the cache
+    // before it is looked at (that raced the sample below).
     let d = TestDaemon::start(config_for(&[dw.url("t")], &fast("", &fc), "")).await;
     // Found again at the start.
     assert_eq!(
         sample(&d.metrics.encode_text(), &disk_bytes(&dw)),
         Some(bytes)
     );
+    dw.set_default(None);
     assert!(dw.wait_points(20, Duration::from_secs(20)).await);
     assert!(wait_metric(&d.metrics, &disk_bytes(&dw), 0.0).await);
     d.stop().await;
