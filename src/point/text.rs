@@ -21,7 +21,7 @@ use super::{ParseOptions, Point, Precision, parse};
 
 /// A write's points: parsed, or the checked line protocol they came in as (sent without
 /// being encoded again: [`Text`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Content {
     Points(Vec<Point>),
     Text(Text),

@@ -275,10 +275,7 @@ pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: 
         .iter()
         .map(|&i| set[i].evaluate(category, &shared, &columns, metrics))
         .collect();
-    let points = Arc::try_unwrap(shared).unwrap_or_else(|a| match a.as_ref() {
-        Content::Points(p) => Content::Points(p.clone()),
-        Content::Text(t) => Content::Text(t.clone()),
-    });
+    let points = Arc::try_unwrap(shared).unwrap_or_else(|a| a.as_ref().clone());
     let n = points.len();
     for (&i, mask) in interested.iter().zip(&masks) {
         let matched = mask
