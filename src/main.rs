@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use dataway::Category;
-use dataway::config::{Config, Notes};
+use dataway::config::{Config, LogFormat, Notes};
 use dataway::daemon::Daemon;
 use dataway::endpoint::EndpointUrl;
 
@@ -68,6 +68,10 @@ enum Command {
         /// Configuration file (TOML): ours, or DataKit's datakit.conf as it is.
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// `text`, or `json`: every line on stderr one JSON object (for log shippers),
+        /// errors before the log starts included. Over `[log] format`.
+        #[arg(long, value_name = "FORMAT", value_parser = parse_log_format)]
+        log_format: Option<LogFormat>,
     },
     /// Validate a configuration, its sinkers and their plugins, and print the resolved
     /// endpoints (tokens redacted).
@@ -175,13 +179,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config } => {
-            let (cfg, notes) = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
+        Command::Run { config, log_format } => {
+            let (cfg, notes) =
+                match Config::load_noted(config.as_deref(), |k| std::env::var(k).ok()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        print_error(log_format.unwrap_or_default(), &e.to_string());
+                        return ExitCode::from(2);
+                    }
+                };
+            let format = log_format.unwrap_or(cfg.log.format);
             let allocator = tune_allocator();
-            init_logging(&cfg.log.level);
+            init_logging(&cfg.log.level, format);
             tracing::debug!("allocator: {allocator}");
             log_notes(&notes);
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -192,7 +201,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Once, on stderr where the log goes too: not also as a log line.
-                    eprintln!("error: {e:#}");
+                    print_error(format, &format!("{e:#}"));
                     ExitCode::FAILURE
                 }
             }
@@ -327,15 +336,52 @@ fn data_dirs(cfg: &Config) -> Vec<(&'static str, String)> {
 
 /// `RUST_LOG` wins over the config's level, so an operator can turn on debug without
 /// editing the file.
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
         // Colours only on a terminal: escape codes make log files unreadable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The event's fields beside `message` at the top level, no span list: one flat
+        // object a shipper indexes as it is.
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `text` or `json`".to_string()),
+    }
+}
+
+/// An error from before the log started, or the one that ends the run: on stderr, in the
+/// log's format (a JSON line, as the log's own, when the log is JSON).
+fn print_error(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("error: {message}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now())
+                    .to_string(),
+                "level": "ERROR",
+                "message": message,
+                "target": "dataway",
+            })
+        ),
+    }
 }
 
 /// Raises the open-file soft limit to the hard limit: every ingest connection, upstream

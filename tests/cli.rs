@@ -544,3 +544,101 @@ fn the_daemon_compiles_plugins_in_a_child_process() {
     );
     assert!(cache[0].ends_with(".cwasm"));
 }
+
+/// Every line of a JSON log is one JSON object with a timestamp, a level, a message and a
+/// target, the event's fields beside them.
+fn assert_json_lines(log: &str) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}"))
+        })
+        .collect();
+    assert!(!lines.is_empty());
+    for v in &lines {
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(v[key].is_string(), "no {key} in {v}");
+        }
+    }
+    lines
+}
+
+/// `[log] format = "json"`: the daemon's whole log, start to stop, is JSON lines.
+#[tokio::test]
+async fn a_json_log_is_one_object_per_line_from_start_to_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "d.toml",
+        "[log]\nformat = \"json\"\n[ingest]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let mut p = DaemonProcess::start_in(Path::new(&cfg), Some(dir.path()), &[]);
+    assert_eq!(p.post("metric", "m v=1 1".to_string()).await, 200);
+    p.signal("TERM");
+    assert!(p.wait(Duration::from_secs(30)).success());
+    let lines = assert_json_lines(&p.log());
+    let listening = lines
+        .iter()
+        .find(|v| v["message"] == "ingest server listening")
+        .expect("the listening line");
+    assert_eq!(
+        listening["listen"],
+        p.addr.to_string(),
+        "fields at the top level"
+    );
+    assert!(lines.iter().any(|v| v["signal"] == "SIGTERM"));
+}
+
+/// `--log-format json` over the file: errors before the log starts (a bad config) and the
+/// one that ends a run (a port in use) are JSON lines too.
+#[test]
+fn with_log_format_json_errors_are_json_lines_too() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_config(dir.path(), "bad.toml", "[log]\nlevel = \"verbose\"\n");
+    let (code, out) = dataway_in(
+        Some(dir.path()),
+        &["run", "--log-format", "json", "-c", &bad],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{out}");
+    let lines = assert_json_lines(&out);
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["level"], "ERROR");
+    assert!(
+        lines[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("log.level"),
+        "{out}"
+    );
+
+    let cfg = write_config(
+        dir.path(),
+        "d.toml",
+        &format!(
+            "[log]\nformat = \"text\"\n[ingest]\nlisten = \"{}\"\n",
+            taken.local_addr().unwrap()
+        ),
+    );
+    let (code, out) = dataway_in(
+        Some(dir.path()),
+        &["run", "--log-format", "json", "-c", &cfg],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    let lines = assert_json_lines(&out);
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("(ingest.listen)"),
+        "{out}"
+    );
+    // And a format the flag does not know is refused by name.
+    let (code, out) = dataway_in(None, &["run", "--log-format", "xml"], &[]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("expected `text` or `json`"), "{out}");
+}

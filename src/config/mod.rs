@@ -279,12 +279,27 @@ pub struct LogConfig {
     /// Default level filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing
     /// directive such as `dataway=debug`). `RUST_LOG`, when set, takes precedence.
     pub level: String,
+    /// `text` (a line for people) or `json` (each line one JSON object, for log shippers).
+    /// `dataway run --log-format` takes precedence.
+    pub format: LogFormat,
+}
+
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-12-03T10:00:00Z  INFO dataway::daemon: message key=value`.
+    #[default]
+    Text,
+    /// `{"timestamp":"…","level":"INFO","message":"…","key":"value","target":"…"}`.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_string(),
+            format: LogFormat::default(),
         }
     }
 }

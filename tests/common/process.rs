@@ -221,11 +221,16 @@ impl DaemonProcess {
                     .map(String::from)
             })
             .unwrap_or_else(|| panic!("dataway did not report its address:\n{}", p.log()));
-        p.addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("listen="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no listen= address in {line}"));
+        // A text line (`... listen=ADDR`) or, with `[log] format = "json"`, a JSON one.
+        let json = serde_json::from_str::<serde_json::Value>(&line).ok();
+        p.addr = match json {
+            Some(v) => v["listen"].as_str().and_then(|a| a.parse().ok()),
+            None => line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("listen="))
+                .and_then(|a| a.parse().ok()),
+        }
+        .unwrap_or_else(|| panic!("no listen address in {line}"));
         p
     }
 }
