@@ -6,7 +6,7 @@
 //! dataway drains its queues; both within `shutdown_timeout`. What is still undelivered then
 //! is reported and counted, and only then does the listener close.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DatawayConfig};
 use crate::dataway::Dataway;
-use crate::endpoint::{DrainReport, OpenCaches};
+use crate::endpoint::{DrainReport, EndpointUrl, OpenCaches};
 use crate::ingest::{self, IngestState};
+use crate::instance::{self, DirLock};
 use crate::metrics::Metrics;
 use crate::sinker::reload::Reloader;
 use crate::wal::Wal;
@@ -30,6 +31,43 @@ pub struct Daemon {
     watcher: tokio::task::JoinHandle<()>,
     stop_watching: CancellationToken,
     wal: Option<Arc<Wal>>,
+    /// The data directories this daemon claimed ([`crate::instance`]), until it is dropped.
+    _locks: Vec<DirLock>,
+}
+
+/// Claims the directories another daemon must not share: the fail-cache's (when some
+/// endpoint is HTTP: only those cache) and the WAL's.
+fn claim_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
+    let d = &config.dataway;
+    let me = instance::describe_self(&config.ingest.listen.to_string());
+    let http = |u: &String| matches!(EndpointUrl::parse(u), Ok(EndpointUrl::Http { .. }));
+    let caches = d
+        .urls
+        .iter()
+        .chain(d.sinkers.iter().flat_map(|s| &s.urls))
+        .any(http);
+    let mut wanted: Vec<(&Path, &'static str)> = Vec::new();
+    if d.fail_cache.enabled && caches {
+        wanted.push((&d.fail_cache.path, "dataway.fail_cache.path"));
+    }
+    if d.wal.enabled {
+        wanted.push((&d.wal.path, "dataway.wal.path"));
+    }
+    let mut locks: Vec<DirLock> = Vec::new();
+    let mut claimed: Vec<PathBuf> = Vec::new();
+    for (dir, key) in wanted {
+        // One directory for both is claimed once.
+        let same = std::fs::canonicalize(dir)
+            .ok()
+            .is_some_and(|c| claimed.contains(&c));
+        if same {
+            continue;
+        }
+        let lock = instance::claim(dir, key, &me)?;
+        claimed.extend(std::fs::canonicalize(dir).ok());
+        locks.push(lock);
+    }
+    Ok(locks)
 }
 
 impl Daemon {
@@ -50,6 +88,7 @@ impl Daemon {
                  change the data; give the CA in dataway.tls_ca_file instead"
             );
         }
+        let locks = claim_dirs(&config)?;
         let metrics = Arc::new(Metrics::new());
         // Sinker and main endpoints with the same URL share one fail-cache file.
         let caches = Arc::new(OpenCaches::default());
@@ -97,6 +136,7 @@ impl Daemon {
             watcher,
             stop_watching,
             wal,
+            _locks: locks,
         })
     }
 

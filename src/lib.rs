@@ -16,6 +16,7 @@ pub mod endpoint_url;
 pub mod failcache;
 pub mod httpcli;
 pub mod ingest;
+pub mod instance;
 pub mod metrics;
 pub mod point;
 pub mod sinker;

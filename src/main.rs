@@ -418,7 +418,7 @@ fn raise_open_file_limit() {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(mut cfg: Config) -> anyhow::Result<()> {
     raise_open_file_limit();
     let listener = tokio::net::TcpListener::bind(cfg.ingest.listen)
         .await
@@ -433,6 +433,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .map(|(what, place)| format!("{what}: {place}"))
         .collect();
     tracing::info!("data on disk: {}", dirs.join("; "));
+    // The port really taken (the config may say 0), for whoever the data directories'
+    // lock turns away.
+    if let Ok(addr) = listener.local_addr() {
+        cfg.ingest.listen = addr;
+    }
     let daemon = Daemon::start_with(cfg, std::env::current_exe().ok())?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));

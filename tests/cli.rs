@@ -606,10 +606,7 @@ fn with_log_format_json_errors_are_json_lines_too() {
     assert_eq!(lines.len(), 1, "{out}");
     assert_eq!(lines[0]["level"], "ERROR");
     assert!(
-        lines[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("log.level"),
+        lines[0]["message"].as_str().unwrap().contains("log.level"),
         "{out}"
     );
 
@@ -641,4 +638,69 @@ fn with_log_format_json_errors_are_json_lines_too() {
     let (code, out) = dataway_in(None, &["run", "--log-format", "xml"], &[]);
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("expected `text` or `json`"), "{out}");
+}
+
+/// A second daemon on the same fail-cache or WAL directory is refused at start, even on
+/// another port, with a message naming the directory and the daemon holding it; once that
+/// one has stopped, the directory is free again.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_data_directories_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = |wal: bool| {
+        format!(
+            "[dataway]\nurls = [\"http://127.0.0.1:9/v1?token=t\"]\n\
+             [dataway.fail_cache]\npath = \"{}\"\n\
+             [dataway.wal]\nenabled = {wal}\npath = \"{}\"\n\
+             [ingest]\nlisten = \"127.0.0.1:0\"\n",
+            data.join("cache").display(),
+            data.join("wal").display(),
+        )
+    };
+    let a = write_config(dir.path(), "a.toml", &cfg(true));
+    let mut first = DaemonProcess::start(Path::new(&a), &[]);
+    let pid = first.pid();
+    // Same fail-cache directory (the WAL off), and same WAL directory (the cache off).
+    let b = write_config(dir.path(), "b.toml", &cfg(false));
+    let c = write_config(
+        dir.path(),
+        "c.toml",
+        &cfg(true).replace(
+            "[dataway.fail_cache]\n",
+            "[dataway.fail_cache]\nenabled = false\n",
+        ),
+    );
+    for (other, key, sub) in [
+        (&b, "dataway.fail_cache.path", "cache"),
+        (&c, "dataway.wal.path", "wal"),
+    ] {
+        // Refused at start; a second daemon that did start is stopped, and the test fails.
+        let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_dataway"))
+            .args(["run", "-c", other])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while second.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = second.kill();
+        let done = second.wait_with_output().unwrap();
+        let (code, out) = (done.status.code(), String::from_utf8_lossy(&done.stderr));
+        assert!(
+            out.contains(&format!(
+                "{key}: {} is in use by another dataway (pid {pid}, ingest {})",
+                data.join(sub).display(),
+                first.addr
+            )),
+            "{out}"
+        );
+    }
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(30)).success());
+    let mut again = DaemonProcess::start(Path::new(&b), &[]);
+    again.signal("TERM");
+    assert!(again.wait(Duration::from_secs(30)).success());
 }
