@@ -689,6 +689,7 @@ async fn a_second_daemon_on_the_same_data_directories_is_refused() {
         let _ = second.kill();
         let done = second.wait_with_output().unwrap();
         let (code, out) = (done.status.code(), String::from_utf8_lossy(&done.stderr));
+        assert_eq!(code, Some(1), "{out}");
         assert!(
             out.contains(&format!(
                 "{key}: {} is in use by another dataway (pid {pid}, ingest {})",
