@@ -52,20 +52,43 @@ impl PointBatch {
                 keys.len()
             );
         }
-        let mut counts: Vec<KeyCount> = keys
-            .iter()
-            .map(|_| KeyCount { tags: 0, fields: 0 })
-            .collect();
-        // Where each key was found last, in tags and in fields (see `find`).
-        let mut hints = vec![(0, 0); keys.len()];
-        for p in self.points.iter() {
-            for ((key, count), (tag_hint, field_hint)) in
-                keys.iter().zip(&mut counts).zip(&mut hints)
-            {
-                count.tags += find(&p.tags, key, tag_hint).is_some() as u32;
-                count.fields += find(&p.fields, key, field_hint).is_some() as u32;
+        // One walk over each point's keys, not a search per asked key: a key is compared with
+        // the asked ones only when some asked key has its length (`lengths`, bit `len % 64`),
+        // so most keys of a point cost one bit test. `seen` counts a key once per point even
+        // if the point repeats it, as `find` (the first occurrence) would.
+        let lengths = keys.iter().fold(0u64, |m, k| m | 1 << (k.len() % 64));
+        let mut tags = vec![0u32; keys.len()];
+        let mut fields = vec![0u32; keys.len()];
+        /// Bit `j` set when `pairs` has `keys[j]`.
+        #[inline(always)]
+        fn seen_in<V>(pairs: &[(String, V)], keys: &[String], lengths: u64) -> u64 {
+            let mut seen = 0u64;
+            for (k, _) in pairs {
+                if lengths >> (k.len() % 64) & 1 == 0 {
+                    continue;
+                }
+                for (j, key) in keys.iter().enumerate() {
+                    if same(k, key) {
+                        seen |= 1 << j;
+                    }
+                }
             }
+            seen
         }
+        let add = |counts: &mut [u32], seen: u64| {
+            for j in bits(seen) {
+                counts[j] += 1;
+            }
+        };
+        for p in self.points.iter() {
+            add(&mut tags, seen_in(&p.tags, keys, lengths));
+            add(&mut fields, seen_in(&p.fields, keys, lengths));
+        }
+        let counts = tags
+            .into_iter()
+            .zip(fields)
+            .map(|(tags, fields)| KeyCount { tags, fields })
+            .collect();
         Ok(counts)
     }
 
@@ -149,6 +172,18 @@ impl PointBatch {
             strs: strs.map(|(dict, index)| dict.into_column(index)),
         }
     }
+}
+
+/// The positions of the set bits of `word`.
+#[inline(always)]
+fn bits(mut word: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (word != 0).then(|| {
+            let bit = word.trailing_zeros() as usize;
+            word &= word - 1;
+            bit
+        })
+    })
 }
 
 /// Whether two strings are equal, inline for the short keys and values points carry: a libc
@@ -696,6 +731,28 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(want[0], (0, 150 - 150 / 7 - 1)); // `v`: every point but i % 7 == 0
         assert!(b.key_counts(&[]).unwrap().is_empty());
+        // A key a point repeats counts once; a key of another length sharing `len % 64`.
+        let long = "x".repeat(66);
+        let dup = PointBatch {
+            category: Category::Metric,
+            points: Arc::new(vec![Point {
+                measurement: "m".into(),
+                tags: vec![
+                    ("a".into(), "1".into()),
+                    ("a".into(), "2".into()),
+                    ("y".repeat(40), "3".into()),
+                ],
+                fields: vec![("bb".into(), FieldValue::Int(1))],
+                time: 0,
+            }]),
+        };
+        let got: Vec<(u32, u32)> = dup
+            .key_counts(&["a".into(), long, "bb".into(), "y".repeat(40)])
+            .unwrap()
+            .iter()
+            .map(|c| (c.tags, c.fields))
+            .collect();
+        assert_eq!(got, [(1, 0), (0, 0), (0, 1), (1, 0)]);
         // At most MAX_COUNTED_KEYS keys: more is an error (a trap in the plugin).
         let many: Vec<String> = (0..=MAX_COUNTED_KEYS).map(|i| format!("k{i}")).collect();
         assert_eq!(b.key_counts(&many[1..]).unwrap().len(), MAX_COUNTED_KEYS);
