@@ -10,6 +10,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name inside a claimed directory.
@@ -59,12 +60,14 @@ pub fn claim(dir: &Path, key: &'static str, me: &str) -> Result<DirLock, ClaimEr
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(dir).map_err(io)?;
+    // The directories hold customer data: made 0700 here as their owners make them.
+    crate::failcache::private_dir(dir).map_err(io)?;
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(0o600)
         .open(&path)
         .map_err(io)?;
     match file.try_lock() {

@@ -355,7 +355,7 @@ fn sinker_test_explains_what_is_wrong() {
     let (ok, _, err) = sinker_test(&["--plugin", future.to_str().unwrap()], "cpu x=1\n");
     assert!(!ok);
     assert!(
-        err.contains("dataway:sinker/host@0.2.0") && err.contains("dataway:sinker@0.1.0"),
+        err.contains("dataway:sinker/host@0.2.0") && err.contains("dataway:sinker@0.1.1"),
         "{err}"
     );
     // a plugin that traps: the kind of failure

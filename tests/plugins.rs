@@ -246,3 +246,67 @@ fn conditions_sharing_a_batch_get_their_own_columns() {
         assert_eq!(shared, alone);
     }
 }
+
+/// A plugin built against `dataway:sinker@0.1.0` (`plugins/old-version`, with that version's
+/// WIT kept verbatim) loads into this daemon (0.1.1) and every 0.1.0 function answers:
+/// wasmtime's linker gives its `@0.1.0` imports our `@0.1.1` definitions.
+#[test]
+fn a_plugin_built_against_0_1_0_still_runs() {
+    let path = rust_plugin("old-version");
+    let bytes = std::fs::read(&path).unwrap();
+    let has = |s: &str| bytes.windows(s.len()).any(|w| w == s.as_bytes());
+    assert!(
+        has("dataway:sinker/types@0.1.0") && !has("dataway:sinker/types@0.1.1"),
+        "the fixture is not a 0.1.0 component"
+    );
+    let rt = Runtime::new(None).unwrap();
+    let text = "cpu,host=a usage=95.5,n=1i 1\n\
+                cpu usage=99.0 2\n\
+                cpu,host=b usage=80.0 3\n\
+                mem,host=a usage=97.0 4\n\
+                cpu,host=c usage=\"high\",ok=true 5\n\
+                cpu,host=c usage=91.0 6\n";
+    let [points, as_text] = both(text);
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let log: LogFn = Arc::new(move |_, msg| sink.lock().unwrap().push(msg.to_string()));
+    let plugin = rt
+        .load(&bytes, "cpu", &Limits::default(), log)
+        .unwrap_or_else(|e| panic!("a 0.1.0 plugin is refused: {e}"));
+    let mask = plugin.matches(Category::Metric, &points).unwrap();
+    assert_eq!(mask, [true, false, false, false, false, true]);
+    let seen = lines.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            "metric 6 points, times [1, 2, 3, 4, 5, 6], tag keys [\"host\"], \
+             field keys [\"usage\", \"n\", \"ok\"], first [(\"host\", \"a\")] \
+             [\"usage=FieldValue::Float(95.5)\", \"n=FieldValue::Int(1)\"]"
+        ]
+    );
+    // And over text, the same answer and the same view of the batch.
+    assert_eq!(plugin.matches(Category::Metric, &as_text).unwrap(), mask);
+    let all = lines.lock().unwrap().clone();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1], all[0]);
+}
+
+/// A plugin built against a later 0.1.x that calls a function this daemon lacks is refused at
+/// load, and the error says it was built against a newer version (not a trap at its first call).
+#[test]
+fn a_plugin_needing_a_newer_0_1_x_is_refused_with_both_versions() {
+    let bytes = std::fs::read(rust_plugin("newer-version")).unwrap();
+    let rt = Runtime::new(None).unwrap();
+    let quiet: LogFn = Arc::new(|_, _| {});
+    let err = rt
+        .load(&bytes, "", &Limits::default(), quiet)
+        .err()
+        .expect("a plugin needing 0.1.9 refused");
+    assert_eq!(err.kind(), "wrong_world");
+    let err = err.to_string();
+    assert!(
+        err.contains("built against `dataway:sinker/types@0.1.9`, newer than this daemon's dataway:sinker@0.1.1")
+            && err.contains("shiny-new"),
+        "{err}"
+    );
+}

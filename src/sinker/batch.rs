@@ -12,7 +12,8 @@ use wasmtime::component::Resource;
 
 use super::plugin::StoreState;
 use super::plugin::bindings::dataway::sinker::types::{
-    FieldValue as WitValue, Host, HostBatch, StringColumn,
+    BoolValues, FieldValue as WitValue, FloatValues, Host, HostBatch, IntValues, KeyCount,
+    StringColumn, TypedColumn, UintValues,
 };
 use crate::category::Category;
 use crate::point::{Content, FieldValue, Point, Text};
@@ -65,14 +66,7 @@ impl Columns {
 fn string_column<'a>(values: impl Iterator<Item = Option<&'a str>>) -> StringColumn {
     let mut dict = Dict::new();
     let index = values.map(|v| dict.index_of(v)).collect();
-    StringColumn {
-        dict: dict
-            .values
-            .into_iter()
-            .map(|v| v.map(String::from))
-            .collect(),
-        index,
-    }
+    dict.into_column(index)
 }
 
 /// A column of strings read from text lines: borrowed from the lines where no escape
@@ -83,6 +77,186 @@ fn text_column<'a>(
 ) -> StringColumn {
     let values: Vec<Option<Cow<'a, str>>> = text.lines().map(value).collect();
     string_column(values.iter().map(|v| v.as_deref()))
+}
+
+/// Most keys one `key-counts` call takes: the host function runs outside the call's deadline
+/// (wasm is interrupted only between instructions of its own), so its work is bounded.
+pub const MAX_COUNTED_KEYS: usize = 64;
+
+impl PointBatch {
+    /// `key-counts`: per key, the points that have it as a tag and as a field; an error (a
+    /// trap) for more than [`MAX_COUNTED_KEYS`] keys.
+    fn key_counts(&self, keys: &[String]) -> wasmtime::Result<Vec<KeyCount>> {
+        if keys.len() > MAX_COUNTED_KEYS {
+            wasmtime::bail!(
+                "key-counts was asked for {} keys; it takes at most {MAX_COUNTED_KEYS} per call",
+                keys.len()
+            );
+        }
+        // One walk over each point's keys, not a search per asked key: a key is compared with
+        // the asked ones only when some asked key has its length (`lengths`, bit `len % 64`),
+        // so most keys of a point cost one bit test. `seen` counts a key once per point even
+        // if the point repeats it, as `find` (the first occurrence) would.
+        let lengths = keys.iter().fold(0u64, |m, k| m | 1 << (k.len() % 64));
+        let mut tags = vec![0u32; keys.len()];
+        let mut fields = vec![0u32; keys.len()];
+        /// Bit `j` set when `point_keys` has `keys[j]`.
+        #[inline(always)]
+        fn seen_in<K: AsRef<str>>(
+            point_keys: impl Iterator<Item = K>,
+            keys: &[String],
+            lengths: u64,
+        ) -> u64 {
+            let mut seen = 0u64;
+            for k in point_keys {
+                let k = k.as_ref();
+                if lengths >> (k.len() % 64) & 1 == 0 {
+                    continue;
+                }
+                for (j, key) in keys.iter().enumerate() {
+                    if same(k, key) {
+                        seen |= 1 << j;
+                    }
+                }
+            }
+            seen
+        }
+        let add = |counts: &mut [u32], seen: u64| {
+            for j in bits(seen) {
+                counts[j] += 1;
+            }
+        };
+        match self.points.as_ref() {
+            Content::Points(ps) => {
+                for p in ps {
+                    add(
+                        &mut tags,
+                        seen_in(p.tags.iter().map(|(k, _)| k), keys, lengths),
+                    );
+                    add(
+                        &mut fields,
+                        seen_in(p.fields.iter().map(|(k, _)| k), keys, lengths),
+                    );
+                }
+            }
+            Content::Text(t) => {
+                for l in t.lines() {
+                    add(&mut tags, seen_in(l.tag_keys(), keys, lengths));
+                    add(&mut fields, seen_in(l.field_keys(), keys, lengths));
+                }
+            }
+        }
+        let counts = tags
+            .into_iter()
+            .zip(fields)
+            .map(|(tags, fields)| KeyCount { tags, fields })
+            .collect();
+        Ok(counts)
+    }
+
+    /// `typed-field-column`: field `key` of each point as flat lists by type.
+    fn typed_column(&self, key: &str) -> TypedColumn {
+        match self.points.as_ref() {
+            Content::Points(ps) => {
+                let mut hint = 0;
+                typed_column(ps.iter().map(|p| find(&p.fields, key, &mut hint)), ps.len())
+            }
+            Content::Text(t) => {
+                let values: Vec<Option<FieldValue>> = t.lines().map(|l| l.field(key)).collect();
+                typed_column(values.iter().map(Option::as_ref), t.len())
+            }
+        }
+    }
+}
+
+/// The `n` values of a field as flat lists by type, in one pass. A type's lists are made
+/// when its first value is met.
+fn typed_column<'a>(values: impl Iterator<Item = Option<&'a FieldValue>>, n: usize) -> TypedColumn {
+    let words = n.div_ceil(64);
+    let mask = || vec![0u64; words];
+    let mut floats: Option<FloatValues> = None;
+    let mut ints: Option<IntValues> = None;
+    let mut uints: Option<UintValues> = None;
+    let mut bools: Option<BoolValues> = None;
+    // The string dictionary and the index of the points seen so far.
+    let mut strs: Option<(Dict<'_>, Vec<u32>)> = None;
+    for (i, value) in values.enumerate() {
+        let (w, bit) = (i / 64, 1u64 << (i % 64));
+        match value {
+            Some(FieldValue::Float(f)) => {
+                let c = floats.get_or_insert_with(|| FloatValues {
+                    mask: mask(),
+                    values: vec![0.0; n],
+                });
+                c.mask[w] |= bit;
+                c.values[i] = *f;
+            }
+            Some(FieldValue::Int(v)) => {
+                let c = ints.get_or_insert_with(|| IntValues {
+                    mask: mask(),
+                    values: vec![0; n],
+                });
+                c.mask[w] |= bit;
+                c.values[i] = *v;
+            }
+            Some(FieldValue::Uint(v)) => {
+                let c = uints.get_or_insert_with(|| UintValues {
+                    mask: mask(),
+                    values: vec![0; n],
+                });
+                c.mask[w] |= bit;
+                c.values[i] = *v;
+            }
+            Some(FieldValue::Bool(b)) => {
+                let c = bools.get_or_insert_with(|| BoolValues {
+                    mask: mask(),
+                    trues: mask(),
+                });
+                c.mask[w] |= bit;
+                if *b {
+                    c.trues[w] |= bit;
+                }
+            }
+            Some(FieldValue::Str(_)) | None => {}
+        }
+        let text = match value {
+            Some(FieldValue::Str(s)) => Some(s.as_str()),
+            _ => None,
+        };
+        match (&mut strs, text) {
+            (Some((dict, index)), v) => index.push(dict.index_of(v)),
+            (None, Some(v)) => {
+                // The first string: every point before it has none.
+                let mut dict = Dict::new();
+                let mut index = Vec::with_capacity(n);
+                if i > 0 {
+                    index.resize(i, dict.index_of(None));
+                }
+                index.push(dict.index_of(Some(v)));
+                strs = Some((dict, index));
+            }
+            (None, None) => {}
+        }
+    }
+    TypedColumn {
+        floats,
+        ints,
+        uints,
+        bools,
+        strs: strs.map(|(dict, index)| dict.into_column(index)),
+    }
+}
+
+/// The positions of the set bits of `word`.
+#[inline(always)]
+fn bits(mut word: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (word != 0).then(|| {
+            let bit = word.trailing_zeros() as usize;
+            word &= word - 1;
+            bit
+        })
+    })
 }
 
 /// Whether two strings are equal, inline for the short keys and values points carry: a libc
@@ -217,6 +391,18 @@ impl<'a> Dict<'a> {
         i
     }
 
+    /// The column of `index` (entries of this dictionary), with the dictionary's strings.
+    fn into_column(self, index: Vec<u32>) -> StringColumn {
+        StringColumn {
+            dict: self
+                .values
+                .into_iter()
+                .map(|v| v.map(String::from))
+                .collect(),
+            index,
+        }
+    }
+
     /// Appends `v` (not in the dictionary yet) and returns its entry.
     fn insert(&mut self, v: Option<&'a str>) -> u32 {
         let i = self.values.len() as u32;
@@ -329,6 +515,22 @@ impl HostBatch for StoreState {
         })
     }
 
+    fn key_counts(
+        &mut self,
+        b: Resource<PointBatch>,
+        keys: Vec<String>,
+    ) -> wasmtime::Result<Vec<KeyCount>> {
+        self.table.get(&b)?.key_counts(&keys)
+    }
+
+    fn typed_field_column(
+        &mut self,
+        b: Resource<PointBatch>,
+        key: String,
+    ) -> wasmtime::Result<TypedColumn> {
+        Ok(self.table.get(&b)?.typed_column(&key))
+    }
+
     fn tag_keys(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<Vec<String>> {
         Ok(match self.table.get(&b)?.points.as_ref() {
             Content::Points(ps) => {
@@ -427,7 +629,7 @@ mod tests {
             for i in 0..(LINEAR_DICT * 3) {
                 let v = (i % 7 != 3).then(|| format!("value-{}", (i * 5 + round) % 41));
                 values.push(v.clone());
-                if i % 4 == 0 {
+                if i.is_multiple_of(4) {
                     values.push(v); // a run
                 }
             }
@@ -471,6 +673,235 @@ mod tests {
             }
             assert_eq!(n, builds);
         }
+    }
+
+    /// Points with field `v` of every type (and none), tag `t` on some, `both` as tag and field
+    /// on some, and strings first met after a few points: over two bitmap words.
+    fn mixed() -> Vec<Point> {
+        let points = (0..150)
+            .map(|i: usize| {
+                let mut tags = vec![("host".to_string(), format!("h{}", i % 3))];
+                let mut fields = vec![("x".to_string(), FieldValue::Int(i as i64))];
+                let v = match i % 7 {
+                    0 => None,
+                    1 => Some(FieldValue::Float(i as f64 / 4.0)),
+                    2 => Some(FieldValue::Int(-(i as i64))),
+                    3 => Some(FieldValue::Uint(u64::MAX - i as u64)),
+                    4 => Some(FieldValue::Bool(i.is_multiple_of(2))),
+                    // Strings from point 5 on, repeated, one of them empty.
+                    _ => Some(FieldValue::Str(["", "a", "bb"][i % 3].to_string())),
+                };
+                if let Some(v) = v {
+                    // Not always at the same position, so the hint is missed sometimes.
+                    fields.insert(i % 2, ("v".to_string(), v));
+                }
+                if i.is_multiple_of(5) {
+                    tags.push(("t".to_string(), "x".to_string()));
+                }
+                if i.is_multiple_of(4) {
+                    tags.insert(0, ("both".to_string(), "tag".to_string()));
+                    fields.push(("both".to_string(), FieldValue::Float(0.5)));
+                }
+                Point {
+                    measurement: "m".into(),
+                    tags,
+                    fields,
+                    time: i as i64,
+                }
+            })
+            .collect();
+        points
+    }
+
+    /// `points` lent as they are, or as the text they encode to (`text`).
+    fn lent(points: &[Point], text: bool) -> PointBatch {
+        PointBatch {
+            category: Category::Metric,
+            points: Arc::new(if text {
+                Content::Text(Text::from_points(points))
+            } else {
+                Content::Points(points.to_vec())
+            }),
+            columns: Arc::default(),
+        }
+    }
+
+    /// Reads a typed column back into one value per point, checking the shape the WIT
+    /// promises on the way: mask and value lengths, bits past the end clear, one type per
+    /// point, zeros where a type's bit is clear, `trues` within `mask`, a valid string index.
+    fn decode(c: &TypedColumn, n: usize) -> Vec<Option<FieldValue>> {
+        let words = n.div_ceil(64);
+        let bit = |mask: &[u64], i: usize| mask[i / 64] >> (i % 64) & 1 == 1;
+        let check_mask = |mask: &[u64]| {
+            assert_eq!(mask.len(), words);
+            if !n.is_multiple_of(64) {
+                assert_eq!(mask[words - 1] >> (n % 64), 0, "bits past the end");
+            }
+        };
+        let mut out: Vec<Option<FieldValue>> = vec![None; n];
+        let mut set = |i: usize, v: FieldValue| {
+            assert!(out[i].is_none(), "point {i} has two types");
+            out[i] = Some(v);
+        };
+        if let Some(f) = &c.floats {
+            check_mask(&f.mask);
+            assert_eq!(f.values.len(), n);
+            for i in 0..n {
+                if bit(&f.mask, i) {
+                    set(i, FieldValue::Float(f.values[i]));
+                } else {
+                    assert_eq!(f.values[i], 0.0);
+                }
+            }
+        }
+        if let Some(f) = &c.ints {
+            check_mask(&f.mask);
+            assert_eq!(f.values.len(), n);
+            for i in 0..n {
+                if bit(&f.mask, i) {
+                    set(i, FieldValue::Int(f.values[i]));
+                } else {
+                    assert_eq!(f.values[i], 0);
+                }
+            }
+        }
+        if let Some(f) = &c.uints {
+            check_mask(&f.mask);
+            assert_eq!(f.values.len(), n);
+            for i in 0..n {
+                if bit(&f.mask, i) {
+                    set(i, FieldValue::Uint(f.values[i]));
+                } else {
+                    assert_eq!(f.values[i], 0);
+                }
+            }
+        }
+        if let Some(f) = &c.bools {
+            check_mask(&f.mask);
+            check_mask(&f.trues);
+            for i in 0..n {
+                if bit(&f.mask, i) {
+                    set(i, FieldValue::Bool(bit(&f.trues, i)));
+                } else {
+                    assert!(!bit(&f.trues, i), "a true outside the mask");
+                }
+            }
+        }
+        if let Some(s) = &c.strs {
+            assert_eq!(s.index.len(), n);
+            for (i, &d) in s.index.iter().enumerate() {
+                if let Some(v) = &s.dict[d as usize] {
+                    set(i, FieldValue::Str(v.clone()));
+                }
+            }
+            let mut distinct = s.dict.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), s.dict.len(), "duplicates in {:?}", s.dict);
+        }
+        out
+    }
+
+    #[test]
+    fn typed_column_holds_each_points_field() {
+        for text in [false, true] {
+            typed_column_holds_each_points_field_of(text);
+        }
+    }
+
+    fn typed_column_holds_each_points_field_of(text: bool) {
+        let points = mixed();
+        let b = lent(&points, text);
+        let n = points.len();
+        for key in ["v", "x", "both", "t", "host", "nothing"] {
+            let c = b.typed_column(key);
+            let want: Vec<Option<FieldValue>> = points
+                .iter()
+                .map(|p| {
+                    p.fields
+                        .iter()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.clone())
+                })
+                .collect();
+            assert_eq!(decode(&c, n), want, "{key}, text: {text}");
+            // A type no point has is `none`.
+            let has = |f: fn(&FieldValue) -> bool| want.iter().flatten().any(f);
+            assert_eq!(
+                c.floats.is_some(),
+                has(|v| matches!(v, FieldValue::Float(_)))
+            );
+            assert_eq!(c.ints.is_some(), has(|v| matches!(v, FieldValue::Int(_))));
+            assert_eq!(c.uints.is_some(), has(|v| matches!(v, FieldValue::Uint(_))));
+            assert_eq!(c.bools.is_some(), has(|v| matches!(v, FieldValue::Bool(_))));
+            assert_eq!(c.strs.is_some(), has(|v| matches!(v, FieldValue::Str(_))));
+        }
+        // A batch of one point, with a string.
+        let one = lent(&points[5..6], text);
+        let c = one.typed_column("v");
+        assert_eq!(decode(&c, 1), [Some(FieldValue::Str("bb".into()))]);
+    }
+
+    #[test]
+    fn key_counts_count_tags_and_fields() {
+        for text in [false, true] {
+            key_counts_count_tags_and_fields_of(text);
+        }
+    }
+
+    fn key_counts_count_tags_and_fields_of(text: bool) {
+        let points = mixed();
+        let b = lent(&points, text);
+        let keys: Vec<String> = ["v", "host", "both", "t", "x", "nothing", "v"]
+            .map(String::from)
+            .to_vec();
+        let got: Vec<(u32, u32)> = b
+            .key_counts(&keys)
+            .unwrap()
+            .iter()
+            .map(|c| (c.tags, c.fields))
+            .collect();
+        let want: Vec<(u32, u32)> = keys
+            .iter()
+            .map(|k| {
+                let count =
+                    |has: &dyn Fn(&Point) -> bool| points.iter().filter(|p| has(p)).count() as u32;
+                (
+                    count(&|p| p.tags.iter().any(|(t, _)| t == k)),
+                    count(&|p| p.fields.iter().any(|(f, _)| f == k)),
+                )
+            })
+            .collect();
+        assert_eq!(got, want, "text: {text}");
+        assert_eq!(want[0], (0, 150 - 150 / 7 - 1)); // `v`: every point but i % 7 == 0
+        assert!(b.key_counts(&[]).unwrap().is_empty());
+        // A key a point repeats counts once; a key of another length sharing `len % 64`.
+        let long = "x".repeat(66);
+        let dup = lent(
+            &[Point {
+                measurement: "m".into(),
+                tags: vec![
+                    ("a".into(), "1".into()),
+                    ("a".into(), "2".into()),
+                    ("y".repeat(40), "3".into()),
+                ],
+                fields: vec![("bb".into(), FieldValue::Int(1))],
+                time: 0,
+            }],
+            text,
+        );
+        let got: Vec<(u32, u32)> = dup
+            .key_counts(&["a".into(), long, "bb".into(), "y".repeat(40)])
+            .unwrap()
+            .iter()
+            .map(|c| (c.tags, c.fields))
+            .collect();
+        assert_eq!(got, [(1, 0), (0, 0), (0, 1), (1, 0)]);
+        // At most MAX_COUNTED_KEYS keys: more is an error (a trap in the plugin).
+        let many: Vec<String> = (0..=MAX_COUNTED_KEYS).map(|i| format!("k{i}")).collect();
+        assert_eq!(b.key_counts(&many[1..]).unwrap().len(), MAX_COUNTED_KEYS);
+        let err = b.key_counts(&many).unwrap_err().to_string();
+        assert!(err.contains("at most 64"), "{err}");
     }
 
     #[test]

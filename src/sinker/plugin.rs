@@ -43,9 +43,61 @@ pub(crate) mod bindings {
 use bindings::dataway::sinker::types::LogLevel;
 use bindings::{Sinker, SinkerPre};
 
-/// The WIT package a plugin must be built against, and its version.
-pub const WIT_PACKAGE: &str = "dataway:sinker@0.1.0";
-const WIT_VERSION: &str = "0.1.0";
+/// The WIT package this daemon speaks, and its version. A plugin built against any version
+/// semver-compatible with it (`0.1.x`) loads: wasmtime's linker satisfies an import of
+/// `dataway:sinker/types@0.1.0` with our `@0.1.1` definitions ([`wit_version_of`]).
+pub const WIT_PACKAGE: &str = "dataway:sinker@0.1.1";
+const WIT_VERSION: &str = "0.1.1";
+
+/// How an imported `dataway:sinker/…@VERSION` interface relates to the one this daemon speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WitVersion {
+    /// Ours, or an earlier version of the same `0.x` series (additions only since then).
+    Supported,
+    /// A later version of the same series: it loads if it uses nothing added since ours.
+    Newer,
+    /// Another series (`0.2`, `1.x`, a pre-release, …): refused.
+    Incompatible,
+}
+
+/// The version of an import named `dataway:sinker/INTERFACE@VERSION` (`INTERFACE` being one
+/// we offer), as wasmtime's linker matches it: `0.x.y` matches `0.x.z`; `0.0.y`, pre-releases
+/// and build metadata match nothing but themselves. `None`: not one of our interfaces.
+fn wit_version_of(import: &str) -> Option<WitVersion> {
+    let rest = import.strip_prefix("dataway:sinker/")?;
+    let (interface, version) = rest.split_once('@')?;
+    if !matches!(interface, "types" | "host") {
+        return None;
+    }
+    if version == WIT_VERSION {
+        return Some(WitVersion::Supported);
+    }
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let mut parts = v.split('.');
+        let mut next = || parts.next()?.parse::<u64>().ok();
+        let version = (next()?, next()?, next()?);
+        parts.next().is_none().then_some(version)
+    };
+    let ours = parse(WIT_VERSION).expect("WIT_VERSION is x.y.z");
+    Some(match parse(version) {
+        // The series of a 0.x version is its minor (0.0.x has none); of x.y, its major.
+        Some(v) if ours.0 == 0 && v.0 == 0 && v.1 == ours.1 && ours.1 != 0 => {
+            if v.2 <= ours.2 {
+                WitVersion::Supported
+            } else {
+                WitVersion::Newer
+            }
+        }
+        Some(v) if ours.0 != 0 && v.0 == ours.0 => {
+            if (v.1, v.2) <= (ours.1, ours.2) {
+                WitVersion::Supported
+            } else {
+                WitVersion::Newer
+            }
+        }
+        _ => WitVersion::Incompatible,
+    })
+}
 
 /// How often the engine's epoch advances; deadlines are whole ticks of this. Coarse on
 /// purpose: the ticker wakes up this often for as long as the daemon runs.
@@ -394,19 +446,26 @@ impl Runtime {
             .root()
             .resource("batch", ResourceType::host::<PointBatch>(), |_, _| Ok(()))
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-        check_imports(&self.engine, &component)?;
+        let newer = check_imports(&self.engine, &component)?;
         // WASI imports a guest toolchain links in (wasi-libc, Python's runtime) are offered
         // as functions that trap: a plugin gets no filesystem, network, env or stdin.
-        linker
-            .define_unknown_imports_as_traps(&component)
+        stub_wasi_imports(&mut linker, &self.engine, &component)
             .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(SinkerPre::new)
             .map_err(|e| {
-                LoadError::WrongWorld(format!(
-                    "the component does not export the `sinker` world of {WIT_PACKAGE}: {e:#}"
-                ))
+                LoadError::WrongWorld(match &newer {
+                    // Most likely it calls something added after our version.
+                    Some(import) => format!(
+                        "the component was built against `{import}`, newer than this \
+                         daemon's {WIT_PACKAGE}, and uses something this daemon does not \
+                         offer: {e:#}"
+                    ),
+                    None => format!(
+                        "the component does not export the `sinker` world of {WIT_PACKAGE}: {e:#}"
+                    ),
+                })
             })?;
         let plugin = Plugin {
             inner: Arc::new(PluginInner {
@@ -638,16 +697,22 @@ fn write_cache(path: &Path, key: &cache::Key, component: &Component) {
 /// Rejects imports the daemon does not offer, before they would be turned into traps: a
 /// plugin built against another version of our WIT must fail loudly at load, not trap on
 /// its first `log` call. Only WASI imports (which a toolchain may link in) are tolerated.
-fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
-    let ours = |name: &str| {
-        name == format!("dataway:sinker/types@{WIT_VERSION}")
-            || name == format!("dataway:sinker/host@{WIT_VERSION}")
-    };
+///
+/// `Ok(Some(import))`: the component imports `import`, a later version of our interfaces of
+/// the same series; it loads if it uses nothing added since ours (the caller says so if not).
+fn check_imports(engine: &Engine, component: &Component) -> Result<Option<String>, LoadError> {
+    let mut newer = None;
     for (name, item) in component.component_type().imports(engine) {
         // `use types.{batch}` in the world makes `batch` a root-level type import.
         let is_type = matches!(item.ty, ComponentItem::Type(_) | ComponentItem::Resource(_));
-        if ours(name) || name.starts_with("wasi:") || is_type {
-            continue;
+        match wit_version_of(name) {
+            Some(WitVersion::Supported) => continue,
+            Some(WitVersion::Newer) => {
+                newer = Some(name.to_string());
+                continue;
+            }
+            _ if name.starts_with("wasi:") || is_type => continue,
+            _ => {}
         }
         let what = match item.ty {
             ComponentItem::ComponentInstance(_) => "interface",
@@ -663,6 +728,62 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError
         return Err(LoadError::WrongWorld(format!(
             "the component imports {what} `{name}`, which the daemon does not offer{hint}"
         )));
+    }
+    Ok(newer)
+}
+
+/// Defines every `wasi:` function the component imports as a function that traps when
+/// called, and each `wasi:` resource as an opaque one (checked by [`check_imports`]: nothing
+/// else is left undefined).
+///
+/// Not wasmtime's `define_unknown_imports_as_traps`: it looks names up exactly, so it would
+/// take the `dataway:sinker/types@0.1.0` of an older plugin for undefined (we define
+/// `@0.1.1`, which the linker's semver matching would otherwise give it) and stub every one
+/// of its functions with a trap.
+fn stub_wasi_imports(
+    linker: &mut Linker<StoreState>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    fn stub(
+        linker: &mut wasmtime::component::LinkerInstance<'_, StoreState>,
+        name: &str,
+        path: &str,
+        item: &ComponentItem,
+        engine: &Engine,
+    ) -> wasmtime::Result<()> {
+        match item {
+            ComponentItem::ComponentFunc(_) => {
+                let full = path.to_string();
+                linker.func_new(name, move |_, _, _, _| {
+                    wasmtime::bail!("unknown import: `{full}` has not been defined")
+                })
+            }
+            ComponentItem::Resource(_) => {
+                linker.resource(name, ResourceType::host::<()>(), |_, _| Ok(()))
+            }
+            ComponentItem::ComponentInstance(instance) => {
+                let mut inner = linker.instance(name)?;
+                for (export, e) in instance.exports(engine) {
+                    stub(
+                        &mut inner,
+                        export,
+                        &format!("{path}#{export}"),
+                        &e.ty,
+                        engine,
+                    )?;
+                }
+                Ok(())
+            }
+            // Types need no definition; a module or component import is not WASI's.
+            ComponentItem::Type(_) => Ok(()),
+            _ => wasmtime::bail!("cannot offer import `{path}` (only functions and resources)"),
+        }
+    }
+    for (name, item) in component.component_type().imports(engine) {
+        if name.starts_with("wasi:") {
+            stub(&mut linker.root(), name, name, &item.ty, engine)?;
+        }
     }
     Ok(())
 }
@@ -1221,6 +1342,35 @@ mod tests {
         assert!(WIT_PACKAGE.ends_with(&format!("@{WIT_VERSION}")));
         let wit = include_str!("../../wit/sinker.wit");
         assert!(wit.contains(&format!("package {WIT_PACKAGE};")));
+    }
+
+    /// Which imports of our interfaces load: the series of 0.1.1 is 0.1, as wasmtime's
+    /// linker matches them.
+    #[test]
+    fn wit_versions_of_the_same_series_are_accepted() {
+        use WitVersion::*;
+        let cases = [
+            ("dataway:sinker/types@0.1.1", Some(Supported)),
+            ("dataway:sinker/host@0.1.1", Some(Supported)),
+            ("dataway:sinker/types@0.1.0", Some(Supported)),
+            ("dataway:sinker/host@0.1.0", Some(Supported)),
+            ("dataway:sinker/types@0.1.2", Some(Newer)),
+            ("dataway:sinker/types@0.1.10", Some(Newer)),
+            ("dataway:sinker/host@0.2.0", Some(Incompatible)),
+            ("dataway:sinker/types@0.0.1", Some(Incompatible)),
+            ("dataway:sinker/types@1.1.0", Some(Incompatible)),
+            ("dataway:sinker/types@0.1.0-rc1", Some(Incompatible)),
+            ("dataway:sinker/types@0.1.0+build", Some(Incompatible)),
+            ("dataway:sinker/types@0.1", Some(Incompatible)),
+            ("dataway:sinker/types@0.1.0.0", Some(Incompatible)),
+            ("dataway:sinker/types", None),
+            ("dataway:sinker/other@0.1.0", None),
+            ("wasi:io/streams@0.2.0", None),
+            ("batch", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(wit_version_of(name), want, "{name}");
+        }
     }
 
     fn limits(after: u32, min_ms: u64) -> Limits {

@@ -25,9 +25,11 @@
 //! - a filter string that is empty or starts with `;` ends the evaluation there: later groups
 //!   never match (DataKit's nil condition).
 //!
-//! Per [`Program::eval`] call, each key a condition uses is fetched at most once: its tag column
-//! (dictionary-encoded, so a condition is tested once per distinct tag value), and its field
-//! column only when some point lacks the tag. Conditions yield bitsets over the batch's points
+//! Per [`Program::eval`] call, the host first counts in one pass how many points have each key
+//! as a tag and as a field ([`Columns::key_counts`]); then each key a condition uses is fetched
+//! at most once: its tag column (dictionary-encoded, so a condition is tested once per distinct
+//! tag value) unless no point has the tag, and its field column (flat lists by type) only when
+//! some point lacks the tag and some point has the field. Conditions yield bitsets over the batch's points
 //! that `and`/`or`/groups combine word by word. Each condition is evaluated only over the points
 //! that can still change the answer (those left in its conjunction, not yet matched by an
 //! earlier alternative or group): a conjunction stops once no point is left, a disjunction or
@@ -57,6 +59,100 @@ pub struct StringColumn {
     pub index: Vec<u32>,
 }
 
+/// How many points have a key as a tag and as a field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCount {
+    pub tags: u32,
+    pub fields: u32,
+}
+
+/// The values of one type of a field: `mask` has bit `i % 64` of word `i / 64` set for the
+/// points with a value of that type, `values[i]` is point `i`'s value there.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Masked<T> {
+    pub mask: Vec<u64>,
+    pub values: Vec<T>,
+}
+
+/// The values of one field over a batch, by type (the WIT's `typed-column`): a point is in at
+/// most one type's mask; one in none lacks the field. A type no point has is `None`. Booleans:
+/// `values` is a second bitmap, the points whose value is true.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldColumn {
+    pub floats: Option<Masked<f64>>,
+    pub ints: Option<Masked<i64>>,
+    pub uints: Option<Masked<u64>>,
+    pub bools: Option<Masked<u64>>,
+    /// Dictionary-encoded, `None` where the point's value is not a string.
+    pub strs: Option<StringColumn>,
+}
+
+impl FieldColumn {
+    /// The column of one value per point (`None`: the point lacks the field), in the host's
+    /// shape: what a batch in memory answers.
+    pub fn from_values(values: &[Option<Value>]) -> FieldColumn {
+        let n = values.len();
+        let words = n.div_ceil(64);
+        fn masked<T: Clone + Default>(n: usize, words: usize) -> Masked<T> {
+            Masked {
+                mask: vec![0; words],
+                values: vec![T::default(); n],
+            }
+        }
+        let mut c = FieldColumn::default();
+        let mut strings: Vec<Option<String>> = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let (w, bit) = (i / 64, 1u64 << (i % 64));
+            let mut string = None;
+            match v {
+                None => {}
+                Some(Value::Float(f)) => {
+                    let m = c.floats.get_or_insert_with(|| masked(n, words));
+                    m.mask[w] |= bit;
+                    m.values[i] = *f;
+                }
+                Some(Value::Int(x)) => {
+                    let m = c.ints.get_or_insert_with(|| masked(n, words));
+                    m.mask[w] |= bit;
+                    m.values[i] = *x;
+                }
+                Some(Value::Uint(x)) => {
+                    let m = c.uints.get_or_insert_with(|| masked(n, words));
+                    m.mask[w] |= bit;
+                    m.values[i] = *x;
+                }
+                Some(Value::Bool(b)) => {
+                    let m = c.bools.get_or_insert_with(|| Masked {
+                        mask: vec![0; words],
+                        values: vec![0; words],
+                    });
+                    m.mask[w] |= bit;
+                    if *b {
+                        m.values[w] |= bit;
+                    }
+                }
+                Some(Value::Str(s)) => string = Some(s.clone()),
+            }
+            strings.push(string);
+        }
+        if strings.iter().any(Option::is_some) {
+            let mut col = StringColumn::default();
+            for v in strings {
+                let d = match col.dict.iter().position(|e| *e == v) {
+                    Some(d) => d,
+                    None => {
+                        col.dict.push(v);
+                        col.dict.len() - 1
+                    }
+                };
+                col.index.push(d as u32);
+            }
+            c.strs = Some(col);
+        }
+        c
+    }
+}
+
 /// Where the evaluator gets a batch's columns from: the WIT batch in the plugin, an in-memory
 /// batch in tests.
 pub trait Columns {
@@ -71,8 +167,10 @@ pub trait Columns {
     fn measurements(&self) -> StringColumn;
     /// Tag `key` of each point (`None` where absent).
     fn tag_column(&self, key: &str) -> StringColumn;
-    /// Field `key` of each point (`None` where absent).
-    fn field_column(&self, key: &str) -> Vec<Option<Value>>;
+    /// How many points have each of `keys` as a tag and as a field, in the order of `keys`.
+    fn key_counts(&self, keys: &[String]) -> Vec<KeyCount>;
+    /// Field `key` of each point, by type.
+    fn field_column(&self, key: &str) -> FieldColumn;
 }
 
 /// The key DataKit sets to the measurement name in `category` (`KVs.Setup`); a tag or field
@@ -285,23 +383,32 @@ enum Pred {
 impl Pred {
     /// [`Pred::test`] for a field value, with a shortcut for the common case of a float
     /// field compared with a number (no `V` conversion, no type dispatch per point).
-    #[inline]
+    #[cfg(test)]
     fn test_value(&self, v: &Value) -> bool {
-        if let (Pred::Cmp(op, lit), Value::Float(a)) = (self, v) {
+        match v {
+            Value::Float(a) => self.test_float(*a),
+            _ => self.test(Some(V::from(v))),
+        }
+    }
+
+    /// [`Pred::test`] for a float value.
+    #[inline]
+    fn test_float(&self, a: f64) -> bool {
+        if let Pred::Cmp(op, lit) = self {
             let b = match lit {
                 Lit::Float(b) => *b,
                 Lit::Int(i) => *i as f64,
-                _ => return self.test(Some(V::from(v))),
+                _ => return self.test(Some(V::Float(a))),
             };
             // As bin_eval: a float with a float, or cross_numeric with an int literal (the
             // float side makes it a float comparison there too).
             return match op {
                 Cmp::Eq => (a - b).abs() <= FLOAT_EPSILON,
-                Cmp::Ne => *a != b,
+                Cmp::Ne => a != b,
                 _ => a.partial_cmp(&b).is_some_and(|o| op.holds(o)),
             };
         }
-        self.test(Some(V::from(v)))
+        self.test(Some(V::Float(a)))
     }
 
     /// The condition for one point's value (`None`: the key is missing).
@@ -759,6 +866,7 @@ impl Program {
             injected: injected_key(&category),
             category,
             measurements: None,
+            counts: None,
             cols: (0..self.keys.len()).map(|_| None).collect(),
             keys: &self.keys,
         };
@@ -889,9 +997,10 @@ impl Bits {
 
 /// A key's columns, fetched once per batch.
 struct KeyCol {
-    tags: StringColumn,
+    /// `None` when no point has the key as a tag.
+    tags: Option<StringColumn>,
     /// Fetched when some point lacks the tag; `None` also when no point has the field.
-    fields: Option<Vec<Option<Value>>>,
+    fields: Option<FieldColumn>,
     /// What a point with neither tag nor field has under this key.
     fallback: Fallback,
 }
@@ -906,14 +1015,72 @@ enum Fallback {
     Measurement,
 }
 
+/// Most keys the host counts per `key-counts` call (the WIT's limit).
+pub const MAX_COUNTED_KEYS: usize = 64;
+
 struct Ctx<'a, C: Columns + ?Sized> {
     batch: &'a C,
     n: usize,
     category: String,
     injected: Option<&'static str>,
     measurements: Option<StringColumn>,
+    /// How many points have each key as a tag and as a field, asked for all keys at the first
+    /// fetch (one pass over the batch on the host's side).
+    counts: Option<Vec<KeyCount>>,
     cols: Vec<Option<KeyCol>>,
     keys: &'a [String],
+}
+
+/// The set bits of `word`, as bit positions.
+fn bits_of(mut word: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (word != 0).then(|| {
+            let bit = word.trailing_zeros() as usize;
+            word &= word - 1;
+            bit
+        })
+    })
+}
+
+/// Calls `f(bit, hits[index[base + bit]])` for the points `base..min(base + 64, n)`: a point's
+/// entry in per-dictionary-entry answers (2, absent, where the host sent a short index or an
+/// entry past the dictionary).
+#[inline(always)]
+fn each_entry(index: &[u32], hits: &[u8], base: usize, n: usize, mut f: impl FnMut(usize, u8)) {
+    let end = (base + 64).min(n);
+    if end <= index.len() {
+        for (bit, &d) in index[base..end].iter().enumerate() {
+            f(bit, hits.get(d as usize).copied().unwrap_or(2));
+        }
+    } else {
+        for i in base..end {
+            let h = index
+                .get(i)
+                .and_then(|&d| hits.get(d as usize))
+                .copied()
+                .unwrap_or(2);
+            f(i - base, h);
+        }
+    }
+}
+
+/// The points of word `w` of `rest_word` that `mask` has (returned), each tested with
+/// `test(point)` and set in `hit` when true.
+#[inline(always)]
+fn by_type(
+    mask: &[u64],
+    w: usize,
+    rest_word: u64,
+    hit: &mut u64,
+    test: impl Fn(usize) -> bool,
+) -> u64 {
+    let have = mask.get(w).copied().unwrap_or(0) & rest_word;
+    for bit in bits_of(have) {
+        if test(w * 64 + bit) {
+            *hit |= 1 << bit;
+        }
+    }
+    have
 }
 
 impl<C: Columns + ?Sized> Ctx<'_, C> {
@@ -953,21 +1120,46 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
         }
     }
 
+    /// How many points have key `k` as a tag and as a field (`None`: the host did not say).
+    fn count(&mut self, k: usize) -> Option<KeyCount> {
+        let keys = self.keys;
+        let batch = self.batch;
+        let counts = self.counts.get_or_insert_with(|| {
+            keys.chunks(MAX_COUNTED_KEYS)
+                .flat_map(|chunk| {
+                    let mut got = batch.key_counts(chunk);
+                    got.truncate(chunk.len());
+                    got
+                })
+                .collect()
+        });
+        counts.get(k).copied()
+    }
+
     /// Fetches key `k`'s columns if not yet done in this batch.
     fn fetch(&mut self, k: usize) {
         if self.cols[k].is_some() {
             return;
         }
+        let count = self.count(k);
         let key = self.keys[k].as_str();
-        let tags = self.batch.tag_column(key);
-        // `None` too when no point has the field: the points without the tag then all
-        // fall back alike.
-        let fields = tags
-            .dict
-            .iter()
-            .any(Option::is_none)
+        let tags = match count {
+            Some(c) if c.tags == 0 => None,
+            _ => Some(self.batch.tag_column(key)),
+        };
+        // Only when some point lacks the tag and some point has the field.
+        let some_lack_tag = tags
+            .as_ref()
+            .is_none_or(|t| t.dict.iter().any(Option::is_none));
+        let fields = (some_lack_tag && count.is_none_or(|c| c.fields > 0))
             .then(|| self.batch.field_column(key))
-            .filter(|f| f.iter().any(Option::is_some));
+            .filter(|f| {
+                f.floats.is_some()
+                    || f.ints.is_some()
+                    || f.uints.is_some()
+                    || f.bools.is_some()
+                    || f.strs.is_some()
+            });
         let fallback = if key == "category" {
             Fallback::Category
         } else if self.injected == Some(key) {
@@ -988,7 +1180,7 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
     /// The points of `care` for which condition `pred` on key `k` holds.
     fn leaf(&mut self, k: usize, pred: &Pred, care: &Bits) -> Bits {
         self.fetch(k);
-        let mut out = Bits::zeros(self.n);
+        let n = self.n;
         let col = self.cols[k].as_ref().expect("fetched");
         // Once per distinct value: 1 = true, 0 = false, 2 = absent (look further).
         let per_entry = |dict: &[Option<String>]| -> Vec<u8> {
@@ -999,47 +1191,31 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
                 })
                 .collect()
         };
-        // A point's entry in `hits`; 2 (absent) where the host sent a short index or an
-        // entry past the dictionary.
-        let entry = |index: &[u32], hits: &[u8], i: usize| -> u8 {
-            index
-                .get(i)
-                .and_then(|&d| hits.get(d as usize))
-                .copied()
-                .unwrap_or(2)
-        };
-        let tag_hits = per_entry(&col.tags.dict);
+        let mut out = Bits::zeros(n);
         // First the tags, 64 points at a time; `rest` marks the points without the tag.
-        let mut rest = Bits::zeros(self.n);
-        let mut any_rest = false;
-        let index = &col.tags.index[..col.tags.index.len().min(self.n)];
-        for (w, (word, rest_word)) in out.words.iter_mut().zip(&mut rest.words).enumerate() {
-            let care = care.words[w];
-            if care == 0 {
-                continue;
-            }
-            let base = w * 64;
-            let end = (base + 64).min(self.n);
-            let (mut hit, mut absent) = (0u64, 0u64);
-            if end <= index.len() {
-                for (bit, &d) in index[base..end].iter().enumerate() {
-                    let h = tag_hits.get(d as usize).copied().unwrap_or(2);
-                    hit |= ((h == 1) as u64) << bit;
-                    absent |= ((h == 2) as u64) << bit;
+        let rest = match &col.tags {
+            None => care.clone(),
+            Some(tags) => {
+                let tag_hits = per_entry(&tags.dict);
+                let mut rest = Bits::zeros(n);
+                for (w, (word, rest_word)) in out.words.iter_mut().zip(&mut rest.words).enumerate()
+                {
+                    let care = care.words[w];
+                    if care == 0 {
+                        continue;
+                    }
+                    let (mut hit, mut absent) = (0u64, 0u64);
+                    each_entry(&tags.index, &tag_hits, w * 64, n, |bit, h| {
+                        hit |= ((h == 1) as u64) << bit;
+                        absent |= ((h == 2) as u64) << bit;
+                    });
+                    *word = hit & care;
+                    *rest_word = absent & care;
                 }
-            } else {
-                for i in base..end {
-                    let h = entry(index, &tag_hits, i);
-                    hit |= ((h == 1) as u64) << (i - base);
-                    absent |= ((h == 2) as u64) << (i - base);
-                }
+                rest
             }
-            *word = hit & care;
-            let absent = absent & care;
-            *rest_word = absent;
-            any_rest |= absent != 0;
-        }
-        if !any_rest {
+        };
+        if rest.none() {
             return out;
         }
         // Then, for the points without the tag: the field, else the injected key.
@@ -1052,52 +1228,71 @@ impl<C: Columns + ?Sized> Ctx<'_, C> {
             (Fallback::Measurement, Some(m)) => Some((per_entry(&m.dict), m)),
             _ => None,
         };
-        let Some(fields) = col.fields.as_deref() else {
-            // No point has the key as a field: the injected key or `absent` for all of them.
+        // The points of word `w` in `absent_word` (no tag, no field): the injected key.
+        let fall_back = |out: &mut Bits, w: usize, absent_word: u64| {
+            if absent_word == 0 {
+                return;
+            }
             match &measurement_hits {
                 Some((hits, m)) => {
-                    let index = &m.index[..m.index.len().min(self.n)];
-                    for (w, &rest_word) in rest.words.iter().enumerate() {
-                        if rest_word == 0 {
-                            continue;
-                        }
-                        let base = w * 64;
-                        let end = (base + 64).min(self.n);
-                        let mut hit = 0u64;
-                        if end <= index.len() {
-                            for (bit, &d) in index[base..end].iter().enumerate() {
-                                hit |= ((hits.get(d as usize) == Some(&1)) as u64) << bit;
-                            }
-                        } else {
-                            for i in base..end {
-                                hit |= ((entry(index, hits, i) == 1) as u64) << (i - base);
-                            }
-                        }
-                        out.words[w] |= hit & rest_word;
-                    }
+                    let mut hit = 0u64;
+                    each_entry(&m.index, hits, w * 64, n, |bit, h| {
+                        hit |= ((h == 1) as u64) << bit;
+                    });
+                    out.words[w] |= hit & absent_word;
                 }
-                None if absent => out.or(&rest),
+                None if absent => out.words[w] |= absent_word,
                 None => {}
+            }
+        };
+        let Some(fields) = &col.fields else {
+            // No point has the key as a field: the injected key or `absent` for all of them.
+            for (w, &rest_word) in rest.words.iter().enumerate() {
+                fall_back(&mut out, w, rest_word);
             }
             return out;
         };
+        let str_hits = fields.strs.as_ref().map(|c| (per_entry(&c.dict), c));
         for (w, &rest_word) in rest.words.iter().enumerate() {
-            let mut todo = rest_word;
-            while todo != 0 {
-                let bit = todo.trailing_zeros() as usize;
-                todo &= todo - 1;
-                let i = w * 64 + bit;
-                let hit = match fields.get(i).and_then(Option::as_ref) {
-                    Some(v) => pred.test_value(v),
-                    None => match &measurement_hits {
-                        Some((hits, m)) => entry(&m.index, hits, i) == 1,
-                        None => absent,
-                    },
-                };
-                if hit {
-                    out.words[w] |= 1 << bit;
-                }
+            if rest_word == 0 {
+                continue;
             }
+            let mut hit = 0u64;
+            let mut seen = 0u64;
+            if let Some(f) = &fields.floats {
+                seen |= by_type(&f.mask, w, rest_word, &mut hit, |i| {
+                    f.values.get(i).is_some_and(|v| pred.test_float(*v))
+                });
+            }
+            if let Some(f) = &fields.ints {
+                seen |= by_type(&f.mask, w, rest_word, &mut hit, |i| {
+                    f.values.get(i).is_some_and(|v| pred.test(Some(V::Int(*v))))
+                });
+            }
+            if let Some(f) = &fields.uints {
+                seen |= by_type(&f.mask, w, rest_word, &mut hit, |i| {
+                    f.values
+                        .get(i)
+                        .is_some_and(|v| pred.test(Some(V::Uint(*v))))
+                });
+            }
+            if let Some(f) = &fields.bools {
+                let trues = f.values.get(w).copied().unwrap_or(0);
+                seen |= by_type(&f.mask, w, rest_word, &mut hit, |i| {
+                    pred.test(Some(V::Bool(trues >> (i % 64) & 1 == 1)))
+                });
+            }
+            if let Some((hits, c)) = &str_hits {
+                let (mut h, mut is_str) = (0u64, 0u64);
+                each_entry(&c.index, hits, w * 64, n, |bit, e| {
+                    h |= ((e == 1) as u64) << bit;
+                    is_str |= ((e != 2) as u64) << bit;
+                });
+                hit |= h & rest_word;
+                seen |= is_str & rest_word;
+            }
+            out.words[w] |= hit;
+            fall_back(&mut out, w, rest_word & !seen);
         }
         out
     }

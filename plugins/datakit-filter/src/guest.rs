@@ -2,12 +2,12 @@
 
 use std::cell::RefCell;
 
-use crate::eval::{Columns, Program, StringColumn, Value};
+use crate::eval::{Columns, FieldColumn, KeyCount, Masked, Program, StringColumn};
 
 wit_bindgen::generate!({ world: "sinker", path: "../../wit" });
 
 use dataway::sinker::host::{LogLevel, log};
-use dataway::sinker::types::{FieldValue, StringColumn as WitColumn};
+use dataway::sinker::types::StringColumn as WitColumn;
 
 thread_local! {
     /// Set by `init`; a plugin instance is single-threaded.
@@ -65,17 +65,39 @@ impl Columns for WitBatch<'_> {
         column(self.0.tag_column(key))
     }
 
-    fn field_column(&self, key: &str) -> Vec<Option<Value>> {
-        let values = self.0.field_column(key).into_iter().map(|v| {
-            v.map(|v| match v {
-                FieldValue::Float(f) => Value::Float(f),
-                FieldValue::Int(i) => Value::Int(i),
-                FieldValue::Uint(u) => Value::Uint(u),
-                FieldValue::Boolean(b) => Value::Bool(b),
-                FieldValue::Str(s) => Value::Str(s),
+    fn key_counts(&self, keys: &[String]) -> Vec<KeyCount> {
+        self.0
+            .key_counts(keys)
+            .into_iter()
+            .map(|c| KeyCount {
+                tags: c.tags,
+                fields: c.fields,
             })
-        });
-        values.collect()
+            .collect()
+    }
+
+    fn field_column(&self, key: &str) -> FieldColumn {
+        // Moves only: the lists arrive as vectors of the evaluator's own element types.
+        let c = self.0.typed_field_column(key);
+        FieldColumn {
+            floats: c.floats.map(|f| Masked {
+                mask: f.mask,
+                values: f.values,
+            }),
+            ints: c.ints.map(|f| Masked {
+                mask: f.mask,
+                values: f.values,
+            }),
+            uints: c.uints.map(|f| Masked {
+                mask: f.mask,
+                values: f.values,
+            }),
+            bools: c.bools.map(|f| Masked {
+                mask: f.mask,
+                values: f.trues,
+            }),
+            strs: c.strs.map(column),
+        }
     }
 }
 

@@ -23,7 +23,9 @@ pub mod parser;
 #[cfg(target_arch = "wasm32")]
 mod guest;
 
-pub use eval::{Columns, Program, StringColumn, Value};
+pub use eval::{
+    Columns, FieldColumn, KeyCount, MAX_COUNTED_KEYS, Masked, Program, StringColumn, Value,
+};
 
 /// An example config, for error messages.
 const EXAMPLE: &str = r#"["{ measurement = 'cpu' and host in ['web-1', 'web-2'] }"]"#;

@@ -3,7 +3,10 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use datakit_filter::{Columns, Program, StringColumn, Value, compile_config};
+use datakit_filter::{
+    Columns, FieldColumn, KeyCount, MAX_COUNTED_KEYS, Masked, Program, StringColumn, Value,
+    compile_config,
+};
 
 #[derive(Clone, Debug)]
 struct Point {
@@ -86,9 +89,24 @@ impl Columns for MemBatch {
         }))
     }
 
-    fn field_column(&self, key: &str) -> Vec<Option<Value>> {
+    fn key_counts(&self, keys: &[String]) -> Vec<KeyCount> {
+        assert!(keys.len() <= MAX_COUNTED_KEYS, "{} keys", keys.len());
+        self.calls
+            .borrow_mut()
+            .push(format!("counts:{}", keys.join(",")));
+        let count = |has: &dyn Fn(&Point) -> bool| self.points.iter().filter(|p| has(p)).count();
+        keys.iter()
+            .map(|key| KeyCount {
+                tags: count(&|p| p.tags.iter().any(|(k, _)| k == key)) as u32,
+                fields: count(&|p| p.fields.iter().any(|(k, _)| k == key)) as u32,
+            })
+            .collect()
+    }
+
+    fn field_column(&self, key: &str) -> FieldColumn {
         self.calls.borrow_mut().push(format!("field:{key}"));
-        self.points
+        let values: Vec<Option<Value>> = self
+            .points
             .iter()
             .map(|p| {
                 p.fields
@@ -96,7 +114,8 @@ impl Columns for MemBatch {
                     .find(|(k, _)| k == key)
                     .map(|(_, v)| v.clone())
             })
-            .collect()
+            .collect();
+        FieldColumn::from_values(&values)
     }
 }
 
@@ -698,6 +717,10 @@ fn batch_equals_point_by_point() {
         "{ host notin ['web-0'] and (msg notmatch ['3$'] or usage < 10) }",
         "{ measurement != 'disk' && usage != '42' }",
         "{ usage in [10, 20.0, '30', nil] }",
+        // True for a missing key: points without the field must fall back, whatever type
+        // the field has in the others.
+        "{ msg != 'error 3' }",
+        "{ ok != true and usage != 42 }",
         "{};",
     ];
     for cat in ["metric", "logging", "tracing"] {
@@ -740,13 +763,13 @@ fn columns_fetched_once_and_only_when_needed() {
     let cases: &[(&str, &[&str], &[bool])] = &[
         (
             "{ measurement = 'cpu' and host in ['web-1','web-2'] and usage > 90 }",
+            // No point has `measurement` as a tag or field, nor `usage` as a tag: those
+            // columns are not fetched.
             &[
                 "category",
-                "tag:measurement",
-                "field:measurement",
+                "counts:measurement,host,usage",
                 "measurements",
                 "tag:host",
-                "tag:usage",
                 "field:usage",
             ],
             &[true, false, false, false],
@@ -754,29 +777,96 @@ fn columns_fetched_once_and_only_when_needed() {
         // The same key twice: fetched once. The tag is always there: no field column.
         (
             "{ host = 'web-1' or host = 'web-9' }; { host = 'web-2' }",
-            &["category", "tag:host"],
+            &["category", "counts:host", "tag:host"],
             &[true, true, true, true],
         ),
         // Nothing left after the first condition: the second key is never fetched.
         (
             "{ host = 'db' and usage > 1 }",
-            &["category", "tag:host"],
+            &["category", "counts:host,usage", "tag:host"],
             &[false, false, false, false],
         ),
         // Every point matched by the first group: the second is not evaluated.
         (
             "{ host match ['^web'] }; { usage > 1 }",
-            &["category", "tag:host"],
+            &["category", "counts:host,usage", "tag:host"],
             &[true, true, true, true],
         ),
         // No filters: no columns at all.
         ("[]", &[], &[true, true, true, true]),
+        // A key no point has: no column at all, every point has it missing.
+        (
+            "{ nothing = nil }",
+            &["category", "counts:nothing"],
+            &[true, true, true, true],
+        ),
+        // `usage` as a field everywhere: only its field column.
+        (
+            "{ usage < 60 or usage = 99 }",
+            &["category", "counts:usage", "field:usage"],
+            &[false, true, true, true],
+        ),
     ];
     for (cfg, calls, want) in cases {
         let batch = MemBatch::new("metric", points.clone());
         assert_eq!(program(cfg).eval(&batch), *want, "{cfg}");
         assert_eq!(batch.calls(), *calls, "{cfg}");
     }
+}
+
+/// Key counts decide which columns are fetched: a tag some points lack and no point has as a
+/// field costs no field column; a key that is a tag in some points and a field in others gets
+/// both; more keys than one `key-counts` call takes are asked in several calls.
+#[test]
+fn key_counts_skip_columns_and_come_in_chunks() {
+    let points = vec![
+        pt("cpu", &[("t", "x")], &[("f", Value::Int(3))]),
+        pt(
+            "cpu",
+            &[],
+            &[("t", Value::Float(2.5)), ("f", Value::Bool(true))],
+        ),
+        pt("cpu", &[("u", "y")], &[("f", Value::Str("s".into()))]),
+        pt("mem", &[], &[]),
+    ];
+    let cases: &[(&str, &[&str], &[bool])] = &[
+        (
+            "{ u = 'y' or u = nil }",
+            &["category", "counts:u", "tag:u"],
+            &[true, true, true, true],
+        ),
+        (
+            "{ t = 'x' or t > 2 }",
+            &["category", "counts:t", "tag:t", "field:t"],
+            &[true, true, false, false],
+        ),
+        (
+            "{ f = 3 or f = true or f = 's' }",
+            &["category", "counts:f", "field:f"],
+            &[true, true, true, false],
+        ),
+    ];
+    for (cfg, calls, want) in cases {
+        let batch = MemBatch::new("metric", points.clone());
+        assert_eq!(program(cfg).eval(&batch), *want, "{cfg}");
+        assert_eq!(batch.calls(), *calls, "{cfg}");
+    }
+    // 70 keys (k0 = 0 … k69 = 69, k68 matches): asked as 64 + 6 (MemBatch refuses more than
+    // 64 at once), and the counts of the second call go to the right keys.
+    let keys: Vec<String> = (0..70).map(|i| format!("k{i} = {i}")).collect();
+    let cfg = format!("{{ {} }}", keys.join(" or "));
+    let p = pt("cpu", &[], &[("k68", Value::Int(68))]);
+    let batch = MemBatch::new("metric", vec![p.clone(), pt("cpu", &[], &[])]);
+    assert_eq!(program(&cfg).eval(&batch), [true, false]);
+    let calls = batch.calls();
+    let counts: Vec<usize> = calls
+        .iter()
+        .filter_map(|c| c.strip_prefix("counts:"))
+        .map(|c| c.split(',').count())
+        .collect();
+    assert_eq!(counts, [64, 6], "{calls:?}");
+    assert!(calls.contains(&"field:k68".to_string()), "{calls:?}");
+    assert!(!calls.iter().any(|c| c.starts_with("tag:")), "{calls:?}");
 }
 
 /// A host that breaks its promises (short index, out-of-range entries) must not make the
@@ -800,8 +890,30 @@ fn malformed_columns_do_not_panic() {
         fn tag_column(&self, _: &str) -> StringColumn {
             StringColumn::default()
         }
-        fn field_column(&self, _: &str) -> Vec<Option<Value>> {
-            vec![]
+        fn key_counts(&self, _: &[String]) -> Vec<KeyCount> {
+            vec![] // says nothing: every column is fetched
+        }
+        fn field_column(&self, _: &str) -> FieldColumn {
+            // Masks and values too short or empty, an out-of-range string entry.
+            FieldColumn {
+                floats: Some(Masked {
+                    mask: vec![!0],
+                    values: vec![],
+                }),
+                ints: Some(Masked {
+                    mask: vec![],
+                    values: vec![1],
+                }),
+                uints: None,
+                bools: Some(Masked {
+                    mask: vec![!0],
+                    values: vec![],
+                }),
+                strs: Some(StringColumn {
+                    dict: vec![Some("x".into())],
+                    index: vec![3],
+                }),
+            }
         }
     }
     let prog = program("{ measurement = 'cpu' }; { host = nil }");
