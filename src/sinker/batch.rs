@@ -678,7 +678,7 @@ mod tests {
     /// Points with field `v` of every type (and none), tag `t` on some, `both` as tag and field
     /// on some, and strings first met after a few points: over two bitmap words.
     fn mixed() -> Vec<Point> {
-        let points = (0..150)
+        (0..150)
             .map(|i: usize| {
                 let mut tags = vec![("host".to_string(), format!("h{}", i % 3))];
                 let mut fields = vec![("x".to_string(), FieldValue::Int(i as i64))];
@@ -709,8 +709,7 @@ mod tests {
                     time: i as i64,
                 }
             })
-            .collect();
-        points
+            .collect()
     }
 
     /// `points` lent as they are, or as the text they encode to (`text`).
