@@ -63,9 +63,17 @@ fn claim_dirs(config: &Config) -> anyhow::Result<Vec<DirLock>> {
         if same {
             continue;
         }
-        let lock = instance::claim(dir, key, &me)?;
-        claimed.extend(std::fs::canonicalize(dir).ok());
-        locks.push(lock);
+        match instance::claim(dir, key, &me) {
+            Ok(lock) => {
+                claimed.extend(std::fs::canonicalize(dir).ok());
+                locks.push(lock);
+            }
+            Err(e @ instance::ClaimError::Held { .. }) => return Err(e.into()),
+            // A directory that cannot be made or locked (a file in its place, no space, a
+            // read-only disk) is the fail-cache's or the WAL's to report and survive, as
+            // they do; the daemon still starts.
+            Err(e) => tracing::warn!("{e}; starting without the one-daemon-per-directory lock"),
+        }
     }
     Ok(locks)
 }
