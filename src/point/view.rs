@@ -127,6 +127,16 @@ impl<'a> LineView<'a> {
         skip_spaces(self.b, end)
     }
 
+    /// The field set as written (from its first key to the end of its last value).
+    pub fn field_set(&self) -> &'a str {
+        let end = self
+            .b
+            .iter()
+            .rposition(|&c| c == b' ')
+            .expect("a text line ends with its timestamp");
+        &self.s[self.fields_start()..end]
+    }
+
     /// The fields' key spans and raw values, in line order.
     fn field_spans(self) -> impl Iterator<Item = (Span, RawValue)> + 'a {
         let b = self.b;
@@ -263,6 +273,14 @@ mod tests {
             assert_eq!(view.tags(), p.tags, "{line}");
             assert_eq!(view.fields(), p.fields, "{line}");
             assert_eq!(view.time(), p.time, "{line}");
+            let set = view.field_set();
+            assert!(line.ends_with(&format!("{set} {}", p.time)), "{line}");
+            assert!(
+                p.fields
+                    .iter()
+                    .all(|(k, _)| set.contains(k.as_str()) || k.contains([',', '=', ' ', '\\'])),
+                "{line}"
+            );
             for (k, v) in &p.tags {
                 assert_eq!(view.tag(k).as_deref(), Some(v.as_str()), "{line}");
             }

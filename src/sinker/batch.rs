@@ -36,6 +36,8 @@ pub struct Columns {
     keep: bool,
     /// By tag key; `None`: the measurements.
     built: std::sync::Mutex<Vec<(Option<String>, StringColumn)>>,
+    /// `key-counts` answers, by key.
+    counts: std::sync::Mutex<Vec<(String, KeyCount)>>,
 }
 
 impl Columns {
@@ -45,6 +47,35 @@ impl Columns {
             keep: true,
             ..Columns::default()
         }
+    }
+
+    /// The counts of `keys`, those not yet known counted by `count` (in one call).
+    fn counts(
+        &self,
+        keys: &[String],
+        count: impl FnOnce(&[String]) -> wasmtime::Result<Vec<KeyCount>>,
+    ) -> wasmtime::Result<Vec<KeyCount>> {
+        if !self.keep {
+            return count(keys);
+        }
+        let mut known = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let find = |known: &[(String, KeyCount)], k: &str| {
+            known.iter().find(|(key, _)| key == k).map(|(_, c)| *c)
+        };
+        let mut missing: Vec<String> = Vec::new();
+        for k in keys {
+            if find(&known, k).is_none() && !missing.contains(k) {
+                missing.push(k.clone());
+            }
+        }
+        if !missing.is_empty() {
+            let counted = count(&missing)?;
+            known.extend(missing.into_iter().zip(counted));
+        }
+        Ok(keys
+            .iter()
+            .map(|k| find(&known, k).expect("counted above"))
+            .collect())
     }
 
     /// The column of `key` (`None`: the measurements), built by `build` the first time.
@@ -140,8 +171,18 @@ impl PointBatch {
                 }
             }
             Content::Text(t) => {
+                // A key written without escapes appears in a line's field set as it is: where
+                // none of the asked keys does, the field set (long strings, often) is not
+                // walked. A key with a character line protocol escapes disables the shortcut.
+                let plain = !keys
+                    .iter()
+                    .any(|k| k.bytes().any(|c| matches!(c, b',' | b'=' | b' ' | b'\\')));
                 for l in t.lines() {
                     add(&mut tags, seen_in(l.tag_keys(), keys, lengths));
+                    let field_set = l.field_set();
+                    if plain && !keys.iter().any(|k| field_set.contains(k.as_str())) {
+                        continue;
+                    }
                     add(&mut fields, seen_in(l.field_keys(), keys, lengths));
                 }
             }
@@ -520,7 +561,10 @@ impl HostBatch for StoreState {
         b: Resource<PointBatch>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Vec<KeyCount>> {
-        self.table.get(&b)?.key_counts(&keys)
+        let batch = self.table.get(&b)?;
+        batch
+            .columns
+            .counts(&keys, |missing| batch.key_counts(missing))
     }
 
     fn typed_field_column(
@@ -673,6 +717,35 @@ mod tests {
             }
             assert_eq!(n, builds);
         }
+    }
+
+    /// Shared, key counts are counted once per key, only the keys not yet known at each ask.
+    #[test]
+    fn shared_key_counts_count_each_key_once() {
+        let columns = Columns::shared();
+        let mut asked: Vec<Vec<String>> = Vec::new();
+        let keys = |k: &[&str]| k.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for ask in [
+            keys(&["host", "zone"]),
+            keys(&["zone", "host"]),
+            keys(&["a", "host", "a"]),
+        ] {
+            let got = columns
+                .counts(&ask, |missing| {
+                    asked.push(missing.to_vec());
+                    Ok(missing
+                        .iter()
+                        .map(|k| KeyCount {
+                            tags: k.len() as u32,
+                            fields: 0,
+                        })
+                        .collect())
+                })
+                .unwrap();
+            let want: Vec<u32> = ask.iter().map(|k| k.len() as u32).collect();
+            assert_eq!(got.iter().map(|c| c.tags).collect::<Vec<_>>(), want);
+        }
+        assert_eq!(asked, [keys(&["host", "zone"]), keys(&["a"])]);
     }
 
     /// Points with field `v` of every type (and none), tag `t` on some, `both` as tag and field
