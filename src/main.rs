@@ -118,9 +118,11 @@ enum SinkerCommand {
     },
 }
 
-fn load(path: Option<&PathBuf>) -> Result<(Config, Notes), ExitCode> {
+/// The config at `path` (the embedded defaults without one); an error is printed in
+/// `format` and is exit code 2.
+fn load(path: Option<&PathBuf>, format: LogFormat) -> Result<(Config, Notes), ExitCode> {
     Config::load_noted(path.map(PathBuf::as_path), |k| std::env::var(k).ok()).map_err(|e| {
-        eprintln!("error: {e}");
+        print_error(format, &e.to_string());
         ExitCode::from(2)
     })
 }
@@ -128,7 +130,7 @@ fn load(path: Option<&PathBuf>) -> Result<(Config, Notes), ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match load(config.as_ref()) {
+        Command::Check { config } => match load(config.as_ref(), LogFormat::Text) {
             Ok((cfg, notes)) => print_check(&cfg, &notes),
             Err(code) => code,
         },
@@ -180,14 +182,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config, log_format } => {
-            let (cfg, notes) =
-                match Config::load_noted(config.as_deref(), |k| std::env::var(k).ok()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        print_error(log_format.unwrap_or_default(), &e.to_string());
-                        return ExitCode::from(2);
-                    }
-                };
+            let (cfg, notes) = match load(config.as_ref(), log_format.unwrap_or_default()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
             let format = log_format.unwrap_or(cfg.log.format);
             let allocator = tune_allocator();
             init_logging(&cfg.log.level, format);

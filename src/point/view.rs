@@ -129,12 +129,23 @@ impl<'a> LineView<'a> {
 
     /// The field set as written (from its first key to the end of its last value).
     pub fn field_set(&self) -> &'a str {
+        self.tag_keys_and_field_set(|_| {})
+    }
+
+    /// Calls `each` with every tag key, in line order, and returns the field set: one scan
+    /// of the tags for both (what `key-counts` over text needs of every line).
+    pub fn tag_keys_and_field_set(self, mut each: impl FnMut(Cow<'a, str>)) -> &'a str {
+        let mut tags_end = self.m_end;
+        for (k, v) in self.tag_spans() {
+            each(self.name(k));
+            tags_end = v.end;
+        }
         let end = self
             .b
             .iter()
             .rposition(|&c| c == b' ')
             .expect("a text line ends with its timestamp");
-        &self.s[self.fields_start()..end]
+        &self.s[skip_spaces(self.b, tags_end)..end]
     }
 
     /// The fields' key spans and raw values, in line order.

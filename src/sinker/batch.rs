@@ -178,8 +178,11 @@ impl PointBatch {
                     .iter()
                     .any(|k| k.bytes().any(|c| matches!(c, b',' | b'=' | b' ' | b'\\')));
                 for l in t.lines() {
-                    add(&mut tags, seen_in(l.tag_keys(), keys, lengths));
-                    let field_set = l.field_set();
+                    let mut seen = 0;
+                    let field_set = l.tag_keys_and_field_set(|k| {
+                        seen |= seen_in(std::iter::once(k), keys, lengths);
+                    });
+                    add(&mut tags, seen);
                     if plain && !keys.iter().any(|k| field_set.contains(k.as_str())) {
                         continue;
                     }
