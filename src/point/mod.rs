@@ -16,7 +16,7 @@ pub use lineproto::{
     LineError, ParseErrors, ParseOptions, Precision, encode_points, parse, parse_text,
 };
 pub use text::{Content, Text};
-pub use view::LineView;
+pub use view::{LineView, ValueAt};
 
 /// One observation: `measurement[,tag=v…] field=v[,field=v…] timestamp`.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,9 +14,12 @@
 //! encoder writes (DataKit's own encoder does); otherwise it is the same points, spelled
 //! as the client spelled them (`1.50`, `T`), which every line protocol reader takes alike.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
-use super::view::LineView;
+use super::lineproto::{is_name_escapable, unescape};
+use super::view::{LineView, ValueAt};
 use super::{ParseOptions, Point, Precision, parse};
 
 /// A write's points: parsed, or the checked line protocol they came in as (sent without
@@ -142,7 +145,10 @@ impl Text {
     pub fn line(&self, i: usize) -> LineView<'_> {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         let line = &self.bytes[start..self.ends[i] as usize - 1];
-        LineView::new(std::str::from_utf8(line).expect("checked lines are UTF-8"))
+        LineView::at(
+            std::str::from_utf8(line).expect("checked lines are UTF-8"),
+            start,
+        )
     }
 
     /// Every line, in order (the text is checked as UTF-8 once, in one pass).
@@ -151,8 +157,21 @@ impl Text {
         let mut start = 0usize;
         self.ends.iter().map(move |&end| {
             let line = &all[start..end as usize - 1];
+            let view = LineView::at(line, start);
             start = end as usize;
-            LineView::new(line)
+            view
+        })
+    }
+
+    /// The tag value `at` says where (a place one of its lines gave:
+    /// [`LineView::tags_at_and_field_set`]), unescaped; `None` for nowhere.
+    pub fn tag_value(&self, at: ValueAt) -> Option<Cow<'_, str>> {
+        let (start, end, esc) = at.range()?;
+        let raw = std::str::from_utf8(&self.bytes[start..end]).expect("checked lines are UTF-8");
+        Some(if esc {
+            Cow::Owned(unescape(raw, |c, _| is_name_escapable(c)))
+        } else {
+            Cow::Borrowed(raw)
         })
     }
 

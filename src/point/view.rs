@@ -23,6 +23,9 @@ use super::lineproto::{
 pub struct LineView<'a> {
     s: &'a str,
     b: &'a [u8],
+    /// Where the line starts in its [`super::Text`] (0 for a line on its own): what a
+    /// [`ValueAt`] counts from.
+    base: usize,
     /// Where the measurement ends (the tag set or the spaces before the field set start).
     m_end: usize,
     m_esc: bool,
@@ -36,6 +39,33 @@ struct Span {
     esc: bool,
 }
 
+/// Where a tag value is in a [`super::Text`] (a column of them per key is what a batch
+/// keeps between a `key-counts` scan and the `tag-column` that follows); the default:
+/// nowhere (no tag value starts at a text's first byte, where a measurement is). Read back
+/// with [`super::Text::tag_value`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValueAt {
+    start: u32,
+    end: u32,
+    esc: bool,
+}
+
+impl ValueAt {
+    fn new(base: usize, v: Span) -> ValueAt {
+        // A text's offsets fit in u32: its line ends are u32.
+        ValueAt {
+            start: (base + v.start) as u32,
+            end: (base + v.end) as u32,
+            esc: v.esc,
+        }
+    }
+
+    /// The value's byte range in its text and whether it holds an escape; `None`: nowhere.
+    pub(super) fn range(self) -> Option<(usize, usize, bool)> {
+        (self.start != 0).then_some((self.start as usize, self.end as usize, self.esc))
+    }
+}
+
 /// A field value in the line, not yet read: a quoted string, or a token.
 #[derive(Debug, Clone, Copy)]
 enum RawValue {
@@ -46,11 +76,17 @@ enum RawValue {
 impl<'a> LineView<'a> {
     /// The view of `line`, which the parser checked (a [`super::Text`] line).
     pub fn new(line: &'a str) -> LineView<'a> {
+        LineView::at(line, 0)
+    }
+
+    /// The view of `line`, which starts at byte `base` of its text.
+    pub(super) fn at(line: &'a str, base: usize) -> LineView<'a> {
         let b = line.as_bytes();
         let (m_end, m_esc) = scan_measurement(b, 0);
         LineView {
             s: line,
             b,
+            base,
             m_end,
             m_esc,
         }
@@ -129,15 +165,16 @@ impl<'a> LineView<'a> {
 
     /// The field set as written (from its first key to the end of its last value).
     pub fn field_set(&self) -> &'a str {
-        self.tag_keys_and_field_set(|_| {})
+        self.tags_at_and_field_set(|_, _| {})
     }
 
-    /// Calls `each` with every tag key, in line order, and returns the field set: one scan
-    /// of the tags for both (what `key-counts` over text needs of every line).
-    pub fn tag_keys_and_field_set(self, mut each: impl FnMut(Cow<'a, str>)) -> &'a str {
+    /// Calls `each` with every tag key and where its value is, in line order, and returns
+    /// the field set: one scan of the tags for both (what `key-counts` over text needs of
+    /// every line; the places let a tag column be read later without scanning again).
+    pub fn tags_at_and_field_set(self, mut each: impl FnMut(Cow<'a, str>, ValueAt)) -> &'a str {
         let mut tags_end = self.m_end;
         for (k, v) in self.tag_spans() {
-            each(self.name(k));
+            each(self.name(k), ValueAt::new(self.base, v));
             tags_end = v.end;
         }
         let end = self

@@ -16,7 +16,7 @@ use super::plugin::bindings::dataway::sinker::types::{
     StringColumn, TypedColumn, UintValues,
 };
 use crate::category::Category;
-use crate::point::{Content, FieldValue, Point, Text};
+use crate::point::{Content, FieldValue, Point, Text, ValueAt};
 
 /// What a `batch` handle points at in a store's resource table: the points being routed,
 /// parsed or as the checked text they came in as (then each column is read from the lines
@@ -38,6 +38,11 @@ pub struct Columns {
     built: std::sync::Mutex<Vec<(Option<String>, StringColumn)>>,
     /// `key-counts` answers, by key.
     counts: std::sync::Mutex<Vec<(String, KeyCount)>>,
+    /// Over text, where each counted key's tag values are, line by line (empty: no line
+    /// has it as a tag): the `key-counts` scan finds them, and the `tag-column` a condition
+    /// asks next is read from them instead of scanning every line's tags again. Kept even
+    /// for one condition, which asks both.
+    values: std::sync::Mutex<Vec<(String, Arc<Vec<ValueAt>>)>>,
 }
 
 impl Columns {
@@ -76,6 +81,15 @@ impl Columns {
             .iter()
             .map(|k| find(&known, k).expect("counted above"))
             .collect())
+    }
+
+    /// Where tag `key`'s values are, if a `key-counts` scan found out.
+    fn values(&self, key: &str) -> Option<Arc<Vec<ValueAt>>> {
+        let values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        values
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
     }
 
     /// The column of `key` (`None`: the measurements), built by `build` the first time.
@@ -172,21 +186,49 @@ impl PointBatch {
             }
             Content::Text(t) => {
                 // A key written without escapes appears in a line's field set as it is: where
-                // none of the asked keys does, the field set (long strings, often) is not
-                // walked. A key with a character line protocol escapes disables the shortcut.
+                // none of the asked keys does (a search with finders made once per call), the
+                // field set (long strings, often) is not walked. A key with a character line
+                // protocol escapes disables the shortcut.
                 let plain = !keys
                     .iter()
                     .any(|k| k.bytes().any(|c| matches!(c, b',' | b'=' | b' ' | b'\\')));
-                for l in t.lines() {
+                let finders: Vec<memchr::memmem::Finder<'_>> =
+                    keys.iter().map(memchr::memmem::Finder::new).collect();
+                // Each key's tag values, line by line, made when a line first has it.
+                let n = t.len();
+                let mut at: Vec<Vec<ValueAt>> = vec![Vec::new(); keys.len()];
+                for (i, l) in t.lines().enumerate() {
                     let mut seen = 0;
-                    let field_set = l.tag_keys_and_field_set(|k| {
-                        seen |= seen_in(std::iter::once(k), keys, lengths);
+                    let field_set = l.tags_at_and_field_set(|k, v| {
+                        // The first of a repeated key, as `tag` (`find`) reads it.
+                        let new = seen_in(std::iter::once(k), keys, lengths) & !seen;
+                        for j in bits(new) {
+                            if at[j].is_empty() {
+                                at[j] = vec![ValueAt::default(); n];
+                            }
+                            at[j][i] = v;
+                        }
+                        seen |= new;
                     });
                     add(&mut tags, seen);
-                    if plain && !keys.iter().any(|k| field_set.contains(k.as_str())) {
+                    if plain
+                        && !finders
+                            .iter()
+                            .any(|f| f.find(field_set.as_bytes()).is_some())
+                    {
                         continue;
                     }
                     add(&mut fields, seen_in(l.field_keys(), keys, lengths));
+                }
+                let mut values = self
+                    .columns
+                    .values
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for (k, at) in keys.iter().zip(at) {
+                    if !values.iter().any(|(known, _)| known == k) {
+                        values.push((k.clone(), Arc::new(at)));
+                    }
                 }
             }
         }
@@ -196,6 +238,29 @@ impl PointBatch {
             .map(|(tags, fields)| KeyCount { tags, fields })
             .collect();
         Ok(counts)
+    }
+
+    /// `tag-column`: tag `key` of each point, dictionary-encoded; over text, read from
+    /// where an earlier `key-counts` scan found the values, if one did.
+    fn tag_column(&self, key: &str) -> StringColumn {
+        self.columns.get(Some(key), || match self.points.as_ref() {
+            Content::Points(ps) => {
+                let mut hint = 0;
+                string_column(
+                    ps.iter()
+                        .map(|p| find(&p.tags, key, &mut hint).map(String::as_str)),
+                )
+            }
+            Content::Text(t) => match self.columns.values(key) {
+                Some(at) if at.is_empty() => string_column((0..t.len()).map(|_| None)),
+                Some(at) => {
+                    let values: Vec<Option<Cow<'_, str>>> =
+                        at.iter().map(|&v| t.tag_value(v)).collect();
+                    string_column(values.iter().map(|v| v.as_deref()))
+                }
+                None => text_column(t, |l| l.tag(key)),
+            },
+        })
     }
 
     /// `typed-field-column`: field `key` of each point as flat lists by type.
@@ -528,19 +593,7 @@ impl HostBatch for StoreState {
         b: Resource<PointBatch>,
         key: String,
     ) -> wasmtime::Result<StringColumn> {
-        let batch = self.table.get(&b)?;
-        Ok(batch
-            .columns
-            .get(Some(&key), || match batch.points.as_ref() {
-                Content::Points(ps) => {
-                    let mut hint = 0;
-                    string_column(
-                        ps.iter()
-                            .map(|p| find(&p.tags, &key, &mut hint).map(String::as_str)),
-                    )
-                }
-                Content::Text(t) => text_column(t, |l| l.tag(&key)),
-            }))
+        Ok(self.table.get(&b)?.tag_column(&key))
     }
 
     fn field_column(
@@ -915,6 +968,53 @@ mod tests {
         let one = lent(&points[5..6], text);
         let c = one.typed_column("v");
         assert_eq!(decode(&c, 1), [Some(FieldValue::Str("bb".into()))]);
+    }
+
+    /// Over text, a tag column asked after `key-counts` is read from the places that scan
+    /// found, and equals the points' column: escaped values, keys some points lack, one
+    /// that is a field elsewhere, one no point has.
+    #[test]
+    fn tag_columns_after_key_counts_are_the_points_columns() {
+        let mut points = mixed();
+        for (i, p) in points.iter_mut().enumerate() {
+            if i % 5 == 0 {
+                p.tags.push(("esc".into(), format!("a b,c=d\\{i}")));
+            }
+            if i % 11 == 0 {
+                p.tags.retain(|(k, _)| k != "host");
+            }
+        }
+        let keys: Vec<String> = ["host", "esc", "t", "both", "nothing"]
+            .map(String::from)
+            .to_vec();
+        let want: Vec<StringColumn> = keys
+            .iter()
+            .map(|k| lent(&points, false).tag_column(k))
+            .collect();
+        let decode = |c: &StringColumn| -> Vec<Option<String>> {
+            c.index
+                .iter()
+                .map(|&i| c.dict[i as usize].clone())
+                .collect()
+        };
+        let scanned = lent(&points, true);
+        let counted = lent(&points, true);
+        counted.key_counts(&keys).unwrap();
+        for (k, want) in keys.iter().zip(&want) {
+            assert!(scanned.columns.values(k).is_none());
+            assert!(
+                counted.columns.values(k).is_some(),
+                "{k}: kept by key-counts"
+            );
+            assert_eq!(decode(&scanned.tag_column(k)), decode(want), "{k}, scanned");
+            assert_eq!(
+                decode(&counted.tag_column(k)),
+                decode(want),
+                "{k}, after key-counts"
+            );
+        }
+        assert_eq!(decode(&want[1])[5].as_deref(), Some("a b,c=d\\5"));
+        assert_eq!(decode(&want[0])[11], None);
     }
 
     #[test]
