@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -148,6 +149,36 @@ impl Daemon {
         })
     }
 
+    /// As [`Daemon::start_with`], answering on `listener` meanwhile: while the plugins load
+    /// (seconds, when they compile) `/health` and writes get 503 "starting" and
+    /// `/health/live` 200 ([`ingest::serve_starting`], on a second handle of the socket);
+    /// then the daemon is returned with the listener for [`Daemon::run`]: no connection is
+    /// refused or left hanging in between.
+    pub async fn start_serving(
+        config: Config,
+        listener: TcpListener,
+        plugin_compiler: Option<PathBuf>,
+    ) -> anyhow::Result<(Daemon, TcpListener)> {
+        let listener = listener.into_std()?;
+        let early = TcpListener::from_std(listener.try_clone()?)?;
+        let listener = TcpListener::from_std(listener)?;
+        let ready = CancellationToken::new();
+        let starting = tokio::spawn({
+            let (ingest, ready) = (config.ingest.clone(), ready.clone());
+            // Its connection metrics are its own: the daemon's registry does not exist yet.
+            let metrics = Arc::new(Metrics::new());
+            async move { ingest::serve_starting(early, &ingest, metrics, ready).await }
+        });
+        let started =
+            tokio::task::spawn_blocking(move || Daemon::start_with(config, plugin_compiler)).await;
+        ready.cancel();
+        if let Ok(Err(e)) = starting.await {
+            tracing::warn!("answering while starting: {e}");
+        }
+        let daemon = started.map_err(|e| anyhow::anyhow!("starting: {e}"))??;
+        Ok((daemon, listener))
+    }
+
     /// Serves ingest on `listener` until `shutdown` is cancelled, then drains: new writes
     /// get 503 (the listener stays open, `/metrics` and `/health` answer), writes in
     /// progress finish and are queued, the queues are delivered, all within
@@ -163,13 +194,18 @@ impl Daemon {
             config: self.config.ingest.clone(),
             started: Instant::now(),
             drain: ingest::Drain::default(),
+            replay_started: Arc::new(AtomicBool::new(self.wal.is_none())),
         });
         // Replay alongside serving: with an endpoint down, replaying can take as long as
         // its retries, and ingest must not wait for that. A stop ends it (the entries not
         // replayed yet stay in the WAL).
         let mut drainer = None;
         if let Some(wal) = self.wal.clone() {
-            tokio::spawn(replay_wal(wal.clone(), self.dataway.clone()));
+            tokio::spawn(replay_wal(
+                wal.clone(),
+                self.dataway.clone(),
+                state.replay_started.clone(),
+            ));
             drainer = Some(tokio::spawn(drain_spilled(
                 wal,
                 self.dataway.clone(),
@@ -307,13 +343,18 @@ async fn drain_spilled(wal: Arc<Wal>, dataway: Arc<Dataway>, stop: CancellationT
 
 /// Sends again what the WAL holds from a previous run (a crash, or a stop before delivery),
 /// forgetting each old entry once its points are written again (and so logged again).
-async fn replay_wal(wal: Arc<Wal>, dataway: Arc<Dataway>) {
+/// `started` is set once the WAL has been read (what to replay is known, replaying begins):
+/// from then on the daemon is ready (`/health`).
+async fn replay_wal(wal: Arc<Wal>, dataway: Arc<Dataway>, started: Arc<AtomicBool>) {
     // A page at a time: a large log is never all in memory as points.
     const PAGE: usize = 64;
     let count = {
         let wal = wal.clone();
         tokio::task::spawn_blocking(move || wal.pending_count()).await
     };
+    // Even when the WAL cannot be read: the error is logged, and new writes can still be
+    // taken (a daemon that never gets ready would take nothing at all).
+    started.store(true, Ordering::Release);
     match count {
         Ok(Ok(0)) => return,
         Ok(Ok(writes)) => tracing::info!(writes, "replaying the WAL"),

@@ -24,6 +24,14 @@ const ARENA_MAX: libc::c_int = 2;
 /// them pile up.
 const MMAP_THRESHOLD: libc::c_int = 512 * 1024;
 
+/// Free memory at the top of an arena's heap is given back to the OS only past this much.
+/// Setting the mmap threshold fixes glibc's trim threshold at its 128 KiB start, so each
+/// write's smaller buffers (a sinker's share, its columns: tens to hundreds of KiB) were
+/// given back and faulted in again, zeroed, at the next write: up to 15% of the CPU per
+/// point with sinkers (BENCHMARKS.md, *Allocator trim*). 8 MiB an arena (16 MiB at most)
+/// is held instead.
+const TRIM_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
+
 /// Sets the allocator up for a long-running daemon whose large buffers come and go,
 /// before it allocates much; settings the user made in the environment win. Returns what
 /// was done, for the log.
@@ -38,6 +46,7 @@ fn tune_allocator() -> &'static str {
         "GLIBC_TUNABLES",
         "MALLOC_ARENA_MAX",
         "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
     ];
     if set.iter().any(|v| std::env::var_os(v).is_some()) {
         return "glibc malloc, as the environment sets it";
@@ -48,8 +57,9 @@ fn tune_allocator() -> &'static str {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
     }
-    "glibc malloc, 2 arenas, buffers from 512 KiB mapped on their own"
+    "glibc malloc, 2 arenas, buffers from 512 KiB mapped on their own, 8 MiB kept free an arena"
 }
 
 /// Ships observability points (line protocol) to Dataway servers.
@@ -436,7 +446,8 @@ async fn run(mut cfg: Config) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         cfg.ingest.listen = addr;
     }
-    let daemon = Daemon::start_with(cfg, std::env::current_exe().ok())?;
+    let (daemon, listener) =
+        Daemon::start_serving(cfg, listener, std::env::current_exe().ok()).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
     daemon.run(listener, shutdown).await?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::plugins::{fixture, rust_plugin};
 use common::*;
+use tokio::net::TcpListener;
 
 /// A `[[dataway.sinkers]]` table.
 fn sinker(name: &str, categories: &str, plugin: Option<&str>, config: &str, url: &str) -> String {
@@ -1345,4 +1346,108 @@ async fn a_sinker_splits_text_as_written_and_answers_as_for_points() {
             "the same points"
         );
     }
+}
+
+/// While the plugins compile, the port answers: `/health` and writes 503 "starting" (with
+/// `Retry-After`), `/health/live` 200; once loaded, `/health` is 200 and writes are taken;
+/// stopping, `/health` is 503 again. The compiler waits for a file the test makes, so the
+/// start lasts exactly as long as the test wants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_starting_while_plugins_compile_then_ready_then_stopping() {
+    let dir = scratch_dir("plugins");
+    copy_plugin(&dir, &rust_plugin("example-rust"), "rule.wasm");
+    let bin = scratch_dir("bin");
+    let gate = bin.join("gate");
+    let compiler = script(
+        &bin.join("compiler"),
+        &format!(
+            "while [ ! -e '{}' ]; do sleep 0.02; done\nexec '{}' \"$@\"",
+            gate.display(),
+            dataway_exe()
+        ),
+    );
+    // Opened however the test ends: a failing assertion must not leave the start (and the
+    // runtime's shutdown, which waits for it) blocked on the compiler.
+    struct Open(std::path::PathBuf);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+        }
+    }
+    let _open = Open(gate.clone());
+    let (main, s) = (MockDataway::start().await, MockDataway::start().await);
+    let cache = scratch_dir("plugin-cache");
+    let cfg = compile_cfg(&dir, &cache.display().to_string(), &main, &s);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let url = |path: &str| format!("http://{addr}{path}");
+    let starting = tokio::spawn(dataway::daemon::Daemon::start_serving(
+        cfg,
+        listener,
+        Some(compiler),
+    ));
+    // Unanswered, a request fails here instead of hanging the test.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let health = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    assert_eq!(health.headers()["retry-after"], "1");
+    let body = health.text().await.unwrap();
+    assert!(body.contains("starting"), "{body}");
+    assert_eq!(
+        http.get(url("/health/live")).send().await.unwrap().status(),
+        200
+    );
+    let write = http
+        .post(url("/v1/write/metric"))
+        .body("cpu,host=a v=1i 1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 503);
+    assert!(!starting.is_finished(), "the start waits for the compiler");
+
+    std::fs::write(&gate, "").unwrap();
+    let (daemon, listener) = tokio::time::timeout(Duration::from_secs(60), starting)
+        .await
+        .expect("the daemon starts once the compiler runs")
+        .unwrap()
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(daemon.run(listener, stop.clone()));
+    let health = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok");
+    let write = http
+        .post(url("/v1/write/metric"))
+        .body("cpu,host=a v=1i 1\nmem,host=a v=2i 1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 200);
+    // The plugin loaded (through the compiler): `cpu` goes to the sinker, `mem` on.
+    assert!(s.wait_points(1, Duration::from_secs(10)).await);
+    assert!(main.wait_points(1, Duration::from_secs(10)).await);
+
+    // Stopping: a delivery the endpoint holds keeps the drain going while /health is asked.
+    main.set_default(Some(Reply::Slow(Duration::from_secs(3))));
+    let write = http
+        .post(url("/v1/write/metric"))
+        .body("mem,host=b v=3i 1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 200);
+    stop.cancel();
+    let health = http.get(url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let body = health.text().await.unwrap();
+    assert!(body.contains("shutting down"), "{body}");
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("the daemon stops")
+        .unwrap()
+        .unwrap();
 }

@@ -73,6 +73,9 @@ pub struct IngestState {
     pub config: IngestConfig,
     pub started: Instant,
     pub drain: Drain,
+    /// Set once WAL replay has started (at once without a WAL): until then `/health`
+    /// answers 503, so an orchestrator sends no traffic to an instance still catching up.
+    pub replay_started: Arc<AtomicBool>,
 }
 
 /// The stop of ingest: once [`Drain::start`] is called, new writes and forwards are answered
@@ -158,6 +161,7 @@ pub fn router(state: Arc<IngestState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/ping", get(ping))
         .route("/health", get(health))
+        .route("/health/live", get(live))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             close_when_draining,
@@ -293,8 +297,49 @@ async fn ping(State(st): State<Arc<IngestState>>) -> Response {
     .into_response()
 }
 
-async fn health() -> &'static str {
+/// Readiness, for load balancers and orchestrators: 200 `ok` once the daemon takes writes
+/// (plugins loaded, WAL replay started: [`serve_starting`] answers before that), 503 with
+/// the reason while the WAL replay has not started and while stopping. `/health/live` is
+/// liveness: 200 as long as the process serves HTTP at all, starting and stopping included.
+async fn health(State(st): State<Arc<IngestState>>) -> Response {
+    if st.drain.is_draining() {
+        return stopping();
+    }
+    if !st.replay_started.load(Ordering::Acquire) {
+        return unavailable("starting: the WAL replay has not started yet", 1);
+    }
+    "ok".into_response()
+}
+
+async fn live() -> &'static str {
     "ok"
+}
+
+/// What answers on the ingest port while the daemon starts (its plugins load and compile,
+/// which can take seconds): `/health/live` 200, everything else 503 with `Retry-After`, so a
+/// client or a readiness probe sees "starting" instead of a connection that hangs. Serves
+/// until `ready` is cancelled, then finishes the requests in progress and returns; the
+/// daemon then serves on another handle of the same socket, so no connection is refused.
+pub async fn serve_starting(
+    listener: TcpListener,
+    config: &IngestConfig,
+    metrics: Arc<Metrics>,
+    ready: CancellationToken,
+) -> std::io::Result<()> {
+    async fn starting() -> Response {
+        let mut r = unavailable("starting: loading the sinkers' plugins", 1);
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    }
+    let router = Router::new()
+        .route("/health/live", get(live))
+        .fallback(starting);
+    let limits = server::Limits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+    };
+    server::serve(listener, router, limits, metrics, ready).await
 }
 
 async fn forward(
@@ -341,5 +386,56 @@ async fn forward(
         },
         Err(e @ ApiError::NotHttp(_)) => error(StatusCode::NOT_IMPLEMENTED, e.to_string()),
         Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::OpenCaches;
+
+    /// `/health` is readiness: 503 until the WAL replay has started, 200 then, 503 again
+    /// once stopping; `/health/live` is 200 throughout.
+    #[tokio::test]
+    async fn health_is_ready_only_between_the_wal_replay_start_and_the_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[dataway]\nurls = [\"file://{}\"]\n[dataway.fail_cache]\npath = \"{}\"\n",
+            dir.path().join("out").display(),
+            dir.path().join("fc").display()
+        );
+        let config = crate::config::Config::from_toml(&text, "test").unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let dataway = Dataway::start(
+            &config.dataway,
+            metrics.clone(),
+            &Arc::new(OpenCaches::default()),
+            Vec::new(),
+        )
+        .unwrap();
+        let st = Arc::new(IngestState {
+            dataway: Arc::new(dataway),
+            metrics,
+            config: config.ingest.clone(),
+            started: Instant::now(),
+            drain: Drain::default(),
+            replay_started: Arc::new(AtomicBool::new(false)),
+        });
+        let ask = || async {
+            let r = health(State(st.clone())).await;
+            let status = r.status();
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        };
+        let (status, body) = ask().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("WAL replay has not started"), "{body}");
+        st.replay_started.store(true, Ordering::Release);
+        assert_eq!(ask().await, (StatusCode::OK, "ok".to_string()));
+        st.drain.start();
+        let (status, body) = ask().await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("shutting down"), "{body}");
+        assert_eq!(live().await, "ok");
     }
 }
