@@ -39,6 +39,26 @@ fn main() {
         }
     }
     go_toolchain();
+    prometheus();
+}
+
+/// `tests/dashboard.rs` runs the Grafana dashboard's queries through a real Prometheus and
+/// lints `/metrics` with promtool (Debian: `apt-get install prometheus`): marked ignored
+/// where either is missing, required under `DATAWAY_REQUIRE_ALL_PLUGINS` (CI).
+fn prometheus() {
+    println!("cargo::rustc-check-cfg=cfg(dataway_no_prometheus)");
+    if std::env::var_os("DATAWAY_REQUIRE_ALL_PLUGINS").is_some() {
+        return;
+    }
+    let ok = ["prometheus", "promtool"].iter().all(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        println!("cargo::rustc-cfg=dataway_no_prometheus");
+    }
 }
 
 /// `tests/filter_differential.rs` builds DataKit's Go filter (the oracle) with golang-go: marked

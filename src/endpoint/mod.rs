@@ -322,6 +322,13 @@ impl Endpoint {
             cache,
             persisted: AtomicUsize::new(0),
         });
+        if let Sender::Http(_) = shared.sender {
+            // At zero from the start, so a dashboard's rate has a series before any retry.
+            shared
+                .metrics
+                .retries_total
+                .with_label_values(&[&shared.label]);
+        }
         let closing = CancellationToken::new();
         let abort = CancellationToken::new();
         let resend_task = resend.then(|| {
@@ -896,6 +903,11 @@ impl Shared {
             .inc();
         m.api_latency
             .observe(&[path, &status], o.elapsed.as_secs_f64() * 1000.0);
+        if o.attempts > 1 {
+            m.retries_total
+                .with_label_values(&[&self.label])
+                .inc_by(u64::from(o.attempts - 1));
+        }
     }
 
     /// Counts a body sent; `sunk` bodies (a sinker's) also count as sunk points.
@@ -907,20 +919,20 @@ impl Shared {
         sunk: bool,
     ) {
         let status = status_label(status);
-        let labels = [category.name(), status.as_str()];
-        self.metrics
-            .point_total
-            .with_label_values(&labels)
-            .inc_by(body.points as u64);
-        self.metrics
-            .point_bytes_total
-            .with_label_values(&labels)
-            .inc_by(body.payload.len() as u64);
+        let (points, bytes) = (body.points as u64, body.payload.len() as u64);
+        let dk = [category.name(), status.as_str()];
+        let m = &self.metrics;
+        m.point_total.with_label_values(&dk).inc_by(points);
+        m.point_bytes_total.with_label_values(&dk).inc_by(bytes);
+        let ep = [self.label.as_str(), category.name(), status.as_str()];
+        m.endpoint_points_total
+            .with_label_values(&ep)
+            .inc_by(points);
+        m.endpoint_point_bytes_total
+            .with_label_values(&ep)
+            .inc_by(bytes);
         if sunk {
-            self.metrics
-                .sink_point_total
-                .with_label_values(&labels)
-                .inc_by(body.points as u64);
+            m.sink_point_total.with_label_values(&dk).inc_by(points);
         }
     }
 

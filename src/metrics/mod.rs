@@ -37,6 +37,15 @@ pub struct Metrics {
     /// `datakit_io_grouped_request{category}`: with `enable_sinker`, the number of
     /// `X-Global-Tags` groups of each batch (DataKit observes it once per write).
     pub grouped_request: SummaryVec,
+    /// `dataway_endpoint_points_total{endpoint,category,status}`: `point_total` per endpoint
+    /// (DataKit's has no endpoint label, and its labels must stay as they are).
+    pub endpoint_points_total: IntCounterVec,
+    /// `dataway_endpoint_point_bytes_total{endpoint,category,status}`: `point_bytes_total`
+    /// per endpoint.
+    pub endpoint_point_bytes_total: IntCounterVec,
+    /// `dataway_retries_total{endpoint}`: attempts after the first of each request (a
+    /// request counts once in `api_request_total` however many it took).
+    pub retries_total: IntCounterVec,
     /// `dataway_ingest_requests_total{category,code}`: write requests by HTTP answer code.
     pub ingest_requests_total: IntCounterVec,
     /// `dataway_ingest_points_total{category}`: points accepted by the ingest server.
@@ -187,6 +196,21 @@ impl Metrics {
                 "datakit_io_grouped_request",
                 "Grouped requests under sinker",
                 &["category"],
+            ),
+            endpoint_points_total: counter(
+                "dataway_endpoint_points_total",
+                "Points sent, by endpoint (token redacted), category and send status (counted as datakit_io_dataway_point_total)",
+                &["endpoint", "category", "status"],
+            ),
+            endpoint_point_bytes_total: counter(
+                "dataway_endpoint_point_bytes_total",
+                "Bytes of points sent, by endpoint (token redacted), category and send status (counted as datakit_io_dataway_point_bytes_total)",
+                &["endpoint", "category", "status"],
+            ),
+            retries_total: counter(
+                "dataway_retries_total",
+                "Attempts after the first of requests to an endpoint (token redacted)",
+                &["endpoint"],
             ),
             ingest_requests_total: counter(
                 "dataway_ingest_requests_total",
