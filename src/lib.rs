@@ -5,7 +5,8 @@
 //! [`ingest`] (HTTP server) → [`point`] (line protocol) → [`dataway`] (router) →
 //! [`endpoint`] (per-endpoint queue and workers, body building) → [`httpcli`] (send with
 //! retry), with [`metrics`] counting along the way and [`config`] describing it all.
-//! [`daemon`] wires them together for the binary and for tests.
+//! [`daemon`] wires them together for the binary and for tests. [`monitor`] is a client
+//! of a running daemon's `/metrics` (`dataway monitor`), apart from the rest.
 
 pub mod category;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod httpcli;
 pub mod ingest;
 pub mod instance;
 pub mod metrics;
+pub mod monitor;
 pub mod point;
 pub mod sinker;
 pub mod wal;
