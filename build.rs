@@ -40,6 +40,24 @@ fn main() {
     }
     go_toolchain();
     prometheus();
+    systemd_analyze();
+}
+
+/// `tests/service.rs` checks `examples/dataway.service` with `systemd-analyze` (Debian:
+/// `systemd`): marked ignored where it is missing, required under
+/// `DATAWAY_REQUIRE_ALL_PLUGINS` (CI).
+fn systemd_analyze() {
+    println!("cargo::rustc-check-cfg=cfg(dataway_no_systemd_analyze)");
+    if std::env::var_os("DATAWAY_REQUIRE_ALL_PLUGINS").is_some() {
+        return;
+    }
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        println!("cargo::rustc-cfg=dataway_no_systemd_analyze");
+    }
 }
 
 /// `tests/dashboard.rs` runs the Grafana dashboard's queries through a real Prometheus and
