@@ -157,7 +157,11 @@ async fn while_draining_new_writes_get_503_and_metrics_and_health_answer() {
             503,
             "other APIs are not forwarded while draining"
         );
+        // Not ready (a load balancer stops sending), but alive (no orchestrator kills it).
         let r = cli.get(p.url("/health")).send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.text().await.unwrap().contains("shutting down"));
+        let r = cli.get(p.url("/health/live")).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.text().await.unwrap(), "ok");
         let text = cli
