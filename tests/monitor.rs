@@ -143,10 +143,16 @@ listen = "127.0.0.1:0"
         ["0", "0", "0", "2", "0", "2", "2"],
         "{out}"
     );
-    // Both endpoints, tokens redacted, their queues and fail-caches empty.
+    // Both endpoints, tokens redacted, their queues and fail-caches empty; the daemon
+    // counts per endpoint, so the sent/s, fail/s and retry/s columns are there (all 0).
+    // Columns: queue, fail-cache (bodies, bytes), WAL held, sent/s, fail/s, retry/s.
     for mock in [&main, &sink] {
         let label = format!("http://{}?token=tkn_***", mock.addr);
-        assert_eq!(row(&out, &label)[1..], ["0", "0", "(0", "B)", "0"], "{out}");
+        assert_eq!(
+            row(&out, &label)[1..],
+            ["0", "0", "(0", "B)", "0", "0", "0", "0"],
+            "{out}"
+        );
     }
     assert!(!out.contains("secret"), "{out}");
     // 4 of the 6 metric points matched the sinker's filter.
