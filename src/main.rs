@@ -28,9 +28,9 @@ const MMAP_THRESHOLD: libc::c_int = 512 * 1024;
 /// Free memory at the top of an arena's heap is given back to the OS only past this much.
 /// Setting the mmap threshold fixes glibc's trim threshold at its 128 KiB start, so each
 /// write's smaller buffers (a sinker's share, its columns: tens to hundreds of KiB) were
-/// given back and faulted in again, zeroed, at the next write: up to 15% of the CPU per
-/// point with sinkers (BENCHMARKS.md, *Allocator trim*). 8 MiB an arena (16 MiB at most)
-/// is held instead.
+/// given back and faulted in again, zeroed, at the next write: 8 MiB gave 5-13% more
+/// points per CPU-second, with sinkers or without (BENCHMARKS.md, *Issue 12, fourth
+/// session*). 8 MiB an arena (16 MiB at most) is held instead.
 const TRIM_THRESHOLD: libc::c_int = 8 * 1024 * 1024;
 
 /// Sets the allocator up for a long-running daemon whose large buffers come and go,
