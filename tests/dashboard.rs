@@ -614,6 +614,14 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         prom.query(&q).await
     );
 
+    // The WAL (on here) holds every write until delivered: its file has a size.
+    let q = format!("dataway_wal_disk_bytes{{instance=\"{instance}\"}}");
+    assert!(
+        matches!(prom.query(&q).await.as_deref(), Ok([(_, v)]) if *v > 0.0),
+        "{q}: {:?}",
+        prom.query(&q).await
+    );
+
     // Every query, as Grafana sends it with one instance selected (its value regex-escaped).
     let escaped = instance.replace('.', "\\\\.");
     let mut failures = Vec::new();

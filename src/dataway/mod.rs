@@ -221,6 +221,11 @@ impl Dataway {
         &self.endpoints
     }
 
+    /// The write-ahead log, when `[dataway.wal]` is on.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref()
+    }
+
     /// The memory budget every write is charged to (see [`budget`]).
     pub fn budget(&self) -> &Arc<Budget> {
         &self.budget

@@ -103,6 +103,11 @@ fn is_no_space(e: &redb::Error) -> bool {
 }
 
 impl Store {
+    /// The file's size on disk now; `None` if it cannot be read (it is being reopened).
+    pub(crate) fn file_size(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).ok().map(|m| m.len())
+    }
+
     /// Opens the file. `moved_aside`: the file was damaged and a new one started.
     pub(crate) fn open(
         path: &Path,

@@ -279,6 +279,9 @@ async fn metrics(State(st): State<Arc<IngestState>>) -> Response {
         .memory_budget_used_bytes
         .with_label_values(&["points"])
         .set(used.saturating_sub(reading) as i64);
+    if let Some(size) = st.dataway.wal().and_then(|w| w.disk_size()) {
+        st.metrics.wal_disk_bytes.set(size as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

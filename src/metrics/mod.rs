@@ -84,6 +84,9 @@ pub struct Metrics {
     pub wal_spilled_writes: IntGauge,
     /// `dataway_wal_spilled_bytes`: their size (bounded by `[dataway.wal] max_spill_bytes`).
     pub wal_spilled_bytes: IntGauge,
+    /// `dataway_wal_disk_bytes`: the size of the WAL's file on disk, every write it holds
+    /// (read at each scrape; 0 with the WAL off).
+    pub wal_disk_bytes: IntGauge,
     /// `dataway_failcache_disk_bytes{endpoint}`: their size on disk.
     pub failcache_disk_bytes: IntGaugeVec,
     /// `dataway_failcache_dropped_total{endpoint,reason}`: records given up on (`full`:
@@ -289,6 +292,10 @@ impl Metrics {
             wal_spilled_bytes: single_gauge(
                 "dataway_wal_spilled_bytes",
                 "Bytes of the writes the WAL holds that wait for room in memory",
+            ),
+            wal_disk_bytes: single_gauge(
+                "dataway_wal_disk_bytes",
+                "Size of the WAL's file on disk, read at each scrape",
             ),
             failcache_disk_bytes: gauge(
                 "dataway_failcache_disk_bytes",

@@ -23,6 +23,7 @@ pub mod names {
     pub const WAL_HELD: &str = "dataway_wal_held_points";
     pub const WAL_SPILLED_WRITES: &str = "dataway_wal_spilled_writes";
     pub const WAL_SPILLED_BYTES: &str = "dataway_wal_spilled_bytes";
+    pub const WAL_DISK: &str = "dataway_wal_disk_bytes";
     pub const BUDGET: &str = "dataway_memory_budget_bytes";
     pub const BUDGET_USED: &str = "dataway_memory_budget_used_bytes";
     pub const CONNECTIONS: &str = "dataway_ingest_connections";
@@ -135,6 +136,8 @@ pub struct Model {
     pub connections_max: Option<f64>,
     pub wal_spilled_writes: Option<f64>,
     pub wal_spilled_bytes: Option<f64>,
+    /// The WAL file's size on disk (0 with the WAL off).
+    pub wal_disk_bytes: Option<f64>,
 }
 
 impl Model {
@@ -439,6 +442,7 @@ fn build(prev: Option<&Scrape>, cur: &Scrape, reload_failed: &BTreeMap<String, S
         connections_max: gauge(names::CONNECTIONS_MAX, &all),
         wal_spilled_writes: gauge(names::WAL_SPILLED_WRITES, &all),
         wal_spilled_bytes: gauge(names::WAL_SPILLED_BYTES, &all),
+        wal_disk_bytes: gauge(names::WAL_DISK, &all),
     }
 }
 

@@ -245,6 +245,10 @@ fn summary(m: &Model, out: &mut Vec<Line<'static>>) {
         count(m.failcache_records()),
         bytes(m.failcache_bytes())
     )];
+    // Only with the WAL on: off, the daemon exports 0.
+    if let Some(d) = m.wal_disk_bytes.filter(|&d| d > 0.0) {
+        stores.push(format!("WAL {} on disk", bytes(d)));
+    }
     if let (Some(w), Some(b)) = (m.wal_spilled_writes, m.wal_spilled_bytes) {
         stores.push(format!("WAL spilled {} writes, {}", count(w), bytes(b)));
     }
@@ -502,6 +506,7 @@ mod tests {
             connections_max: Some(1024.0),
             wal_spilled_writes: Some(0.0),
             wal_spilled_bytes: Some(0.0),
+            wal_disk_bytes: Some(0.0),
         }
     }
 
@@ -634,6 +639,17 @@ mod tests {
         assert!(!out.contains('…'), "{out}");
         assert!(!out.contains("q quits"), "{out}");
         assert!(out.lines().all(|l| l == l.trim_end()));
+    }
+
+    /// The WAL's size on disk is shown when the WAL is on (its gauge above 0), not when off.
+    #[test]
+    fn the_wal_size_on_disk_is_shown_when_the_wal_is_on() {
+        let off = text(&screen(Some(model()), None));
+        assert!(!off.contains("on disk"), "{off}");
+        let mut m = model();
+        m.wal_disk_bytes = Some(3.0 * 1024.0 * 1024.0);
+        let on = text(&screen(Some(m), None));
+        assert!(on.contains("WAL 3 MiB on disk"), "{on}");
     }
 
     #[test]

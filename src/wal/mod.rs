@@ -234,6 +234,11 @@ impl Wal {
         }))
     }
 
+    /// The log's file size on disk (`dataway_wal_disk_bytes`).
+    pub fn disk_size(&self) -> Option<u64> {
+        self.store.file_size()
+    }
+
     /// Lets the log hold up to `bytes` of spilled writes ([`Wal::spill`]; 0: none).
     pub fn set_spill_limit(&self, bytes: u64) {
         self.max_spill
