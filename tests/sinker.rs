@@ -1441,9 +1441,21 @@ async fn health_says_starting_while_plugins_compile_then_ready_then_stopping() {
         .unwrap();
     assert_eq!(write.status(), 200);
     stop.cancel();
-    let health = http.get(url("/health")).send().await.unwrap();
-    assert_eq!(health.status(), 503);
-    let body = health.text().await.unwrap();
+    // The stop reaches ingest a moment after the cancel; the drain then lasts at least as
+    // long as the held delivery (3 s), so the 503 is there to be seen well within that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let health = http.get(url("/health")).send().await.unwrap();
+        if health.status() == 503 {
+            break health.text().await.unwrap();
+        }
+        assert_eq!(health.status(), 200, "ready until the stop reaches ingest");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/health still 200 10 s after the stop"
+        );
+        tokio::task::yield_now().await;
+    };
     assert!(body.contains("shutting down"), "{body}");
     tokio::time::timeout(Duration::from_secs(30), run)
         .await
