@@ -38,62 +38,38 @@ fn main() {
             println!("cargo::rustc-cfg={cfg}");
         }
     }
-    go_toolchain();
-    prometheus();
-    systemd_analyze();
+    // The tests that run DataKit's own Go code (`tests/v2.rs` through `dkfilter pbencode` /
+    // `pbdecode`, `tests/filter_differential.rs`) build it with golang-go.
+    tool_or_ignore("dataway_no_go_toolchain", &[("go", "version")]);
+    // `tests/dashboard.rs` runs the Grafana dashboard's queries through a real Prometheus and
+    // lints `/metrics` with promtool (Debian: `apt-get install prometheus`).
+    tool_or_ignore(
+        "dataway_no_prometheus",
+        &[("prometheus", "--version"), ("promtool", "--version")],
+    );
+    // `tests/service.rs` checks `examples/dataway.service` with `systemd-analyze` (Debian:
+    // `systemd`).
+    tool_or_ignore(
+        "dataway_no_systemd_analyze",
+        &[("systemd-analyze", "--version")],
+    );
 }
 
-/// `tests/service.rs` checks `examples/dataway.service` with `systemd-analyze` (Debian:
-/// `systemd`): marked ignored where it is missing, required under
-/// `DATAWAY_REQUIRE_ALL_PLUGINS` (CI).
-fn systemd_analyze() {
-    println!("cargo::rustc-check-cfg=cfg(dataway_no_systemd_analyze)");
+/// Sets `cfg` (the tests that need these programs are marked ignored) unless every one of
+/// `tools` runs with its argument; never under `DATAWAY_REQUIRE_ALL_PLUGINS` (CI), which
+/// makes those tests required.
+fn tool_or_ignore(cfg: &str, tools: &[(&str, &str)]) {
+    println!("cargo::rustc-check-cfg=cfg({cfg})");
     if std::env::var_os("DATAWAY_REQUIRE_ALL_PLUGINS").is_some() {
         return;
     }
-    let ok = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        println!("cargo::rustc-cfg=dataway_no_systemd_analyze");
-    }
-}
-
-/// `tests/dashboard.rs` runs the Grafana dashboard's queries through a real Prometheus and
-/// lints `/metrics` with promtool (Debian: `apt-get install prometheus`): marked ignored
-/// where either is missing, required under `DATAWAY_REQUIRE_ALL_PLUGINS` (CI).
-fn prometheus() {
-    println!("cargo::rustc-check-cfg=cfg(dataway_no_prometheus)");
-    if std::env::var_os("DATAWAY_REQUIRE_ALL_PLUGINS").is_some() {
-        return;
-    }
-    let ok = ["prometheus", "promtool"].iter().all(|bin| {
+    let ok = tools.iter().all(|(bin, arg)| {
         Command::new(bin)
-            .arg("--version")
+            .arg(arg)
             .output()
             .is_ok_and(|o| o.status.success())
     });
     if !ok {
-        println!("cargo::rustc-cfg=dataway_no_prometheus");
-    }
-}
-
-/// `tests/filter_differential.rs` builds DataKit's Go filter (the oracle) with golang-go: marked
-/// ignored where `go` is missing, required under `DATAWAY_REQUIRE_ALL_PLUGINS`.
-/// The tests that run DataKit's own Go code (`tests/v2.rs` through `dkfilter pbencode` /
-/// `pbdecode`, `tests/filter_differential.rs`) need golang-go to build it: without it they are
-/// marked ignored, unless `DATAWAY_REQUIRE_ALL_PLUGINS` is set (CI), which makes them required.
-fn go_toolchain() {
-    println!("cargo::rustc-check-cfg=cfg(dataway_no_go_toolchain)");
-    if std::env::var_os("DATAWAY_REQUIRE_ALL_PLUGINS").is_some() {
-        return;
-    }
-    let ok = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        println!("cargo::rustc-cfg=dataway_no_go_toolchain");
+        println!("cargo::rustc-cfg={cfg}");
     }
 }

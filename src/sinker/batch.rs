@@ -120,7 +120,13 @@ fn text_column<'a>(
     text: &'a Text,
     value: impl Fn(crate::point::LineView<'a>) -> Option<Cow<'a, str>>,
 ) -> StringColumn {
-    let values: Vec<Option<Cow<'a, str>>> = text.lines().map(value).collect();
+    cow_column(text.lines().map(value))
+}
+
+/// A column of strings borrowed from a text, or unescaped into owned ones.
+fn cow_column<'a>(values: impl Iterator<Item = Option<Cow<'a, str>>>) -> StringColumn {
+    // Collected first: the dictionary borrows each value, owned ones included.
+    let values: Vec<Option<Cow<'a, str>>> = values.collect();
     string_column(values.iter().map(|v| v.as_deref()))
 }
 
@@ -253,11 +259,7 @@ impl PointBatch {
             }
             Content::Text(t) => match self.columns.values(key) {
                 Some(at) if at.is_empty() => string_column((0..t.len()).map(|_| None)),
-                Some(at) => {
-                    let values: Vec<Option<Cow<'_, str>>> =
-                        at.iter().map(|&v| t.tag_value(v)).collect();
-                    string_column(values.iter().map(|v| v.as_deref()))
-                }
+                Some(at) => cow_column(at.iter().map(|&v| t.tag_value(v))),
                 None => text_column(t, |l| l.tag(key)),
             },
         })
