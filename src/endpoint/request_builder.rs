@@ -147,7 +147,12 @@ pub fn gzip(raw: &[u8]) -> Bytes {
         compressor: Compressor::new(CompressionLvl::new(GZIP_LEVEL).expect("a valid level")),
         out: Vec::new(),
     });
-    g.out.resize(g.compressor.gzip_compress_bound(raw.len()), 0);
+    // Grown, never shrunk: a buffer cut down for a small body (a sinker's share) was
+    // zeroed again up to the next large one's bound, a memset as long as the body.
+    let bound = g.compressor.gzip_compress_bound(raw.len());
+    if g.out.len() < bound {
+        g.out.resize(bound, 0);
+    }
     let n = g
         .compressor
         .gzip_compress(raw, &mut g.out)

@@ -6,12 +6,14 @@
 //! point is owned (no borrow of the request body) because it outlives the request: it waits
 //! in endpoint queues and, later, in sinker batches.
 
+mod keys;
 mod lineproto;
 pub mod reader;
 mod text;
 pub mod v2;
 mod view;
 
+pub use keys::KeyPlaces;
 pub use lineproto::{
     LineError, ParseErrors, ParseOptions, Precision, encode_points, parse, parse_text,
 };

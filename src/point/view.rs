@@ -60,6 +60,20 @@ impl ValueAt {
         }
     }
 
+    /// The value at `start..end` of its text (`esc`: it holds a backslash).
+    pub(super) fn at(start: usize, end: usize, esc: bool) -> ValueAt {
+        ValueAt {
+            start: start as u32,
+            end: end as u32,
+            esc,
+        }
+    }
+
+    /// Whether the value holds a backslash (so reading it unescapes into a new string).
+    pub fn escaped(self) -> bool {
+        self.esc
+    }
+
     /// The value's byte range in its text and whether it holds an escape; `None`: nowhere.
     pub(super) fn range(self) -> Option<(usize, usize, bool)> {
         (self.start != 0).then_some((self.start as usize, self.end as usize, self.esc))
@@ -298,7 +312,7 @@ impl<'a> LineView<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use rand::{RngExt, SeedableRng};
 
     use crate::point::{ParseOptions, Point, Precision, parse, parse_text};
@@ -368,7 +382,14 @@ mod tests {
     /// Random lines from an alphabet heavy in the characters line protocol escapes.
     #[test]
     fn a_view_reads_what_the_parser_reads_from_random_lines() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        check(&random_lines(12));
+    }
+
+    /// 2,000 random lines (those the parser takes) from an alphabet heavy in the
+    /// characters line protocol escapes; keys and values are made of `a`, `b`, `é`, `0`,
+    /// `_` and those characters.
+    pub(in crate::point) fn random_lines(seed: u64) -> String {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let name = |rng: &mut rand::rngs::StdRng, special: &[&str]| -> String {
             let n = rng.random_range(1..6);
             (0..n)
@@ -431,7 +452,7 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert!(good.lines().count() > 1500, "{}", good.lines().count());
-        check(&good);
+        good
     }
 
     /// A selection is the chosen lines, in order, as they were; none or all work too.

@@ -191,49 +191,17 @@ impl PointBatch {
                 }
             }
             Content::Text(t) => {
-                // A key written without escapes appears in a line's field set as it is: where
-                // none of the asked keys does (a search with finders made once per call), the
-                // field set (long strings, often) is not walked. A key with a character line
-                // protocol escapes disables the shortcut.
-                let plain = !keys
-                    .iter()
-                    .any(|k| k.bytes().any(|c| matches!(c, b',' | b'=' | b' ' | b'\\')));
-                let finders: Vec<memchr::memmem::Finder<'_>> =
-                    keys.iter().map(memchr::memmem::Finder::new).collect();
-                // Each key's tag values, line by line, made when a line first has it.
-                let n = t.len();
-                let mut at: Vec<Vec<ValueAt>> = vec![Vec::new(); keys.len()];
-                for (i, l) in t.lines().enumerate() {
-                    let mut seen = 0;
-                    let field_set = l.tags_at_and_field_set(|k, v| {
-                        // The first of a repeated key, as `tag` (`find`) reads it.
-                        let new = seen_in(std::iter::once(k), keys, lengths) & !seen;
-                        for j in bits(new) {
-                            if at[j].is_empty() {
-                                at[j] = vec![ValueAt::default(); n];
-                            }
-                            at[j][i] = v;
-                        }
-                        seen |= new;
-                    });
-                    add(&mut tags, seen);
-                    if plain
-                        && !finders
-                            .iter()
-                            .any(|f| f.find(field_set.as_bytes()).is_some())
-                    {
-                        continue;
-                    }
-                    add(&mut fields, seen_in(l.field_keys(), keys, lengths));
-                }
+                let places = t.key_places(keys);
                 let mut values = self
                     .columns
                     .values
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                for (k, at) in keys.iter().zip(at) {
+                for (j, (k, p)) in keys.iter().zip(places).enumerate() {
+                    tags[j] = p.tags;
+                    fields[j] = p.fields;
                     if !values.iter().any(|(known, _)| known == k) {
-                        values.push((k.clone(), Arc::new(at)));
+                        values.push((k.clone(), Arc::new(p.at)));
                     }
                 }
             }
@@ -259,6 +227,13 @@ impl PointBatch {
             }
             Content::Text(t) => match self.columns.values(key) {
                 Some(at) if at.is_empty() => string_column((0..t.len()).map(|_| None)),
+                // Borrowed from the text (no line needs an escape undone): no copy.
+                Some(at) if !at.iter().any(|v| v.escaped()) => {
+                    string_column(at.iter().map(|&v| match t.tag_value(v) {
+                        Some(Cow::Borrowed(s)) => Some(s),
+                        _ => None,
+                    }))
+                }
                 Some(at) => cow_column(at.iter().map(|&v| t.tag_value(v))),
                 None => text_column(t, |l| l.tag(key)),
             },

@@ -1,0 +1,285 @@
+//! Which lines of a [`Text`] have a key as a tag or as a field, and where the tag values are.
+//!
+//! In: a text (checked lines) and up to 64 keys a sinker condition asks about. Out: per key,
+//! how many lines have it as a tag and as a field, and each line's tag value place
+//! ([`ValueAt`]), for the `tag-column` that follows.
+//!
+//! Why not walk each line's tags ([`LineView`]): that walk, byte by byte through every
+//! tag of every line, was most of what one sinker cost over text. Here each key is searched
+//! for once in the whole text with a SIMD substring search (`memchr::memmem`), and a hit is
+//! placed with two short byte searches: in a line without a backslash every `,` before the
+//! first space ends a measurement or a tag value, so `,key=` there is that tag, and the
+//! first space ends the tags. Lines with a backslash, and keys with a character line
+//! protocol escapes, are read by the exact walk instead; the answers are the walk's
+//! (`tests` compares them over the parser's own awkward and random lines).
+
+use memchr::memmem::Finder;
+
+use super::Text;
+use super::view::{LineView, ValueAt};
+
+/// What a text says of one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyPlaces {
+    /// Lines with the key as a tag.
+    pub tags: u32,
+    /// Lines with the key as a field.
+    pub fields: u32,
+    /// Each line's value of the key as a tag (the first, if a line repeats it), or
+    /// nowhere; empty when no line has it as a tag.
+    pub at: Vec<ValueAt>,
+}
+
+/// Moves `line` forward to the line that holds byte `pos` (positions come in order).
+#[inline(always)]
+fn line_of(ends: &[u32], line: &mut usize, pos: usize) -> usize {
+    while ends[*line] as usize <= pos {
+        *line += 1;
+    }
+    *line
+}
+
+impl Text {
+    /// Per key of `keys` (at most 64), the lines that have it as a tag and as a field,
+    /// and where its tag values are (see [`KeyPlaces`]).
+    pub fn key_places(&self, keys: &[String]) -> Vec<KeyPlaces> {
+        assert!(keys.len() <= 64, "at most 64 keys at a time");
+        let n = self.len();
+        let b = self.as_str().as_bytes();
+        let mut out = vec![KeyPlaces::default(); keys.len()];
+        let plain = |k: &String| {
+            !k.is_empty()
+                && !k
+                    .bytes()
+                    .any(|c| matches!(c, b',' | b'=' | b' ' | b'\\' | b'\n'))
+        };
+        let start_of = |i: usize| if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        if !keys.iter().all(plain) {
+            // A key that could be written escaped: every line is walked.
+            for (i, line) in self.lines().enumerate() {
+                exact_line(line, i, n, keys, &mut out);
+            }
+            return out;
+        }
+        // A line a key is found in is looked at once: where its tags end (its first
+        // space), and whether it has a backslash before that (which may escape a `,` or
+        // that space: the line is then walked, for every key, at the end). A backslash
+        // after it is in a field (a string's `\"`, often): a line's fields are walked
+        // whenever a key is found among them anyway. A line in which no key is found
+        // has none of them: a plain key is spelled the same escaped or not.
+        const UNSEEN: u32 = u32::MAX;
+        const WALKED: u32 = u32::MAX - 1;
+        let mut tags_end = vec![UNSEEN; n];
+        let mut walked: Vec<usize> = Vec::new();
+        let mut look = |i: usize| -> Option<usize> {
+            if tags_end[i] == UNSEEN {
+                let start = start_of(i);
+                let line = &b[start..self.ends[i] as usize - 1];
+                let at = memchr::memchr2(b' ', b'\\', line).expect("a line has a space");
+                if line[at] == b'\\' {
+                    tags_end[i] = WALKED;
+                    walked.push(i);
+                } else {
+                    tags_end[i] = (start + at) as u32;
+                }
+            }
+            (tags_end[i] != WALKED).then_some(tags_end[i] as usize)
+        };
+        for (key, places) in keys.iter().zip(&mut out) {
+            // `key=` after a `,` and before the first space is the tag; after that space,
+            // maybe a field (a string value can hold `key=` too: that line is walked).
+            let pattern = format!("{key}=");
+            let finder = Finder::new(pattern.as_bytes());
+            let (mut line, mut last_tag, mut last_field) = (0, usize::MAX, usize::MAX);
+            for hit in finder.find_iter(b) {
+                let i = line_of(&self.ends, &mut line, hit);
+                let Some(end) = look(i) else { continue };
+                if hit < end {
+                    if last_tag == i || hit == start_of(i) || b[hit - 1] != b',' {
+                        continue;
+                    }
+                    last_tag = i;
+                    let v = hit + pattern.len();
+                    let v_end = v + memchr::memchr2(b',', b' ', &b[v..end]).unwrap_or(end - v);
+                    if places.at.is_empty() {
+                        places.at = vec![ValueAt::default(); n];
+                    }
+                    places.at[i] = ValueAt::at(v, v_end, false);
+                    places.tags += 1;
+                } else if last_field != i {
+                    last_field = i;
+                    if self.line(i).field_keys().any(|k| k == key.as_str()) {
+                        places.fields += 1;
+                    }
+                }
+            }
+        }
+        walked.sort_unstable();
+        for i in walked {
+            exact_line(self.line(i), i, n, keys, &mut out);
+        }
+        out
+    }
+}
+
+/// Adds what line `i` says of each key to `out`, by walking its tags and fields.
+fn exact_line(line: LineView<'_>, i: usize, n: usize, keys: &[String], out: &mut [KeyPlaces]) {
+    let mut seen = 0u64;
+    line.tags_at_and_field_set(|k, v| {
+        for (j, key) in keys.iter().enumerate() {
+            // The first of a repeated key, as `LineView::tag` reads it.
+            if seen >> j & 1 == 0 && k == key.as_str() {
+                seen |= 1 << j;
+                let places = &mut out[j];
+                if places.at.is_empty() {
+                    places.at = vec![ValueAt::default(); n];
+                }
+                places.at[i] = v;
+                places.tags += 1;
+            }
+        }
+    });
+    let mut seen = 0u64;
+    for k in line.field_keys() {
+        for (j, key) in keys.iter().enumerate() {
+            if seen >> j & 1 == 0 && k == key.as_str() {
+                seen |= 1 << j;
+                out[j].fields += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::point::{ParseOptions, Precision, parse_text};
+
+    /// The answers of the exact walk, line by line, for every key.
+    fn walked(text: &Text, keys: &[String]) -> Vec<KeyPlaces> {
+        let mut out = vec![KeyPlaces::default(); keys.len()];
+        for (i, line) in text.lines().enumerate() {
+            exact_line(line, i, text.len(), keys, &mut out);
+        }
+        out
+    }
+
+    /// The search gives what walking every line gives, and each place holds the tag value
+    /// the line's view reads.
+    fn opts() -> ParseOptions {
+        ParseOptions {
+            precision: Precision::Nanos,
+            default_time: 42,
+        }
+    }
+
+    fn check(body: &str, keys: &[&str]) {
+        let text = parse_text(body.as_bytes(), opts()).unwrap();
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let got = text.key_places(&keys);
+        assert_eq!(got, walked(&text, &keys), "{keys:?}");
+        for (key, places) in keys.iter().zip(&got) {
+            for (i, line) in text.lines().enumerate() {
+                let at = places.at.get(i).copied().unwrap_or_default();
+                assert_eq!(text.tag_value(at), line.tag(key), "{key} in line {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_search_finds_what_a_walk_finds() {
+        let body = "cpu,host=a,region=r usage=1,host=2i 1\n\
+                    cpu,region=r,host=b usage=2 2\n\
+                    host=m,x=host=1,host=d s=\"a,host=1\",host=3 3\n\
+                    cpu,xhost=e,hostx=f hostx=1 4\n\
+                    cpu,a=\\,host\\=g,host=h v=\"x host=1\" 5\n\
+                    cpu,a=b host=\"h\" 6\n\
+                    cpu v=1 7\n";
+        for keys in [
+            &["host"][..],
+            &["host", "region", "usage", "nope", "a", "x"],
+            &["host=", "a b"],
+            &["s", "v", "hostx", "xhost"],
+            &[],
+        ] {
+            check(body, keys);
+        }
+    }
+
+    /// Over random lines full of escapes (most lines are walked), and over random lines
+    /// without a backslash before their fields but with keys hidden everywhere else a
+    /// search could find them: in the measurement, in tag values, in string fields with
+    /// escaped quotes (all searched).
+    #[test]
+    fn a_search_finds_what_a_walk_finds_in_random_lines() {
+        let keys = [
+            "a", "b", "ab", "ba", "aa", "_", "é", "a0", "0", "b_a", "a\\,b",
+        ];
+        let escaped = crate::point::view::tests::random_lines(7);
+        check(&escaped, &keys[..10]);
+        check(&escaped, &keys);
+
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let alphabet = ["a", "b", "ab", "é", "_", "a=", "=b", "b=a"];
+        let word = |rng: &mut rand::rngs::StdRng| -> String {
+            (0..rng.random_range(1..4))
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect()
+        };
+        let mut body = String::new();
+        for _ in 0..3000 {
+            let mut line = word(&mut rng).trim_start_matches('=').to_string();
+            if line.is_empty() {
+                line.push('m');
+            }
+            let mut used = std::collections::HashSet::new();
+            for _ in 0..rng.random_range(0..5) {
+                let k = keys[rng.random_range(0..10)];
+                if used.insert(k) {
+                    line.push_str(&format!(",{k}={}", word(&mut rng)));
+                }
+            }
+            line.push(' ');
+            let mut used = std::collections::HashSet::new();
+            for i in 0..rng.random_range(1..4) {
+                let k = keys[rng.random_range(0..10)];
+                if !used.insert(k) {
+                    continue;
+                }
+                let v = if rng.random_bool(0.5) {
+                    format!(
+                        "\"{} \\\",{}={}\\\\\"",
+                        word(&mut rng),
+                        keys[rng.random_range(0..10)],
+                        word(&mut rng)
+                    )
+                } else {
+                    format!("{}i", rng.random::<i16>())
+                };
+                line.push_str(&format!(
+                    "{}{k}={v}",
+                    if i > 0 && line.ends_with(|c| c != ' ') {
+                        ","
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            body.push_str(&line);
+            body.push('\n');
+        }
+        let good: String = body
+            .lines()
+            .filter(|l| crate::point::parse(l.as_bytes(), opts()).is_ok())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(good.lines().count() > 2000, "{}", good.lines().count());
+        assert!(
+            good.lines()
+                .all(|l| !l[..l.find(' ').unwrap()].contains('\\'))
+        );
+        check(&good, &keys[..10]);
+    }
+}
