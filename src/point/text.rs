@@ -185,28 +185,70 @@ impl Text {
 
     /// The lines `keep` says yes to, copied into a text of their own (as a sinker's share
     /// of a write: its lines go out as they came, not encoded again).
-    pub fn select(&self, mut keep: impl FnMut(usize) -> bool) -> Text {
-        let mut b = TextBuilder::default();
-        let mut kept = 0usize;
+    pub fn select(&self, keep: impl Fn(usize) -> bool) -> Text {
+        self.select_each(1, |_, i| keep(i))
+            .pop()
+            .expect("one selection")
+    }
+
+    /// For each of `sets` selections, the lines `keep(set, line)` says yes to, as
+    /// [`Text::select`] gives them: every sinker's share of a write. Each is sized in a
+    /// first pass and copied into a buffer of exactly its size (grown as it went, a
+    /// share's buffer was reallocated and copied again a dozen times); a selection of
+    /// every line shares this text's buffer.
+    pub fn select_each(&self, sets: usize, keep: impl Fn(usize, usize) -> bool) -> Vec<Text> {
+        let mut sizes = vec![(0usize, 0usize); sets];
+        let mut start = 0usize;
+        for (i, &end) in self.ends.iter().enumerate() {
+            let len = end as usize - start;
+            for (j, (bytes, lines)) in sizes.iter_mut().enumerate() {
+                if keep(j, i) {
+                    *bytes += len;
+                    *lines += 1;
+                }
+            }
+            start = end as usize;
+        }
+        sizes
+            .into_iter()
+            .enumerate()
+            .map(|(j, (bytes, lines))| match lines {
+                0 => Text::default(),
+                n if n == self.len() => self.clone(),
+                _ => self.copy_lines(bytes, lines, |i| keep(j, i)),
+            })
+            .collect()
+    }
+
+    /// The `lines` lines (`bytes` bytes) that `keep` says yes to, copied.
+    fn copy_lines(&self, bytes: usize, lines: usize, keep: impl Fn(usize) -> bool) -> Text {
+        let mut buf = Vec::with_capacity(bytes);
+        let mut ends = Vec::with_capacity(lines);
         // The run of adjacent kept lines not yet copied: copied as one.
         let mut run: Option<(usize, usize)> = None;
         let mut start = 0usize;
         for (i, &end) in self.ends.iter().enumerate() {
             let end = end as usize;
             if keep(i) {
-                kept += end - start;
-                b.ends
-                    .push(u32::try_from(kept).expect("a selection is no larger than its text"));
+                ends.push(
+                    u32::try_from(buf.len() + (end - run.map_or(start, |(s, _)| s)))
+                        .expect("a selection is no larger than its text"),
+                );
                 run = Some((run.map_or(start, |(s, _)| s), end));
             } else if let Some((s, e)) = run.take() {
-                b.buf.extend_from_slice(&self.bytes[s..e]);
+                buf.extend_from_slice(&self.bytes[s..e]);
             }
             start = end;
         }
         if let Some((s, e)) = run {
-            b.buf.extend_from_slice(&self.bytes[s..e]);
+            buf.extend_from_slice(&self.bytes[s..e]);
         }
-        b.finish()
+        debug_assert_eq!((buf.len(), ends.len()), (bytes, lines));
+        Text {
+            held: buf.capacity(),
+            bytes: Bytes::from(buf),
+            ends,
+        }
     }
 
     /// The lines `keep` says yes to, as [`Text::select`] gives them, but moved down in
@@ -351,5 +393,50 @@ mod tests {
             text.memory_size(),
             std::mem::size_of::<Text>() + len + text.len() * 4
         );
+    }
+
+    /// Each selection is the lines its set keeps, in order, as they were, held in a
+    /// buffer of exactly its size; one of every line shares the text's buffer.
+    #[test]
+    fn select_each_gives_every_share_exactly() {
+        let body: String = (0..300).map(|i| format!("m{i},t=x v={i}i {i}\n")).collect();
+        let opts = super::super::ParseOptions {
+            precision: Precision::Nanos,
+            default_time: 0,
+        };
+        let text = super::super::parse_text(body.as_bytes(), opts).unwrap();
+        let lines: Vec<&str> = body.lines().collect();
+        let keep = |j: usize, i: usize| match j {
+            0 => i % 7 < 3,
+            1 => i % 2 == 1,
+            2 => false,
+            3 => true,
+            _ => i > 250,
+        };
+        let shares = text.select_each(5, keep);
+        assert_eq!(shares.len(), 5);
+        for (j, share) in shares.iter().enumerate() {
+            let want: Vec<&str> = (0..lines.len())
+                .filter(|&i| keep(j, i))
+                .map(|i| lines[i])
+                .collect();
+            assert_eq!(share.len(), want.len(), "set {j}");
+            assert_eq!(share.joined(), want.join("\n").into_bytes(), "set {j}");
+            assert_eq!(
+                share.lines().map(|l| l.time()).collect::<Vec<_>>(),
+                want.iter()
+                    .map(|l| l.rsplit(' ').next().unwrap().parse::<i64>().unwrap())
+                    .collect::<Vec<_>>(),
+                "set {j}"
+            );
+            if j != 3 {
+                assert_eq!(
+                    share.memory_size(),
+                    std::mem::size_of::<Text>() + share.bytes.len() + share.len() * 4,
+                    "set {j}"
+                );
+            }
+        }
+        assert_eq!(shares[3].joined().as_ptr(), text.joined().as_ptr());
     }
 }

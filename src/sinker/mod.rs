@@ -344,7 +344,7 @@ fn split_text(
     takers: usize,
     takes: impl Fn(usize, usize) -> bool,
 ) -> (Vec<Text>, Text) {
-    let sunk: Vec<Text> = (0..takers).map(|j| text.select(|i| takes(j, i))).collect();
+    let sunk = text.select_each(takers, &takes);
     let taken: usize = sunk.iter().map(Text::len).sum();
     let rest = if taken == 0 {
         text
