@@ -3,13 +3,16 @@
 //! `cargo bench --bench lineproto`. The `bytes` group reports MB/s of line protocol text, the
 //! `points` group points/s. `gzip` is zlib's level 6 (DataKit's), `gzip_ours` the daemon's
 //! request-body compressor (`endpoint::gzip`, libdeflate level 4); the sizes they make are
-//! printed once, so the two are compared at the bytes they put on the wire.
+//! printed once, so the two are compared at the bytes they put on the wire. The
+//! `key_places` group is what a sinker condition's `key-counts` costs over forwarded text:
+//! `search` (the daemon's, [`dataway::point::Text::key_places`]) against `walk` (every
+//! line's tags read in turn, as before it).
 
 use std::hint::black_box;
 use std::io::Write as _;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dataway::point::{ParseOptions, Precision, parse};
+use dataway::point::{ParseOptions, Precision, parse, parse_text};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
@@ -86,5 +89,49 @@ fn points(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bytes, points);
+fn key_places(c: &mut Criterion) {
+    // The body as it is (a quarter of its measurements and a fifth of its hosts escaped),
+    // and without escapes before the fields (`plain`).
+    let escaped = body();
+    let mut plain = String::from_utf8(escaped.clone()).unwrap();
+    for (from, to) in [
+        ("http\\ server", "http_server"),
+        ("jvm\\,gc", "jvm_gc"),
+        ("edge\\ node", "edge_node"),
+        ("billing\\,v2", "billing_v2"),
+        ("C:\\data\\logs", "C:/data/logs"),
+    ] {
+        plain = plain.replace(from, to);
+    }
+    let keys = vec!["host".to_string()];
+    let mut group = c.benchmark_group("key_places");
+    group.throughput(Throughput::Elements(POINTS as u64));
+    for (name, body) in [("escaped", escaped), ("plain", plain.into_bytes())] {
+        let text = parse_text(&body, OPTS).expect("the bench body parses");
+        group.bench_function(format!("search/{name}"), |b| {
+            b.iter(|| black_box(&text).key_places(&keys))
+        });
+        // The same answers line by line, as `key-counts` read them before: each line's
+        // tags walked, its field set searched for the key and walked if it is there.
+        let finder = memchr::memmem::Finder::new("host");
+        group.bench_function(format!("walk/{name}"), |b| {
+            b.iter(|| {
+                let mut fields = 0;
+                let mut at = Vec::with_capacity(text.len());
+                for l in black_box(&text).lines() {
+                    let (tag, from) = l.tag_at_and_fields_start("host");
+                    at.push(tag);
+                    let rest = &l.as_bytes()[from - l.base()..];
+                    if finder.find(rest).is_some() && l.field_keys().any(|k| k == "host") {
+                        fields += 1;
+                    }
+                }
+                (at, fields)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bytes, points, key_places);
 criterion_main!(benches);

@@ -16,6 +16,7 @@
 use memchr::memmem::Finder;
 
 use super::Text;
+use super::lineproto::scan_name;
 use super::view::{LineView, ValueAt};
 
 /// What a text says of one key.
@@ -45,7 +46,6 @@ impl Text {
     pub fn key_places(&self, keys: &[String]) -> Vec<KeyPlaces> {
         assert!(keys.len() <= 64, "at most 64 keys at a time");
         let n = self.len();
-        let b = self.as_str().as_bytes();
         let mut out = vec![KeyPlaces::default(); keys.len()];
         let plain = |k: &String| {
             !k.is_empty()
@@ -53,7 +53,6 @@ impl Text {
                     .bytes()
                     .any(|c| matches!(c, b',' | b'=' | b' ' | b'\\' | b'\n'))
         };
-        let start_of = |i: usize| if i == 0 { 0 } else { self.ends[i - 1] as usize };
         if !keys.iter().all(plain) {
             // A key that could be written escaped: every line is walked.
             for (i, line) in self.lines().enumerate() {
@@ -61,64 +60,78 @@ impl Text {
             }
             return out;
         }
-        // A line a key is found in is looked at once: where its tags end (its first
-        // space), and whether it has a backslash before that (which may escape a `,` or
-        // that space: the line is then walked, for every key, at the end). A backslash
-        // after it is in a field (a string's `\"`, often): a line's fields are walked
-        // whenever a key is found among them anyway. A line in which no key is found
-        // has none of them: a plain key is spelled the same escaped or not.
-        const UNSEEN: u32 = u32::MAX;
-        const WALKED: u32 = u32::MAX - 1;
-        let mut tags_end = vec![UNSEEN; n];
-        let mut walked: Vec<usize> = Vec::new();
-        let mut look = |i: usize| -> Option<usize> {
-            if tags_end[i] == UNSEEN {
-                let start = start_of(i);
-                let line = &b[start..self.ends[i] as usize - 1];
-                let at = memchr::memchr2(b' ', b'\\', line).expect("a line has a space");
-                if line[at] == b'\\' {
-                    tags_end[i] = WALKED;
-                    walked.push(i);
-                } else {
-                    tags_end[i] = (start + at) as u32;
-                }
-            }
-            (tags_end[i] != WALKED).then_some(tags_end[i] as usize)
-        };
         for (key, places) in keys.iter().zip(&mut out) {
-            // `key=` after a `,` and before the first space is the tag; after that space,
-            // maybe a field (a string value can hold `key=` too: that line is walked).
-            let pattern = format!("{key}=");
-            let finder = Finder::new(pattern.as_bytes());
-            let (mut line, mut last_tag, mut last_field) = (0, usize::MAX, usize::MAX);
-            for hit in finder.find_iter(b) {
-                let i = line_of(&self.ends, &mut line, hit);
-                let Some(end) = look(i) else { continue };
-                if hit < end {
-                    if last_tag == i || hit == start_of(i) || b[hit - 1] != b',' {
-                        continue;
-                    }
-                    last_tag = i;
-                    let v = hit + pattern.len();
-                    let v_end = v + memchr::memchr2(b',', b' ', &b[v..end]).unwrap_or(end - v);
-                    if places.at.is_empty() {
-                        places.at = vec![ValueAt::default(); n];
-                    }
-                    places.at[i] = ValueAt::at(v, v_end, false);
-                    places.tags += 1;
-                } else if last_field != i {
-                    last_field = i;
-                    if self.line(i).field_keys().any(|k| k == key.as_str()) {
-                        places.fields += 1;
-                    }
-                }
-            }
-        }
-        walked.sort_unstable();
-        for i in walked {
-            exact_line(self.line(i), i, n, keys, &mut out);
+            self.search(key, places);
         }
         out
+    }
+
+    /// Fills `places` for `key` (plain: no character line protocol escapes) from its hits.
+    fn search(&self, key: &str, places: &mut KeyPlaces) {
+        let b = self.as_str().as_bytes();
+        let n = self.len();
+        let start_of = |i: usize| if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        let pattern = format!("{key}=");
+        let finder = Finder::new(pattern.as_bytes());
+        // The last line whose tag, and whose fields, are settled; the last line read
+        // exactly, and where its fields start.
+        let (mut line, mut tag_done, mut fields_done) = (0, usize::MAX, usize::MAX);
+        let (mut exact, mut fields_from) = (usize::MAX, 0);
+        for hit in finder.find_iter(b) {
+            let i = line_of(&self.ends, &mut line, hit);
+            if fields_done == i {
+                continue;
+            }
+            let start = start_of(i);
+            let among_fields = if exact == i {
+                hit >= fields_from
+            } else {
+                // Before the hit: a space first puts it among the fields; a backslash
+                // first may escape anything (the line's tags are walked); neither: the
+                // hit is in the measurement or the tags, every `,` before it a separator.
+                match b[start..hit].iter().find(|&&c| c == b' ' || c == b'\\') {
+                    Some(b' ') => true,
+                    Some(_) => {
+                        let (tag, from) = self.line(i).tag_at_and_fields_start(key);
+                        (exact, fields_from) = (i, from);
+                        if tag_done != i {
+                            tag_done = i;
+                            if let Some(v) = tag {
+                                places.set(i, n, v);
+                            }
+                        }
+                        hit >= from
+                    }
+                    None => {
+                        if tag_done != i && hit > start && b[hit - 1] == b',' {
+                            tag_done = i;
+                            let v = hit + pattern.len();
+                            let (end, esc) = scan_name(b, v, false);
+                            places.set(i, n, ValueAt::at(v, end, esc));
+                        }
+                        false
+                    }
+                }
+            };
+            // A string value can hold `key=` too: the fields are walked.
+            if among_fields {
+                fields_done = i;
+                if self.line(i).field_keys().any(|k| k == key) {
+                    places.fields += 1;
+                }
+            }
+        }
+    }
+}
+
+impl KeyPlaces {
+    /// Line `i` (of `n`) has the key as a tag, its value at `v`.
+    fn set(&mut self, i: usize, n: usize, v: ValueAt) {
+        if self.at.is_empty() {
+            self.at = vec![ValueAt::default(); n];
+        }
+        self.at[i] = v;
+        self.tags += 1;
     }
 }
 

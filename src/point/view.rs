@@ -106,6 +106,12 @@ impl<'a> LineView<'a> {
         }
     }
 
+    /// Where the line starts in its text (what [`LineView::tag_at_and_fields_start`]
+    /// counts from).
+    pub fn base(&self) -> usize {
+        self.base
+    }
+
     /// The line's bytes.
     pub fn as_bytes(&self) -> &'a [u8] {
         self.b
@@ -265,6 +271,26 @@ impl<'a> LineView<'a> {
         self.tag_spans()
             .find(|&(k, _)| self.is_key(k, key))
             .map(|(_, v)| self.name(v))
+    }
+
+    /// Where the value of tag `key` is in the line's text (the first, if repeated).
+    pub fn tag_at(&self, key: &str) -> Option<ValueAt> {
+        self.tag_spans()
+            .find(|&(k, _)| self.is_key(k, key))
+            .map(|(_, v)| ValueAt::new(self.base, v))
+    }
+
+    /// As [`LineView::tag_at`], and where the field set starts in the line's text: one
+    /// walk of the tags for both.
+    pub fn tag_at_and_fields_start(&self, key: &str) -> (Option<ValueAt>, usize) {
+        let (mut found, mut end) = (None, self.m_end);
+        for (k, v) in self.tag_spans() {
+            if found.is_none() && self.is_key(k, key) {
+                found = Some(ValueAt::new(self.base, v));
+            }
+            end = v.end;
+        }
+        (found, self.base + skip_spaces(self.b, end))
     }
 
     /// Every tag, in line order.
