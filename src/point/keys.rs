@@ -62,6 +62,7 @@ impl Text {
         }
         for (key, places) in keys.iter().zip(&mut out) {
             self.search(key, places);
+            places.finish(n);
         }
         out
     }
@@ -125,13 +126,25 @@ impl Text {
 }
 
 impl KeyPlaces {
-    /// Line `i` (of `n`) has the key as a tag, its value at `v`.
+    /// Line `i` (of `n`; lines come in order) has the key as a tag, its value at `v`.
+    /// The lines before it without one are filled in as they are passed, not all up
+    /// front.
+    #[inline]
     fn set(&mut self, i: usize, n: usize, v: ValueAt) {
         if self.at.is_empty() {
-            self.at = vec![ValueAt::default(); n];
+            self.at.reserve_exact(n);
         }
-        self.at[i] = v;
+        debug_assert!(self.at.len() <= i, "lines come in order, each once");
+        self.at.resize(i, ValueAt::default());
+        self.at.push(v);
         self.tags += 1;
+    }
+
+    /// Fills in the lines after the last one with the key as a tag.
+    fn finish(&mut self, n: usize) {
+        if !self.at.is_empty() {
+            self.at.resize(n, ValueAt::default());
+        }
     }
 }
 
