@@ -6,12 +6,13 @@
 //!
 //! Why not walk each line's tags ([`LineView`]): that walk, byte by byte through every
 //! tag of every line, was most of what one sinker cost over text. Here each key is searched
-//! for once in the whole text with a SIMD substring search (`memchr::memmem`), and a hit is
-//! placed with two short byte searches: in a line without a backslash every `,` before the
-//! first space ends a measurement or a tag value, so `,key=` there is that tag, and the
-//! first space ends the tags. Lines with a backslash, and keys with a character line
-//! protocol escapes, are read by the exact walk instead; the answers are the walk's
-//! (`tests` compares them over the parser's own awkward and random lines).
+//! for once in the whole text with a SIMD substring search (`memchr::memmem`), and each hit
+//! `key=` is placed by what comes before it in its line: neither a space nor a backslash,
+//! and a `,` just before it: the tag (before the first space every `,` ends a measurement
+//! or a tag value); a space first: among the fields (that line's field keys are read); a
+//! backslash first: that line's tags are walked, for this key. A key with a character
+//! line protocol escapes is looked for by walking every line. The answers are the walk's
+//! (`tests` compares them over hand-written, random escaped and random plain lines).
 
 use memchr::memmem::Finder;
 

@@ -273,15 +273,8 @@ impl<'a> LineView<'a> {
             .map(|(_, v)| self.name(v))
     }
 
-    /// Where the value of tag `key` is in the line's text (the first, if repeated).
-    pub fn tag_at(&self, key: &str) -> Option<ValueAt> {
-        self.tag_spans()
-            .find(|&(k, _)| self.is_key(k, key))
-            .map(|(_, v)| ValueAt::new(self.base, v))
-    }
-
-    /// As [`LineView::tag_at`], and where the field set starts in the line's text: one
-    /// walk of the tags for both.
+    /// Where the value of tag `key` is in the line's text (the first, if repeated), and
+    /// where the field set starts: one walk of the tags for both.
     pub fn tag_at_and_fields_start(&self, key: &str) -> (Option<ValueAt>, usize) {
         let (mut found, mut end) = (None, self.m_end);
         for (k, v) in self.tag_spans() {

@@ -231,7 +231,10 @@ impl PointBatch {
                 Some(at) if !at.iter().any(|v| v.escaped()) => {
                     string_column(at.iter().map(|&v| match t.tag_value(v) {
                         Some(Cow::Borrowed(s)) => Some(s),
-                        _ => None,
+                        Some(Cow::Owned(_)) => {
+                            unreachable!("a value without escapes is read in place")
+                        }
+                        None => None,
                     }))
                 }
                 Some(at) => cow_column(at.iter().map(|&v| t.tag_value(v))),
