@@ -164,13 +164,7 @@ listen = "127.0.0.1:0"
 
 #[test]
 fn once_against_nothing_says_cannot_reach_and_exits_1() {
-    // A port that was just free: connecting to it is refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let url = refused_url();
     let run = monitor_once(&url);
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(1), "{err}");
@@ -210,12 +204,7 @@ fn interactive_view_on_a_pty_shows_the_outage_and_q_quits() {
     };
     tcsetwinsize(&slave, size).unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let url = refused_url();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dataway"));
     cmd.args(["monitor", "--url", &url])
         .stdin(slave.try_clone().unwrap())
@@ -286,4 +275,14 @@ fn interactive_view_on_a_pty_shows_the_outage_and_q_quits() {
     assert!(status.success(), "{status:?}:\n{}", text());
     // The terminal is given back: the alternate screen was left (raw mode goes with it).
     assert!(text().contains("\x1b[?1049l"), "{:?}", text());
+}
+
+/// A `/metrics` URL on a port that was just free: connecting to it is refused.
+fn refused_url() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("http://127.0.0.1:{port}/metrics")
 }

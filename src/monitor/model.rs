@@ -261,11 +261,11 @@ fn value(samples: &[Sample], name: &str, keep: impl Fn(&Sample) -> bool) -> Opti
         .reduce(|a, b| a + b)
 }
 
-/// The values of label `key` among the samples named `name`.
-fn label_values<'a>(samples: &'a [Sample], name: &str, key: &str) -> BTreeSet<&'a str> {
+/// The values of label `key` among the samples named any of `names`.
+fn label_values<'a>(samples: &'a [Sample], names: &[&str], key: &str) -> BTreeSet<&'a str> {
     samples
         .iter()
-        .filter(|s| s.name == name)
+        .filter(|s| names.contains(&s.name.as_str()))
         .filter_map(|s| s.label(key))
         .collect()
 }
@@ -302,9 +302,11 @@ fn build(prev: Option<&Scrape>, cur: &Scrape, reload_failed: &BTreeMap<String, S
     };
     let gauge = |name: &str, keep: &dyn Fn(&Sample) -> bool| value(now, name, keep);
 
-    let mut names_seen = label_values(now, names::INGEST_POINTS, "category");
-    names_seen.extend(label_values(now, names::POINTS, "category"));
-    names_seen.extend(label_values(now, names::DROPPED, "category"));
+    let names_seen = label_values(
+        now,
+        &[names::INGEST_POINTS, names::POINTS, names::DROPPED],
+        "category",
+    );
     let categories = names_seen
         .into_iter()
         .map(|c| {
@@ -330,17 +332,18 @@ fn build(prev: Option<&Scrape>, cur: &Scrape, reload_failed: &BTreeMap<String, S
         })
         .collect();
 
-    let mut labels = BTreeSet::new();
-    for name in [
-        names::QUEUE,
-        names::FAILCACHE_RECORDS,
-        names::FAILCACHE_BYTES,
-        names::WAL_HELD,
-        names::ENDPOINT_POINTS,
-        names::RETRIES,
-    ] {
-        labels.extend(label_values(now, name, "endpoint"));
-    }
+    let labels = label_values(
+        now,
+        &[
+            names::QUEUE,
+            names::FAILCACHE_RECORDS,
+            names::FAILCACHE_BYTES,
+            names::WAL_HELD,
+            names::ENDPOINT_POINTS,
+            names::RETRIES,
+        ],
+        "endpoint",
+    );
     let per_endpoint = now.iter().any(|s| s.name == names::ENDPOINT_POINTS);
     let has_retries = now.iter().any(|s| s.name == names::RETRIES);
     let endpoints = labels
@@ -369,16 +372,17 @@ fn build(prev: Option<&Scrape>, cur: &Scrape, reload_failed: &BTreeMap<String, S
         })
         .collect();
 
-    let mut sinker_names = BTreeSet::new();
-    for name in [
-        names::SINKER_POINTS,
-        names::SINKER_CALLS,
-        names::SINKER_RELOADS,
-        names::SINKER_INFO,
-        names::SINKER_QUARANTINED,
-    ] {
-        sinker_names.extend(label_values(now, name, "sinker"));
-    }
+    let sinker_names = label_values(
+        now,
+        &[
+            names::SINKER_POINTS,
+            names::SINKER_CALLS,
+            names::SINKER_RELOADS,
+            names::SINKER_INFO,
+            names::SINKER_QUARANTINED,
+        ],
+        "sinker",
+    );
     let sinkers = sinker_names
         .into_iter()
         .map(|n| {
