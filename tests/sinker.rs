@@ -1348,6 +1348,70 @@ async fn a_sinker_splits_text_as_written_and_answers_as_for_points() {
     }
 }
 
+/// The keys a condition asked of one write are noted by the parser in the next ones
+/// (`Dataway::noted_keys`): answers read from the noted places are those of the search
+/// that the first write used, escaped values and keys hidden in string fields included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_noted_while_parsing_answer_as_the_search_did() {
+    use dataway::category::Category;
+    let body = "cpu,host=a v=1.50,ok=T 1\n\
+                cpu,host=b\\ c v=2 2\n\
+                mem,zone=z s=\"x host=a\",host=\"a\" 3\n\
+                m\\,x,host=a,zone=z v=4u 4\n\
+                cpu,zone=host=a,host=a\\=b v=5 5\n\
+                cpu,host=a v=6 6\n";
+    let (main, a) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_for(
+        &[main.url("t")],
+        "",
+        &sinker(
+            "a",
+            "[\"metric\"]",
+            Some("datakit_filter.wasm"),
+            "{ host = \"a\" }",
+            &a.url("t"),
+        ),
+    );
+    let d = TestDaemon::start(cfg).await;
+    assert_eq!(
+        d.dataway.noted_keys(Category::Metric),
+        None,
+        "nothing asked yet"
+    );
+    for write in 1..=3 {
+        let r = reqwest::Client::new()
+            .post(d.url("/v1/write/metric?precision=n"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let all = || a.points_accepted() + main.points_accepted() == 6 * write;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !all() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(all(), "write {write}: every point delivered once");
+        let noted = d.dataway.noted_keys(Category::Metric).expect("keys noted");
+        assert!(noted.iter().any(|k| k == "host"), "{noted:?}");
+    }
+    d.stop().await;
+    // One request per write to each; the first write was searched, the others noted.
+    let texts = |m: &MockDataway| m.requests().into_iter().map(|r| r.text).collect::<Vec<_>>();
+    let (share, rest) = (texts(&a), texts(&main));
+    assert_eq!(share.len(), 3);
+    assert_eq!(rest.len(), 3);
+    // A tag `host=a`, and a field `host="a"` (DataKit's filter reads fields too), go;
+    // `host=b c` stays.
+    assert!(
+        share[0].starts_with("cpu,host=a v=1.50,ok=T 1\nmem,zone=z s="),
+        "{share:?}"
+    );
+    assert!(rest[0].starts_with("cpu,host=b\\ c v=2 2\n"), "{rest:?}");
+    assert!(share.iter().all(|t| *t == share[0]), "{share:?}");
+    assert!(rest.iter().all(|t| *t == rest[0]), "{rest:?}");
+}
+
 /// While the plugins compile, the port answers: `/health` and writes 503 "starting" (with
 /// `Retry-After`), `/health/live` 200; once loaded, `/health` is 200 and writes are taken;
 /// stopping, `/health` is 503 again. The compiler waits for a file the test makes, so the

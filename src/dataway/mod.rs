@@ -399,6 +399,12 @@ impl Dataway {
                 .all(|s| s.endpoints().iter().all(Endpoint::sends_line_protocol))
     }
 
+    /// The keys for the parser to note in a write of `category` kept as text: what the
+    /// sinkers asked of the category's last write ([`sinker::Sinkers::note`]).
+    pub fn noted_keys(&self, category: Category) -> Option<Arc<[String]>> {
+        self.sinkers.noted(category)
+    }
+
     /// Accepts points, waiting for room (backpressure for embedding programs).
     ///
     /// Sinker conditions run inline (a WASM call of at most `sinker_limits.timeout`): an
@@ -472,6 +478,9 @@ impl Dataway {
             c => c,
         };
         let split = sinker::split(set, category, content, &self.metrics);
+        if let Some(asked) = split.asked {
+            self.sinkers.note(category, asked);
+        }
         let mut parts: Vec<Part<'a>> = Vec::with_capacity(split.sunk.len() + 1);
         for (i, content) in split.sunk {
             parts.extend(self.part(category, set[i].endpoints(), content));

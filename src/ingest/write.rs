@@ -143,6 +143,7 @@ async fn write_points(
         },
         max_decoded: st.config.max_body,
         forward: st.dataway.forwards(category),
+        noted: st.dataway.noted_keys(category),
         body: read.bytes,
         _body_charge: read.charge,
         window: Window::default(),
@@ -239,6 +240,8 @@ struct Job {
     max_decoded: usize,
     /// Keep the points as their checked text ([`Dataway::forwards`]).
     forward: bool,
+    /// With `forward`: the keys the text notes for the sinkers ([`Dataway::noted_keys`]).
+    noted: Option<Arc<[String]>>,
     body: Bytes,
     /// Held until the write is answered: the body's bytes are in memory until then.
     _body_charge: Reading,
@@ -257,7 +260,7 @@ impl Job {
         };
         let reader = Reader::new(src, self.format, self.opts, self.max_decoded);
         if self.forward {
-            reader.forwarding()
+            reader.forwarding().noting(self.noted.clone())
         } else {
             reader
         }

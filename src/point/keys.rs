@@ -13,6 +13,13 @@
 //! backslash first: that line's tags are walked, for this key. A key with a character
 //! line protocol escapes is looked for by walking every line. The answers are the walk's
 //! (`tests` compares them over hand-written, random escaped and random plain lines).
+//!
+//! Cheaper still: the keys the sinkers asked of the last write of a category are noted by
+//! the parser while it checks the next write's lines ([`Noted`]): it has every tag and
+//! field key of a line in hand then, so a noted key costs a comparison per tag, not a
+//! search. A key not noted (a plugin asking something new) is searched for as above.
+
+use std::sync::Arc;
 
 use memchr::memmem::Finder;
 
@@ -46,6 +53,30 @@ impl Text {
     /// and where its tag values are (see [`KeyPlaces`]).
     pub fn key_places(&self, keys: &[String]) -> Vec<KeyPlaces> {
         assert!(keys.len() <= 64, "at most 64 keys at a time");
+        let Some(noted) = &self.noted else {
+            return self.find_places(keys);
+        };
+        let missing: Vec<String> = keys
+            .iter()
+            .filter(|k| noted.places(k).is_none())
+            .cloned()
+            .collect();
+        let mut found = self.find_places(&missing).into_iter();
+        keys.iter()
+            .map(|k| match noted.places(k) {
+                Some(p) => p.clone(),
+                None => found.next().expect("one found per missing key"),
+            })
+            .collect()
+    }
+
+    /// Where the parser noted tag `key`'s values, if it was asked to ([`Noted`]).
+    pub fn noted_at(&self, key: &str) -> Option<&[ValueAt]> {
+        self.noted.as_ref()?.places(key).map(|p| p.at.as_slice())
+    }
+
+    /// [`Text::key_places`] by searching the text.
+    fn find_places(&self, keys: &[String]) -> Vec<KeyPlaces> {
         let n = self.len();
         let mut out = vec![KeyPlaces::default(); keys.len()];
         let plain = |k: &String| {
@@ -149,6 +180,81 @@ impl KeyPlaces {
     }
 }
 
+/// Keys whose places the parser notes while it checks lines, and what it found: the
+/// [`KeyPlaces`] the search would give, made from the tag and field keys the parser reads
+/// anyway. A text made by selecting or compacting lines has none (its places would be
+/// wrong).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Noted {
+    keys: Arc<[String]>,
+    places: Vec<KeyPlaces>,
+    /// About how many lines there will be: each column is reserved once.
+    lines: usize,
+}
+
+impl Noted {
+    /// Most keys noted for one write: each costs a comparison per tag and field of every
+    /// line, whether a sinker asks for it again or not.
+    pub(crate) const MAX_KEYS: usize = 8;
+
+    /// Notes `keys` (at most [`Noted::MAX_KEYS`] of them; the rest are not noted) over
+    /// about `lines` lines.
+    pub(crate) fn new(keys: Arc<[String]>, lines: usize) -> Noted {
+        let keys: Arc<[String]> = if keys.len() > Noted::MAX_KEYS {
+            keys[..Noted::MAX_KEYS].into()
+        } else {
+            keys
+        };
+        Noted {
+            places: vec![KeyPlaces::default(); keys.len()],
+            keys,
+            lines,
+        }
+    }
+
+    /// Notes line `i` (lines come in order): `tag(key)` is where its value of tag `key`
+    /// is, if it has one; `field(key)`, whether it has `key` as a field.
+    #[inline]
+    pub(crate) fn line(
+        &mut self,
+        i: usize,
+        tag: impl Fn(&str) -> Option<ValueAt>,
+        field: impl Fn(&str) -> bool,
+    ) {
+        for (key, p) in self.keys.iter().zip(&mut self.places) {
+            if let Some(v) = tag(key) {
+                if p.at.capacity() == 0 {
+                    p.at.reserve_exact(self.lines.max(i + 1));
+                }
+                p.at.resize(i, ValueAt::default());
+                p.at.push(v);
+                p.tags += 1;
+            }
+            if field(key) {
+                p.fields += 1;
+            }
+        }
+    }
+
+    /// The memory the places hold.
+    pub(crate) fn memory_size(&self) -> usize {
+        let values: usize = self.places.iter().map(|p| p.at.capacity()).sum();
+        values * std::mem::size_of::<ValueAt>()
+    }
+
+    /// Ends the noting at `n` lines.
+    pub(crate) fn finish(&mut self, n: usize) {
+        for p in &mut self.places {
+            p.finish(n);
+        }
+    }
+
+    fn places(&self, key: &str) -> Option<&KeyPlaces> {
+        let j = self.keys.iter().position(|k| k == key)?;
+        Some(&self.places[j])
+    }
+}
+
 /// Adds what line `i` says of each key to `out`, by walking its tags and fields.
 fn exact_line(line: LineView<'_>, i: usize, n: usize, keys: &[String], out: &mut [KeyPlaces]) {
     let mut seen = 0u64;
@@ -205,14 +311,61 @@ mod tests {
     fn check(body: &str, keys: &[&str]) {
         let text = parse_text(body.as_bytes(), opts()).unwrap();
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        let got = text.key_places(&keys);
-        assert_eq!(got, walked(&text, &keys), "{keys:?}");
+        check_places(&text, &keys, "searched");
+        // Noted by the parser, in chunks of a few lines each: every key, then every other
+        // one (the rest searched).
+        let every_other: Vec<String> = keys.iter().step_by(2).cloned().collect();
+        for noted in [&keys, &every_other] {
+            let chunks = noted_chunks(body, noted);
+            assert!(body.lines().count() < 3 || chunks.len() > 1);
+            for text in &chunks {
+                for key in noted.iter().take(Noted::MAX_KEYS) {
+                    let at = text.noted_at(key).expect("noted");
+                    assert!(at.is_empty() || at.len() == text.len());
+                }
+                check_places(text, &keys, &format!("noted {noted:?}"));
+            }
+        }
+    }
+
+    /// The places of `keys` in `text` are the walk's, and each reads the line's value.
+    fn check_places(text: &Text, keys: &[String], how: &str) {
+        let got = text.key_places(keys);
+        assert_eq!(got, walked(text, keys), "{how}: {keys:?}");
         for (key, places) in keys.iter().zip(&got) {
             for (i, line) in text.lines().enumerate() {
                 let at = places.at.get(i).copied().unwrap_or_default();
-                assert_eq!(text.tag_value(at), line.tag(key), "{key} in line {i}");
+                assert_eq!(
+                    text.tag_value(at),
+                    line.tag(key),
+                    "{how}: {key} in line {i}"
+                );
             }
         }
+    }
+
+    /// `body` read as a forwarding ingest reads it, noting `keys`, in chunks of about
+    /// 200 bytes.
+    fn noted_chunks(body: &str, keys: &[String]) -> Vec<Text> {
+        use crate::point::reader::{Format, Reader, Source};
+        let mut reader = Reader::new(
+            Source::Bytes(bytes::Bytes::copy_from_slice(body.as_bytes())),
+            Format::LineProtocol,
+            opts(),
+            usize::MAX,
+        )
+        .forwarding()
+        .noting(Some(keys.into()));
+        let mut chunks = Vec::new();
+        loop {
+            let chunk = reader.next_chunk(200, &mut |_| true).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk.text.expect("forwarded"));
+        }
+        reader.finish().unwrap();
+        chunks
     }
 
     #[test]

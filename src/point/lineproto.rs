@@ -41,7 +41,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::keys::Noted;
 use super::text::{Text, TextBuilder};
+use super::view::ValueAt;
 use super::{FieldValue, Point};
 
 /// How many bad lines a [`ParseErrors`] keeps (it still counts all of them).
@@ -284,6 +286,10 @@ impl Lines {
             Ok(Some(l)) if self.total == 0 => match lines {
                 Some(t) => {
                     let before = t.used();
+                    let (base, i) = (t.buf.len(), t.next_line());
+                    if let Some(noted) = &mut t.noting {
+                        note(noted, base, i, &l, line, &self.scratch);
+                    }
                     t.buf
                         .extend_from_slice(&line.as_bytes()[l.measurement.start..l.fields_end]);
                     t.buf.push(b' ');
@@ -544,6 +550,32 @@ pub(super) fn skip_spaces(b: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// Notes what line `i` (its text to start at `base`) says of each noted key: where its
+/// tag value is, and whether it has the key as a field. Keys are compared as the parser
+/// compares them for duplicates: unescaped.
+#[inline]
+fn note(noted: &mut Noted, base: usize, i: usize, l: &Line, line: &str, scratch: &Scratch) {
+    // Lengths first: most keys differ in length from the noted ones.
+    let same = |s: Span, key: &str| {
+        if s.esc {
+            s.name(line) == key
+        } else {
+            s.end - s.start == key.len() && line.as_bytes()[s.start..s.end] == *key.as_bytes()
+        }
+    };
+    // Offsets in the text: the line is kept from its measurement on.
+    let at = |p: usize| base + p - l.measurement.start;
+    // A line has each tag key and each field key once (else it was refused).
+    noted.line(
+        i,
+        |key| {
+            let (_, v) = scratch.tags.iter().find(|(k, _)| same(*k, key))?;
+            Some(ValueAt::at(at(v.start), at(v.end), v.esc))
+        },
+        |key| scratch.fields.iter().any(|(k, _)| same(*k, key)),
+    );
 }
 
 /// Where a name or string is in its line, and whether it has a backslash (then it is

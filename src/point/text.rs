@@ -15,9 +15,11 @@
 //! as the client spelled them (`1.50`, `T`), which every line protocol reader takes alike.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::keys::Noted;
 use super::lineproto::{is_name_escapable, unescape};
 use super::view::{LineView, ValueAt};
 use super::{ParseOptions, Point, Precision, parse};
@@ -66,6 +68,9 @@ pub struct Text {
     /// The bytes the buffer holds (its capacity): more than `bytes` after
     /// [`Text::retain`] compacted it in place.
     held: usize,
+    /// Where the keys the parser was asked to note are ([`super::keys`]); only on a text
+    /// as the parser made it.
+    pub(super) noted: Option<Arc<Noted>>,
 }
 
 impl Text {
@@ -106,7 +111,10 @@ impl Text {
 
     /// The memory it holds, as the budget counts it.
     pub fn memory_size(&self) -> usize {
-        std::mem::size_of::<Text>() + self.held.max(self.bytes.len()) + self.ends.len() * 4
+        std::mem::size_of::<Text>()
+            + self.held.max(self.bytes.len())
+            + self.ends.len() * 4
+            + self.noted.as_ref().map_or(0, |n| n.memory_size())
     }
 
     /// The lines joined by `\n`, with no newline after the last (as
@@ -248,6 +256,7 @@ impl Text {
             held: buf.capacity(),
             bytes: Bytes::from(buf),
             ends,
+            noted: None,
         }
     }
 
@@ -278,6 +287,7 @@ impl Text {
                     held: bytes.len(),
                     bytes,
                     ends,
+                    noted: None,
                 };
                 return shared.select(|i| keeps[i]);
             }
@@ -302,6 +312,7 @@ impl Text {
             bytes: buf.freeze(),
             ends: out_ends,
             held,
+            noted: None,
         }
     }
 
@@ -324,6 +335,8 @@ impl Text {
 pub(crate) struct TextBuilder {
     pub(super) buf: Vec<u8>,
     ends: Vec<u32>,
+    /// The keys to note as lines are added, and what was found so far.
+    pub(super) noting: Option<Noted>,
 }
 
 impl TextBuilder {
@@ -333,7 +346,21 @@ impl TextBuilder {
             buf: Vec::with_capacity(bytes),
             // A line is rarely under ~40 bytes.
             ends: Vec::with_capacity(bytes / 40),
+            noting: None,
         }
+    }
+
+    /// Notes where `keys` are as lines are added (see [`super::keys`]); none if empty.
+    pub(crate) fn noting(mut self, keys: Option<Arc<[String]>>) -> TextBuilder {
+        self.noting = keys
+            .filter(|k| !k.is_empty())
+            .map(|k| Noted::new(k, self.ends.capacity()));
+        self
+    }
+
+    /// The index the next line will have.
+    pub(super) fn next_line(&self) -> usize {
+        self.ends.len()
     }
 
     /// Ends the line written into `buf` since the last one.
@@ -346,7 +373,10 @@ impl TextBuilder {
     /// The memory the text written so far will hold once finished (as
     /// [`Text::memory_size`] counts it).
     pub(crate) fn used(&self) -> usize {
-        std::mem::size_of::<Text>() + self.buf.len() + self.ends.len() * 4
+        std::mem::size_of::<Text>()
+            + self.buf.len()
+            + self.ends.len() * 4
+            + self.noting.as_ref().map_or(0, Noted::memory_size)
     }
 
     /// The text, holding no more memory than [`Text::memory_size`] counts (give or take
@@ -354,10 +384,15 @@ impl TextBuilder {
     pub(crate) fn finish(mut self) -> Text {
         fit(&mut self.buf);
         fit(&mut self.ends);
+        let n = self.ends.len();
         Text {
             held: self.buf.capacity(),
             bytes: Bytes::from(self.buf),
             ends: self.ends,
+            noted: self.noting.map(|mut noted| {
+                noted.finish(n);
+                Arc::new(noted)
+            }),
         }
     }
 }

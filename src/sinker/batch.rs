@@ -43,6 +43,9 @@ pub struct Columns {
     /// asks next is read from them instead of scanning every line's tags again. Kept even
     /// for one condition, which asks both.
     values: std::sync::Mutex<Vec<(String, Arc<Vec<ValueAt>>)>>,
+    /// The keys conditions asked of a text (`key-counts`, `tag-column`), in the order first
+    /// asked: the parser notes them in the category's next write ([`Columns::asked`]).
+    asked: std::sync::Mutex<Vec<String>>,
 }
 
 impl Columns {
@@ -81,6 +84,21 @@ impl Columns {
             .iter()
             .map(|k| find(&known, k).expect("counted above"))
             .collect())
+    }
+
+    /// The keys asked of a text so far, first asked first.
+    pub fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Notes that a condition asked about `keys` of a text.
+    fn ask<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            if !asked.iter().any(|a| a == k) {
+                asked.push(k.to_string());
+            }
+        }
     }
 
     /// Where tag `key`'s values are, if a `key-counts` scan found out.
@@ -191,6 +209,7 @@ impl PointBatch {
                 }
             }
             Content::Text(t) => {
+                self.columns.ask(keys.iter().map(String::as_str));
                 let places = t.key_places(keys);
                 let mut values = self
                     .columns
@@ -225,21 +244,26 @@ impl PointBatch {
                         .map(|p| find(&p.tags, key, &mut hint).map(String::as_str)),
                 )
             }
-            Content::Text(t) => match self.columns.values(key) {
-                Some(at) if at.is_empty() => string_column((0..t.len()).map(|_| None)),
-                // Borrowed from the text (no line needs an escape undone): no copy.
-                Some(at) if !at.iter().any(|v| v.escaped()) => {
-                    string_column(at.iter().map(|&v| match t.tag_value(v) {
-                        Some(Cow::Borrowed(s)) => Some(s),
-                        Some(Cow::Owned(_)) => {
-                            unreachable!("a value without escapes is read in place")
-                        }
-                        None => None,
-                    }))
+            Content::Text(t) => {
+                self.columns.ask([key]);
+                // Where the parser noted them, or a `key-counts` scan found them.
+                let found = self.columns.values(key);
+                match t.noted_at(key).or(found.as_ref().map(|v| v.as_slice())) {
+                    Some([]) => string_column((0..t.len()).map(|_| None)),
+                    // Borrowed from the text (no line needs an escape undone): no copy.
+                    Some(at) if !at.iter().any(|v| v.escaped()) => {
+                        string_column(at.iter().map(|&v| match t.tag_value(v) {
+                            Some(Cow::Borrowed(s)) => Some(s),
+                            Some(Cow::Owned(_)) => {
+                                unreachable!("a value without escapes is read in place")
+                            }
+                            None => None,
+                        }))
+                    }
+                    Some(at) => cow_column(at.iter().map(|&v| t.tag_value(v))),
+                    None => text_column(t, |l| l.tag(key)),
                 }
-                Some(at) => cow_column(at.iter().map(|&v| t.tag_value(v))),
-                None => text_column(t, |l| l.tag(key)),
-            },
+            }
         })
     }
 

@@ -17,7 +17,7 @@ pub mod plugin;
 pub mod reload;
 pub mod try_out;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use crate::category::Category;
@@ -155,12 +155,38 @@ impl Sinker {
 #[derive(Default)]
 pub struct Sinkers {
     set: RwLock<Arc<Vec<Arc<Sinker>>>>,
+    /// Per category, the keys the conditions asked of its last write's text: the parser
+    /// notes them in the next one, so that asking again costs no search (see
+    /// `point::keys`). A guess: keys asked anew are searched for, and noted from then on.
+    noted: Mutex<Vec<(Category, Arc<[String]>)>>,
 }
 
 impl Sinkers {
+    /// The keys for the parser to note in a write of `category` (see [`Sinkers::note`]).
+    pub fn noted(&self, category: Category) -> Option<Arc<[String]>> {
+        let noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        noted
+            .iter()
+            .find(|(c, _)| *c == category)
+            .map(|(_, k)| k.clone())
+    }
+
+    /// Keeps `asked` (what a split of `category`'s text asked about) for the category's
+    /// next writes; an empty list stops the noting.
+    pub fn note(&self, category: Category, asked: Vec<String>) {
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        match noted.iter_mut().find(|(c, _)| *c == category) {
+            Some((_, keys)) if **keys == *asked => {}
+            Some((_, keys)) => *keys = asked.into(),
+            None if asked.is_empty() => {}
+            None => noted.push((category, asked.into())),
+        }
+    }
+
     /// A set holding `sinkers`.
     pub fn new(sinkers: Vec<Arc<Sinker>>) -> Sinkers {
         Sinkers {
+            noted: Mutex::new(Vec::new()),
             set: RwLock::new(Arc::new(sinkers)),
         }
     }
@@ -205,6 +231,10 @@ pub struct Split {
     pub rest: Content,
     /// What to count once the points are accepted (see [`Counts::record`]).
     pub counts: Counts,
+    /// Over text: the keys the conditions asked about (none if no sinker took the
+    /// category), for the parser to note in the category's next write
+    /// ([`Sinkers::note`]). `None` over points.
+    pub asked: Option<Vec<String>>,
 }
 
 /// The routing counters of one split, kept until the write is accepted: a write refused
@@ -255,12 +285,14 @@ pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: 
         category: Some(category),
         ..Counts::default()
     };
+    let text = matches!(points, Content::Text(_));
     if interested.is_empty() {
         counts.not_sunk = (!set.is_empty()).then_some(points.len());
         return Split {
             sunk: Vec::new(),
             rest: points,
             counts,
+            asked: text.then(Vec::new),
         };
     }
     // Plugins borrow the points through an Arc; it is unique again once they are done.
@@ -302,6 +334,7 @@ pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: 
     };
     counts.not_sunk = Some(rest.len());
     Split {
+        asked: text.then(|| columns.asked()),
         sunk: interested
             .into_iter()
             .zip(sunk)
