@@ -12,6 +12,8 @@ use std::hint::black_box;
 use std::io::Write as _;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use bytes::Bytes;
+use dataway::point::reader::{Format, Reader, Source};
 use dataway::point::{ParseOptions, Precision, parse, parse_text};
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -129,6 +131,25 @@ fn key_places(c: &mut Criterion) {
                 (at, fields)
             })
         });
+        // Noted by the parser instead (what an ingest reads after a sinker asked once):
+        // the body read as ingest reads it, without and with noting `host`; the difference
+        // is what noting costs, against `search`.
+        let keys: std::sync::Arc<[String]> = keys.clone().into();
+        for (how, noting) in [("read", None), ("read-noting", Some(keys))] {
+            group.bench_function(format!("{how}/{name}"), |b| {
+                b.iter(|| {
+                    let mut r = Reader::new(
+                        Source::Bytes(Bytes::copy_from_slice(black_box(&body))),
+                        Format::LineProtocol,
+                        OPTS,
+                        usize::MAX,
+                    )
+                    .forwarding()
+                    .noting(noting.clone());
+                    r.next_chunk(usize::MAX, &mut |_| true).unwrap()
+                })
+            });
+        }
     }
     group.finish();
 }
