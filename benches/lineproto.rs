@@ -11,8 +11,8 @@
 use std::hint::black_box;
 use std::io::Write as _;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dataway::point::reader::{Format, Reader, Source};
 use dataway::point::{ParseOptions, Precision, parse, parse_text};
 use flate2::Compression;

@@ -1268,6 +1268,22 @@ async fn a_stuck_main_endpoint_does_not_refuse_a_write_a_plugin_sinks_whole() {
     assert_eq!(r.status().as_u16(), 503, "this one needs the main queue");
 }
 
+/// Main endpoint `main`; sinker `a` takes the metrics whose `host` is `a` (DataKit's
+/// filter, as WASM).
+fn host_a_config(main: &MockDataway, a: &MockDataway) -> dataway::config::Config {
+    config_for(
+        &[main.url("t")],
+        "",
+        &sinker(
+            "a",
+            "[\"metric\"]",
+            Some("datakit_filter.wasm"),
+            "{ host = \"a\" }",
+            &a.url("t"),
+        ),
+    )
+}
+
 /// With every endpoint sending line protocol, a write is kept as the text it came in as
 /// and the condition reads its columns from that text: the sinker's share and the rest go
 /// out as the client wrote them (spelling, escapes), each line once, and the answers and
@@ -1283,17 +1299,7 @@ async fn a_sinker_splits_text_as_written_and_answers_as_for_points() {
     let mut runs = Vec::new();
     for protobuf in [false, true] {
         let (main, a) = (MockDataway::start().await, MockDataway::start().await);
-        let cfg = config_for(
-            &[main.url("t")],
-            "",
-            &sinker(
-                "a",
-                "[\"metric\"]",
-                Some("datakit_filter.wasm"),
-                "{ host = \"a\" }",
-                &a.url("t"),
-            ),
-        );
+        let cfg = host_a_config(&main, &a);
         let d = TestDaemon::start(cfg).await;
         assert!(d.dataway.forwards(dataway::category::Category::Metric));
         let req = reqwest::Client::new().post(d.url("/v1/write/metric?precision=n"));
@@ -1361,17 +1367,7 @@ async fn keys_noted_while_parsing_answer_as_the_search_did() {
                 cpu,zone=host=a,host=a\\=b v=5 5\n\
                 cpu,host=a v=6 6\n";
     let (main, a) = (MockDataway::start().await, MockDataway::start().await);
-    let cfg = config_for(
-        &[main.url("t")],
-        "",
-        &sinker(
-            "a",
-            "[\"metric\"]",
-            Some("datakit_filter.wasm"),
-            "{ host = \"a\" }",
-            &a.url("t"),
-        ),
-    );
+    let cfg = host_a_config(&main, &a);
     let d = TestDaemon::start(cfg).await;
     assert_eq!(
         d.dataway.noted_keys(Category::Metric),

@@ -184,7 +184,7 @@ impl KeyPlaces {
 /// [`KeyPlaces`] the search would give, made from the tag and field keys the parser reads
 /// anyway. A text made by selecting or compacting lines has none (its places would be
 /// wrong).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub(crate) struct Noted {
     keys: Arc<[String]>,
     places: Vec<KeyPlaces>,
