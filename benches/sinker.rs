@@ -5,7 +5,9 @@
 //! `cargo bench --bench sinker` (builds the plugins for wasm32-wasip2 first). The rule:
 //! `{ measurement = 'cpu' and host in ['web-1','web-2'] and usage > 90 }`.
 //!
-//! Groups: `sinker_match/<batch size>` (points/s; `native`, `datakit-filter`, `empty`,
+//! Groups: `sinker_match/<batch size>` (points/s; `native`, `datakit-filter`,
+//! `datakit-filter-text` (over the checked text), `datakit-filter-noted` (over text whose
+//! keys the parser noted), `empty`,
 //! `columnar`, `per-point`, `per-point-full`) and `sinker_reload/<how>/<plugin>` (time of one
 //! `Runtime::load`: compile or cache read, instantiate, `init`).
 
@@ -16,7 +18,8 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dataway::Category;
-use dataway::point::{Content, FieldValue, Point, Text};
+use dataway::point::reader::{Format, Reader, Source};
+use dataway::point::{Content, FieldValue, ParseOptions, Point, Precision, Text};
 use dataway::sinker::{Limits, LogFn, Plugin, Runtime};
 
 #[allow(dead_code)]
@@ -91,6 +94,24 @@ fn native(points: &[Point]) -> Vec<bool> {
         .collect()
 }
 
+/// `points` as line protocol, read as ingest reads a write while noting `keys`.
+fn noted_text(points: &[Point], keys: &[&str]) -> Text {
+    let opts = ParseOptions {
+        precision: Precision::Nanos,
+        default_time: 0,
+    };
+    let keys: Arc<[String]> = keys.iter().map(|k| k.to_string()).collect();
+    let body = Text::from_points(points).joined();
+    let source = Source::Bytes(body);
+    let mut reader = Reader::new(source, Format::LineProtocol, opts, usize::MAX)
+        .forwarding()
+        .noting(Some(keys));
+    let chunk = reader.next_chunk(usize::MAX, &mut |_| true).unwrap();
+    let text = chunk.text.expect("a forwarding reader gives text");
+    assert_eq!(text.len(), points.len(), "one chunk holds the body");
+    text
+}
+
 fn load(rt: &Runtime, path: &Path, config: &str) -> Plugin {
     let quiet: LogFn = Arc::new(|_, _| {});
     let bytes = std::fs::read(path).unwrap();
@@ -113,12 +134,17 @@ fn matching(c: &mut Criterion) {
         let want = native(&parsed);
         // The same points as the checked text the daemon keeps when it forwards.
         let text = Arc::new(Content::Text(Text::from_points(&parsed)));
+        // The same text as ingest reads it once a sinker has asked for `host` and `usage`:
+        // the parser noted them (`host`'s column dictionary-encoded while parsing).
+        let noted = Arc::new(Content::Text(noted_text(&parsed, &["host", "usage"])));
         let batch = Arc::new(Content::Points(parsed.clone()));
-        assert_eq!(
-            conditions[0].1.matches(Category::Metric, &text).unwrap(),
-            want,
-            "datakit-filter over text disagrees with native at {n} points"
-        );
+        for (how, text) in [("text", &text), ("noted text", &noted)] {
+            assert_eq!(
+                conditions[0].1.matches(Category::Metric, text).unwrap(),
+                want,
+                "datakit-filter over {how} disagrees with native at {n} points"
+            );
+        }
         for (name, p) in &conditions {
             let got = p.matches(Category::Metric, &batch).unwrap();
             if *name == "empty" {
@@ -137,14 +163,19 @@ fn matching(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2));
         g.bench_function("native", |b| b.iter(|| native(black_box(&parsed))));
-        g.bench_function("datakit-filter-text", |b| {
-            b.iter(|| {
-                conditions[0]
-                    .1
-                    .matches(Category::Metric, black_box(&text))
-                    .unwrap()
-            })
-        });
+        for (name, text) in [
+            ("datakit-filter-text", &text),
+            ("datakit-filter-noted", &noted),
+        ] {
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    conditions[0]
+                        .1
+                        .matches(Category::Metric, black_box(text))
+                        .unwrap()
+                })
+            });
+        }
         for (name, p) in &conditions {
             g.bench_function(*name, |b| {
                 b.iter(|| p.matches(Category::Metric, black_box(&batch)).unwrap())

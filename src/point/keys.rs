@@ -19,11 +19,13 @@
 //! field key of a line in hand then, so a noted key costs a comparison per tag, not a
 //! search. A key not noted (a plugin asking something new) is searched for as above.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use memchr::memmem::Finder;
 
 use super::Text;
+use super::dict::Dict;
 use super::lineproto::scan_name;
 use super::view::{LineView, ValueAt};
 
@@ -35,7 +37,8 @@ pub struct KeyPlaces {
     /// Lines with the key as a field.
     pub fields: u32,
     /// Each line's value of the key as a tag (the first, if a line repeats it), or
-    /// nowhere; empty when no line has it as a tag.
+    /// nowhere; empty when no line has it as a tag, and for a key the parser noted
+    /// (its column is read with [`Text::noted_column`]).
     pub at: Vec<ValueAt>,
 }
 
@@ -58,21 +61,21 @@ impl Text {
         };
         let missing: Vec<String> = keys
             .iter()
-            .filter(|k| noted.places(k).is_none())
+            .filter(|k| noted.note(k).is_none())
             .cloned()
             .collect();
         let mut found = self.find_places(&missing).into_iter();
         keys.iter()
             .map(|k| match noted.places(k) {
-                Some(p) => p.clone(),
+                Some(p) => p,
                 None => found.next().expect("one found per missing key"),
             })
             .collect()
     }
 
-    /// Where the parser noted tag `key`'s values, if it was asked to ([`Noted`]).
-    pub fn noted_at(&self, key: &str) -> Option<&[ValueAt]> {
-        self.noted.as_ref()?.places(key).map(|p| p.at.as_slice())
+    /// Tag `key`'s column as the parser noted it, if it was asked to ([`Noted`]).
+    pub fn noted_column(&self, key: &str) -> Option<TagColumn<'_>> {
+        self.noted.as_ref()?.column(key)
     }
 
     /// [`Text::key_places`] by searching the text.
@@ -181,21 +184,46 @@ impl KeyPlaces {
 }
 
 /// Keys whose places the parser notes while it checks lines, and what it found: the
-/// [`KeyPlaces`] the search would give, made from the tag and field keys the parser reads
-/// anyway. A text made by selecting or compacting lines has none (its places would be
-/// wrong).
+/// counts the search would give, and each key's tag column, dictionary-encoded while each
+/// line is still in the cache (read later from the text, a tag value is a cache miss per
+/// line: that was most of what a `tag-column` cost). A text made by selecting or
+/// compacting lines has none (its columns would be wrong).
 #[derive(Debug)]
 pub(crate) struct Noted {
     keys: Arc<[String]>,
-    places: Vec<KeyPlaces>,
+    notes: Vec<NotedKey>,
     /// About how many lines there will be: each column is reserved once.
     lines: usize,
+    /// The memory the dictionaries' strings hold.
+    held: usize,
+}
+
+/// What the parser found of one noted key.
+#[derive(Debug, Default)]
+struct NotedKey {
+    tags: u32,
+    fields: u32,
+    /// `None` once it has more than [`Noted::MAX_VALUES`] distinct values: then the key
+    /// counts as not noted, and is searched for.
+    column: Option<(Dict<String>, Vec<u32>)>,
+}
+
+/// A noted tag's column: each line's entry of `values`, its distinct values (`None`: a
+/// line without the tag) in first-seen order. `index` is empty when no line has the tag.
+#[derive(Debug, Clone, Copy)]
+pub struct TagColumn<'a> {
+    pub values: &'a [Option<String>],
+    pub index: &'a [u32],
 }
 
 impl Noted {
     /// Most keys noted for one write: each costs a comparison per tag and field of every
     /// line, whether a sinker asks for it again or not.
     pub(crate) const MAX_KEYS: usize = 8;
+
+    /// Most distinct values a noted tag's column holds: past it (an id, say) the column is
+    /// given up, as a dictionary no smaller than the text's lines would be.
+    pub(crate) const MAX_VALUES: usize = 1024;
 
     /// Notes `keys` (at most [`Noted::MAX_KEYS`] of them; the rest are not noted) over
     /// about `lines` lines.
@@ -206,52 +234,99 @@ impl Noted {
             keys
         };
         Noted {
-            places: vec![KeyPlaces::default(); keys.len()],
+            notes: (0..keys.len())
+                .map(|_| NotedKey {
+                    column: Some((Dict::new(), Vec::new())),
+                    ..NotedKey::default()
+                })
+                .collect(),
             keys,
             lines,
+            held: 0,
         }
     }
 
-    /// Notes line `i` (lines come in order): `tag(key)` is where its value of tag `key`
-    /// is, if it has one; `field(key)`, whether it has `key` as a field.
+    /// Notes line `i` (lines come in order): `tag(key)` is its value of tag `key`, if it
+    /// has one (unescaped); `field(key)`, whether it has `key` as a field.
     #[inline]
-    pub(crate) fn line(
+    pub(crate) fn line<'l>(
         &mut self,
         i: usize,
-        tag: impl Fn(&str) -> Option<ValueAt>,
+        tag: impl Fn(&str) -> Option<Cow<'l, str>>,
         field: impl Fn(&str) -> bool,
     ) {
-        for (key, p) in self.keys.iter().zip(&mut self.places) {
+        for (key, note) in self.keys.iter().zip(&mut self.notes) {
+            let Some((dict, index)) = &mut note.column else {
+                continue;
+            };
             if let Some(v) = tag(key) {
-                if p.at.capacity() == 0 {
-                    p.at.reserve_exact(self.lines.max(i + 1));
+                if index.capacity() == 0 {
+                    index.reserve_exact(self.lines.max(i + 1));
                 }
-                p.at.resize(i, ValueAt::default());
-                p.at.push(v);
-                p.tags += 1;
+                if index.len() < i {
+                    let none = dict.index_of(None::<&str>);
+                    index.resize(i, none);
+                }
+                let (before, size) = (dict.len(), v.len());
+                index.push(dict.index_of(Some(v)));
+                if dict.len() > before {
+                    // A `String` and its slot in the vector and the map, roughly.
+                    self.held += size + 64;
+                }
+                note.tags += 1;
+                if dict.len() > Noted::MAX_VALUES {
+                    note.column = None;
+                    continue;
+                }
             }
             if field(key) {
-                p.fields += 1;
+                note.fields += 1;
             }
         }
     }
 
-    /// The memory the places hold.
+    /// The memory the columns hold.
     pub(crate) fn memory_size(&self) -> usize {
-        let values: usize = self.places.iter().map(|p| p.at.capacity()).sum();
-        values * std::mem::size_of::<ValueAt>()
+        let index: usize = self
+            .notes
+            .iter()
+            .filter_map(|n| n.column.as_ref())
+            .map(|(_, index)| index.capacity() * 4)
+            .sum();
+        index + self.held
     }
 
     /// Ends the noting at `n` lines.
     pub(crate) fn finish(&mut self, n: usize) {
-        for p in &mut self.places {
-            p.finish(n);
+        for (dict, index) in self.notes.iter_mut().filter_map(|n| n.column.as_mut()) {
+            if !index.is_empty() && index.len() < n {
+                let none = dict.index_of(None::<&str>);
+                index.resize(n, none);
+            }
         }
     }
 
-    fn places(&self, key: &str) -> Option<&KeyPlaces> {
+    /// What was noted of `key`: `None` if it was not noted, or its column given up.
+    fn note(&self, key: &str) -> Option<&NotedKey> {
         let j = self.keys.iter().position(|k| k == key)?;
-        Some(&self.places[j])
+        let note = &self.notes[j];
+        note.column.is_some().then_some(note)
+    }
+
+    fn places(&self, key: &str) -> Option<KeyPlaces> {
+        self.note(key).map(|n| KeyPlaces {
+            tags: n.tags,
+            fields: n.fields,
+            at: Vec::new(),
+        })
+    }
+
+    fn column(&self, key: &str) -> Option<TagColumn<'_>> {
+        let (dict, index) = self.note(key)?.column.as_ref()?;
+        Some(TagColumn {
+            values: dict.values(),
+            index,
+        })
     }
 }
 
@@ -320,19 +395,49 @@ mod tests {
             assert!(body.lines().count() < 3 || chunks.len() > 1);
             for text in &chunks {
                 for key in noted.iter().take(Noted::MAX_KEYS) {
-                    let at = text.noted_at(key).expect("noted");
-                    assert!(at.is_empty() || at.len() == text.len());
+                    let c = text.noted_column(key).expect("noted");
+                    assert!(c.index.is_empty() || c.index.len() == text.len());
                 }
                 check_places(text, &keys, &format!("noted {noted:?}"));
             }
         }
     }
 
-    /// The places of `keys` in `text` are the walk's, and each reads the line's value.
+    /// The counts of `keys` in `text` are the walk's; the places of a key searched for are
+    /// the walk's and each reads the line's value; a noted key's column holds each line's
+    /// value, and each distinct value once.
     fn check_places(text: &Text, keys: &[String], how: &str) {
-        let got = text.key_places(keys);
-        assert_eq!(got, walked(text, keys), "{how}: {keys:?}");
+        let mut got = text.key_places(keys);
+        let mut walked = walked(text, keys);
+        for (key, (got, walked)) in keys.iter().zip(got.iter_mut().zip(&mut walked)) {
+            let Some(c) = text.noted_column(key) else {
+                continue;
+            };
+            assert!(got.at.is_empty(), "{how}: {key} noted, and placed");
+            let mut distinct = c.values.to_vec();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(
+                distinct.len(),
+                c.values.len(),
+                "{how}: {key}: {:?}",
+                c.values
+            );
+            for (i, line) in text.lines().enumerate() {
+                let v = c.index.get(i).map(|&e| c.values[e as usize].as_deref());
+                assert_eq!(
+                    v.flatten().map(Cow::Borrowed),
+                    line.tag(key),
+                    "{how}: {key} noted in line {i}"
+                );
+            }
+            walked.at.clear();
+        }
+        assert_eq!(got, walked, "{how}: {keys:?}");
         for (key, places) in keys.iter().zip(&got) {
+            if text.noted_column(key).is_some() {
+                continue;
+            }
             for (i, line) in text.lines().enumerate() {
                 let at = places.at.get(i).copied().unwrap_or_default();
                 assert_eq!(
@@ -347,6 +452,12 @@ mod tests {
     /// `body` read as a forwarding ingest reads it, noting `keys`, in chunks of about
     /// 200 bytes.
     fn noted_chunks(body: &str, keys: &[String]) -> Vec<Text> {
+        read_noted(body, keys, 200)
+    }
+
+    /// `body` read as a forwarding ingest reads it, noting `keys`, in chunks of about
+    /// `chunk` bytes.
+    fn read_noted(body: &str, keys: &[String], chunk: usize) -> Vec<Text> {
         use crate::point::reader::{Format, Reader, Source};
         let mut reader = Reader::new(
             Source::Bytes(bytes::Bytes::copy_from_slice(body.as_bytes())),
@@ -358,7 +469,7 @@ mod tests {
         .noting(Some(keys.into()));
         let mut chunks = Vec::new();
         loop {
-            let chunk = reader.next_chunk(200, &mut |_| true).unwrap();
+            let chunk = reader.next_chunk(chunk, &mut |_| true).unwrap();
             if chunk.is_empty() {
                 break;
             }
@@ -386,6 +497,42 @@ mod tests {
         ] {
             check(body, keys);
         }
+    }
+
+    /// Two spellings of one tag value (a backslash before a character that needs none, and
+    /// an escaped backslash) are one entry of a noted column; a tag with more distinct
+    /// values than a noted column holds is searched for instead.
+    #[test]
+    fn noted_columns_hold_unescaped_values_once_and_give_up_on_ids() {
+        let body = "cpu,host=x\\y,id=1 v=1 1\n\
+                    cpu,host=x\\\\y,id=2 v=1 2\n\
+                    cpu,host=x\\ y v=1 3\n\
+                    cpu,host=x\\y v=1 4\n";
+        let keys = ["host".to_string(), "id".to_string()];
+        let text = &read_noted(body, &keys, usize::MAX)[0];
+        assert_eq!(text.len(), 4);
+        let c = text.noted_column("host").expect("noted");
+        assert_eq!(
+            c.values,
+            [Some("x\\y".to_string()), Some("x y".to_string())]
+        );
+        assert_eq!(c.index, [0, 0, 1, 0]);
+        let c = text.noted_column("id").expect("noted");
+        assert_eq!(c.index, [0, 1, 2, 2]);
+        assert_eq!(c.values[2], None);
+        check(body, &["host", "id"]);
+
+        let ids: String = (0..Noted::MAX_VALUES + 10)
+            .map(|i| format!("cpu,host=h{},id={i} v=1 {i}\n", i % 3))
+            .collect();
+        let chunks = read_noted(&ids, &keys, usize::MAX);
+        let [text] = &chunks[..] else {
+            panic!("one chunk: {}", chunks.len())
+        };
+        assert_eq!(text.noted_column("host").expect("noted").values.len(), 3);
+        assert!(text.noted_column("id").is_none(), "given up");
+        check_places(text, &keys, "ids");
+        assert_eq!(text.key_places(&keys)[1].tags as usize, text.len());
     }
 
     /// Over random lines full of escapes (most lines are walked), and over random lines

@@ -38,12 +38,12 @@
 //! byte, another backslash, or at the end of a name), which keeps ordinary backslashes such as
 //! Windows paths readable and compatible with other line protocol readers.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
 use super::keys::Noted;
 use super::text::{Text, TextBuilder};
-use super::view::ValueAt;
 use super::{FieldValue, Point};
 
 /// How many bad lines a [`ParseErrors`] keeps (it still counts all of them).
@@ -286,16 +286,17 @@ impl Lines {
             Ok(Some(l)) if self.total == 0 => match lines {
                 Some(t) => {
                     let before = t.used();
-                    let (base, i) = (t.buf.len(), t.next_line());
+                    let i = t.next_line();
                     if let Some(noted) = &mut t.noting {
-                        note(noted, base, i, &l, line, &self.scratch);
+                        note(noted, i, line, &self.scratch);
                     }
                     t.buf
                         .extend_from_slice(&line.as_bytes()[l.measurement.start..l.fields_end]);
                     t.buf.push(b' ');
                     write_i64(l.time, &mut t.buf);
                     t.end_line();
-                    t.used() - before
+                    // Less when a noted column was given up ([`Noted::MAX_VALUES`]).
+                    t.used().saturating_sub(before)
                 }
                 None => {
                     let p = l.point(line, &mut self.scratch);
@@ -552,11 +553,10 @@ pub(super) fn skip_spaces(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Notes what line `i` (its text to start at `base`) says of each noted key: where its
-/// tag value is, and whether it has the key as a field. Keys are compared as the parser
-/// compares them for duplicates: unescaped.
+/// Notes what line `i` says of each noted key: its tag value, and whether it has the key
+/// as a field. Keys are compared as the parser compares them for duplicates: unescaped.
 #[inline]
-fn note(noted: &mut Noted, base: usize, i: usize, l: &Line, line: &str, scratch: &Scratch) {
+fn note(noted: &mut Noted, i: usize, line: &str, scratch: &Scratch) {
     // Lengths first: most keys differ in length from the noted ones.
     let same = |s: Span, key: &str| {
         if s.esc {
@@ -565,14 +565,16 @@ fn note(noted: &mut Noted, base: usize, i: usize, l: &Line, line: &str, scratch:
             s.end - s.start == key.len() && line.as_bytes()[s.start..s.end] == *key.as_bytes()
         }
     };
-    // Offsets in the text: the line is kept from its measurement on.
-    let at = |p: usize| base + p - l.measurement.start;
     // A line has each tag key and each field key once (else it was refused).
     noted.line(
         i,
         |key| {
             let (_, v) = scratch.tags.iter().find(|(k, _)| same(*k, key))?;
-            Some(ValueAt::at(at(v.start), at(v.end), v.esc))
+            Some(if v.esc {
+                Cow::Owned(v.name(line))
+            } else {
+                Cow::Borrowed(&line[v.start..v.end])
+            })
         },
         |key| scratch.fields.iter().any(|(k, _)| same(*k, key)),
     );

@@ -6,6 +6,7 @@
 //! point is owned (no borrow of the request body) because it outlives the request: it waits
 //! in endpoint queues and, later, in sinker batches.
 
+pub mod dict;
 mod keys;
 mod lineproto;
 pub mod reader;
@@ -13,7 +14,7 @@ mod text;
 pub mod v2;
 mod view;
 
-pub use keys::KeyPlaces;
+pub use keys::{KeyPlaces, TagColumn};
 pub use lineproto::{
     LineError, ParseErrors, ParseOptions, Precision, encode_points, parse, parse_text,
 };

@@ -5,7 +5,6 @@
 //! into the guest once (a guest allocation per string is what dominates the call cost).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use wasmtime::component::Resource;
@@ -16,6 +15,7 @@ use super::plugin::bindings::dataway::sinker::types::{
     StringColumn, TypedColumn, UintValues,
 };
 use crate::category::Category;
+use crate::point::dict::{Dict, same};
 use crate::point::{Content, FieldValue, Point, Text, ValueAt};
 
 /// What a `batch` handle points at in a store's resource table: the points being routed,
@@ -127,9 +127,21 @@ impl Columns {
 
 /// A column of strings, dictionary-encoded.
 fn string_column<'a>(values: impl Iterator<Item = Option<&'a str>>) -> StringColumn {
-    let mut dict = Dict::new();
+    let mut dict: Dict<&str> = Dict::new();
     let index = values.map(|v| dict.index_of(v)).collect();
-    dict.into_column(index)
+    into_column(dict, index)
+}
+
+/// The column of `index` (entries of `dict`), with the dictionary's strings.
+fn into_column(dict: Dict<&str>, index: Vec<u32>) -> StringColumn {
+    StringColumn {
+        dict: dict
+            .into_values()
+            .into_iter()
+            .map(|v| v.map(String::from))
+            .collect(),
+        index,
+    }
 }
 
 /// A column of strings read from text lines: borrowed from the lines where no escape
@@ -219,7 +231,9 @@ impl PointBatch {
                 for (j, (k, p)) in keys.iter().zip(places).enumerate() {
                     tags[j] = p.tags;
                     fields[j] = p.fields;
-                    if !values.iter().any(|(known, _)| known == k) {
+                    // A noted key's column is the parser's: it has no places.
+                    let noted = t.noted_column(k).is_some();
+                    if !noted && !values.iter().any(|(known, _)| known == k) {
                         values.push((k.clone(), Arc::new(p.at)));
                     }
                 }
@@ -246,9 +260,19 @@ impl PointBatch {
             }
             Content::Text(t) => {
                 self.columns.ask([key]);
-                // Where the parser noted them, or a `key-counts` scan found them.
-                let found = self.columns.values(key);
-                match t.noted_at(key).or(found.as_ref().map(|v| v.as_slice())) {
+                // As the parser noted it: no line is read again.
+                if let Some(c) = t.noted_column(key) {
+                    return if c.index.is_empty() {
+                        string_column((0..t.len()).map(|_| None))
+                    } else {
+                        StringColumn {
+                            dict: c.values.to_vec(),
+                            index: c.index.to_vec(),
+                        }
+                    };
+                }
+                // Where a `key-counts` scan found them.
+                match self.columns.values(key).as_deref().map(Vec::as_slice) {
                     Some([]) => string_column((0..t.len()).map(|_| None)),
                     // Borrowed from the text (no line needs an escape undone): no copy.
                     Some(at) if !at.iter().any(|v| v.escaped()) => {
@@ -292,7 +316,7 @@ fn typed_column<'a>(values: impl Iterator<Item = Option<&'a FieldValue>>, n: usi
     let mut uints: Option<UintValues> = None;
     let mut bools: Option<BoolValues> = None;
     // The string dictionary and the index of the points seen so far.
-    let mut strs: Option<(Dict<'_>, Vec<u32>)> = None;
+    let mut strs: Option<(Dict<&str>, Vec<u32>)> = None;
     for (i, value) in values.enumerate() {
         let (w, bit) = (i / 64, 1u64 << (i % 64));
         match value {
@@ -343,7 +367,7 @@ fn typed_column<'a>(values: impl Iterator<Item = Option<&'a FieldValue>>, n: usi
                 let mut dict = Dict::new();
                 let mut index = Vec::with_capacity(n);
                 if i > 0 {
-                    index.resize(i, dict.index_of(None));
+                    index.resize(i, dict.index_of(None::<&str>));
                 }
                 index.push(dict.index_of(Some(v)));
                 strs = Some((dict, index));
@@ -356,7 +380,7 @@ fn typed_column<'a>(values: impl Iterator<Item = Option<&'a FieldValue>>, n: usi
         ints,
         uints,
         bools,
-        strs: strs.map(|(dict, index)| dict.into_column(index)),
+        strs: strs.map(|(dict, index)| into_column(dict, index)),
     }
 }
 
@@ -372,35 +396,6 @@ fn bits(mut word: u64) -> impl Iterator<Item = usize> {
     })
 }
 
-/// Whether two strings are equal, inline for the short keys and values points carry: a libc
-/// `memcmp` call per comparison was a fifth of a plugin call.
-#[inline(always)]
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    let u64_at = |s: &[u8], i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
-    let u32_at = |s: &[u8], i: usize| u32::from_le_bytes(s[i..i + 4].try_into().unwrap());
-    match n {
-        // Two overlapping words cover every byte.
-        8..=16 => u64_at(a, 0) == u64_at(b, 0) && u64_at(a, n - 8) == u64_at(b, n - 8),
-        4..=7 => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, n - 4) == u32_at(b, n - 4),
-        0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
-        _ => a == b,
-    }
-}
-
-#[inline(always)]
-fn same_opt(a: Option<&str>, b: Option<&str>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => same(a, b),
-        (None, None) => true,
-        _ => false,
-    }
-}
-
 /// The value of `key` among a point's `(key, value)` pairs, trying position `*hint` first (the
 /// points of a batch mostly list their keys in the same order) and moving the hint to where
 /// the key was found.
@@ -414,128 +409,6 @@ fn find<'a, V>(pairs: &'a [(String, V)], key: &str, hint: &mut usize) -> Option<
     let i = pairs.iter().position(|(k, _)| same(k, key))?;
     *hint = i;
     Some(&pairs[i].1)
-}
-
-/// Entries a dictionary is searched linearly for before it gets a hash map.
-const LINEAR_DICT: usize = 16;
-
-/// Slots of a dictionary's lookaside table (a power of two).
-const SLOTS: usize = 64;
-
-/// A cheap hash of a short string, for the lookaside table: its length and up to 16 of its
-/// bytes (a collision only costs the slow path).
-#[inline(always)]
-fn slot_of(s: &str) -> usize {
-    let b = s.as_bytes();
-    let n = b.len();
-    let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-    let u32_at = |i: usize| u64::from(u32::from_le_bytes(b[i..i + 4].try_into().unwrap()));
-    let x = match n {
-        8.. => u64_at(0) ^ u64_at(n - 8).rotate_left(29),
-        4..=7 => u32_at(0) | u32_at(n - 4) << 32,
-        _ => b.iter().fold(0u64, |h, &c| h << 8 | u64::from(c)),
-    };
-    ((x ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS.trailing_zeros())) as usize
-}
-
-/// The distinct values of a string column, in first-seen order.
-struct Dict<'a> {
-    values: Vec<Option<&'a str>>,
-    /// Built once `values` outgrows [`LINEAR_DICT`] (high-cardinality columns, e.g. ids).
-    map: Option<HashMap<Option<&'a str>, u32, foldhash::fast::RandomState>>,
-    /// Lookaside table: entry + 1 of the last value seen in each slot ([`slot_of`]), 0 for
-    /// none. Most points find their value here with one comparison and no data-dependent
-    /// branch to mispredict (a linear scan of the dictionary was a quarter of a call).
-    slots: [u32; SLOTS],
-    /// The entry of `None`, once seen.
-    none: Option<u32>,
-}
-
-impl<'a> Dict<'a> {
-    fn new() -> Dict<'a> {
-        Dict {
-            values: Vec::new(),
-            map: None,
-            slots: [0; SLOTS],
-            none: None,
-        }
-    }
-
-    #[inline(always)]
-    fn index_of(&mut self, v: Option<&'a str>) -> u32 {
-        let Some(s) = v else {
-            return match self.none {
-                Some(i) => i,
-                None => {
-                    let i = self.insert(None);
-                    self.none = Some(i);
-                    i
-                }
-            };
-        };
-        let slot = slot_of(s);
-        let c = self.slots[slot];
-        if c != 0
-            && let Some(Some(d)) = self.values.get(c as usize - 1)
-            && same(d, s)
-        {
-            return c - 1;
-        }
-        let i = self.lookup(v);
-        self.slots[slot] = i + 1;
-        i
-    }
-
-    /// The entry of `v`, added if new: by a linear scan or the hash map.
-    #[inline(never)]
-    fn lookup(&mut self, v: Option<&'a str>) -> u32 {
-        let next = self.values.len() as u32;
-        let i = match &mut self.map {
-            Some(map) => *map.entry(v).or_insert(next),
-            None => self
-                .values
-                .iter()
-                .position(|d| same_opt(*d, v))
-                .map_or(next, |i| i as u32),
-        };
-        if i == next {
-            self.insert(v);
-        }
-        i
-    }
-
-    /// The column of `index` (entries of this dictionary), with the dictionary's strings.
-    fn into_column(self, index: Vec<u32>) -> StringColumn {
-        StringColumn {
-            dict: self
-                .values
-                .into_iter()
-                .map(|v| v.map(String::from))
-                .collect(),
-            index,
-        }
-    }
-
-    /// Appends `v` (not in the dictionary yet) and returns its entry.
-    fn insert(&mut self, v: Option<&'a str>) -> u32 {
-        let i = self.values.len() as u32;
-        self.values.push(v);
-        match &mut self.map {
-            Some(map) => {
-                map.insert(v, i);
-            }
-            None if self.values.len() > LINEAR_DICT => {
-                let mut map = HashMap::with_capacity_and_hasher(
-                    4 * LINEAR_DICT,
-                    foldhash::fast::RandomState::default(),
-                );
-                map.extend(self.values.iter().zip(0u32..).map(|(v, i)| (*v, i)));
-                self.map = Some(map);
-            }
-            None => {}
-        }
-        i
-    }
 }
 
 fn to_wit(v: &FieldValue) -> WitValue {
@@ -700,60 +573,6 @@ impl HostBatch for StoreState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn same_is_string_equality() {
-        let base: String = ('a'..='z').chain('A'..='Z').collect();
-        for n in 0..=base.len() {
-            let a = &base[..n];
-            assert!(same(a, a), "{a}");
-            let copy = String::from(a); // another allocation: equal bytes, not pointers
-            assert!(same(a, &copy), "{a}");
-            if n > 0 {
-                assert!(!same(a, &base[..n - 1]), "{a}");
-            }
-            // A difference at any one byte is seen.
-            for i in 0..n {
-                let mut b = a.as_bytes().to_vec();
-                b[i] = b'0';
-                assert!(!same(a, std::str::from_utf8(&b).unwrap()), "{a} byte {i}");
-            }
-        }
-        assert!(same_opt(None, None));
-        assert!(!same_opt(Some(""), None));
-        assert!(!same_opt(None, Some("")));
-    }
-
-    /// Runs, repeats, `None`, and more distinct values than the linear scan takes: the
-    /// column decodes to the input and its dictionary holds each value once.
-    #[test]
-    fn dictionary_encodes_every_value_once() {
-        let mut values: Vec<Option<String>> = Vec::new();
-        for round in 0..3 {
-            for i in 0..(LINEAR_DICT * 3) {
-                let v = (i % 7 != 3).then(|| format!("value-{}", (i * 5 + round) % 41));
-                values.push(v.clone());
-                if i.is_multiple_of(4) {
-                    values.push(v); // a run
-                }
-            }
-        }
-        let mut dict = Dict::new();
-        let index: Vec<u32> = values.iter().map(|v| dict.index_of(v.as_deref())).collect();
-        let decoded: Vec<Option<&str>> = index.iter().map(|&i| dict.values[i as usize]).collect();
-        let want: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
-        assert_eq!(decoded, want);
-        let mut distinct = dict.values.clone();
-        distinct.sort();
-        distinct.dedup();
-        assert_eq!(
-            distinct.len(),
-            dict.values.len(),
-            "duplicates in {:?}",
-            dict.values
-        );
-        assert!(dict.values.len() > LINEAR_DICT && dict.map.is_some());
-    }
 
     /// Shared, a column is built once per key and handed out again; not shared, built at
     /// every ask.
@@ -1004,6 +823,40 @@ mod tests {
         let scanned = lent(&points, true);
         let counted = lent(&points, true);
         counted.key_counts(&keys).unwrap();
+        // Read as ingest reads a write, the parser noting the keys (all but the last).
+        let noted = {
+            use crate::point::reader::{Format, Reader, Source};
+            let body = Text::from_points(&points).joined();
+            let opts = crate::point::ParseOptions {
+                precision: crate::point::Precision::Nanos,
+                default_time: 0,
+            };
+            let mut reader =
+                Reader::new(Source::Bytes(body), Format::LineProtocol, opts, usize::MAX)
+                    .forwarding()
+                    .noting(Some(keys[..keys.len() - 1].into()));
+            let chunk = reader.next_chunk(usize::MAX, &mut |_| true).unwrap();
+            let text = chunk.text.expect("forwarded");
+            assert_eq!(text.len(), points.len());
+            PointBatch {
+                category: Category::Metric,
+                points: Arc::new(Content::Text(text)),
+                columns: Arc::default(),
+            }
+        };
+        noted.key_counts(&keys).unwrap();
+        for (k, want) in keys.iter().zip(&want) {
+            let Content::Text(t) = noted.points.as_ref() else {
+                unreachable!()
+            };
+            assert_eq!(t.noted_column(k).is_some(), k != "nothing", "{k}");
+            assert_eq!(decode(&noted.tag_column(k)), decode(want), "{k}, noted");
+            assert_eq!(
+                noted.tag_column(k).dict,
+                want.dict,
+                "{k}, noted: first seen first"
+            );
+        }
         for (k, want) in keys.iter().zip(&want) {
             assert!(scanned.columns.values(k).is_none());
             assert!(
