@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use memchr::memmem::Finder;
 
-use super::Text;
 use super::dict::Dict;
 use super::lineproto::scan_name;
 use super::view::{LineView, ValueAt};
+use super::{FieldValue, Text};
 
 /// What a text says of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,6 +76,12 @@ impl Text {
     /// Tag `key`'s column as the parser noted it, if it was asked to ([`Noted`]).
     pub fn noted_column(&self, key: &str) -> Option<TagColumn<'_>> {
         self.noted.as_ref()?.column(key)
+    }
+
+    /// Field `key`'s value on each line as the parser noted it, if it was asked to and no
+    /// line has a string there; empty when no line has the field.
+    pub fn noted_field(&self, key: &str) -> Option<&[Scalar]> {
+        self.noted.as_ref()?.field(key)
     }
 
     /// [`Text::key_places`] by searching the text.
@@ -184,8 +190,8 @@ impl KeyPlaces {
 }
 
 /// Keys whose places the parser notes while it checks lines, and what it found: the
-/// counts the search would give, and each key's tag column, dictionary-encoded while each
-/// line is still in the cache (read later from the text, a tag value is a cache miss per
+/// counts the search would give, each key's tag column, dictionary-encoded, and its
+/// number or boolean field values, while each line is still in the cache (read later from the text, a tag value is a cache miss per
 /// line: that was most of what a `tag-column` cost). A text made by selecting or
 /// compacting lines has none (its columns would be wrong).
 #[derive(Debug)]
@@ -194,8 +200,14 @@ pub(crate) struct Noted {
     notes: Vec<NotedKey>,
     /// About how many lines there will be: each column is reserved once.
     lines: usize,
-    /// The memory the dictionaries' strings hold.
-    held: usize,
+    /// The memory the columns hold ([`Noted::memory_size`]), kept as they grow: the
+    /// parser asks after every line, and summing the columns then was a cost per line.
+    size: usize,
+}
+
+/// The bytes `v` grew by since its capacity was `before`.
+fn grown<T>(v: &Vec<T>, before: usize) -> usize {
+    (v.capacity() - before) * size_of::<T>()
 }
 
 /// What the parser found of one noted key.
@@ -206,6 +218,52 @@ struct NotedKey {
     /// `None` once it has more than [`Noted::MAX_VALUES`] distinct values: then the key
     /// counts as not noted, and is searched for.
     column: Option<(Dict<String>, Vec<u32>)>,
+    /// Each line's value of the key as a field, up to the last line that has one; emptied
+    /// for good once a line has a string there (strings are not noted: a log message
+    /// would be a copy of the text).
+    values: Vec<Scalar>,
+    /// A line had a string value: `values` is not the column.
+    strings: bool,
+}
+
+/// A line's value of a noted field key, as the parser read it (the column
+/// [`Text::noted_field`] gives). A string value is only marked: it is not kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Scalar {
+    /// The line has no such field.
+    #[default]
+    Absent,
+    Float(f64),
+    Int(i64),
+    Uint(u64),
+    Bool(bool),
+    /// A string (never in a column: it gives the column up).
+    Str,
+}
+
+impl Scalar {
+    /// The value as a [`FieldValue`]; `None` for [`Scalar::Absent`] (and [`Scalar::Str`],
+    /// whose string was not kept).
+    pub fn to_field(self) -> Option<FieldValue> {
+        match self {
+            Scalar::Float(f) => Some(FieldValue::Float(f)),
+            Scalar::Int(v) => Some(FieldValue::Int(v)),
+            Scalar::Uint(v) => Some(FieldValue::Uint(v)),
+            Scalar::Bool(b) => Some(FieldValue::Bool(b)),
+            Scalar::Absent | Scalar::Str => None,
+        }
+    }
+
+    /// A value the parser read, marked (a string) or copied.
+    pub(crate) fn of(v: &FieldValue) -> Scalar {
+        match v {
+            FieldValue::Float(f) => Scalar::Float(*f),
+            FieldValue::Int(v) => Scalar::Int(*v),
+            FieldValue::Uint(v) => Scalar::Uint(*v),
+            FieldValue::Bool(b) => Scalar::Bool(*b),
+            FieldValue::Str(_) => Scalar::Str,
+        }
+    }
 }
 
 /// A noted tag's column: each line's entry of `values`, its distinct values (`None`: a
@@ -242,25 +300,27 @@ impl Noted {
                 .collect(),
             keys,
             lines,
-            held: 0,
+            size: 0,
         }
     }
 
     /// Notes line `i` (lines come in order): `tag(key)` is its value of tag `key`, if it
-    /// has one (unescaped); `field(key)`, whether it has `key` as a field.
+    /// has one (unescaped); `field(key)`, its value of field `key` ([`Scalar::Absent`]:
+    /// none).
     #[inline]
     pub(crate) fn line<'l>(
         &mut self,
         i: usize,
         tag: impl Fn(&str) -> Option<Cow<'l, str>>,
-        field: impl Fn(&str) -> bool,
+        field: impl Fn(&str) -> Scalar,
     ) {
         for (key, note) in self.keys.iter().zip(&mut self.notes) {
             let Some((dict, index)) = &mut note.column else {
                 continue;
             };
             if let Some(v) = tag(key) {
-                if index.capacity() == 0 {
+                let cap = index.capacity();
+                if cap == 0 {
                     index.reserve_exact(self.lines.max(i + 1));
                 }
                 if index.len() < i {
@@ -269,39 +329,80 @@ impl Noted {
                 }
                 let (before, size) = (dict.len(), v.len());
                 index.push(dict.index_of(Some(v)));
+                self.size += grown(index, cap);
                 if dict.len() > before {
                     // A `String` and its slot in the vector and the map, roughly.
-                    self.held += size + 64;
+                    self.size += size + 64;
                 }
                 note.tags += 1;
                 if dict.len() > Noted::MAX_VALUES {
+                    // The strings stay counted: a little over, never under.
+                    self.size -= index.capacity() * 4;
                     note.column = None;
                     continue;
                 }
             }
-            if field(key) {
-                note.fields += 1;
+            let values = &mut note.values;
+            match field(key) {
+                Scalar::Absent => {}
+                Scalar::Str => {
+                    note.fields += 1;
+                    note.strings = true;
+                    self.size -= values.capacity() * size_of::<Scalar>();
+                    *values = Vec::new();
+                }
+                v => {
+                    note.fields += 1;
+                    if !note.strings {
+                        let cap = values.capacity();
+                        if cap == 0 {
+                            values.reserve_exact(self.lines.max(i + 1));
+                        }
+                        values.resize(i, Scalar::Absent);
+                        values.push(v);
+                        self.size += grown(values, cap);
+                    }
+                }
             }
         }
     }
 
     /// The memory the columns hold.
     pub(crate) fn memory_size(&self) -> usize {
-        let index: usize = self
-            .notes
+        self.size
+    }
+
+    /// The memory the columns' vectors hold, summed (what `size` counts, but the
+    /// strings).
+    #[cfg(test)]
+    fn vectors_size(&self) -> usize {
+        self.notes
             .iter()
-            .filter_map(|n| n.column.as_ref())
-            .map(|(_, index)| index.capacity() * 4)
-            .sum();
-        index + self.held
+            .map(|n| {
+                n.column
+                    .as_ref()
+                    .map_or(0, |(_, index)| index.capacity() * 4)
+                    + n.values.capacity() * size_of::<Scalar>()
+            })
+            .sum()
     }
 
     /// Ends the noting at `n` lines.
     pub(crate) fn finish(&mut self, n: usize) {
-        for (dict, index) in self.notes.iter_mut().filter_map(|n| n.column.as_mut()) {
-            if !index.is_empty() && index.len() < n {
-                let none = dict.index_of(None::<&str>);
+        for note in &mut self.notes {
+            if let Some((dict, index)) = &mut note.column
+                && !index.is_empty()
+                && index.len() < n
+            {
+                let (cap, none) = (index.capacity(), dict.index_of(None::<&str>));
                 index.resize(n, none);
+                self.size += grown(index, cap);
+            }
+            let values = &mut note.values;
+            if !values.is_empty() {
+                let cap = values.capacity();
+                values.resize(n, Scalar::Absent);
+                self.size += grown(values, cap);
             }
         }
     }
@@ -327,6 +428,11 @@ impl Noted {
             values: dict.values(),
             index,
         })
+    }
+
+    fn field(&self, key: &str) -> Option<&[Scalar]> {
+        let note = self.note(key)?;
+        (!note.strings).then_some(&note.values)
     }
 }
 
@@ -405,8 +511,30 @@ mod tests {
 
     /// The counts of `keys` in `text` are the walk's; the places of a key searched for are
     /// the walk's and each reads the line's value; a noted key's column holds each line's
-    /// value, and each distinct value once.
+    /// value, and each distinct value once; a noted field's values are each line's.
     fn check_places(text: &Text, keys: &[String], how: &str) {
+        if let Some(noted) = &text.noted {
+            let (size, vectors) = (noted.memory_size(), noted.vectors_size());
+            assert!(size >= vectors, "{how}: {size} counted, {vectors} held");
+        }
+        for key in keys {
+            let Some(values) = text.noted_field(key) else {
+                continue;
+            };
+            assert!(
+                values.is_empty() || values.len() == text.len(),
+                "{how}: {key}"
+            );
+            for (i, line) in text.lines().enumerate() {
+                let v = values.get(i).copied().unwrap_or_default();
+                assert_ne!(v, Scalar::Str, "{how}: {key} in line {i}");
+                assert_eq!(
+                    v.to_field(),
+                    line.field(key),
+                    "{how}: field {key} noted in line {i}"
+                );
+            }
+        }
         let mut got = text.key_places(keys);
         let mut walked = walked(text, keys);
         for (key, (got, walked)) in keys.iter().zip(got.iter_mut().zip(&mut walked)) {
@@ -533,6 +661,51 @@ mod tests {
         assert!(text.noted_column("id").is_none(), "given up");
         check_places(text, &keys, "ids");
         assert_eq!(text.key_places(&keys)[1].tags as usize, text.len());
+    }
+
+    /// A noted field's numbers and booleans are the column; a string on any line gives it
+    /// up (and the key is still counted as noted).
+    #[test]
+    fn noted_fields_hold_numbers_and_give_up_on_strings() {
+        let body = "cpu,host=a usage=1.5,load=2i,n=3u,ok=T,msg=\"x\" 1\n\
+                    cpu,host=b other=1 2\n\
+                    cpu,host=c usage=-2e3,load=-1i,ok=false,msg=2 3\n";
+        let keys: Vec<String> = ["usage", "load", "n", "ok", "msg", "nope"]
+            .map(String::from)
+            .into();
+        let text = &read_noted(body, &keys, usize::MAX)[0];
+        let f = |k| text.noted_field(k).map(<[Scalar]>::to_vec);
+        assert_eq!(
+            f("usage"),
+            Some(vec![
+                Scalar::Float(1.5),
+                Scalar::Absent,
+                Scalar::Float(-2e3)
+            ])
+        );
+        assert_eq!(
+            f("load"),
+            Some(vec![Scalar::Int(2), Scalar::Absent, Scalar::Int(-1)])
+        );
+        assert_eq!(
+            f("n"),
+            Some(vec![Scalar::Uint(3), Scalar::Absent, Scalar::Absent])
+        );
+        assert_eq!(
+            f("ok"),
+            Some(vec![
+                Scalar::Bool(true),
+                Scalar::Absent,
+                Scalar::Bool(false)
+            ])
+        );
+        assert_eq!(f("msg"), None, "a string on line 1");
+        assert_eq!(f("nope"), Some(vec![]));
+        let places = text.key_places(&keys);
+        assert_eq!(places[4].fields, 2, "msg still counted");
+        check_places(text, &keys, "noted");
+        let searched = parse_text(body.as_bytes(), opts()).unwrap();
+        assert_eq!(searched.key_places(&keys), places);
     }
 
     /// Over random lines full of escapes (most lines are walked), and over random lines

@@ -299,9 +299,24 @@ impl PointBatch {
                 typed_column(ps.iter().map(|p| find(&p.fields, key, &mut hint)), ps.len())
             }
             Content::Text(t) => {
-                let values: Vec<Option<FieldValue>> = t.lines().map(|l| l.field(key)).collect();
+                let values = self.text_field(t, key);
                 typed_column(values.iter().map(Option::as_ref), t.len())
             }
+        }
+    }
+
+    /// Field `key` of each line of `t`: as the parser noted it (no line is read again),
+    /// else read from each line.
+    fn text_field(&self, t: &Text, key: &str) -> Vec<Option<FieldValue>> {
+        self.columns.ask([key]);
+        match t.noted_field(key) {
+            Some(noted) => {
+                let mut values: Vec<Option<FieldValue>> =
+                    noted.iter().map(|v| v.to_field()).collect();
+                values.resize(t.len(), None);
+                values
+            }
+            None => t.lines().map(|l| l.field(key)).collect(),
         }
     }
 }
@@ -485,7 +500,11 @@ impl HostBatch for StoreState {
                     .map(|p| find(&p.fields, &key, &mut hint).map(to_wit))
                     .collect()
             }
-            Content::Text(t) => t.lines().map(|l| l.field(&key).map(into_wit)).collect(),
+            Content::Text(t) => {
+                let batch = self.table.get(&b)?;
+                let values = batch.text_field(t, &key);
+                values.into_iter().map(|v| v.map(into_wit)).collect()
+            }
         })
     }
 
@@ -753,18 +772,60 @@ mod tests {
         out
     }
 
-    #[test]
-    fn typed_column_holds_each_points_field() {
-        for text in [false, true] {
-            typed_column_holds_each_points_field_of(text);
+    /// `points` read as ingest reads a write, the parser noting `keys`.
+    fn read_noting(points: &[Point], keys: &[String]) -> PointBatch {
+        use crate::point::reader::{Format, Reader, Source};
+        let body = Text::from_points(points).joined();
+        let opts = crate::point::ParseOptions {
+            precision: crate::point::Precision::Nanos,
+            default_time: 0,
+        };
+        let mut reader = Reader::new(Source::Bytes(body), Format::LineProtocol, opts, usize::MAX)
+            .forwarding()
+            .noting(Some(keys.into()));
+        let chunk = reader.next_chunk(usize::MAX, &mut |_| true).unwrap();
+        let text = chunk.text.expect("forwarded");
+        assert_eq!(text.len(), points.len());
+        PointBatch {
+            category: Category::Metric,
+            points: Arc::new(Content::Text(text)),
+            columns: Arc::default(),
         }
     }
 
-    fn typed_column_holds_each_points_field_of(text: bool) {
+    /// Makes a batch of points: as points, as text, as noted text.
+    type MakeBatch<'a> = dyn Fn(&[Point]) -> PointBatch + 'a;
+
+    const FIELD_KEYS: [&str; 6] = ["v", "x", "both", "t", "host", "nothing"];
+
+    /// Over points, over text, and over text whose keys the parser noted (the number
+    /// fields `x` and `both` from the parser's notes; `v`, with strings, read from the lines).
+    #[test]
+    fn typed_column_holds_each_points_field() {
+        let keys: Vec<String> = FIELD_KEYS.map(String::from).to_vec();
+        let noted = |p: &[Point]| read_noting(p, &keys);
+        let made: [(&str, &MakeBatch); 3] = [
+            ("points", &|p| lent(p, false)),
+            ("text", &|p| lent(p, true)),
+            ("noted text", &noted),
+        ];
+        for (how, make) in made {
+            typed_column_holds_each_points_field_of(how, make);
+        }
+        let b = noted(&mixed());
+        let Content::Text(t) = b.points.as_ref() else {
+            unreachable!()
+        };
+        for (key, numbers) in [("x", true), ("both", true), ("v", false), ("t", true)] {
+            assert_eq!(t.noted_field(key).is_some(), numbers, "{key}");
+        }
+    }
+
+    fn typed_column_holds_each_points_field_of(how: &str, make: &MakeBatch) {
         let points = mixed();
-        let b = lent(&points, text);
+        let b = make(&points);
         let n = points.len();
-        for key in ["v", "x", "both", "t", "host", "nothing"] {
+        for key in FIELD_KEYS {
             let c = b.typed_column(key);
             let want: Vec<Option<FieldValue>> = points
                 .iter()
@@ -775,7 +836,7 @@ mod tests {
                         .map(|(_, v)| v.clone())
                 })
                 .collect();
-            assert_eq!(decode(&c, n), want, "{key}, text: {text}");
+            assert_eq!(decode(&c, n), want, "{key}, {how}");
             // A type no point has is `none`.
             let has = |f: fn(&FieldValue) -> bool| want.iter().flatten().any(f);
             assert_eq!(
@@ -788,7 +849,7 @@ mod tests {
             assert_eq!(c.strs.is_some(), has(|v| matches!(v, FieldValue::Str(_))));
         }
         // A batch of one point, with a string.
-        let one = lent(&points[5..6], text);
+        let one = make(&points[5..6]);
         let c = one.typed_column("v");
         assert_eq!(decode(&c, 1), [Some(FieldValue::Str("bb".into()))]);
     }
@@ -824,26 +885,7 @@ mod tests {
         let counted = lent(&points, true);
         counted.key_counts(&keys).unwrap();
         // Read as ingest reads a write, the parser noting the keys (all but the last).
-        let noted = {
-            use crate::point::reader::{Format, Reader, Source};
-            let body = Text::from_points(&points).joined();
-            let opts = crate::point::ParseOptions {
-                precision: crate::point::Precision::Nanos,
-                default_time: 0,
-            };
-            let mut reader =
-                Reader::new(Source::Bytes(body), Format::LineProtocol, opts, usize::MAX)
-                    .forwarding()
-                    .noting(Some(keys[..keys.len() - 1].into()));
-            let chunk = reader.next_chunk(usize::MAX, &mut |_| true).unwrap();
-            let text = chunk.text.expect("forwarded");
-            assert_eq!(text.len(), points.len());
-            PointBatch {
-                category: Category::Metric,
-                points: Arc::new(Content::Text(text)),
-                columns: Arc::default(),
-            }
-        };
+        let noted = read_noting(&points, &keys[..keys.len() - 1]);
         noted.key_counts(&keys).unwrap();
         for (k, want) in keys.iter().zip(&want) {
             let Content::Text(t) = noted.points.as_ref() else {
