@@ -7,6 +7,7 @@
 //! target/release/examples/loadtest --clients 4 --seconds 60          # as fast as it can
 //! target/release/examples/loadtest --clients 1 --rate 200000         # a steady rate
 //! target/release/examples/loadtest --wal --sinkers 1                 # other set-ups
+//! target/release/examples/loadtest --sinkers 1 --rule fields         # a rule on a field
 //! target/release/examples/loadtest --dump points.lp                  # the dataset only
 //! ```
 //!
@@ -64,6 +65,11 @@ struct Args {
     /// Built-in datakit-filter sinkers, each taking a different 10% of the points.
     #[arg(long, default_value_t = 0)]
     sinkers: usize,
+    /// The sinkers' condition: `host` (`{ host in [four hosts] }`) or `fields` (the same
+    /// `or used_percent > 99`: a float field column read for every write, ~0.7% more
+    /// points taken).
+    #[arg(long, default_value = "host", value_parser = ["host", "fields"])]
+    rule: String,
     /// Extra `[dataway]` keys, `;`-separated (e.g. `max_pending_bytes = 33554432`).
     #[arg(long, default_value = "")]
     extra: String,
@@ -388,8 +394,13 @@ async fn main() -> anyhow::Result<()> {
         let hosts: Vec<String> = (0..4)
             .map(|k| format!("'host-{:02}'", (i * 4 + k) % HOSTS))
             .collect();
+        let field = if args.rule == "fields" {
+            " or used_percent > 99"
+        } else {
+            ""
+        };
         cfg += &format!(
-            "[[dataway.sinkers]]\nname = \"s{i}\"\ncategories = [\"metric\", \"logging\"]\nplugin = \"datakit_filter.wasm\"\nconfig = [\"{{ host in [{}] }}\"]\nurls = [\"http://{recv}?token=tkn_sink{i}\"]\n",
+            "[[dataway.sinkers]]\nname = \"s{i}\"\ncategories = [\"metric\", \"logging\"]\nplugin = \"datakit_filter.wasm\"\nconfig = [\"{{ host in [{}]{field} }}\"]\nurls = [\"http://{recv}?token=tkn_sink{i}\"]\n",
             hosts.join(", ")
         );
     }
@@ -567,7 +578,7 @@ async fn main() -> anyhow::Result<()> {
         if args.gzip { ", gzipped" } else { "" },
         if args.wal { ", WAL on" } else { "" },
         if args.sinkers > 0 {
-            format!(", {} sinker(s)", args.sinkers)
+            format!(", {} sinker(s), rule {}", args.sinkers, args.rule)
         } else {
             String::new()
         },
