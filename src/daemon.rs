@@ -21,7 +21,7 @@ use crate::ingest::{self, IngestState};
 use crate::instance::{self, DirLock};
 use crate::metrics::Metrics;
 use crate::sinker::reload::Reloader;
-use crate::wal::Wal;
+use crate::wal::{OpenError, Wal};
 
 /// A daemon whose parts are started and whose server is not yet serving.
 pub struct Daemon {
@@ -111,7 +111,7 @@ impl Daemon {
         let mut dataway = Dataway::start(&config.dataway, metrics.clone(), &caches, sinkers)?;
         let wal = if config.dataway.wal.enabled {
             let path = config.dataway.wal.path.join("wal.redb");
-            let wal = Wal::open_counted(&path, metrics.clone()).map_err(|e| {
+            let wal = open_wal(&path, &metrics).map_err(|e| {
                 anyhow::anyhow!("dataway.wal.path: cannot open {}: {e}", path.display())
             })?;
             wal.set_spill_limit(config.dataway.wal.max_spill_bytes);
@@ -316,6 +316,22 @@ pub fn crash_loss(cfg: &DatawayConfig) -> String {
     }
 }
 
+/// Opens the WAL, waiting a little while another holder has it: a daemon stopped in this
+/// process (an embedding program starting it again) lets go of the file only once the
+/// runtime has dropped the sends it abandoned at the deadline, which hold their writes'
+/// tickets. Another process holding it is refused before this ([`claim_dirs`]).
+fn open_wal(path: &std::path::Path, metrics: &Arc<Metrics>) -> Result<Arc<Wal>, OpenError> {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Wal::open_counted(path, metrics.clone()) {
+            Err(e) if e.is_busy() && std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// Queues the writes spilled to the WAL (taken while memory or the queues were full),
 /// oldest first, as room is made. At a stop the ones not queued yet stay in the WAL and are
 /// replayed at the next start.
@@ -391,4 +407,31 @@ async fn replay_wal(wal: Arc<Wal>, dataway: Arc<Dataway>, started: Arc<AtomicBoo
         from = page.next;
     }
     tracing::info!(writes, points, "WAL replayed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL still held (by a stopped daemon's last tasks) is busy, and the start waits
+    /// for it to be let go instead of failing.
+    #[test]
+    fn a_start_waits_for_the_wal_a_stopped_daemon_still_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.redb");
+        let metrics = Arc::new(Metrics::new());
+        let held = Wal::open(&path).unwrap();
+        let busy = Wal::open(&path).map(|_| ()).unwrap_err();
+        assert!(busy.is_busy(), "{busy}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opener = std::thread::spawn(move || {
+            tx.send(()).unwrap();
+            open_wal(&path, &metrics).map(|_| ())
+        });
+        rx.recv().unwrap();
+        // Let go while the start is (most likely) already trying: it must not give up.
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+        opener.join().unwrap().expect("opened once let go");
+    }
 }

@@ -90,6 +90,13 @@ pub(crate) struct OpenFailure {
     message: String,
 }
 
+impl OpenFailure {
+    /// Whether another holder has the file open (worth trying again).
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy
+    }
+}
+
 impl From<OpenFailure> for String {
     fn from(f: OpenFailure) -> String {
         f.message

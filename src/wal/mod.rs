@@ -168,9 +168,35 @@ pub struct Pending {
     pub points: Vec<Point>,
 }
 
+/// Why the WAL could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct OpenError {
+    message: String,
+    /// Another holder has the file open: in this process, the last tasks of a daemon
+    /// that was stopped, which let go of it in a moment.
+    busy: bool,
+}
+
+impl OpenError {
+    /// Whether the file is only held by another holder for now (worth trying again).
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+}
+
+impl From<String> for OpenError {
+    fn from(message: String) -> OpenError {
+        OpenError {
+            message,
+            busy: false,
+        }
+    }
+}
+
 impl Wal {
     /// Opens (or creates) the log file at `path`.
-    pub fn open(path: &Path) -> Result<Arc<Wal>, String> {
+    pub fn open(path: &Path) -> Result<Arc<Wal>, OpenError> {
         Wal::open_with(
             path,
             Arc::new(open_or_move_aside),
@@ -180,7 +206,7 @@ impl Wal {
     }
 
     /// [`Wal::open`], with its storage errors and reopens counted in `metrics`.
-    pub fn open_counted(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Wal>, String> {
+    pub fn open_counted(path: &Path, metrics: Arc<Metrics>) -> Result<Arc<Wal>, OpenError> {
         Wal::open_with(
             path,
             Arc::new(open_or_move_aside),
@@ -196,11 +222,14 @@ impl Wal {
         opener: Opener,
         clock: Clock,
         metrics: Option<Arc<Metrics>>,
-    ) -> Result<Arc<Wal>, String> {
+    ) -> Result<Arc<Wal>, OpenError> {
         if let Some(dir) = path.parent() {
             crate::failcache::private_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let (mut store, _) = Store::open(path, opener, clock)?;
+        let (mut store, _) = Store::open(path, opener, clock).map_err(|f| OpenError {
+            busy: f.is_busy(),
+            message: f.into(),
+        })?;
         if let Some(metrics) = &metrics {
             store = store.counted(Counters {
                 metrics: metrics.clone(),
