@@ -14,7 +14,7 @@ use std::io::Write as _;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dataway::point::reader::{Format, Reader, Source};
-use dataway::point::{ParseOptions, Precision, parse, parse_text};
+use dataway::point::{Noting, ParseOptions, Precision, parse, parse_text};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
@@ -134,7 +134,7 @@ fn key_places(c: &mut Criterion) {
         // Noted by the parser instead (what an ingest reads after a sinker asked once):
         // the body read as ingest reads it, without and with noting `host`; the difference
         // is what noting costs, against `search`.
-        let keys: std::sync::Arc<[String]> = keys.clone().into();
+        let keys = Noting::keys(&keys);
         for (how, noting) in [("read", None), ("read-noting", Some(keys))] {
             group.bench_function(format!("{how}/{name}"), |b| {
                 b.iter(|| {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use dataway::Category;
 use dataway::point::reader::{Format, Reader, Source};
-use dataway::point::{Content, FieldValue, ParseOptions, Point, Precision, Text};
+use dataway::point::{Content, FieldValue, Noting, ParseOptions, Point, Precision, Text};
 use dataway::sinker::{Limits, LogFn, Plugin, Runtime};
 
 #[allow(dead_code)]
@@ -94,18 +94,22 @@ fn native(points: &[Point]) -> Vec<bool> {
         .collect()
 }
 
-/// `points` as line protocol, read as ingest reads a write while noting `keys`.
+/// `points` as line protocol, read as ingest reads a write while noting `keys` and the
+/// measurements.
 fn noted_text(points: &[Point], keys: &[&str]) -> Text {
     let opts = ParseOptions {
         precision: Precision::Nanos,
         default_time: 0,
     };
-    let keys: Arc<[String]> = keys.iter().map(|k| k.to_string()).collect();
+    let noting = Noting {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        measurement: true,
+    };
     let body = Text::from_points(points).joined();
     let source = Source::Bytes(body);
     let mut reader = Reader::new(source, Format::LineProtocol, opts, usize::MAX)
         .forwarding()
-        .noting(Some(keys));
+        .noting(Some(noting));
     let chunk = reader.next_chunk(usize::MAX, &mut |_| true).unwrap();
     let text = chunk.text.expect("a forwarding reader gives text");
     assert_eq!(text.len(), points.len(), "one chunk holds the body");
@@ -134,8 +138,8 @@ fn matching(c: &mut Criterion) {
         let want = native(&parsed);
         // The same points as the checked text the daemon keeps when it forwards.
         let text = Arc::new(Content::Text(Text::from_points(&parsed)));
-        // The same text as ingest reads it once a sinker has asked for `host` and `usage`:
-        // the parser noted them (`host`'s column dictionary-encoded while parsing).
+        // The same text as ingest reads it once a sinker has asked for the measurements,
+        // `host` and `usage`: the parser noted their columns while parsing.
         let noted = Arc::new(Content::Text(noted_text(&parsed, &["host", "usage"])));
         let batch = Arc::new(Content::Points(parsed.clone()));
         for (how, text) in [("text", &text), ("noted text", &noted)] {

@@ -65,10 +65,11 @@ struct Args {
     /// Built-in datakit-filter sinkers, each taking a different 10% of the points.
     #[arg(long, default_value_t = 0)]
     sinkers: usize,
-    /// The sinkers' condition: `host` (`{ host in [four hosts] }`) or `fields` (the same
+    /// The sinkers' condition: `host` (`{ host in [four hosts] }`), `fields` (the same
     /// `or used_percent > 99`: a float field column read for every write, ~0.7% more
-    /// points taken).
-    #[arg(long, default_value = "host", value_parser = ["host", "fields"])]
+    /// points taken) or `measurement` (the same `or measurement = 'swap'`, which no point
+    /// has: the measurements read for every write).
+    #[arg(long, default_value = "host", value_parser = ["host", "fields", "measurement"])]
     rule: String,
     /// Extra `[dataway]` keys, `;`-separated (e.g. `max_pending_bytes = 33554432`).
     #[arg(long, default_value = "")]
@@ -394,10 +395,10 @@ async fn main() -> anyhow::Result<()> {
         let hosts: Vec<String> = (0..4)
             .map(|k| format!("'host-{:02}'", (i * 4 + k) % HOSTS))
             .collect();
-        let field = if args.rule == "fields" {
-            " or used_percent > 99"
-        } else {
-            ""
+        let field = match args.rule.as_str() {
+            "fields" => " or used_percent > 99",
+            "measurement" => " or measurement = 'swap'",
+            _ => "",
         };
         cfg += &format!(
             "[[dataway.sinkers]]\nname = \"s{i}\"\ncategories = [\"metric\", \"logging\"]\nplugin = \"datakit_filter.wasm\"\nconfig = [\"{{ host in [{}]{field} }}\"]\nurls = [\"http://{recv}?token=tkn_sink{i}\"]\n",

@@ -1355,7 +1355,7 @@ async fn a_sinker_splits_text_as_written_and_answers_as_for_points() {
 }
 
 /// The keys a condition asked of one write are noted by the parser in the next ones
-/// (`Dataway::noted_keys`): answers read from the noted places are those of the search
+/// (`Dataway::noting`): answers read from the noted places are those of the search
 /// that the first write used, escaped values and keys hidden in string fields included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_noted_while_parsing_answer_as_the_search_did() {
@@ -1370,7 +1370,7 @@ async fn keys_noted_while_parsing_answer_as_the_search_did() {
     let cfg = host_a_config(&main, &a);
     let d = TestDaemon::start(cfg).await;
     assert_eq!(
-        d.dataway.noted_keys(Category::Metric),
+        d.dataway.noting(Category::Metric),
         None,
         "nothing asked yet"
     );
@@ -1388,8 +1388,8 @@ async fn keys_noted_while_parsing_answer_as_the_search_did() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(all(), "write {write}: every point delivered once");
-        let noted = d.dataway.noted_keys(Category::Metric).expect("keys noted");
-        assert!(noted.iter().any(|k| k == "host"), "{noted:?}");
+        let noted = d.dataway.noting(Category::Metric).expect("keys noted");
+        assert!(noted.keys.iter().any(|k| k == "host"), "{noted:?}");
     }
     d.stop().await;
     // One request per write to each; the first write was searched, the others noted.

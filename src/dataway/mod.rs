@@ -36,7 +36,7 @@ use crate::endpoint::{
 };
 use crate::httpcli::Response;
 use crate::metrics::Metrics;
-use crate::point::{Content, Point, Text};
+use crate::point::{Content, Noting, Point, Text};
 use crate::sinker::{self, Sinker, Sinkers};
 use crate::wal::{Prepared, Ticket, Wal};
 
@@ -399,9 +399,9 @@ impl Dataway {
                 .all(|s| s.endpoints().iter().all(Endpoint::sends_line_protocol))
     }
 
-    /// The keys for the parser to note in a write of `category` kept as text: what the
+    /// What the parser is to note in a write of `category` kept as text: what the
     /// sinkers asked of the category's last write ([`sinker::Sinkers::note`]).
-    pub fn noted_keys(&self, category: Category) -> Option<Arc<[String]>> {
+    pub fn noting(&self, category: Category) -> Option<Noting> {
         self.sinkers.noted(category)
     }
 

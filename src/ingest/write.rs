@@ -40,7 +40,7 @@ use super::{IngestState, authorized, body, error, unavailable};
 use crate::category::Category;
 use crate::dataway::{Budget, Dataway, Reading, WriteError};
 use crate::point::reader::{BadPoints, Chunk, Format, ReadError, Reader, Source};
-use crate::point::{ParseOptions, Precision};
+use crate::point::{Noting, ParseOptions, Precision};
 
 /// Bodies larger than this are parsed on the blocking pool so they never stall the server.
 const INLINE_PARSE_LIMIT: usize = 64 * 1024;
@@ -143,7 +143,7 @@ async fn write_points(
         },
         max_decoded: st.config.max_body,
         forward: st.dataway.forwards(category),
-        noted: st.dataway.noted_keys(category),
+        noted: st.dataway.noting(category),
         body: read.bytes,
         _body_charge: read.charge,
         window: Window::default(),
@@ -240,8 +240,8 @@ struct Job {
     max_decoded: usize,
     /// Keep the points as their checked text ([`Dataway::forwards`]).
     forward: bool,
-    /// With `forward`: the keys the text notes for the sinkers ([`Dataway::noted_keys`]).
-    noted: Option<Arc<[String]>>,
+    /// With `forward`: what the text notes for the sinkers ([`Dataway::noting`]).
+    noted: Option<Noting>,
     body: Bytes,
     /// Held until the write is answered: the body's bytes are in memory until then.
     _body_charge: Reading,

@@ -78,6 +78,12 @@ impl Text {
         self.noted.as_ref()?.column(key)
     }
 
+    /// The measurements' column as the parser noted it, if it was asked to
+    /// ([`Noting::measurement`]): each line's entry, no `None` among the values.
+    pub fn noted_measurements(&self) -> Option<TagColumn<'_>> {
+        self.noted.as_ref()?.measurements()
+    }
+
     /// Field `key`'s value on each line as the parser noted it, if it was asked to and no
     /// line has a string there; empty when no line has the field.
     pub fn noted_field(&self, key: &str) -> Option<&[Scalar]> {
@@ -200,6 +206,9 @@ pub(crate) struct Noted {
     notes: Vec<NotedKey>,
     /// About how many lines there will be: each column is reserved once.
     lines: usize,
+    /// The measurements' column, if asked for; `None` too once it has more than
+    /// [`Noted::MAX_VALUES`] distinct values.
+    measurement: Option<(Dict<String>, Vec<u32>)>,
     /// The memory the columns hold ([`Noted::memory_size`]), kept as they grow: the
     /// parser asks after every line, and summing the columns then was a cost per line.
     size: usize,
@@ -208,6 +217,31 @@ pub(crate) struct Noted {
 /// The bytes `v` grew by since its capacity was `before`.
 fn grown<T>(v: &Vec<T>, before: usize) -> usize {
     (v.capacity() - before) * size_of::<T>()
+}
+
+/// What the parser is to note in a write: what the sinkers asked of the category's last
+/// one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Noting {
+    /// Tag and field keys (the first [`Noted::MAX_KEYS`] are noted).
+    pub keys: Arc<[String]>,
+    /// The measurements' column too.
+    pub measurement: bool,
+}
+
+impl Noting {
+    /// Noting `keys`, not the measurements.
+    pub fn keys(keys: &[String]) -> Noting {
+        Noting {
+            keys: keys.into(),
+            measurement: false,
+        }
+    }
+
+    /// Whether there is nothing to note.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && !self.measurement
+    }
 }
 
 /// What the parser found of one noted key.
@@ -283,9 +317,10 @@ impl Noted {
     /// given up, as a dictionary no smaller than the text's lines would be.
     pub(crate) const MAX_VALUES: usize = 1024;
 
-    /// Notes `keys` (at most [`Noted::MAX_KEYS`] of them; the rest are not noted) over
-    /// about `lines` lines.
-    pub(crate) fn new(keys: Arc<[String]>, lines: usize) -> Noted {
+    /// Notes what `noting` asks (at most [`Noted::MAX_KEYS`] keys; the rest are not
+    /// noted) over about `lines` lines.
+    pub(crate) fn new(noting: Noting, lines: usize) -> Noted {
+        let Noting { keys, measurement } = noting;
         let keys: Arc<[String]> = if keys.len() > Noted::MAX_KEYS {
             keys[..Noted::MAX_KEYS].into()
         } else {
@@ -300,20 +335,39 @@ impl Noted {
                 .collect(),
             keys,
             lines,
+            measurement: measurement.then(|| (Dict::new(), Vec::new())),
             size: 0,
         }
     }
 
-    /// Notes line `i` (lines come in order): `tag(key)` is its value of tag `key`, if it
-    /// has one (unescaped); `field(key)`, its value of field `key` ([`Scalar::Absent`]:
-    /// none).
+    /// Notes line `i` (lines come in order): `measurement()` is its measurement
+    /// (unescaped); `tag(key)`, its value of tag `key`, if it has one (unescaped);
+    /// `field(key)`, its value of field `key` ([`Scalar::Absent`]: none).
     #[inline]
     pub(crate) fn line<'l>(
         &mut self,
         i: usize,
+        measurement: impl FnOnce() -> Cow<'l, str>,
         tag: impl Fn(&str) -> Option<Cow<'l, str>>,
         field: impl Fn(&str) -> Scalar,
     ) {
+        if let Some((dict, index)) = &mut self.measurement {
+            let (cap, before) = (index.capacity(), dict.len());
+            if cap == 0 {
+                index.reserve_exact(self.lines.max(i + 1));
+            }
+            let m = measurement();
+            let size = m.len();
+            index.push(dict.index_of(Some(m)));
+            self.size += grown(index, cap);
+            if dict.len() > before {
+                self.size += size + 64;
+            }
+            if dict.len() > Noted::MAX_VALUES {
+                self.size -= index.capacity() * 4;
+                self.measurement = None;
+            }
+        }
         for (key, note) in self.keys.iter().zip(&mut self.notes) {
             let Some((dict, index)) = &mut note.column else {
                 continue;
@@ -384,7 +438,11 @@ impl Noted {
                     .map_or(0, |(_, index)| index.capacity() * 4)
                     + n.values.capacity() * size_of::<Scalar>()
             })
-            .sum()
+            .sum::<usize>()
+            + self
+                .measurement
+                .as_ref()
+                .map_or(0, |(_, index)| index.capacity() * 4)
     }
 
     /// Ends the noting at `n` lines.
@@ -405,6 +463,15 @@ impl Noted {
                 self.size += grown(values, cap);
             }
         }
+    }
+
+    /// The measurements' column, if it was noted (and not given up).
+    fn measurements(&self) -> Option<TagColumn<'_>> {
+        let (dict, index) = self.measurement.as_ref()?;
+        Some(TagColumn {
+            values: dict.values(),
+            index,
+        })
     }
 
     /// What was noted of `key`: `None` if it was not noted, or its column given up.
@@ -516,6 +583,16 @@ mod tests {
         if let Some(noted) = &text.noted {
             let (size, vectors) = (noted.memory_size(), noted.vectors_size());
             assert!(size >= vectors, "{how}: {size} counted, {vectors} held");
+            let c = text.noted_measurements().expect("measurements noted");
+            assert_eq!(c.index.len(), text.len(), "{how}");
+            for (i, line) in text.lines().enumerate() {
+                let m = c.values[c.index[i] as usize].as_deref();
+                assert_eq!(m, Some(&*line.measurement()), "{how}: line {i}");
+            }
+            let mut distinct = c.values.to_vec();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), c.values.len(), "{how}: {:?}", c.values);
         }
         for key in keys {
             let Some(values) = text.noted_field(key) else {
@@ -583,8 +660,8 @@ mod tests {
         read_noted(body, keys, 200)
     }
 
-    /// `body` read as a forwarding ingest reads it, noting `keys`, in chunks of about
-    /// `chunk` bytes.
+    /// `body` read as a forwarding ingest reads it, noting `keys` and the measurements, in
+    /// chunks of about `chunk` bytes.
     fn read_noted(body: &str, keys: &[String], chunk: usize) -> Vec<Text> {
         use crate::point::reader::{Format, Reader, Source};
         let mut reader = Reader::new(
@@ -594,7 +671,10 @@ mod tests {
             usize::MAX,
         )
         .forwarding()
-        .noting(Some(keys.into()));
+        .noting(Some(Noting {
+            keys: keys.into(),
+            measurement: true,
+        }));
         let mut chunks = Vec::new();
         loop {
             let chunk = reader.next_chunk(chunk, &mut |_| true).unwrap();

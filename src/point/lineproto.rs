@@ -288,7 +288,7 @@ impl Lines {
                     let before = t.used();
                     let i = t.next_line();
                     if let Some(noted) = &mut t.noting {
-                        note(noted, i, line, &self.scratch);
+                        note(noted, i, &l, line, &self.scratch);
                     }
                     t.buf
                         .extend_from_slice(&line.as_bytes()[l.measurement.start..l.fields_end]);
@@ -553,12 +553,12 @@ pub(super) fn skip_spaces(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Notes what line `i` says of each noted key: its tag value, and its field value.
+/// Notes what line `i` says: its measurement, and each noted key's tag and field value.
 /// Keys are compared as the parser compares them for duplicates: unescaped. Never
 /// inlined: in the line loop it changed how the rest of the loop was compiled (the
 /// timestamp parse cost 8 ns a point more).
 #[inline(never)]
-fn note(noted: &mut Noted, i: usize, line: &str, scratch: &Scratch) {
+fn note(noted: &mut Noted, i: usize, l: &Line, line: &str, scratch: &Scratch) {
     // Lengths first: most keys differ in length from the noted ones.
     let same = |s: Span, key: &str| {
         if s.esc {
@@ -568,8 +568,17 @@ fn note(noted: &mut Noted, i: usize, line: &str, scratch: &Scratch) {
         }
     };
     // A line has each tag key and each field key once (else it was refused).
+    let m = l.measurement;
     noted.line(
         i,
+        || {
+            let raw = &line[m.start..m.end];
+            if m.esc {
+                Cow::Owned(unescape(raw, is_measurement_escapable))
+            } else {
+                Cow::Borrowed(raw)
+            }
+        },
         |key| {
             let (_, v) = scratch.tags.iter().find(|(k, _)| same(*k, key))?;
             Some(if v.esc {

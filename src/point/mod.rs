@@ -14,7 +14,7 @@ mod text;
 pub mod v2;
 mod view;
 
-pub use keys::{KeyPlaces, Scalar, TagColumn};
+pub use keys::{KeyPlaces, Noting, Scalar, TagColumn};
 pub use lineproto::{
     LineError, ParseErrors, ParseOptions, Precision, encode_points, parse, parse_text,
 };

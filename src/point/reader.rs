@@ -12,10 +12,10 @@
 //! the caller first (the `reserve` argument), so the caller can count it in its budget.
 
 use std::io::{self, Read};
-use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::keys::Noting;
 use super::lineproto::Lines;
 use super::text::{Text, TextBuilder};
 use super::v2::{DecodeError, Entries};
@@ -87,8 +87,8 @@ pub struct Reader {
     reserved: usize,
     /// Keep line protocol as checked text, not as points ([`Reader::forwarding`]).
     forward: bool,
-    /// Keys whose places the text notes ([`Reader::noting`]).
-    noting: Option<Arc<[String]>>,
+    /// What the text notes ([`Reader::noting`]).
+    noting: Option<Noting>,
 }
 
 /// Points read from a body, in body order: parsed, or kept as checked line protocol text
@@ -151,11 +151,11 @@ impl Reader {
         self
     }
 
-    /// With [`Reader::forwarding`]: the text notes where `keys` are as it checks each line
-    /// (what the sinkers asked of the last write: [`Text::key_places`] then needs no
-    /// search). `None` or empty: nothing is noted.
-    pub fn noting(mut self, keys: Option<Arc<[String]>>) -> Reader {
-        self.noting = keys;
+    /// With [`Reader::forwarding`]: the text notes what `noting` asks as it checks each
+    /// line (what the sinkers asked of the last write: [`Text::key_places`] then needs no
+    /// search, a column no line read again). `None` or empty: nothing is noted.
+    pub fn noting(mut self, noting: Option<Noting>) -> Reader {
+        self.noting = noting;
         self
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::keys::Noted;
+use super::keys::{Noted, Noting};
 use super::lineproto::{is_name_escapable, unescape};
 use super::view::{LineView, ValueAt};
 use super::{ParseOptions, Point, Precision, parse};
@@ -350,11 +350,12 @@ impl TextBuilder {
         }
     }
 
-    /// Notes where `keys` are as lines are added (see [`super::keys`]); none if empty.
-    pub(crate) fn noting(mut self, keys: Option<Arc<[String]>>) -> TextBuilder {
-        self.noting = keys
-            .filter(|k| !k.is_empty())
-            .map(|k| Noted::new(k, self.ends.capacity()));
+    /// Notes what `noting` asks as lines are added (see [`super::keys`]); nothing if
+    /// `None` or empty.
+    pub(crate) fn noting(mut self, noting: Option<Noting>) -> TextBuilder {
+        self.noting = noting
+            .filter(|n| !n.is_empty())
+            .map(|n| Noted::new(n, self.ends.capacity()));
         self
     }
 

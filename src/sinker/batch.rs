@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use wasmtime::component::Resource;
 
@@ -16,7 +17,7 @@ use super::plugin::bindings::dataway::sinker::types::{
 };
 use crate::category::Category;
 use crate::point::dict::{Dict, same};
-use crate::point::{Content, FieldValue, Point, Text, ValueAt};
+use crate::point::{Content, FieldValue, Noting, Point, Text, ValueAt};
 
 /// What a `batch` handle points at in a store's resource table: the points being routed,
 /// parsed or as the checked text they came in as (then each column is read from the lines
@@ -43,9 +44,12 @@ pub struct Columns {
     /// asks next is read from them instead of scanning every line's tags again. Kept even
     /// for one condition, which asks both.
     values: std::sync::Mutex<Vec<(String, Arc<Vec<ValueAt>>)>>,
-    /// The keys conditions asked of a text (`key-counts`, `tag-column`), in the order first
-    /// asked: the parser notes them in the category's next write ([`Columns::asked`]).
+    /// The keys conditions asked of a text (`key-counts`, `tag-column`, the field columns),
+    /// in the order first asked: the parser notes them in the category's next write
+    /// ([`Columns::asked`]).
     asked: std::sync::Mutex<Vec<String>>,
+    /// Whether a condition asked for the measurements of a text (noted the same way).
+    asked_measurements: std::sync::atomic::AtomicBool,
 }
 
 impl Columns {
@@ -86,9 +90,14 @@ impl Columns {
             .collect())
     }
 
-    /// The keys asked of a text so far, first asked first.
-    pub fn asked(&self) -> Vec<String> {
-        self.asked.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// What was asked of a text so far: the keys, first asked first, and whether the
+    /// measurements.
+    pub fn asked(&self) -> Noting {
+        let keys = self.asked.lock().unwrap_or_else(|e| e.into_inner());
+        Noting {
+            keys: keys.as_slice().into(),
+            measurement: self.asked_measurements.load(Ordering::Relaxed),
+        }
     }
 
     /// Notes that a condition asked about `keys` of a text.
@@ -291,6 +300,26 @@ impl PointBatch {
         })
     }
 
+    /// `measurements`: each point's measurement, dictionary-encoded.
+    fn measurement_column(&self) -> StringColumn {
+        self.columns.get(None, || match self.points.as_ref() {
+            Content::Points(ps) => string_column(ps.iter().map(|p| Some(p.measurement.as_str()))),
+            Content::Text(t) => {
+                self.columns
+                    .asked_measurements
+                    .store(true, Ordering::Relaxed);
+                match t.noted_measurements() {
+                    // As the parser noted them: no line is read again.
+                    Some(c) => StringColumn {
+                        dict: c.values.to_vec(),
+                        index: c.index.to_vec(),
+                    },
+                    None => text_column(t, |l| Some(l.measurement())),
+                }
+            }
+        })
+    }
+
     /// `typed-field-column`: field `key` of each point as flat lists by type.
     fn typed_column(&self, key: &str) -> TypedColumn {
         match self.points.as_ref() {
@@ -466,11 +495,7 @@ impl HostBatch for StoreState {
     }
 
     fn measurements(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<StringColumn> {
-        let batch = self.table.get(&b)?;
-        Ok(batch.columns.get(None, || match batch.points.as_ref() {
-            Content::Points(ps) => string_column(ps.iter().map(|p| Some(p.measurement.as_str()))),
-            Content::Text(t) => text_column(t, |l| Some(l.measurement())),
-        }))
+        Ok(self.table.get(&b)?.measurement_column())
     }
 
     fn times(&mut self, b: Resource<PointBatch>) -> wasmtime::Result<Vec<i64>> {
@@ -772,7 +797,8 @@ mod tests {
         out
     }
 
-    /// `points` read as ingest reads a write, the parser noting `keys`.
+    /// `points` read as ingest reads a write, the parser noting `keys` and the
+    /// measurements.
     fn read_noting(points: &[Point], keys: &[String]) -> PointBatch {
         use crate::point::reader::{Format, Reader, Source};
         let body = Text::from_points(points).joined();
@@ -782,7 +808,10 @@ mod tests {
         };
         let mut reader = Reader::new(Source::Bytes(body), Format::LineProtocol, opts, usize::MAX)
             .forwarding()
-            .noting(Some(keys.into()));
+            .noting(Some(Noting {
+                keys: keys.into(),
+                measurement: true,
+            }));
         let chunk = reader.next_chunk(usize::MAX, &mut |_| true).unwrap();
         let text = chunk.text.expect("forwarded");
         assert_eq!(text.len(), points.len());
@@ -861,6 +890,7 @@ mod tests {
     fn tag_columns_after_key_counts_are_the_points_columns() {
         let mut points = mixed();
         for (i, p) in points.iter_mut().enumerate() {
+            p.measurement = ["m", "cpu", "a b,c=d\\"][i % 3].to_string();
             if i % 5 == 0 {
                 p.tags.push(("esc".into(), format!("a b,c=d\\{i}")));
             }
@@ -887,6 +917,19 @@ mod tests {
         // Read as ingest reads a write, the parser noting the keys (all but the last).
         let noted = read_noting(&points, &keys[..keys.len() - 1]);
         noted.key_counts(&keys).unwrap();
+        // The measurements too, as the parser noted them (escapes undone).
+        let Content::Text(t) = noted.points.as_ref() else {
+            unreachable!()
+        };
+        assert!(t.noted_measurements().is_some());
+        let (measurements, from_points) = (
+            noted.measurement_column(),
+            lent(&points, false).measurement_column(),
+        );
+        assert_eq!(decode(&measurements), decode(&from_points));
+        assert_eq!(measurements.dict, from_points.dict, "first seen first");
+        assert_eq!(decode(&measurements)[2].as_deref(), Some("a b,c=d\\"));
+        assert!(noted.columns.asked().measurement, "asked: noted next time");
         for (k, want) in keys.iter().zip(&want) {
             let Content::Text(t) = noted.points.as_ref() else {
                 unreachable!()

@@ -23,7 +23,7 @@ use std::time::Instant;
 use crate::category::Category;
 use crate::endpoint::Endpoint;
 use crate::metrics::Metrics;
-use crate::point::{Content, Point, Text};
+use crate::point::{Content, Noting, Point, Text};
 
 pub use plugin::{CallError, Columns, FailureKind, Limits, LoadError, LogFn, Plugin, Runtime};
 
@@ -155,15 +155,16 @@ impl Sinker {
 #[derive(Default)]
 pub struct Sinkers {
     set: RwLock<Arc<Vec<Arc<Sinker>>>>,
-    /// Per category, the keys the conditions asked of its last write's text: the parser
-    /// notes them in the next one, so that asking again costs no search (see
-    /// `point::keys`). A guess: keys asked anew are searched for, and noted from then on.
-    noted: Mutex<Vec<(Category, Arc<[String]>)>>,
+    /// Per category, the keys (and whether the measurements) the conditions asked of its
+    /// last write's text: the parser notes them in the next one, so that asking again
+    /// costs no search (see `point::keys`). A guess: keys asked anew are searched for, and
+    /// noted from then on.
+    noted: Mutex<Vec<(Category, Noting)>>,
 }
 
 impl Sinkers {
-    /// The keys for the parser to note in a write of `category` (see [`Sinkers::note`]).
-    pub fn noted(&self, category: Category) -> Option<Arc<[String]>> {
+    /// What the parser is to note in a write of `category` (see [`Sinkers::note`]).
+    pub fn noted(&self, category: Category) -> Option<Noting> {
         let noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
         noted
             .iter()
@@ -172,14 +173,14 @@ impl Sinkers {
     }
 
     /// Keeps `asked` (what a split of `category`'s text asked about) for the category's
-    /// next writes; an empty list stops the noting.
-    pub fn note(&self, category: Category, asked: Vec<String>) {
+    /// next writes; asking nothing stops the noting.
+    pub fn note(&self, category: Category, asked: Noting) {
         let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
         match noted.iter_mut().find(|(c, _)| *c == category) {
-            Some((_, keys)) if **keys == *asked => {}
-            Some((_, keys)) => *keys = asked.into(),
+            Some((_, noting)) if *noting == asked => {}
+            Some((_, noting)) => *noting = asked,
             None if asked.is_empty() => {}
-            None => noted.push((category, asked.into())),
+            None => noted.push((category, asked)),
         }
     }
 
@@ -231,10 +232,10 @@ pub struct Split {
     pub rest: Content,
     /// What to count once the points are accepted (see [`Counts::record`]).
     pub counts: Counts,
-    /// Over text: the keys the conditions asked about (none if no sinker took the
+    /// Over text: what the conditions asked about (nothing if no sinker took the
     /// category), for the parser to note in the category's next write
     /// ([`Sinkers::note`]). `None` over points.
-    pub asked: Option<Vec<String>>,
+    pub asked: Option<Noting>,
 }
 
 /// The routing counters of one split, kept until the write is accepted: a write refused
@@ -292,7 +293,7 @@ pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: 
             sunk: Vec::new(),
             rest: points,
             counts,
-            asked: text.then(Vec::new),
+            asked: text.then(Noting::default),
         };
     }
     // Plugins borrow the points through an Arc; it is unique again once they are done.
