@@ -208,7 +208,7 @@ pub(crate) struct Noted {
     lines: usize,
     /// The measurements' column, if asked for; `None` too once it has more than
     /// [`Noted::MAX_VALUES`] distinct values.
-    measurement: Option<(Dict<String>, Vec<u32>)>,
+    measurement: Option<NotedColumn>,
     /// The memory the columns hold ([`Noted::memory_size`]), kept as they grow: the
     /// parser asks after every line, and summing the columns then was a cost per line.
     size: usize,
@@ -251,7 +251,7 @@ struct NotedKey {
     fields: u32,
     /// `None` once it has more than [`Noted::MAX_VALUES`] distinct values: then the key
     /// counts as not noted, and is searched for.
-    column: Option<(Dict<String>, Vec<u32>)>,
+    column: Option<NotedColumn>,
     /// Each line's value of the key as a field, up to the last line that has one; emptied
     /// for good once a line has a string there (strings are not noted: a log message
     /// would be a copy of the text).
@@ -300,6 +300,62 @@ impl Scalar {
     }
 }
 
+/// A column the parser builds (a noted tag's, the measurements'): each line's entry of the
+/// dictionary, up to the last line with a value.
+#[derive(Debug, Default)]
+struct NotedColumn {
+    dict: Dict<String>,
+    index: Vec<u32>,
+}
+
+impl NotedColumn {
+    /// Adds line `i`'s value `v` (the lines before it without one get `None`), reserving
+    /// for about `lines` lines at first, and counts the memory it took in `size`. `false`
+    /// once the dictionary is past [`Noted::MAX_VALUES`]: the column is to be given up
+    /// (its index is no longer counted; its strings stay counted, a little over).
+    #[inline]
+    fn push(&mut self, i: usize, v: Cow<'_, str>, lines: usize, size: &mut usize) -> bool {
+        let (cap, before) = (self.index.capacity(), self.dict.len());
+        if cap == 0 {
+            self.index.reserve_exact(lines.max(i + 1));
+        }
+        if self.index.len() < i {
+            let none = self.dict.index_of(None::<&str>);
+            self.index.resize(i, none);
+        }
+        let len = v.len();
+        self.index.push(self.dict.index_of(Some(v)));
+        *size += grown(&self.index, cap);
+        if self.dict.len() > before {
+            // A `String` and its slot in the vector and the map, roughly.
+            *size += len + 64;
+        }
+        if self.dict.len() > Noted::MAX_VALUES {
+            *size -= self.index.capacity() * 4;
+            return false;
+        }
+        true
+    }
+
+    /// Fills the lines after the last one with a value, up to `n`, with `None`; returns
+    /// the memory that took.
+    fn fill(&mut self, n: usize) -> usize {
+        if self.index.len() >= n {
+            return 0;
+        }
+        let (cap, none) = (self.index.capacity(), self.dict.index_of(None::<&str>));
+        self.index.resize(n, none);
+        grown(&self.index, cap)
+    }
+
+    fn view(&self) -> TagColumn<'_> {
+        TagColumn {
+            values: self.dict.values(),
+            index: &self.index,
+        }
+    }
+}
+
 /// A noted tag's column: each line's entry of `values`, its distinct values (`None`: a
 /// line without the tag) in first-seen order. `index` is empty when no line has the tag.
 #[derive(Debug, Clone, Copy)]
@@ -329,13 +385,13 @@ impl Noted {
         Noted {
             notes: (0..keys.len())
                 .map(|_| NotedKey {
-                    column: Some((Dict::new(), Vec::new())),
+                    column: Some(NotedColumn::default()),
                     ..NotedKey::default()
                 })
                 .collect(),
             keys,
             lines,
-            measurement: measurement.then(|| (Dict::new(), Vec::new())),
+            measurement: measurement.then(NotedColumn::default),
             size: 0,
         }
     }
@@ -351,47 +407,18 @@ impl Noted {
         tag: impl Fn(&str) -> Option<Cow<'l, str>>,
         field: impl Fn(&str) -> Scalar,
     ) {
-        if let Some((dict, index)) = &mut self.measurement {
-            let (cap, before) = (index.capacity(), dict.len());
-            if cap == 0 {
-                index.reserve_exact(self.lines.max(i + 1));
-            }
-            let m = measurement();
-            let size = m.len();
-            index.push(dict.index_of(Some(m)));
-            self.size += grown(index, cap);
-            if dict.len() > before {
-                self.size += size + 64;
-            }
-            if dict.len() > Noted::MAX_VALUES {
-                self.size -= index.capacity() * 4;
-                self.measurement = None;
-            }
+        if let Some(c) = &mut self.measurement
+            && !c.push(i, measurement(), self.lines, &mut self.size)
+        {
+            self.measurement = None;
         }
         for (key, note) in self.keys.iter().zip(&mut self.notes) {
-            let Some((dict, index)) = &mut note.column else {
+            let Some(c) = &mut note.column else {
                 continue;
             };
             if let Some(v) = tag(key) {
-                let cap = index.capacity();
-                if cap == 0 {
-                    index.reserve_exact(self.lines.max(i + 1));
-                }
-                if index.len() < i {
-                    let none = dict.index_of(None::<&str>);
-                    index.resize(i, none);
-                }
-                let (before, size) = (dict.len(), v.len());
-                index.push(dict.index_of(Some(v)));
-                self.size += grown(index, cap);
-                if dict.len() > before {
-                    // A `String` and its slot in the vector and the map, roughly.
-                    self.size += size + 64;
-                }
                 note.tags += 1;
-                if dict.len() > Noted::MAX_VALUES {
-                    // The strings stay counted: a little over, never under.
-                    self.size -= index.capacity() * 4;
+                if !c.push(i, v, self.lines, &mut self.size) {
                     note.column = None;
                     continue;
                 }
@@ -433,28 +460,23 @@ impl Noted {
         self.notes
             .iter()
             .map(|n| {
-                n.column
-                    .as_ref()
-                    .map_or(0, |(_, index)| index.capacity() * 4)
+                n.column.as_ref().map_or(0, |c| c.index.capacity() * 4)
                     + n.values.capacity() * size_of::<Scalar>()
             })
             .sum::<usize>()
             + self
                 .measurement
                 .as_ref()
-                .map_or(0, |(_, index)| index.capacity() * 4)
+                .map_or(0, |c| c.index.capacity() * 4)
     }
 
     /// Ends the noting at `n` lines.
     pub(crate) fn finish(&mut self, n: usize) {
         for note in &mut self.notes {
-            if let Some((dict, index)) = &mut note.column
-                && !index.is_empty()
-                && index.len() < n
+            if let Some(c) = &mut note.column
+                && !c.index.is_empty()
             {
-                let (cap, none) = (index.capacity(), dict.index_of(None::<&str>));
-                index.resize(n, none);
-                self.size += grown(index, cap);
+                self.size += c.fill(n);
             }
             let values = &mut note.values;
             if !values.is_empty() {
@@ -467,11 +489,7 @@ impl Noted {
 
     /// The measurements' column, if it was noted (and not given up).
     fn measurements(&self) -> Option<TagColumn<'_>> {
-        let (dict, index) = self.measurement.as_ref()?;
-        Some(TagColumn {
-            values: dict.values(),
-            index,
-        })
+        self.measurement.as_ref().map(NotedColumn::view)
     }
 
     /// What was noted of `key`: `None` if it was not noted, or its column given up.
@@ -490,11 +508,7 @@ impl Noted {
     }
 
     fn column(&self, key: &str) -> Option<TagColumn<'_>> {
-        let (dict, index) = self.note(key)?.column.as_ref()?;
-        Some(TagColumn {
-            values: dict.values(),
-            index,
-        })
+        self.note(key)?.column.as_ref().map(NotedColumn::view)
     }
 
     fn field(&self, key: &str) -> Option<&[Scalar]> {

@@ -17,7 +17,7 @@ use super::plugin::bindings::dataway::sinker::types::{
 };
 use crate::category::Category;
 use crate::point::dict::{Dict, same};
-use crate::point::{Content, FieldValue, Noting, Point, Text, ValueAt};
+use crate::point::{Content, FieldValue, Noting, Point, TagColumn, Text, ValueAt};
 
 /// What a `batch` handle points at in a store's resource table: the points being routed,
 /// parsed or as the checked text they came in as (then each column is read from the lines
@@ -139,6 +139,14 @@ fn string_column<'a>(values: impl Iterator<Item = Option<&'a str>>) -> StringCol
     let mut dict: Dict<&str> = Dict::new();
     let index = values.map(|v| dict.index_of(v)).collect();
     into_column(dict, index)
+}
+
+/// A column the parser noted, copied for the guest.
+fn owned_column(c: TagColumn<'_>) -> StringColumn {
+    StringColumn {
+        dict: c.values.to_vec(),
+        index: c.index.to_vec(),
+    }
 }
 
 /// The column of `index` (entries of `dict`), with the dictionary's strings.
@@ -274,10 +282,7 @@ impl PointBatch {
                     return if c.index.is_empty() {
                         string_column((0..t.len()).map(|_| None))
                     } else {
-                        StringColumn {
-                            dict: c.values.to_vec(),
-                            index: c.index.to_vec(),
-                        }
+                        owned_column(c)
                     };
                 }
                 // Where a `key-counts` scan found them.
@@ -310,10 +315,7 @@ impl PointBatch {
                     .store(true, Ordering::Relaxed);
                 match t.noted_measurements() {
                     // As the parser noted them: no line is read again.
-                    Some(c) => StringColumn {
-                        dict: c.values.to_vec(),
-                        index: c.index.to_vec(),
-                    },
+                    Some(c) => owned_column(c),
                     None => text_column(t, |l| Some(l.measurement())),
                 }
             }
