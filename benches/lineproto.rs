@@ -134,8 +134,14 @@ fn key_places(c: &mut Criterion) {
         // Noted by the parser instead (what an ingest reads after a sinker asked once):
         // the body read as ingest reads it, without and with noting `host`; the difference
         // is what noting costs, against `search`.
+        // And a tag plus a field, as a rule like `host in [..] or usage > 99` asks.
+        let both = Noting::keys(&["host".to_string(), "usage".to_string()]);
         let keys = Noting::keys(&keys);
-        for (how, noting) in [("read", None), ("read-noting", Some(keys))] {
+        for (how, noting) in [
+            ("read", None),
+            ("read-noting", Some(keys)),
+            ("read-noting-tag-and-field", Some(both)),
+        ] {
             group.bench_function(format!("{how}/{name}"), |b| {
                 b.iter(|| {
                     let mut r = Reader::new(

@@ -19,7 +19,6 @@
 //! field key of a line in hand then, so a noted key costs a comparison per tag, not a
 //! search. A key not noted (a plugin asking something new) is searched for as above.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use memchr::memmem::Finder;
@@ -212,6 +211,20 @@ pub(crate) struct Noted {
     /// The memory the columns hold ([`Noted::memory_size`]), kept as they grow: the
     /// parser asks after every line, and summing the columns then was a cost per line.
     size: usize,
+    /// Where an escaped value is unescaped to be looked up (a `String` per escaped value
+    /// and line was half of what noting an escaped tag cost).
+    buf: String,
+}
+
+/// One line as the parser read it, as [`Noted::line`] asks it. Values are unescaped, into
+/// `buf` when they have escapes.
+pub(crate) trait ParsedLine {
+    /// The line's measurement.
+    fn measurement<'a>(&'a self, buf: &'a mut String) -> &'a str;
+    /// Its value of tag `key`, if it has the tag.
+    fn tag<'a>(&'a self, key: &str, buf: &'a mut String) -> Option<&'a str>;
+    /// Its value of field `key` ([`Scalar::Absent`]: none).
+    fn field(&self, key: &str) -> Scalar;
 }
 
 /// The bytes `v` grew by since its capacity was `before`.
@@ -314,7 +327,7 @@ impl NotedColumn {
     /// once the dictionary is past [`Noted::MAX_VALUES`]: the column is to be given up
     /// (its index is no longer counted; its strings stay counted, a little over).
     #[inline]
-    fn push(&mut self, i: usize, v: Cow<'_, str>, lines: usize, size: &mut usize) -> bool {
+    fn push(&mut self, i: usize, v: &str, lines: usize, size: &mut usize) -> bool {
         let (cap, before) = (self.index.capacity(), self.dict.len());
         if cap == 0 {
             self.index.reserve_exact(lines.max(i + 1));
@@ -393,43 +406,44 @@ impl Noted {
             lines,
             measurement: measurement.then(NotedColumn::default),
             size: 0,
+            buf: String::new(),
         }
     }
 
-    /// Notes line `i` (lines come in order): `measurement()` is its measurement
-    /// (unescaped); `tag(key)`, its value of tag `key`, if it has one (unescaped);
-    /// `field(key)`, its value of field `key` ([`Scalar::Absent`]: none).
+    /// Notes line `i` (lines come in order).
     #[inline]
-    pub(crate) fn line<'l>(
-        &mut self,
-        i: usize,
-        measurement: impl FnOnce() -> Cow<'l, str>,
-        tag: impl Fn(&str) -> Option<Cow<'l, str>>,
-        field: impl Fn(&str) -> Scalar,
-    ) {
-        if let Some(c) = &mut self.measurement
-            && !c.push(i, measurement(), self.lines, &mut self.size)
+    pub(crate) fn line(&mut self, i: usize, line: &impl ParsedLine) {
+        let Noted {
+            keys,
+            notes,
+            lines,
+            measurement,
+            size,
+            buf,
+        } = self;
+        if let Some(c) = measurement
+            && !c.push(i, line.measurement(buf), *lines, size)
         {
-            self.measurement = None;
+            *measurement = None;
         }
-        for (key, note) in self.keys.iter().zip(&mut self.notes) {
+        for (key, note) in keys.iter().zip(notes.iter_mut()) {
             let Some(c) = &mut note.column else {
                 continue;
             };
-            if let Some(v) = tag(key) {
+            if let Some(v) = line.tag(key, buf) {
                 note.tags += 1;
-                if !c.push(i, v, self.lines, &mut self.size) {
+                if !c.push(i, v, *lines, size) {
                     note.column = None;
                     continue;
                 }
             }
             let values = &mut note.values;
-            match field(key) {
+            match line.field(key) {
                 Scalar::Absent => {}
                 Scalar::Str => {
                     note.fields += 1;
                     note.strings = true;
-                    self.size -= values.capacity() * size_of::<Scalar>();
+                    *size -= values.capacity() * size_of::<Scalar>();
                     *values = Vec::new();
                 }
                 v => {
@@ -437,11 +451,11 @@ impl Noted {
                     if !note.strings {
                         let cap = values.capacity();
                         if cap == 0 {
-                            values.reserve_exact(self.lines.max(i + 1));
+                            values.reserve_exact((*lines).max(i + 1));
                         }
                         values.resize(i, Scalar::Absent);
                         values.push(v);
-                        self.size += grown(values, cap);
+                        *size += grown(values, cap);
                     }
                 }
             }
@@ -548,6 +562,8 @@ fn exact_line(line: LineView<'_>, i: usize, n: usize, keys: &[String], out: &mut
 #[cfg(test)]
 mod tests {
     use rand::{RngExt, SeedableRng};
+
+    use std::borrow::Cow;
 
     use super::*;
     use crate::point::{ParseOptions, Precision, parse_text};

@@ -17,7 +17,7 @@ use super::plugin::bindings::dataway::sinker::types::{
 };
 use crate::category::Category;
 use crate::point::dict::{Dict, same};
-use crate::point::{Content, FieldValue, Noting, Point, TagColumn, Text, ValueAt};
+use crate::point::{Content, FieldValue, Noting, Point, Scalar, TagColumn, Text, ValueAt};
 
 /// What a `batch` handle points at in a store's resource table: the points being routed,
 /// parsed or as the checked text they came in as (then each column is read from the lines
@@ -327,11 +327,24 @@ impl PointBatch {
         match self.points.as_ref() {
             Content::Points(ps) => {
                 let mut hint = 0;
-                typed_column(ps.iter().map(|p| find(&p.fields, key, &mut hint)), ps.len())
+                let values = ps.iter().map(|p| Cell::of(find(&p.fields, key, &mut hint)));
+                typed_column(values, ps.len())
             }
             Content::Text(t) => {
-                let values = self.text_field(t, key);
-                typed_column(values.iter().map(Option::as_ref), t.len())
+                self.columns.ask([key]);
+                match t.noted_field(key) {
+                    // Straight from what the parser noted (no string among them).
+                    Some(noted) => {
+                        let values = noted.iter().map(|&v| Cell::from(v));
+                        let absent = std::iter::repeat_n(Cell::None, t.len() - noted.len());
+                        typed_column(values.chain(absent), t.len())
+                    }
+                    None => {
+                        let values: Vec<Option<FieldValue>> =
+                            t.lines().map(|l| l.field(key)).collect();
+                        typed_column(values.iter().map(|v| Cell::of(v.as_ref())), t.len())
+                    }
+                }
             }
         }
     }
@@ -352,9 +365,49 @@ impl PointBatch {
     }
 }
 
+/// A field value as [`typed_column`] reads it: from a point's fields, or from what the
+/// parser noted, without making a `FieldValue` of it first.
+#[derive(Clone, Copy)]
+enum Cell<'a> {
+    None,
+    Float(f64),
+    Int(i64),
+    Uint(u64),
+    Bool(bool),
+    Str(&'a str),
+}
+
+impl<'a> Cell<'a> {
+    #[inline(always)]
+    fn of(v: Option<&'a FieldValue>) -> Cell<'a> {
+        match v {
+            None => Cell::None,
+            Some(FieldValue::Float(f)) => Cell::Float(*f),
+            Some(FieldValue::Int(v)) => Cell::Int(*v),
+            Some(FieldValue::Uint(v)) => Cell::Uint(*v),
+            Some(FieldValue::Bool(b)) => Cell::Bool(*b),
+            Some(FieldValue::Str(s)) => Cell::Str(s),
+        }
+    }
+}
+
+impl From<Scalar> for Cell<'_> {
+    /// A noted value ([`Scalar::Str`] never is in a noted column: it gives it up).
+    #[inline(always)]
+    fn from(v: Scalar) -> Self {
+        match v {
+            Scalar::Float(f) => Cell::Float(f),
+            Scalar::Int(v) => Cell::Int(v),
+            Scalar::Uint(v) => Cell::Uint(v),
+            Scalar::Bool(b) => Cell::Bool(b),
+            Scalar::Absent | Scalar::Str => Cell::None,
+        }
+    }
+}
+
 /// The `n` values of a field as flat lists by type, in one pass. A type's lists are made
 /// when its first value is met.
-fn typed_column<'a>(values: impl Iterator<Item = Option<&'a FieldValue>>, n: usize) -> TypedColumn {
+fn typed_column<'a>(values: impl Iterator<Item = Cell<'a>>, n: usize) -> TypedColumn {
     let words = n.div_ceil(64);
     let mask = || vec![0u64; words];
     let mut floats: Option<FloatValues> = None;
@@ -366,44 +419,44 @@ fn typed_column<'a>(values: impl Iterator<Item = Option<&'a FieldValue>>, n: usi
     for (i, value) in values.enumerate() {
         let (w, bit) = (i / 64, 1u64 << (i % 64));
         match value {
-            Some(FieldValue::Float(f)) => {
+            Cell::Float(f) => {
                 let c = floats.get_or_insert_with(|| FloatValues {
                     mask: mask(),
                     values: vec![0.0; n],
                 });
                 c.mask[w] |= bit;
-                c.values[i] = *f;
+                c.values[i] = f;
             }
-            Some(FieldValue::Int(v)) => {
+            Cell::Int(v) => {
                 let c = ints.get_or_insert_with(|| IntValues {
                     mask: mask(),
                     values: vec![0; n],
                 });
                 c.mask[w] |= bit;
-                c.values[i] = *v;
+                c.values[i] = v;
             }
-            Some(FieldValue::Uint(v)) => {
+            Cell::Uint(v) => {
                 let c = uints.get_or_insert_with(|| UintValues {
                     mask: mask(),
                     values: vec![0; n],
                 });
                 c.mask[w] |= bit;
-                c.values[i] = *v;
+                c.values[i] = v;
             }
-            Some(FieldValue::Bool(b)) => {
+            Cell::Bool(b) => {
                 let c = bools.get_or_insert_with(|| BoolValues {
                     mask: mask(),
                     trues: mask(),
                 });
                 c.mask[w] |= bit;
-                if *b {
+                if b {
                     c.trues[w] |= bit;
                 }
             }
-            Some(FieldValue::Str(_)) | None => {}
+            Cell::Str(_) | Cell::None => {}
         }
         let text = match value {
-            Some(FieldValue::Str(s)) => Some(s.as_str()),
+            Cell::Str(s) => Some(s),
             _ => None,
         };
         match (&mut strs, text) {
