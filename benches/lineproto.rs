@@ -136,11 +136,15 @@ fn key_places(c: &mut Criterion) {
         // is what noting costs, against `search`.
         // And a tag plus a field, as a rule like `host in [..] or usage > 99` asks.
         let both = Noting::keys(&["host".to_string(), "usage".to_string()]);
+        // And `version`, with ~2,000 distinct values: given up past 1,024 (what a key
+        // resting after a give-up saves each write, see `sinker::Sinkers::note`).
+        let id_like = Noting::keys(&["version".to_string()]);
         let keys = Noting::keys(&keys);
         for (how, noting) in [
             ("read", None),
             ("read-noting", Some(keys)),
             ("read-noting-tag-and-field", Some(both)),
+            ("read-noting-given-up", Some(id_like)),
         ] {
             group.bench_function(format!("{how}/{name}"), |b| {
                 b.iter(|| {

@@ -1408,6 +1408,65 @@ async fn keys_noted_while_parsing_answer_as_the_search_did() {
     assert!(rest.iter().all(|t| *t == rest[0]), "{rest:?}");
 }
 
+/// A tag with more distinct values in a write than a noted column holds (an id) is noted
+/// once, given up, and then rests: the next writes do not note it (the search answers),
+/// then it is tried again. Every write's answers stay right throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_tag_given_up_by_the_parser_rests_then_is_noted_again() {
+    use dataway::category::Category;
+    let lines = 1_100; // more distinct ids than a noted column holds (1,024)
+    let body: String = (0..lines)
+        .map(|i| format!("cpu,host=h{},id={i} v=1 {}\n", i % 3, i + 1))
+        .collect();
+    let (main, a) = (MockDataway::start().await, MockDataway::start().await);
+    let cfg = config_for(
+        &[main.url("t")],
+        "",
+        &sinker(
+            "a",
+            "[\"metric\"]",
+            Some("datakit_filter.wasm"),
+            "{ id = \"7\" or host = \"h1\" }",
+            &a.url("t"),
+        ),
+    );
+    let d = TestDaemon::start(cfg).await;
+    let noted_id = || {
+        d.dataway
+            .noting(Category::Metric)
+            .is_some_and(|n| n.keys.iter().any(|k| k == "id"))
+    };
+    let taken = (0..lines).filter(|i| i % 3 == 1 || *i == 7).count();
+    // Which writes noted `id` (the state `noting` gives is what the next write uses).
+    let mut noted = Vec::new();
+    for write in 1..=20 {
+        noted.push(noted_id());
+        let r = reqwest::Client::new()
+            .post(d.url("/v1/write/metric?precision=n"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let all = || a.points_accepted() + main.points_accepted() == lines * write;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !all() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(all(), "write {write}: every point delivered once");
+        assert_eq!(
+            a.points_accepted(),
+            taken * write,
+            "write {write}: the sinker's share"
+        );
+    }
+    d.stop().await;
+    // Write 1 is searched (nothing asked yet); write 2 notes `id` and gives it up; it rests
+    // for 16 writes (3..=18); write 19 notes it again (and gives it up again).
+    let want: Vec<bool> = (1..=20).map(|w| w == 2 || w == 19).collect();
+    assert_eq!(noted, want, "which writes noted `id`");
+}
+
 /// While the plugins compile, the port answers: `/health` and writes 503 "starting" (with
 /// `Retry-After`), `/health/live` 200; once loaded, `/health` is 200 and writes are taken;
 /// stopping, `/health` is 503 again. The compiler waits for a file the test makes, so the

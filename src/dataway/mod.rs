@@ -479,7 +479,7 @@ impl Dataway {
         };
         let split = sinker::split(set, category, content, &self.metrics);
         if let Some(asked) = split.asked {
-            self.sinkers.note(category, asked);
+            self.sinkers.note(category, asked, &split.given_up);
         }
         let mut parts: Vec<Part<'a>> = Vec::with_capacity(split.sunk.len() + 1);
         for (i, content) in split.sunk {

@@ -89,6 +89,20 @@ impl Text {
         self.noted.as_ref()?.field(key)
     }
 
+    /// The keys the parser was asked to note but gave up on: their tag had more than
+    /// [`Noted::MAX_VALUES`] distinct values (an id). Noting them again in the next write
+    /// would likely be given up again, after building most of a dictionary for nothing.
+    pub fn noted_given_up(&self) -> Vec<String> {
+        self.noted.as_ref().map_or_else(Vec::new, |n| {
+            n.keys
+                .iter()
+                .zip(&n.notes)
+                .filter(|(_, note)| note.column.is_none())
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+    }
+
     /// [`Text::key_places`] by searching the text.
     fn find_places(&self, keys: &[String]) -> Vec<KeyPlaces> {
         let n = self.len();
@@ -758,6 +772,7 @@ mod tests {
         let c = text.noted_column("id").expect("noted");
         assert_eq!(c.index, [0, 1, 2, 2]);
         assert_eq!(c.values[2], None);
+        assert!(text.noted_given_up().is_empty());
         check(body, &["host", "id"]);
 
         let ids: String = (0..Noted::MAX_VALUES + 10)
@@ -769,6 +784,7 @@ mod tests {
         };
         assert_eq!(text.noted_column("host").expect("noted").values.len(), 3);
         assert!(text.noted_column("id").is_none(), "given up");
+        assert_eq!(text.noted_given_up(), ["id"]);
         check_places(text, &keys, "ids");
         assert_eq!(text.key_places(&keys)[1].tags as usize, text.len());
     }

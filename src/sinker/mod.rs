@@ -159,7 +159,56 @@ pub struct Sinkers {
     /// last write's text: the parser notes them in the next one, so that asking again
     /// costs no search (see `point::keys`). A guess: keys asked anew are searched for, and
     /// noted from then on.
-    noted: Mutex<Vec<(Category, Noting)>>,
+    noted: Mutex<Vec<NotingState>>,
+}
+
+/// What the parser notes in a category's writes.
+struct NotingState {
+    category: Category,
+    /// What the conditions asked of the last write.
+    asked: Noting,
+    /// `asked` without the resting keys: what the parser notes.
+    noting: Noting,
+    /// Keys whose noted column was given up (an id-like tag): not noted for a while.
+    resting: Vec<Resting>,
+}
+
+/// A key not noted for `left` more writes, because the parser gave its column up; each
+/// give-up doubles `wait`, the rest that follows the next one.
+struct Resting {
+    key: String,
+    left: u32,
+    wait: u32,
+}
+
+impl Resting {
+    /// Writes a key rests after its first give-up (a burst of ids may pass).
+    const FIRST: u32 = 16;
+    /// The longest rest: a key that stops being id-like is noted again within this many
+    /// writes.
+    const LONGEST: u32 = 1024;
+}
+
+impl NotingState {
+    /// `asked` without the keys resting now.
+    fn update(&mut self) {
+        let resting = |k: &String| self.resting.iter().any(|r| r.left > 0 && r.key == *k);
+        let keys: Vec<String> = self
+            .asked
+            .keys
+            .iter()
+            .filter(|k| !resting(k))
+            .cloned()
+            .collect();
+        self.noting = if keys.len() == self.asked.keys.len() {
+            self.asked.clone()
+        } else {
+            Noting {
+                keys: keys.into(),
+                measurement: self.asked.measurement,
+            }
+        };
+    }
 }
 
 impl Sinkers {
@@ -168,19 +217,52 @@ impl Sinkers {
         let noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
         noted
             .iter()
-            .find(|(c, _)| *c == category)
-            .map(|(_, k)| k.clone())
+            .find(|s| s.category == category)
+            .map(|s| s.noting.clone())
     }
 
     /// Keeps `asked` (what a split of `category`'s text asked about) for the category's
-    /// next writes; asking nothing stops the noting.
-    pub fn note(&self, category: Category, asked: Noting) {
+    /// next writes; asking nothing stops the noting. The keys in `given_up` (the text's
+    /// noted columns given up) rest: they are not noted for the next writes of the
+    /// category (each call is one), first 16, then twice as many after each give-up, up
+    /// to 1,024; the sinkers search for them meanwhile.
+    pub fn note(&self, category: Category, asked: Noting, given_up: &[String]) {
         let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
-        match noted.iter_mut().find(|(c, _)| *c == category) {
-            Some((_, noting)) if *noting == asked => {}
-            Some((_, noting)) => *noting = asked,
-            None if asked.is_empty() => {}
-            None => noted.push((category, asked)),
+        let state = match noted.iter_mut().position(|s| s.category == category) {
+            Some(i) => &mut noted[i],
+            None if asked.is_empty() => return,
+            None => {
+                noted.push(NotingState {
+                    category,
+                    asked: Noting::default(),
+                    noting: Noting::default(),
+                    resting: Vec::new(),
+                });
+                noted.last_mut().expect("just pushed")
+            }
+        };
+        let mut changed = state.asked != asked;
+        state.asked = asked;
+        for r in &mut state.resting {
+            changed |= r.left == 1;
+            r.left = r.left.saturating_sub(1);
+        }
+        for key in given_up {
+            changed = true;
+            match state.resting.iter_mut().find(|r| r.key == *key) {
+                Some(r) => {
+                    r.left = r.wait;
+                    r.wait = (r.wait * 2).min(Resting::LONGEST);
+                }
+                None => state.resting.push(Resting {
+                    key: key.clone(),
+                    left: Resting::FIRST,
+                    wait: Resting::FIRST * 2,
+                }),
+            }
+        }
+        if changed {
+            state.update();
         }
     }
 
@@ -236,6 +318,8 @@ pub struct Split {
     /// category), for the parser to note in the category's next write
     /// ([`Sinkers::note`]). `None` over points.
     pub asked: Option<Noting>,
+    /// Over text: the keys the parser noted but gave up on (too many distinct values).
+    pub given_up: Vec<String>,
 }
 
 /// The routing counters of one split, kept until the write is accepted: a write refused
@@ -294,8 +378,13 @@ pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: 
             rest: points,
             counts,
             asked: text.then(Noting::default),
+            given_up: Vec::new(),
         };
     }
+    let given_up = match &points {
+        Content::Text(t) => t.noted_given_up(),
+        Content::Points(_) => Vec::new(),
+    };
     // Plugins borrow the points through an Arc; it is unique again once they are done.
     // Columns one builds are kept for the next, when there is a next.
     let shared = Arc::new(points);
@@ -336,6 +425,7 @@ pub fn split(set: &[Arc<Sinker>], category: Category, points: Content, metrics: 
     counts.not_sunk = Some(rest.len());
     Split {
         asked: text.then(|| columns.asked()),
+        given_up,
         sunk: interested
             .into_iter()
             .zip(sunk)
@@ -386,4 +476,48 @@ fn split_text(
         text.retain(|i| !(0..takers).any(|j| takes(j, i)))
     };
     (sunk, rest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key the parser gave up on is left out of the noting for 16 of the category's
+    /// writes, then noted again; given up again, it rests twice as long. Other keys and
+    /// categories are noted throughout.
+    #[test]
+    fn a_given_up_key_rests_then_is_noted_again_and_rests_longer() {
+        let sinkers = Sinkers::default();
+        let asked = Noting {
+            keys: ["host".to_string(), "id".to_string()].as_slice().into(),
+            measurement: true,
+        };
+        let keys = |c| {
+            let n = sinkers.noted(c).expect("noted");
+            assert!(n.measurement);
+            n.keys.to_vec()
+        };
+        sinkers.note(Category::Metric, asked.clone(), &[]);
+        sinkers.note(Category::Logging, asked.clone(), &[]);
+        assert_eq!(keys(Category::Metric), ["host", "id"]);
+        // Each `note` is a write of the category; the give-up comes with write 0.
+        let mut rests = Vec::new();
+        for write in 0..150 {
+            let given_up = if [0, 17, 50].contains(&write) {
+                vec!["id".to_string()]
+            } else {
+                vec![]
+            };
+            sinkers.note(Category::Metric, asked.clone(), &given_up);
+            if keys(Category::Metric) == ["host"] {
+                rests.push(write);
+            }
+            assert_eq!(keys(Category::Logging), ["host", "id"], "another category");
+        }
+        // Not noted in writes 1..=16 (after write 0's give-up), noted in 17 (given up
+        // again), then not in 18..=49 (32 writes), noted in 50 (given up again), then not
+        // in 51..=114 (64 writes). `rests` holds the writes after which it is not noted.
+        let want: Vec<u32> = (0..=15).chain(17..=48).chain(50..=113).collect();
+        assert_eq!(rests, want);
+    }
 }
