@@ -585,8 +585,10 @@ struct Read<'a> {
 impl Read<'_> {
     /// Whether the name at `s` is `key`: lengths first (most keys differ in length from
     /// the noted ones), then bytes compared inline.
+    /// By reference: a `Span` copied out of the scratch and read back was a
+    /// store-forwarding stall per key compared.
     #[inline(always)]
-    fn is(&self, s: Span, key: &str) -> bool {
+    fn is(&self, s: &Span, key: &str) -> bool {
         if s.esc {
             s.name(self.line) == key
         } else {
@@ -598,7 +600,7 @@ impl Read<'_> {
     #[inline(always)]
     fn text<'a>(
         &'a self,
-        s: Span,
+        s: &Span,
         buf: &'a mut String,
         escapable: fn(u8, bool) -> bool,
     ) -> &'a str {
@@ -614,19 +616,19 @@ impl Read<'_> {
 
 impl ParsedLine for Read<'_> {
     fn measurement<'a>(&'a self, buf: &'a mut String) -> &'a str {
-        self.text(self.measurement, buf, is_measurement_escapable)
+        self.text(&self.measurement, buf, is_measurement_escapable)
     }
 
     // A line has each tag key and each field key once (else it was refused).
     #[inline]
     fn tag<'a>(&'a self, key: &str, buf: &'a mut String) -> Option<&'a str> {
-        let (_, v) = self.scratch.tags.iter().find(|(k, _)| self.is(*k, key))?;
-        Some(self.text(*v, buf, |c, _| is_name_escapable(c)))
+        let (_, v) = self.scratch.tags.iter().find(|(k, _)| self.is(k, key))?;
+        Some(self.text(v, buf, |c, _| is_name_escapable(c)))
     }
 
     #[inline]
     fn field(&self, key: &str) -> Scalar {
-        match self.scratch.fields.iter().find(|(k, _)| self.is(*k, key)) {
+        match self.scratch.fields.iter().find(|(k, _)| self.is(k, key)) {
             None => Scalar::Absent,
             Some((_, Value::Scalar(v))) => *v,
             Some((_, Value::Str(_))) => Scalar::Str,
