@@ -1271,6 +1271,15 @@ async fn a_stuck_main_endpoint_does_not_refuse_a_write_a_plugin_sinks_whole() {
 /// Main endpoint `main`; sinker `a` takes the metrics whose `host` is `a` (DataKit's
 /// filter, as WASM).
 fn host_a_config(main: &MockDataway, a: &MockDataway) -> dataway::config::Config {
+    metric_sinker_config(main, a, "{ host = \"a\" }")
+}
+
+/// Main endpoint `main`; sinker `a` takes the metrics DataKit's `condition` matches.
+fn metric_sinker_config(
+    main: &MockDataway,
+    a: &MockDataway,
+    condition: &str,
+) -> dataway::config::Config {
     config_for(
         &[main.url("t")],
         "",
@@ -1278,10 +1287,26 @@ fn host_a_config(main: &MockDataway, a: &MockDataway) -> dataway::config::Config
             "a",
             "[\"metric\"]",
             Some("datakit_filter.wasm"),
-            "{ host = \"a\" }",
+            condition,
             &a.url("t"),
         ),
     )
+}
+
+/// Posts `body` as metrics (nanosecond times) and waits until `delivered` says so.
+async fn write_metrics_until(d: &TestDaemon, body: &str, delivered: impl Fn() -> bool) {
+    let r = reqwest::Client::new()
+        .post(d.url("/v1/write/metric?precision=n"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !delivered() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(delivered(), "every point delivered once");
 }
 
 /// With every endpoint sending line protocol, a write is kept as the text it came in as
@@ -1375,19 +1400,8 @@ async fn keys_noted_while_parsing_answer_as_the_search_did() {
         "nothing asked yet"
     );
     for write in 1..=3 {
-        let r = reqwest::Client::new()
-            .post(d.url("/v1/write/metric?precision=n"))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
         let all = || a.points_accepted() + main.points_accepted() == 6 * write;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !all() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(all(), "write {write}: every point delivered once");
+        write_metrics_until(&d, body, all).await;
         let noted = d.dataway.noting(Category::Metric).expect("keys noted");
         assert!(noted.keys.iter().any(|k| k == "host"), "{noted:?}");
     }
@@ -1419,17 +1433,7 @@ async fn an_id_tag_given_up_by_the_parser_rests_then_is_noted_again() {
         .map(|i| format!("cpu,host=h{},id={i} v=1 {}\n", i % 3, i + 1))
         .collect();
     let (main, a) = (MockDataway::start().await, MockDataway::start().await);
-    let cfg = config_for(
-        &[main.url("t")],
-        "",
-        &sinker(
-            "a",
-            "[\"metric\"]",
-            Some("datakit_filter.wasm"),
-            "{ id = \"7\" or host = \"h1\" }",
-            &a.url("t"),
-        ),
-    );
+    let cfg = metric_sinker_config(&main, &a, "{ id = \"7\" or host = \"h1\" }");
     let d = TestDaemon::start(cfg).await;
     let noted_id = || {
         d.dataway
@@ -1441,19 +1445,8 @@ async fn an_id_tag_given_up_by_the_parser_rests_then_is_noted_again() {
     let mut noted = Vec::new();
     for write in 1..=20 {
         noted.push(noted_id());
-        let r = reqwest::Client::new()
-            .post(d.url("/v1/write/metric?precision=n"))
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
         let all = || a.points_accepted() + main.points_accepted() == lines * write;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !all() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(all(), "write {write}: every point delivered once");
+        write_metrics_until(&d, &body, all).await;
         assert_eq!(
             a.points_accepted(),
             taken * write,
